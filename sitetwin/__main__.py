@@ -1,0 +1,3 @@
+from sitetwin.cli import main
+
+raise SystemExit(main())

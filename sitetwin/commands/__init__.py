@@ -1,0 +1,1 @@
+"""Command groups of the ``sitetwin`` CLI; each module exposes ``register(commands, reports)``."""
