@@ -1,0 +1,71 @@
+"""Errors of the connectors package (MQTT, InfluxDB, spool, dead letter).
+
+    ConnectorError
+    ├── InvalidIdentifier       an id does not match CONTRACTS.md's pattern
+    ├── LineProtocolError       a value cannot be written as line protocol
+    ├── WriteError              InfluxDB did not take a batch
+    │   ├── WriteRetryable      down, timed out, 5xx, 429, auth: spool and retry later
+    │   └── WriteRejected       400/413 for these lines: retrying cannot help
+    ├── QueryError              an InfluxQL query failed
+    └── SpoolError              the spool cannot take or give back a batch
+        └── SpoolFull           the spool reached its size cap
+
+paho, requests and influxdb-client exceptions are translated into these at
+the one place each is used; none leaks out of the package.
+"""
+
+from __future__ import annotations
+
+from sitetwin.errors import SitetwinError
+
+__all__ = [
+    "ConnectorError",
+    "InvalidIdentifier",
+    "LineProtocolError",
+    "QueryError",
+    "SpoolError",
+    "SpoolFull",
+    "WriteError",
+    "WriteRejected",
+    "WriteRetryable",
+]
+
+
+class ConnectorError(SitetwinError):
+    """Root of the connectors package's errors."""
+
+
+class InvalidIdentifier(ConnectorError, ValueError):
+    """An identifier does not match ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``."""
+
+
+class LineProtocolError(ConnectorError, ValueError):
+    """A measurement, tag or field cannot be represented in line protocol."""
+
+
+class WriteError(ConnectorError):
+    """InfluxDB did not accept a write."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WriteRetryable(WriteError):
+    """The write may succeed later (server down, overloaded, misconfigured auth)."""
+
+
+class WriteRejected(WriteError):
+    """The server refused the data itself (HTTP 400/413); retrying cannot help."""
+
+
+class QueryError(ConnectorError):
+    """An InfluxQL query failed or could not be sent."""
+
+
+class SpoolError(ConnectorError):
+    """The on-disk spool cannot store or return a batch (disk full, permissions)."""
+
+
+class SpoolFull(SpoolError):
+    """The spool reached ``spool.max_bytes``; the collector stops acknowledging."""
