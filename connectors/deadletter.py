@@ -8,6 +8,7 @@ deleted by sitetwin; an operator may prune them with SQL.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
@@ -18,7 +19,12 @@ from pathlib import Path
 
 from connectors.errors import ConnectorError
 
-__all__ = ["DeadLetter", "DeadLetterStore"]
+__all__ = ["DeadLetter", "DeadLetterStore", "payload_digest"]
+
+
+def payload_digest(topic: str | None, payload: bytes) -> str:
+    """Identity of a message, to recognise a redelivery of one already stored."""
+    return hashlib.blake2b((topic or "").encode() + b"\0" + payload, digest_size=16).hexdigest()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rejected (
@@ -30,8 +36,10 @@ CREATE TABLE IF NOT EXISTS rejected (
     detail TEXT NOT NULL,
     payload BLOB,
     payload_bytes INTEGER NOT NULL,
-    truncated INTEGER NOT NULL
+    truncated INTEGER NOT NULL,
+    digest TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS rejected_digest ON rejected(digest);
 CREATE INDEX IF NOT EXISTS rejected_reason ON rejected(reason);
 CREATE INDEX IF NOT EXISTS rejected_time ON rejected(received_at);
 """
@@ -96,6 +104,7 @@ class DeadLetterStore:
                 letter.payload[:cap],
                 len(letter.payload),
                 int(len(letter.payload) > cap),
+                payload_digest(letter.topic, letter.payload),
             )
             for letter in letters
         ]
@@ -106,12 +115,19 @@ class DeadLetterStore:
                 with self._db:
                     self._db.executemany(
                         "INSERT INTO rejected (received_at, source, topic, reason, detail, payload,"
-                        " payload_bytes, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " payload_bytes, truncated, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         rows,
                     )
             except sqlite3.Error as exc:
                 raise ConnectorError(f"cannot write the dead-letter store {self.path}: {exc}") from exc
         return len(rows)
+
+    def contains(self, topic: str | None, payload: bytes) -> bool:
+        """Whether this exact message is stored already (a broker redelivery)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM rejected WHERE digest = ? LIMIT 1",
+                                   (payload_digest(topic, payload),)).fetchone()
+        return row is not None
 
     def add(self, letter: DeadLetter) -> None:
         self.add_many([letter])

@@ -72,7 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(commands, reports)
+    _add_common_everywhere(parser)
     return parser
+
+
+def _add_common_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Give every nested subcommand ``--config``, ``--json`` and ``-v`` (wherever they are typed)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "--json" not in sub._option_string_actions:
+                    for common in _common()._actions:
+                        sub._add_action(common)
+                _add_common_everywhere(sub)
 
 
 def _configure_logging(verbosity: int) -> None:

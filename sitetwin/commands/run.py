@@ -1,0 +1,46 @@
+"""``sitetwin run``: collectors, twin updates and scheduled rules, until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from sitetwin.config import Settings
+
+log = logging.getLogger("sitetwin.run")
+
+
+def register(commands: argparse._SubParsersAction, reports: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("run", help="collect telemetry, update the twin and run rules until stopped")
+    p.add_argument("--instance", type=int, default=None,
+                   help="collector number, appended to mqtt.client_id (one per process)")
+    p.add_argument("--no-rules", action="store_true", help="do not schedule the rules in this process")
+    p.add_argument("--no-twin", action="store_true", help="do not update the twin's live state")
+    p.set_defaults(handler=run, default_verbosity=1)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from sitetwin.wiring import Pipeline
+
+    client_id = settings.mqtt.client_id
+    if args.instance is not None:
+        client_id = f"{client_id}-{args.instance}"
+    stop = threading.Event()
+
+    def _graceful(signum, frame):
+        log.info("signal %s: finishing the pending batches and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _graceful)
+    signal.signal(signal.SIGINT, _graceful)
+    pipeline = Pipeline(settings, client_id=client_id, twin=not args.no_twin, rules=not args.no_rules)
+    pipeline.start()
+    log.info("sitetwin running as %s; Ctrl-C or SIGTERM stops it", client_id)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        pipeline.stop()
+    return 0

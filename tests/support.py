@@ -1,0 +1,90 @@
+"""Helpers shared by the integration tests: a bounded QoS 1 publisher, waiting, counting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sitetwin.services import InfluxDB
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], *, qos: int = 1,
+            max_inflight: int = 500, client_id: str | None = None, retain: bool = False) -> int:
+    """Publish and wait until the broker acknowledged every message; returns the count."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{os.getpid()}-{time.time_ns()}",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(max_inflight)
+    window = threading.Semaphore(max_inflight)
+    client.on_publish = lambda c, u, mid, rc, props: window.release()
+    client.connect(host, port)
+    client.loop_start()
+    n = 0
+    infos = []
+    try:
+        for topic, payload in messages:
+            if qos:
+                window.acquire()
+            infos.append(client.publish(topic, payload, qos=qos, retain=retain))
+            n += 1
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+            assert info.is_published(), "broker did not acknowledge a publish"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return n
+
+
+def tower_messages(sites: int, per_site: int, start_s: int = 1_790_000_000,
+                   step_s: int = 60) -> list[tuple[str, bytes]]:
+    """Distinct valid tower readings: one (site, ts) each."""
+    out = []
+    for i in range(per_site):
+        for s in range(sites):
+            out.append((f"sites/S{s:04d}/tower", orjson.dumps({
+                "ts": start_s + i * step_s, "mains_ok": True, "battery_soc_pct": 90.0 + (i % 10),
+                "cabinet_temp_c": 25.5,
+            })))
+    return out
+
+
+def count(influx: InfluxDB, db: str, q: str) -> int:
+    out = influx.query(q, db=db)
+    series = out["results"][0].get("series")
+    if not series:
+        return 0
+    return sum(row[1] for s in series for row in s["values"])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2,
+             message: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+
+
+def collector_process(env: dict[str, str], *, instance: int | None = None,
+                      log_path: Path | None = None) -> subprocess.Popen:
+    """``sitetwin run`` as a child process (pure collector: no rules, no twin)."""
+    argv = [sys.executable, "-m", "sitetwin", "run", "--no-rules", "--no-twin"]
+    if instance is not None:
+        argv += ["--instance", str(instance)]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
