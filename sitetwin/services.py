@@ -368,6 +368,10 @@ class VictoriaMetrics(ServiceProcess):
             f"-storageDataPath={self.root / 'vm-data'}",
             f"-httpListenAddr={self.host}:{self.port}",
             "-search.latencyOffset=0s",
+            # Keep points of any age (tests replay old timestamps) and collapse
+            # identical points as InfluxDB does, so counts mean "exactly once".
+            "-retentionPeriod=100y",
+            "-dedup.minScrapeInterval=1ms",
             "-loggerLevel=WARN",
         ]
 
