@@ -1,0 +1,72 @@
+"""The registry opens, creates its schema once, and keeps times UTC-aware on both backends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select, text
+
+from twin.errors import StoreError
+from twin.migrations import latest_version
+from twin.models import Flag, Tariff
+from twin.store import open_store
+
+pytestmark = pytest.mark.integration
+
+
+def test_open_creates_schema_once_and_reopens(twin_url):
+    a = open_store(twin_url)
+    assert a.version == latest_version()
+    a.close()
+    b = open_store(twin_url)  # a second open finds the schema and changes nothing
+    with b.session() as s:
+        versions = s.execute(text("SELECT version FROM schema_version")).scalars().all()
+    assert versions == [latest_version()]
+    b.close()
+
+
+def test_refuses_a_newer_schema(twin_url):
+    s = open_store(twin_url)
+    with s.session() as ses:
+        ses.execute(text("INSERT INTO schema_version (version, description, applied_at)"
+                         " VALUES (999, 'from the future', CURRENT_TIMESTAMP)"))
+    s.close()
+    with pytest.raises(StoreError, match="newer"):
+        open_store(twin_url)
+
+
+def test_datetimes_come_back_utc_aware(store):
+    cst = timezone(timedelta(hours=8))
+    at = datetime(2026, 3, 1, 8, 0, tzinfo=cst)
+    with store.session() as s:
+        s.add(Tariff(region="R", customer_class="C", effective_from=at, price_cny_per_kwh=0.6))
+    with store.session() as s:
+        got = s.scalars(select(Tariff)).one()
+    assert got.effective_from == datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
+    assert got.effective_from.tzinfo is not None and got.effective_from.utcoffset() == timedelta(0)
+    assert got.period == "flat"
+
+
+def test_flag_evidence_json_round_trips(store):
+    now = datetime(2026, 5, 1, tzinfo=UTC)
+    with store.session() as s:
+        s.add(Flag(kind="overcharging", rule="overcharging", site_id="S1", severity="warning",
+                   status="open", opened_at=now, updated_at=now, window_start=now,
+                   window_end=now, summary="too dear", evidence={"excess_cny": 12.5, "rows": [1]},
+                   dedup_key="overcharging:S1:B1"))
+    with store.session() as s:
+        f = s.scalars(select(Flag)).one()
+    assert f.evidence == {"excess_cny": 12.5, "rows": [1]} and f.id >= 1
+
+
+def test_naive_datetime_is_refused(store):
+    with pytest.raises(StoreError):
+        with store.session() as s:
+            s.add(Tariff(region="R", customer_class="C", effective_from=datetime(2026, 1, 1),
+                         price_cny_per_kwh=0.6))
+
+
+def test_bad_url_is_a_store_error():
+    with pytest.raises(StoreError):
+        open_store("nonsense://")

@@ -1,0 +1,261 @@
+"""The registry's tables: SQLAlchemy 2 declarative models on one ``Base``.
+
+Every datetime is timezone-aware UTC in Python.  PostgreSQL stores
+``timestamptz``; SQLite has no time zones, so ``UTCDateTime`` stores naive UTC
+there and hands back aware values.  Identifiers are at most 64 characters
+(CONTRACTS.md).  ``sites.state`` duplicates the last lifecycle event's
+``to_state`` so that lists and filters need no history scan; only
+``twin.lifecycle`` and the importer write it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Base",
+    "Bill",
+    "Cell",
+    "Flag",
+    "FlagReview",
+    "LifecycleEvent",
+    "LiveSiteState",
+    "Meter",
+    "Reservation",
+    "SchemaVersion",
+    "Site",
+    "Tariff",
+    "UTCDateTime",
+    "utcnow",
+]
+
+ID = String(64)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every backend; naive values are refused."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the registry stores UTC-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every registry table."""
+
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class SchemaVersion(Base):
+    """Applied schema migrations (see ``twin.migrations``)."""
+
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    description: Mapped[str] = mapped_column(String(200))
+    applied_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Site(Base):
+    """A base-station site: identity, attributes (CONTRACTS.md section 2) and current state."""
+
+    __tablename__ = "sites"
+    site_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    county: Mapped[str] = mapped_column(String(100), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    supply: Mapped[str] = mapped_column(String(16))
+    region: Mapped[str] = mapped_column(String(100))
+    customer_class: Mapped[str] = mapped_column(String(100))
+    district: Mapped[str | None] = mapped_column(String(100))
+    owner: Mapped[str | None] = mapped_column(String(200))
+    operators: Mapped[str | None] = mapped_column(String(200))  # ';'-separated, as in the CSV
+    planned_year: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(32), index=True, default="planned")
+    replaces_site_id: Mapped[str | None] = mapped_column(ID, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def operator_list(self) -> list[str]:
+        return [o for o in (self.operators or "").split(";") if o]
+
+
+class LifecycleEvent(Base):
+    """One lifecycle move: the history from which ``state_at`` is answered."""
+
+    __tablename__ = "lifecycle_events"
+    __table_args__ = (Index("ix_lifecycle_events_site_at", "site_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ID, ForeignKey("sites.site_id", ondelete="CASCADE"))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    verb: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)  # why a site was blocked
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "from_state": self.from_state, "to_state": self.to_state,
+                "verb": self.verb, "actor": self.actor, "note": self.note, "reason": self.reason}
+
+
+class Meter(Base):
+    """An electricity meter, linked to the site it was first seen reporting for."""
+
+    __tablename__ = "meters"
+    meter_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ID, index=True)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+
+
+class Cell(Base):
+    """A radio cell and its band, linked to its site from telemetry."""
+
+    __tablename__ = "cells"
+    cell_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ID, index=True)
+    band: Mapped[str] = mapped_column(String(8))
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+
+
+class Reservation(Base):
+    """Grid capacity reserved for a site (reservations.csv)."""
+
+    __tablename__ = "reservations"
+    site_id: Mapped[str] = mapped_column(ID, ForeignKey("sites.site_id", ondelete="CASCADE"),
+                                         primary_key=True)
+    declared_kw: Mapped[float] = mapped_column(Float)
+    reserved_kw: Mapped[float] = mapped_column(Float)
+    feeder: Mapped[str] = mapped_column(String(100), index=True)
+    substation: Mapped[str] = mapped_column(String(100), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Tariff(Base):
+    """A regulated catalogue price, valid from ``effective_from`` until the next row of its key."""
+
+    __tablename__ = "tariffs"
+    __table_args__ = (UniqueConstraint("region", "customer_class", "period", "effective_from",
+                                       name="uq_tariffs_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    region: Mapped[str] = mapped_column(String(100))
+    customer_class: Mapped[str] = mapped_column(String(100))
+    period: Mapped[str] = mapped_column(String(16), default="flat", server_default="flat")
+    hours: Mapped[str | None] = mapped_column(String(200))  # e.g. "8-11;18-21" for peak
+    effective_from: Mapped[datetime]
+    price_cny_per_kwh: Mapped[float] = mapped_column(Float)
+
+
+class Bill(Base):
+    """A transfer-power bill a landlord issued for a site (bills.csv)."""
+
+    __tablename__ = "bills"
+    bill_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ID, ForeignKey("sites.site_id", ondelete="CASCADE"),
+                                         index=True)
+    supplier_id: Mapped[str] = mapped_column(ID, index=True)
+    supplier_name: Mapped[str | None] = mapped_column(String(200))
+    meter_id: Mapped[str | None] = mapped_column(ID)
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]
+    billed_kwh: Mapped[float] = mapped_column(Float)
+    amount_cny: Mapped[float] = mapped_column(Float)
+
+
+class LiveSiteState(Base):
+    """The latest telemetry per site, flushed from ``twin.live.LiveState``.
+
+    Sites seen in telemetry but absent from the registry are kept with
+    ``registered = false`` (``sitetwin sites list --unregistered``).
+    """
+
+    __tablename__ = "live_state"
+    site_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    last_seen: Mapped[datetime]
+    mains_ok: Mapped[bool | None] = mapped_column(Boolean)
+    on_battery: Mapped[bool | None] = mapped_column(Boolean)
+    battery_soc_pct: Mapped[float | None] = mapped_column(Float)
+    power_kw: Mapped[float | None] = mapped_column(Float)
+    cabinet_temp_c: Mapped[float | None] = mapped_column(Float)
+    energy_kwh: Mapped[float | None] = mapped_column(Float)
+    registered: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class Flag(Base):
+    """A finding of a rule, with its evidence (CONTRACTS.md section 4); written by ``rules``."""
+
+    __tablename__ = "flags"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    site_id: Mapped[str | None] = mapped_column(ID, index=True)
+    cell_id: Mapped[str | None] = mapped_column(ID)
+    bill_id: Mapped[str | None] = mapped_column(ID)
+    supplier_id: Mapped[str | None] = mapped_column(ID)
+    severity: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    opened_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    clear_since: Mapped[datetime | None]
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    summary: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    dedup_key: Mapped[str] = mapped_column(String(300), index=True)
+
+
+class FlagReview(Base):
+    """A person's decision on a flag (confirmed or dismissed)."""
+
+    __tablename__ = "flag_reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"), index=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    reviewed_by: Mapped[str] = mapped_column(String(100))
+    reviewed_at: Mapped[datetime]
+    note: Mapped[str | None] = mapped_column(Text)
