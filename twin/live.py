@@ -1,0 +1,266 @@
+"""Live state: the latest telemetry per site, aggregated in memory and flushed in one transaction.
+
+The collector calls ``LiveState.observe_batch`` from its writer thread after
+each durable batch; that call only updates small per-site records in a dict
+(O(1) per reading, no I/O).  ``flush(store)`` swaps the pending records out
+and upserts them, with the meters and cells seen, in ONE transaction — never
+a database write per message.  A failed flush puts its records back, so the
+next one catches up.  Sites seen in telemetry but not in the registry are kept
+(``registered = false``) and listed by ``sitetwin sites list --unregistered``.
+
+``online``: a site is online if seen within ``reporting_period * online_periods``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connectors.lineprotocol import line
+from twin.models import Cell, LiveSiteState, Meter, Reservation, Site
+from twin.store import Store
+
+__all__ = ["DEFAULT_ONLINE_WINDOW_S", "LiveState", "is_online", "site_state_lines"]
+
+DEFAULT_ONLINE_WINDOW_S = 180.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def is_online(last_seen: datetime | None, now: datetime, window_s: float) -> bool:
+    """Seen within ``window_s`` seconds before ``now`` (a reading from the future counts)."""
+    return last_seen is not None and (now - last_seen).total_seconds() <= window_s
+
+
+class _SiteRecord:
+    """The latest values of one site since the last flush (fields ``None`` = not reported)."""
+
+    __slots__ = ("site_id", "last_seen", "tower_ts", "mains_ok", "on_battery", "battery_soc_pct",
+                 "cabinet_temp_c", "power_ts", "power_kw", "energy_kwh")
+
+    def __init__(self, site_id: str, ts: datetime) -> None:
+        self.site_id = site_id
+        self.last_seen = ts
+        self.tower_ts = self.power_ts = _EPOCH
+        self.mains_ok = self.on_battery = None
+        self.battery_soc_pct = self.cabinet_temp_c = self.power_kw = self.energy_kwh = None
+
+    def merge_older(self, older: _SiteRecord) -> None:
+        """Fold in a record observed before this one (after a failed flush)."""
+        if older.last_seen > self.last_seen:
+            self.last_seen = older.last_seen
+        if older.tower_ts > self.tower_ts:
+            self.tower_ts, self.mains_ok, self.on_battery = (older.tower_ts, older.mains_ok,
+                                                            older.on_battery)
+            self.battery_soc_pct, self.cabinet_temp_c = older.battery_soc_pct, older.cabinet_temp_c
+        if older.power_ts > self.power_ts:
+            self.power_ts, self.power_kw, self.energy_kwh = (older.power_ts, older.power_kw,
+                                                            older.energy_kwh)
+
+    def row(self) -> dict:
+        return {"site_id": self.site_id, "last_seen": self.last_seen, "mains_ok": self.mains_ok,
+                "on_battery": self.on_battery, "battery_soc_pct": self.battery_soc_pct,
+                "cabinet_temp_c": self.cabinet_temp_c, "power_kw": self.power_kw,
+                "energy_kwh": self.energy_kwh, "registered": False}
+
+
+@dataclass(slots=True)
+class _Seen:
+    site_id: str
+    first_seen: datetime
+    last_seen: datetime
+    band: str | None = None
+
+    def merge_older(self, older: _Seen) -> None:
+        self.first_seen = min(self.first_seen, older.first_seen)
+        if older.last_seen > self.last_seen:
+            self.last_seen, self.site_id, self.band = older.last_seen, older.site_id, older.band
+
+
+class LiveState:
+    """Thread-safe in-memory aggregate of the latest reading per site, flushed by ``flush``."""
+
+    def __init__(self, settings=None, *, online_window_s: float | None = None) -> None:
+        if online_window_s is None:
+            online_window_s = (settings.twin.reporting_period * settings.twin.online_periods
+                               if settings is not None else DEFAULT_ONLINE_WINDOW_S)
+        self.online_window_s = online_window_s
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._sites: dict[str, _SiteRecord] = {}
+        self._meters: dict[str, _Seen] = {}
+        self._cells: dict[str, _Seen] = {}
+        self.observed = 0
+        self.flushed_sites = 0
+
+    # Hot path: runs in the collector's writer thread at full ingest rate.
+    def observe_batch(self, readings: Iterable) -> None:
+        """Remember the newest values of each site, meter and cell in ``readings``."""
+        n = 0
+        with self._lock:
+            sites, meters, cells = self._sites, self._meters, self._cells
+            for r in readings:
+                n += 1
+                ts = r.ts
+                rec = sites.get(r.site_id)
+                if rec is None:
+                    rec = sites[r.site_id] = _SiteRecord(r.site_id, ts)
+                elif ts > rec.last_seen:
+                    rec.last_seen = ts
+                stream = r.stream
+                if stream == "tower":
+                    if ts >= rec.tower_ts:
+                        rec.tower_ts = ts
+                        rec.mains_ok = r.mains_ok
+                        rec.on_battery = (r.on_battery if r.on_battery is not None
+                                          else not r.mains_ok)
+                        rec.battery_soc_pct = r.battery_soc_pct
+                        rec.cabinet_temp_c = r.cabinet_temp_c
+                elif stream == "power":
+                    if ts >= rec.power_ts:
+                        rec.power_ts = ts
+                        rec.power_kw = r.power_kw
+                        rec.energy_kwh = r.energy_kwh
+                    seen = meters.get(r.meter_id)
+                    if seen is None:
+                        meters[r.meter_id] = _Seen(r.site_id, ts, ts)
+                    elif ts > seen.last_seen:
+                        seen.last_seen, seen.site_id = ts, r.site_id
+                    elif ts < seen.first_seen:
+                        seen.first_seen = ts
+                elif stream == "interference":
+                    seen = cells.get(r.cell_id)
+                    if seen is None:
+                        cells[r.cell_id] = _Seen(r.site_id, ts, ts, r.band)
+                    elif ts > seen.last_seen:
+                        seen.last_seen, seen.site_id, seen.band = ts, r.site_id, r.band
+                    elif ts < seen.first_seen:
+                        seen.first_seen = ts
+            self.observed += n
+
+    @property
+    def pending(self) -> int:
+        """Sites waiting for the next flush."""
+        return len(self._sites)
+
+    def online(self, last_seen: datetime | None, now: datetime) -> bool:
+        return is_online(last_seen, now, self.online_window_s)
+
+    def flush(self, store: Store) -> int:
+        """Write everything pending in one transaction; returns the number of sites written."""
+        with self._flush_lock:
+            with self._lock:
+                sites, self._sites = self._sites, {}
+                meters, self._meters = self._meters, {}
+                cells, self._cells = self._cells, {}
+            if not (sites or meters or cells):
+                return 0
+            try:
+                with store.session() as session:
+                    _upsert_live(session, store.dialect, sites)
+                    _upsert_seen(session, store.dialect, Meter, "meter_id", meters)
+                    _upsert_seen(session, store.dialect, Cell, "cell_id", cells)
+                    session.execute(
+                        update(LiveSiteState)
+                        .where(LiveSiteState.registered.is_(False),
+                               LiveSiteState.site_id.in_(select(Site.site_id)))
+                        .values(registered=True))
+            except BaseException:
+                self._restore(sites, meters, cells)
+                raise
+            self.flushed_sites += len(sites)
+            return len(sites)
+
+    def _restore(self, sites, meters, cells) -> None:
+        with self._lock:
+            for mine, theirs in ((sites, self._sites), (meters, self._meters),
+                                 (cells, self._cells)):
+                for key, older in mine.items():
+                    newer = theirs.get(key)
+                    if newer is None:
+                        theirs[key] = older
+                    else:
+                        newer.merge_older(older)
+
+
+def _insert(dialect: str, table):
+    return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
+
+
+def _upsert_live(session, dialect: str, sites: dict[str, _SiteRecord]) -> None:
+    if not sites:
+        return
+    t = LiveSiteState.__table__
+    stmt = _insert(dialect, t)
+    ex = stmt.excluded
+    newer = ex.last_seen >= t.c.last_seen
+    values = {"last_seen": case((ex.last_seen > t.c.last_seen, ex.last_seen), else_=t.c.last_seen)}
+    for col in ("mains_ok", "on_battery", "battery_soc_pct", "cabinet_temp_c", "power_kw",
+                "energy_kwh"):
+        values[col] = case((newer, func.coalesce(ex[col], t.c[col])),
+                           else_=func.coalesce(t.c[col], ex[col]))
+    stmt = stmt.on_conflict_do_update(index_elements=[t.c.site_id], set_=values)
+    # Sorted keys: two collectors flushing at once lock rows in the same order.
+    session.execute(stmt, [sites[k].row() for k in sorted(sites)])
+
+
+def _upsert_seen(session, dialect: str, model, key: str, seen: dict[str, _Seen]) -> None:
+    if not seen:
+        return
+    t = model.__table__
+    stmt = _insert(dialect, t)
+    ex = stmt.excluded
+    newer = ex.last_seen > t.c.last_seen
+    values = {
+        "first_seen": case((ex.first_seen < t.c.first_seen, ex.first_seen), else_=t.c.first_seen),
+        "last_seen": case((newer, ex.last_seen), else_=t.c.last_seen),
+        "site_id": case((newer, ex.site_id), else_=t.c.site_id),
+    }
+    rows = []
+    for k in sorted(seen):
+        s = seen[k]
+        row = {key: k, "site_id": s.site_id, "first_seen": s.first_seen, "last_seen": s.last_seen}
+        if model is Cell:
+            row["band"] = s.band
+        rows.append(row)
+    if model is Cell:
+        values["band"] = case((newer, ex.band), else_=t.c.band)
+    stmt = stmt.on_conflict_do_update(index_elements=[t.c[key]], set_=values)
+    session.execute(stmt, rows)
+
+
+def site_state_lines(store: Store, now: datetime, *,
+                     online_window_s: float = DEFAULT_ONLINE_WINDOW_S) -> bytes:
+    """Line protocol of measurement ``site_state``: one point per registered site at ``now``."""
+    ts_ns = int((now - _EPOCH).total_seconds()) * 1_000_000_000
+    q = (select(Site.site_id, Site.county, Site.kind, Site.supply, Site.state, Site.lat, Site.lon,
+                Reservation.feeder, Reservation.substation, Reservation.reserved_kw,
+                Reservation.declared_kw, LiveSiteState.last_seen, LiveSiteState.on_battery,
+                LiveSiteState.battery_soc_pct, LiveSiteState.power_kw)
+         .outerjoin(Reservation, Reservation.site_id == Site.site_id)
+         .outerjoin(LiveSiteState, LiveSiteState.site_id == Site.site_id)
+         .order_by(Site.site_id))
+    out = []
+    with store.session() as session:
+        for r in session.execute(q):
+            age_s = (now - r.last_seen).total_seconds() if r.last_seen is not None else None
+            out.append(line(
+                "site_state",
+                {"site_id": r.site_id, "county": r.county, "kind": r.kind, "supply": r.supply,
+                 "state": r.state, "feeder": r.feeder, "substation": r.substation},
+                {"lat": float(r.lat), "lon": float(r.lon),
+                 "online": is_online(r.last_seen, now, online_window_s),
+                 "on_battery": r.on_battery,
+                 "battery_soc_pct": _f(r.battery_soc_pct), "power_kw": _f(r.power_kw),
+                 "reserved_kw": _f(r.reserved_kw), "declared_kw": _f(r.declared_kw),
+                 "age_s": _f(age_s)},
+                ts_ns))
+    return "\n".join(out).encode()
+
+
+def _f(value) -> float | None:
+    return None if value is None else float(value)
