@@ -1,0 +1,263 @@
+"""Uplink interference per cell: sustained, classified per PRB, grouped into incidents.
+
+A cell is interfered with when, for ``consecutive_periods`` reporting periods
+in a row up to the latest one, its mean uplink interference is at or above an
+absolute level (``warning_dbm``; ``critical_dbm`` makes it critical) or at
+least ``rise_db`` above its own baseline: the median, over the past
+``baseline_days``, of the same hour of day (robust to a bad day).
+
+With per-PRB data the pattern is classified: ``wideband`` (most PRBs raised
+and flat: a jammer or a broadband source), ``narrowband`` (one contiguous
+block: an intermodulation product, a faulty device on a channel) or
+``unknown``.  Cells at sites within ``incident_radius_km`` of each other that
+rise together are one incident, reported once, with a source estimate: the
+mean of the site coordinates weighted by each cell's rise.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from rules.finding import Finding, Severity
+from rules.rule import Facts, Frames, Rule, Thresholds
+from sitetwin.config import Duration
+
+__all__ = [
+    "INTERFERENCE",
+    "InterferenceThresholds",
+    "classify_prb",
+    "estimate_source",
+    "evaluate_interference",
+    "haversine_km",
+]
+
+PERIOD = pd.Timedelta(minutes=15)
+
+
+class InterferenceThresholds(Thresholds):
+    """Levels in dBm, rises in dB; periods are the 15-minute aggregation buckets."""
+
+    interval: Duration = 900.0
+    window: Duration = 2 * 3600.0
+    warning_dbm: float = -110.0
+    critical_dbm: float = -105.0
+    rise_db: float = Field(default=6.0, gt=0)
+    consecutive_periods: int = Field(default=3, ge=1)
+    baseline_days: int = Field(default=7, ge=1)
+    min_baseline_days: int = Field(default=3, ge=1)
+    prb_rise_db: float = Field(default=6.0, gt=0)
+    prb_noise_floor_dbm: float = -118.0
+    wideband_share: float = Field(default=0.7, gt=0, le=1)
+    wideband_flat_db: float = Field(default=3.0, gt=0)
+    narrowband_max_share: float = Field(default=0.5, gt=0, le=1)
+    incident_radius_km: float = Field(default=3.0, ge=0)
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def classify_prb(prb_dbm: np.ndarray, reference_dbm: float, t: InterferenceThresholds
+                 ) -> dict[str, Any]:
+    """Classify a per-PRB vector against a reference level: wideband, narrowband or unknown."""
+    v = np.asarray(prb_dbm, dtype=float)
+    valid = ~np.isnan(v)
+    if not valid.any():
+        return {"class": "unknown", "reason": "no per-PRB data"}
+    raised = valid & (v >= reference_dbm + t.prb_rise_db)
+    n_valid, n_raised = int(valid.sum()), int(raised.sum())
+    share = n_raised / n_valid
+    info: dict[str, Any] = {"prbs": n_valid, "raised_prbs": n_raised, "raised_share": round(share, 3),
+                            "reference_dbm": round(reference_dbm, 2)}
+    if n_raised == 0:
+        return {"class": "unknown", **info, "reason": "no PRB above the reference"}
+    # Longest contiguous run of raised PRBs.
+    best = run = 0
+    first = start = -1
+    for i, r in enumerate(raised):
+        if r:
+            if run == 0:
+                start = i
+            run += 1
+            if run > best:
+                best, first = run, start
+        else:
+            run = 0
+    spread_db = float(np.std(v[raised]))
+    info["raised_spread_db"] = round(spread_db, 2)
+    if share >= t.wideband_share and spread_db <= t.wideband_flat_db:
+        return {"class": "wideband", **info}
+    if share <= t.narrowband_max_share and best >= 0.8 * n_raised:
+        return {"class": "narrowband", **info, "block": [first, first + best - 1]}
+    return {"class": "unknown", **info}
+
+
+def estimate_source(points: list[tuple[float, float, float]]) -> dict[str, float]:
+    """Source estimate from (lat, lon, weight): the weighted mean of the coordinates."""
+    w = np.array([max(p[2], 1e-6) for p in points])
+    lat = float(np.dot(w, [p[0] for p in points]) / w.sum())
+    lon = float(np.dot(w, [p[1] for p in points]) / w.sum())
+    return {"lat": round(lat, 6), "lon": round(lon, 6)}
+
+
+def _baselines(frame: pd.DataFrame, t: InterferenceThresholds
+               ) -> tuple[dict[tuple[str, int], float], dict[str, float]]:
+    """Per (cell, hour of day) the median over days, and per cell the overall median."""
+    if frame is None or frame.empty:
+        return {}, {}
+    df = frame.dropna(subset=["ul_dbm"])
+    df = df.assign(hour=df["time"].dt.hour, day=df["time"].dt.floor("D"))
+    by_hour = df.groupby(["cell_id", "hour"]).agg(level=("ul_dbm", "median"), days=("day", "nunique"))
+    by_hour = by_hour[by_hour["days"] >= t.min_baseline_days]
+    overall = df.groupby("cell_id")["ul_dbm"].median()
+    return by_hour["level"].to_dict(), overall.to_dict()
+
+
+def _cell_findings(recent: pd.DataFrame, base_hour: dict, now: datetime, t: InterferenceThresholds
+                   ) -> list[dict[str, Any]]:
+    hits: list[dict[str, Any]] = []
+    if recent is None or recent.empty:
+        return hits
+    latest_ok = pd.Timestamp(now) - 2 * PERIOD
+    df = recent.dropna(subset=["ul_dbm"]).sort_values(["site_id", "cell_id", "time"])
+    for (site_id, cell_id), g in df.groupby(["site_id", "cell_id"], sort=False):
+        times = list(g["time"])
+        if not times or times[-1] < latest_ok:
+            continue
+        levels = g["ul_dbm"].to_numpy(dtype=float)
+        run: list[int] = []
+        for i in range(len(times) - 1, -1, -1):
+            if run and times[run[-1]] - times[i] != PERIOD:
+                break
+            base = base_hour.get((cell_id, times[i].hour))
+            cond = levels[i] >= t.warning_dbm or (base is not None and levels[i] - base >= t.rise_db)
+            if not cond:
+                break
+            run.append(i)
+        if len(run) < t.consecutive_periods:
+            continue
+        run.reverse()
+        lv = levels[run]
+        bases = [base_hour.get((cell_id, times[i].hour)) for i in run]
+        rises = [lv[k] - b for k, b in enumerate(bases) if b is not None]
+        band = g["band"].iloc[-1] if "band" in g.columns else None
+        hits.append({
+            "site_id": site_id, "cell_id": cell_id, "band": band,
+            "start": times[run[0]], "end": times[run[-1]] + PERIOD,
+            "periods": len(run), "level_dbm": round(float(lv.mean()), 2),
+            "max_dbm": round(float(lv.max()), 2),
+            "baseline_dbm": round(float(np.mean([b for b in bases if b is not None])), 2) if rises else None,
+            "rise_db": round(float(np.mean(rises)), 2) if rises else None,
+        })
+    return hits
+
+
+def _severity(level_dbm: float, t: InterferenceThresholds) -> Severity:
+    return "critical" if level_dbm >= t.critical_dbm else "warning"
+
+
+def _groups(hits: list[dict[str, Any]], coords: dict[str, tuple[float, float]], radius_km: float
+            ) -> list[list[int]]:
+    """Connected groups of hits whose sites lie within the radius (single linkage)."""
+    parent = list(range(len(hits)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(hits)):
+        ci = coords.get(hits[i]["site_id"])
+        for j in range(i + 1, len(hits)):
+            cj = coords.get(hits[j]["site_id"])
+            same = hits[i]["site_id"] == hits[j]["site_id"]
+            if same or (ci and cj and haversine_km(*ci, *cj) <= radius_km):
+                parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(hits)):
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+def evaluate_interference(frames: Frames, facts: Facts, now: datetime, t: InterferenceThresholds
+                          ) -> list[Finding]:
+    """Findings for sustained interference: one per cell, or one per multi-site incident."""
+    base_hour, base_cell = _baselines(frames.get("interference_baseline"), t)
+    hits = _cell_findings(frames.get("interference_recent"), base_hour, now, t)
+    if not hits:
+        return []
+    prb = frames.get("interference_prb")
+    prb_rows: dict[tuple[str, str], np.ndarray] = {}
+    if prb is not None and not prb.empty:
+        cols = sorted(c for c in prb.columns if c.startswith("prb_"))
+        values = prb[cols].to_numpy(dtype=float)
+        for k, (s, c) in enumerate(zip(prb["site_id"], prb["cell_id"], strict=True)):
+            prb_rows[(s, c)] = values[k]
+    coords: dict[str, tuple[float, float]] = {}
+    if not facts.sites.empty:
+        for s, lat, lon in zip(facts.sites["site_id"], facts.sites["lat"], facts.sites["lon"], strict=True):
+            if pd.notna(lat) and pd.notna(lon):
+                coords[s] = (float(lat), float(lon))
+    for h in hits:
+        reference = base_cell.get(h["cell_id"], t.prb_noise_floor_dbm)
+        vector = prb_rows.get((h["site_id"], h["cell_id"]))
+        h["prb"] = (classify_prb(vector, reference, t) if vector is not None
+                    else {"class": "unknown", "reason": "no per-PRB data"})
+        # Weight of a cell in the source estimate: its rise over its baseline (or the floor).
+        h["weight_db"] = h["rise_db"] if h["rise_db"] is not None else h["level_dbm"] - t.prb_noise_floor_dbm
+
+    out: list[Finding] = []
+    for group in _groups(hits, coords, t.incident_radius_km):
+        cells = [hits[i] for i in group]
+        anchor = max(cells, key=lambda h: (h["weight_db"], h["level_dbm"]))
+        severity = "critical" if any(_severity(h["level_dbm"], t) == "critical" for h in cells) else "warning"
+        start = min(h["start"] for h in cells).to_pydatetime()
+        end = max(h["end"] for h in cells).to_pydatetime()
+        listed = [{k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in h.items()}
+                  for h in cells]
+        for c in listed:
+            if c["site_id"] in coords:
+                c["lat"], c["lon"] = coords[c["site_id"]]
+        sites = sorted({h["site_id"] for h in cells})
+        evidence: dict[str, Any] = {"cells": listed, "sites": sites,
+                                    "warning_dbm": t.warning_dbm, "critical_dbm": t.critical_dbm,
+                                    "rise_db_threshold": t.rise_db,
+                                    "consecutive_periods": t.consecutive_periods,
+                                    "classification": anchor["prb"]["class"]}
+        if len(sites) > 1:
+            located = [(coords[h["site_id"]][0], coords[h["site_id"]][1], h["weight_db"])
+                       for h in cells if h["site_id"] in coords]
+            evidence["incident"] = True
+            evidence["radius_km"] = t.incident_radius_km
+            if located:
+                evidence["source_estimate"] = estimate_source(located)
+            summary = (f"interference incident over {len(sites)} sites / {len(cells)} cells, "
+                       f"strongest {anchor['cell_id']} at {anchor['level_dbm']} dBm ({anchor['prb']['class']})")
+        else:
+            evidence["incident"] = False
+            rise = f", {anchor['rise_db']} dB over baseline" if anchor["rise_db"] is not None else ""
+            summary = (f"cell {anchor['cell_id']}: {anchor['level_dbm']} dBm for {anchor['periods']} "
+                       f"periods{rise} ({anchor['prb']['class']})")
+        out.append(Finding(kind="interference", rule="interference", site_id=anchor["site_id"],
+                           cell_id=anchor["cell_id"], severity=severity, window_start=start,
+                           window_end=end, summary=summary, evidence=evidence))
+    return out
+
+
+INTERFERENCE = Rule(
+    name="interference", kinds=("interference",), thresholds=InterferenceThresholds,
+    evaluate=evaluate_interference,
+    needs=("interference_recent", "interference_baseline", "interference_prb"),
+    description="sustained uplink interference per cell, PRB pattern, multi-site incidents",
+)

@@ -1,0 +1,121 @@
+"""Build and relocation progress: relocation violations and stalled lifecycle states.
+
+``relocation_violation`` is raised on the *old* site: it is decommissioned, or
+silent (no telemetry for ``offline_after``) while not being built, although the
+site that replaces it is not on air yet — "build the new one first, then take
+the old one down".  ``lifecycle_stalled``: a site has been in one state longer
+than that state's limit (``limits_days``); twice the limit is critical.
+Telemetry silence comes from the ``last_seen`` frame (site_id, time).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from rules.finding import Finding, Severity
+from rules.rule import Facts, Frames, Rule, Thresholds
+from sitetwin.config import Duration
+
+__all__ = ["LIFECYCLE", "LifecycleThresholds", "evaluate_lifecycle", "last_seen_map"]
+
+DEFAULT_LIMITS_DAYS = {
+    "planned": 365.0,
+    "site_secured": 60.0,
+    "approved": 30.0,
+    "under_construction": 90.0,
+    "power_connected": 14.0,
+    "relocating": 30.0,
+    "blocked": 30.0,
+}
+# States in which an old site counts as taken down if its telemetry has gone silent.
+_RUNNING = ("power_connected", "on_air", "relocating")
+
+
+class LifecycleThresholds(Thresholds):
+    """Days allowed per lifecycle state; states not listed never stall."""
+
+    interval: Duration = 3600.0
+    window: Duration = 86400.0
+    offline_after: Duration = 3600.0
+    limits_days: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LIMITS_DAYS))
+
+
+def last_seen_map(frame: pd.DataFrame | None) -> dict[str, pd.Timestamp]:
+    """site_id -> time of its latest reading, from a ``last_seen`` frame."""
+    if frame is None or frame.empty:
+        return {}
+    latest = frame.dropna(subset=["time"]).groupby("site_id")["time"].max()
+    return latest.to_dict()
+
+
+def _ts(value: Any) -> pd.Timestamp | None:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def evaluate_lifecycle(frames: Frames, facts: Facts, now: datetime, t: LifecycleThresholds
+                       ) -> list[Finding]:
+    """Relocation violations and stalled states."""
+    out: list[Finding] = []
+    now_ts = pd.Timestamp(now)
+    sites = facts.sites
+    if sites.empty:
+        return out
+    seen = last_seen_map(frames.get("last_seen"))
+    by_id = sites.set_index("site_id").to_dict("index")
+    for new in sites.itertuples(index=False):
+        old_id = getattr(new, "replaces_site_id", None)
+        if not isinstance(old_id, str) or not old_id or old_id not in by_id or new.state == "on_air":
+            continue
+        old = by_id[old_id]
+        last = seen.get(old_id)
+        silent = last is None or now_ts - last > pd.Timedelta(seconds=t.offline_after)
+        taken_down = old["state"] == "decommissioned" or (old["state"] in _RUNNING and silent
+                                                          and last is not None)
+        if not taken_down:
+            continue
+        since = _ts(old.get("state_since")) if old["state"] == "decommissioned" else last
+        start = min(since, now_ts).to_pydatetime() if since is not None else now - timedelta(seconds=t.window)
+        how = "decommissioned" if old["state"] == "decommissioned" else "silent"
+        out.append(Finding(
+            kind="relocation_violation", rule="lifecycle", site_id=old_id, severity="critical",
+            window_start=start, window_end=now,
+            summary=f"site {old_id} is {how} while its replacement {new.site_id} is {new.state}, not on air",
+            evidence={"old_site_id": old_id, "old_state": old["state"], "replacement_site_id": new.site_id,
+                      "replacement_state": new.state,
+                      "old_last_seen": last.isoformat() if last is not None else None,
+                      "old_state_since": _iso(old.get("state_since"))}))
+    for site in sites.itertuples(index=False):
+        limit = t.limits_days.get(site.state)
+        since = _ts(getattr(site, "state_since", None))
+        if limit is None or since is None:
+            continue
+        days = (now_ts - since) / pd.Timedelta(days=1)
+        if days <= limit:
+            continue
+        severity: Severity = "critical" if days > 2 * limit else "warning"
+        out.append(Finding(
+            kind="lifecycle_stalled", rule="lifecycle", site_id=site.site_id, severity=severity,
+            window_start=since.to_pydatetime(), window_end=now,
+            summary=f"site {site.site_id} has been {site.state} for {days:.0f} days (limit {limit:g})",
+            evidence={"state": site.state, "state_since": since.isoformat(), "days_in_state": round(days, 2),
+                      "limit_days": limit}))
+    return out
+
+
+def _iso(value: Any) -> str | None:
+    ts = _ts(value)
+    return ts.isoformat() if ts is not None else None
+
+
+LIFECYCLE = Rule(
+    name="lifecycle", kinds=("relocation_violation", "lifecycle_stalled"),
+    thresholds=LifecycleThresholds, evaluate=evaluate_lifecycle, needs=("last_seen",),
+    description="old sites taken down before their replacement is on air; states past their limit",
+)

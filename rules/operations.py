@@ -1,0 +1,164 @@
+"""Day-to-day operations: sites gone silent, and sites running on their batteries.
+
+``site_offline``: an on-air site with no telemetry for ``offline_after``
+(frame ``last_seen``: site_id, time of its latest reading in the window).
+``mains_failure``: a site on battery (``on_battery``, or mains down when the
+device does not report ``on_battery``) for ``on_battery_after`` up to its
+latest report (frame ``tower_5m``: 5-minute buckets of ``last(on_battery)``,
+``last(mains_ok)``, ``mean(battery_soc_pct)``).  The evidence carries the
+state-of-charge trend (a least-squares slope in %/h) and the time left until
+empty at that slope.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from rules.finding import Finding, Severity
+from rules.lifecycle import last_seen_map
+from rules.rule import Facts, Frames, Rule, Thresholds
+from sitetwin.config import Duration
+
+__all__ = [
+    "MAINS_FAILURE",
+    "SITE_OFFLINE",
+    "MainsThresholds",
+    "OfflineThresholds",
+    "evaluate_mains_failure",
+    "evaluate_site_offline",
+    "soc_trend",
+]
+
+BUCKET = pd.Timedelta(minutes=5)
+
+
+class OfflineThresholds(Thresholds):
+    """Silent longer than ``offline_after`` is offline; longer than ``critical_after``, critical."""
+
+    interval: Duration = 300.0
+    window: Duration = 6 * 3600.0
+    offline_after: Duration = 900.0
+    critical_after: Duration = 3600.0
+
+
+class MainsThresholds(Thresholds):
+    """On battery longer than ``on_battery_after``; critical when the battery is nearly done."""
+
+    interval: Duration = 300.0
+    window: Duration = 6 * 3600.0
+    on_battery_after: Duration = 900.0
+    soc_critical_pct: float = Field(default=30.0, ge=0, le=100)
+    empty_critical_hours: float = Field(default=1.0, ge=0)
+
+
+def evaluate_site_offline(frames: Frames, facts: Facts, now: datetime, t: OfflineThresholds
+                          ) -> list[Finding]:
+    """On-air sites with no reading for longer than ``offline_after``."""
+    out: list[Finding] = []
+    if facts.sites.empty:
+        return out
+    seen = last_seen_map(frames.get("last_seen"))
+    now_ts = pd.Timestamp(now)
+    for site in facts.sites.itertuples(index=False):
+        if site.state != "on_air":
+            continue
+        last = seen.get(site.site_id)
+        if last is not None and now_ts - last <= pd.Timedelta(seconds=t.offline_after):
+            continue
+        silent_s = (now_ts - last).total_seconds() if last is not None else None
+        severity: Severity = ("critical" if silent_s is None or silent_s > t.critical_after
+                              else "warning")
+        start = last.to_pydatetime() if last is not None else now - timedelta(seconds=t.window)
+        since = (f"since {last.isoformat()}" if last is not None
+                 else f"for more than {t.window / 3600:g} h")
+        out.append(Finding(
+            kind="site_offline", rule="site_offline", site_id=site.site_id, severity=severity,
+            window_start=start, window_end=now, summary=f"site {site.site_id} silent {since}",
+            evidence={"last_seen": last.isoformat() if last is not None else None,
+                      "silent_s": round(silent_s, 1) if silent_s is not None else None,
+                      "offline_after_s": t.offline_after}))
+    return out
+
+
+def soc_trend(times: pd.Series, soc_pct: pd.Series) -> float | None:
+    """Least-squares slope of the state of charge in %/h (None with fewer than two points)."""
+    ok = soc_pct.notna().to_numpy()
+    if ok.sum() < 2:
+        return None
+    hours = ((times[ok] - times[ok].iloc[0]) / pd.Timedelta(hours=1)).to_numpy(dtype=float)
+    if np.ptp(hours) == 0:
+        return None
+    return float(np.polyfit(hours, soc_pct[ok].to_numpy(dtype=float), 1)[0])
+
+
+def _on_battery(row_on: Any, row_mains: Any) -> bool:
+    if row_on is not None and not (isinstance(row_on, float) and np.isnan(row_on)):
+        return bool(row_on)
+    return row_mains is not None and not (isinstance(row_mains, float) and np.isnan(row_mains)) \
+        and not bool(row_mains)
+
+
+def evaluate_mains_failure(frames: Frames, facts: Facts, now: datetime, t: MainsThresholds
+                           ) -> list[Finding]:
+    """Sites on battery for longer than ``on_battery_after`` up to their latest report."""
+    tower = frames.get("tower_5m")
+    out: list[Finding] = []
+    if tower is None or tower.empty:
+        return out
+    now_ts = pd.Timestamp(now)
+    df = tower.sort_values(["site_id", "time"])
+    for column in ("on_battery", "mains_ok", "battery_soc_pct"):
+        if column not in df.columns:
+            df[column] = None
+    for site_id, g in df.groupby("site_id", sort=False):
+        flags = [_on_battery(a, b) for a, b in zip(g["on_battery"], g["mains_ok"], strict=True)]
+        times = list(g["time"])
+        if not flags or not flags[-1] or times[-1] < now_ts - 3 * BUCKET:
+            continue
+        first = len(flags) - 1
+        while first > 0 and flags[first - 1]:
+            first -= 1
+        since, until = times[first], min(times[-1] + BUCKET, now_ts)
+        duration_s = (until - since).total_seconds()
+        if duration_s < t.on_battery_after:
+            continue
+        run = g.iloc[first:]
+        slope = soc_trend(run["time"], pd.to_numeric(run["battery_soc_pct"], errors="coerce"))
+        soc = pd.to_numeric(run["battery_soc_pct"], errors="coerce").dropna()
+        soc_now = float(soc.iloc[-1]) if len(soc) else None
+        hours_left = soc_now / -slope if soc_now is not None and slope is not None and slope < 0 else None
+        critical = (soc_now is not None and soc_now <= t.soc_critical_pct) or (
+            hours_left is not None and hours_left <= t.empty_critical_hours)
+        trend = [[ts.isoformat(), round(float(v), 2)] for ts, v in
+                 zip(run["time"], pd.to_numeric(run["battery_soc_pct"], errors="coerce"), strict=True)
+                 if pd.notna(v)][-12:]
+        left = f", about {hours_left:.1f} h to empty" if hours_left is not None else ""
+        soc_text = f", battery {soc_now:.0f}%" if soc_now is not None else ""
+        out.append(Finding(
+            kind="mains_failure", rule="mains_failure", site_id=site_id,
+            severity="critical" if critical else "warning",
+            window_start=since.to_pydatetime(), window_end=until.to_pydatetime(),
+            summary=f"site {site_id} on battery for {duration_s / 60:.0f} min{soc_text}{left}",
+            evidence={"on_battery_since": since.isoformat(), "duration_s": duration_s,
+                      "battery_soc_pct": soc_now,
+                      "soc_slope_pct_per_h": round(slope, 3) if slope is not None else None,
+                      "hours_to_empty": round(hours_left, 2) if hours_left is not None else None,
+                      "soc_trend": trend}))
+    return out
+
+
+SITE_OFFLINE = Rule(
+    name="site_offline", kinds=("site_offline",), thresholds=OfflineThresholds,
+    evaluate=evaluate_site_offline, needs=("last_seen",),
+    description="on-air sites silent beyond the offline threshold",
+)
+MAINS_FAILURE = Rule(
+    name="mains_failure", kinds=("mains_failure",), thresholds=MainsThresholds,
+    evaluate=evaluate_mains_failure, needs=("tower_5m",),
+    description="sites on battery beyond the threshold, with SOC trend and time to empty",
+)

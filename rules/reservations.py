@@ -1,0 +1,117 @@
+"""Grid capacity reserved per site against the load it actually draws.
+
+Peak demand is the maximum, over the window, of the site's 15-minute mean
+``power_kw`` (summed over its meters), aggregated in InfluxDB (frame
+``power_peak``: site_id, peak_kw, time of the peak).  Exceeded: peak above
+``reserved_kw``.  Underused: on air for ``underused_after_days`` and the peak
+below ``underused_share`` of the reservation.  Missing: a site under
+construction or further along with no reservation at all.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from rules.finding import Finding, Severity
+from rules.rule import Facts, Frames, Rule, Thresholds
+from sitetwin.config import Duration
+
+__all__ = ["RESERVATIONS", "ReservationThresholds", "evaluate_reservations", "site_peaks"]
+
+NEEDS_RESERVATION = ("under_construction", "power_connected", "on_air", "relocating")
+
+
+class ReservationThresholds(Thresholds):
+    """Peak over ``window``; exceeded by more than ``critical_over`` (share) is critical."""
+
+    interval: Duration = 3600.0
+    window: Duration = 7 * 86400.0
+    exceed_tolerance: float = Field(default=0.0, ge=0)
+    critical_over: float = Field(default=0.2, ge=0)
+    underused_after_days: float = Field(default=30.0, ge=0)
+    underused_share: float = Field(default=0.2, gt=0, le=1)
+
+
+def site_peaks(frame: pd.DataFrame | None) -> dict[str, tuple[float, pd.Timestamp | None]]:
+    """site_id -> (peak_kw, time of the peak) from the ``power_peak`` frame."""
+    if frame is None or frame.empty:
+        return {}
+    out = {}
+    for row in frame.dropna(subset=["peak_kw"]).itertuples(index=False):
+        out[row.site_id] = (float(row.peak_kw), getattr(row, "time", None))
+    return out
+
+
+def _ts(value: Any) -> pd.Timestamp | None:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: ReservationThresholds
+                          ) -> list[Finding]:
+    """Exceeded, underused and missing reservations."""
+    start = now - timedelta(seconds=t.window)
+    peaks = site_peaks(frames.get("power_peak"))
+    reserved: dict[str, dict[str, Any]] = {}
+    if not facts.reservations.empty:
+        reserved = facts.reservations.drop_duplicates("site_id", keep="last").set_index("site_id").to_dict("index")
+    out: list[Finding] = []
+    for site in facts.sites.itertuples(index=False):
+        sid = site.site_id
+        res = reserved.get(sid)
+        if res is None:
+            if site.state in NEEDS_RESERVATION:
+                out.append(Finding(
+                    kind="reservation_missing", rule="reservations", site_id=sid, severity="warning",
+                    window_start=start, window_end=now,
+                    summary=f"site {sid} is {site.state} with no grid capacity reserved",
+                    evidence={"state": site.state, "peak_kw": peaks.get(sid, (None,))[0]}))
+            continue
+        reserved_kw = float(res["reserved_kw"])
+        if sid not in peaks:
+            continue
+        peak_kw, peak_at = peaks[sid]
+        evidence = {"peak_kw": round(peak_kw, 3), "peak_at": peak_at.isoformat() if peak_at is not None else None,
+                    "reserved_kw": reserved_kw, "declared_kw": _num(res.get("declared_kw")),
+                    "feeder": res.get("feeder"), "substation": res.get("substation"),
+                    "status": res.get("status"), "window_days": round(t.window / 86400, 2)}
+        if reserved_kw > 0:
+            evidence["utilisation"] = round(peak_kw / reserved_kw, 4)
+        if peak_kw > reserved_kw * (1 + t.exceed_tolerance):
+            over = peak_kw - reserved_kw
+            severity: Severity = "critical" if peak_kw > reserved_kw * (1 + t.critical_over) else "warning"
+            out.append(Finding(
+                kind="reservation_exceeded", rule="reservations", site_id=sid, severity=severity,
+                window_start=start, window_end=now,
+                summary=f"site {sid}: peak {peak_kw:.1f} kW over the {reserved_kw:.1f} kW reserved (+{over:.1f} kW)",
+                evidence={**evidence, "over_kw": round(over, 3)}))
+            continue
+        on_air = _ts(getattr(site, "on_air_since", None))
+        if (site.state == "on_air" and on_air is not None
+                and pd.Timestamp(now) - on_air >= pd.Timedelta(days=t.underused_after_days)
+                and peak_kw < reserved_kw * t.underused_share):
+            out.append(Finding(
+                kind="reservation_underused", rule="reservations", site_id=sid, severity="info",
+                window_start=start, window_end=now,
+                summary=(f"site {sid}: peak {peak_kw:.1f} kW is under {t.underused_share:.0%} of the "
+                         f"{reserved_kw:.1f} kW reserved after {(pd.Timestamp(now) - on_air).days} days on air"),
+                evidence={**evidence, "on_air_since": on_air.isoformat(),
+                          "unused_kw": round(reserved_kw - peak_kw, 3)}))
+    return out
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+RESERVATIONS = Rule(
+    name="reservations", kinds=("reservation_exceeded", "reservation_underused", "reservation_missing"),
+    thresholds=ReservationThresholds, evaluate=evaluate_reservations, needs=("power_peak",),
+    description="peak demand against the reserved grid capacity; unused and missing reservations",
+)

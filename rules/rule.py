@@ -1,0 +1,92 @@
+"""What a rule is: a name, the flag kinds it raises, thresholds, a schedule, a pure function.
+
+A rule never opens a socket nor reads the clock.  The runner (``engine``)
+fetches the frames the rule ``needs`` for its window (``data``), loads the
+registry ``Facts``, and calls ``evaluate(frames, facts, now, thresholds)``.
+Thresholds come from ``[rules.<name>]`` in the configuration; their defaults
+are the fields of each rule's ``Thresholds`` model below (and are documented,
+commented out, in ``sitetwin.sample.toml``; a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rules.errors import ThresholdError
+from rules.finding import Finding
+from sitetwin.config import Duration
+
+__all__ = ["Facts", "Frames", "Rule", "Thresholds"]
+
+Frames = Mapping[str, pd.DataFrame]
+
+
+class Thresholds(BaseModel):
+    """Common to every rule: whether it runs, how often, and over what window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    interval: Duration = 300.0
+    window: Duration = 3600.0
+
+
+def _empty(*columns: str) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Registry facts from the twin, as frames (one row per site, event, bill...).
+
+    ``sites``: site_id, lat, lon, state, region, customer_class, supply, replaces_site_id,
+    state_since (UTC time of the event that entered the current state), on_air_since.
+    ``reservations``: site_id, declared_kw, reserved_kw, feeder, substation, status.
+    ``tariffs``: region, customer_class, period, hours, effective_from, price_cny_per_kwh.
+    ``bills``: bill_id, site_id, supplier_id, supplier_name, meter_id, period_start,
+    period_end (exclusive, UTC), billed_kwh, amount_cny.
+    """
+
+    sites: pd.DataFrame = field(default_factory=lambda: _empty(
+        "site_id", "lat", "lon", "state", "region", "customer_class", "supply",
+        "replaces_site_id", "state_since", "on_air_since"))
+    reservations: pd.DataFrame = field(default_factory=lambda: _empty(
+        "site_id", "declared_kw", "reserved_kw", "feeder", "substation", "status"))
+    tariffs: pd.DataFrame = field(default_factory=lambda: _empty(
+        "region", "customer_class", "period", "hours", "effective_from", "price_cny_per_kwh"))
+    bills: pd.DataFrame = field(default_factory=lambda: _empty(
+        "bill_id", "site_id", "supplier_id", "supplier_name", "meter_id", "period_start",
+        "period_end", "billed_kwh", "amount_cny"))
+
+
+Evaluate = Callable[[Frames, Facts, datetime, Any], list[Finding]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One registered rule; ``needs`` names the window frames ``rules.data`` must fetch."""
+
+    name: str
+    kinds: tuple[str, ...]
+    thresholds: type[Thresholds]
+    evaluate: Evaluate
+    needs: tuple[str, ...] = ()
+    description: str = ""
+
+    def configure(self, table: Mapping[str, Any] | None) -> Thresholds:
+        """The thresholds of ``[rules.<name>]`` over the defaults; a bad key is named."""
+        try:
+            return self.thresholds(**dict(table or {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            raise ThresholdError(
+                f"invalid configuration key 'rules.{self.name}.{key}': {first['msg']}") from None
+        except TypeError as exc:
+            raise ThresholdError(f"invalid configuration table 'rules.{self.name}': {exc}") from None

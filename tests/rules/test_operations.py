@@ -1,0 +1,54 @@
+"""Operations: offline sites and mains failures with SOC trend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from rules.operations import MainsThresholds, OfflineThresholds, evaluate_mains_failure, evaluate_site_offline
+from tests.rules.helpers import facts, sites
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def test_site_offline():
+    s = sites({"site_id": "UP"}, {"site_id": "LATE"}, {"site_id": "GONE"}, {"site_id": "NEVER"},
+              {"site_id": "BUILD", "state": "under_construction"})
+    frames = {"last_seen": pd.DataFrame([
+        {"site_id": "UP", "time": pd.Timestamp("2026-11-20T11:55:00Z")},
+        {"site_id": "LATE", "time": pd.Timestamp("2026-11-20T11:40:00Z")},
+        {"site_id": "GONE", "time": pd.Timestamp("2026-11-20T09:00:00Z")}])}
+    found = {x.site_id: x for x in evaluate_site_offline(frames, facts(sites=s), NOW, OfflineThresholds())}
+    assert set(found) == {"LATE", "GONE", "NEVER"}
+    assert found["LATE"].severity == "warning" and found["GONE"].severity == "critical"
+    assert found["LATE"].evidence["silent_s"] == 1200.0
+    assert found["NEVER"].evidence["last_seen"] is None
+
+
+def tower(site: str, on_battery: list[bool], soc: list[float]) -> pd.DataFrame:
+    times = pd.date_range(end=pd.Timestamp(NOW) - pd.Timedelta(minutes=5), periods=len(soc), freq="5min")
+    return pd.DataFrame({"time": times, "site_id": site, "on_battery": on_battery,
+                         "mains_ok": [not b for b in on_battery], "battery_soc_pct": soc})
+
+
+def test_mains_failure_with_soc_trend_and_time_to_empty():
+    # 30 minutes on battery, SOC falling 2 % per 5 min = 24 %/h, 80 % left: ~3.3 h.
+    frames = {"tower_5m": tower("S1", [False, False] + [True] * 6, [100, 100, 90, 88, 86, 84, 82, 80])}
+    (x,) = evaluate_mains_failure(frames, facts(), NOW, MainsThresholds())
+    assert (x.kind, x.site_id, x.severity) == ("mains_failure", "S1", "warning")
+    assert x.evidence["duration_s"] == 1800.0
+    assert x.evidence["soc_slope_pct_per_h"] == pytest.approx(-24.0)
+    assert x.evidence["hours_to_empty"] == pytest.approx(80 / 24, abs=0.01)
+    assert len(x.evidence["soc_trend"]) == 6
+
+
+def test_short_outage_and_recovered_site_are_not_flagged_and_low_soc_is_critical():
+    short = {"tower_5m": tower("S1", [False] * 5 + [True] * 2, [100] * 5 + [99, 98])}
+    assert evaluate_mains_failure(short, facts(), NOW, MainsThresholds()) == []
+    back = {"tower_5m": tower("S1", [True] * 6 + [False], [90, 80, 70, 60, 50, 40, 41])}
+    assert evaluate_mains_failure(back, facts(), NOW, MainsThresholds()) == []
+    low = {"tower_5m": tower("S1", [True] * 6, [40, 36, 32, 28, 24, 20])}
+    (x,) = evaluate_mains_failure(low, facts(), NOW, MainsThresholds())
+    assert x.severity == "critical"
