@@ -1,0 +1,334 @@
+"""Ingest benchmark: broker raw delivery vs sitetwin end to end, one and two collectors.
+
+Run:  .venv/bin/python bench/ingest.py [--messages 200000] [--cases a,b,c,d]
+
+Each case drains the same backlog of QoS 1 messages that the broker queued for
+a persistent session while its consumer was away, so publishing cost (a Python
+publisher on the same two cores) is kept out of the figures:
+
+  (a) a paho subscriber that only counts (auto-ack) - the broker's delivery rate;
+  (b) ``sitetwin run`` (one collector process): MQTT -> validate -> line protocol
+      -> InfluxDB, acked after the write; every point is counted in InfluxDB;
+  (c) the same with two collector processes on the shared subscription;
+  (d) as (b) with the twin's live state on (flushed to SQLite), plus the twin's
+      lag behind telemetry (newest reading vs newest ``last_seen``).
+
+Figures are msgs/s over the steady part (first to last point), printed with
+the ratios b/a, c/b and d/b.  Services are private instances on free ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sitetwin.services import InfluxDB, Mosquitto, free_port  # noqa: E402
+
+SITES = 2000
+START_S = int(time.time()) - 30 * 86400  # a month ago: well inside any retention
+
+
+def backlog(n: int) -> list[tuple[str, bytes]]:
+    """n distinct tower readings (one per site and minute), ~170 bytes each."""
+    out = []
+    for i in range(n):
+        site, k = i % SITES, i // SITES
+        out.append((f"sites/B{site:05d}/tower", orjson.dumps({
+            "ts": START_S + k * 60, "mains_ok": True, "on_battery": False,
+            "battery_voltage_v": 53.5, "battery_soc_pct": 100.0 - (k % 7),
+            "rectifier_load_a": 31.2 + (i % 13) / 10, "cabinet_temp_c": 24.0 + (k % 11) / 2,
+            "humidity_pct": 40.0, "door_open": False,
+        })))
+    return out
+
+
+def publish(mq: Mosquitto, messages: list[tuple[str, bytes]], max_inflight: int = 1000) -> float:
+    """QoS 1 with a bounded window of unacknowledged messages; returns msgs/s."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(0)
+    window = threading.Semaphore(max_inflight)
+    acked = threading.Semaphore(0)
+
+    def on_publish(c, u, mid, rc, props):
+        window.release()
+        acked.release()
+
+    client.on_publish = on_publish
+    client.connect(mq.host, mq.port)
+    client.loop_start()
+    t0 = time.perf_counter()
+    try:
+        for topic, payload in messages:
+            window.acquire()
+            client.publish(topic, payload, qos=1)
+        for _ in messages:
+            if not acked.acquire(timeout=60):
+                raise SystemExit("the broker stopped acknowledging publishes")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return len(messages) / (time.perf_counter() - t0)
+
+
+# -- (a) the broker alone -------------------------------------------------------------------
+_COUNTER = r"""
+import sys, time, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+host, port, cid, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+mode = sys.argv[5]  # "subscribe" or "drain"
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+props = Properties(PacketTypes.CONNECT); props.SessionExpiryInterval = 3600
+props.ReceiveMaximum = 20000
+got = 0; first = last = None; done = threading.Event(); subscribed = threading.Event()
+def on_message(c, u, m):
+    global got, first, last
+    got += 1
+    if first is None: first = time.perf_counter()
+    last = time.perf_counter()
+    if got >= n: done.set()
+c.on_message = on_message
+c.on_subscribe = lambda *a: subscribed.set()
+c.connect(host, port, clean_start=False, properties=props)
+c.loop_start()
+if mode == "subscribe":
+    c.subscribe("$share/benchraw/sites/+/+", qos=1); subscribed.wait(10)
+    time.sleep(0.5); c.disconnect(); c.loop_stop(); print("{}"); sys.exit(0)
+done.wait(600)
+c.disconnect(); c.loop_stop()
+print('{"received": %d, "seconds": %.6f}' % (got, (last or 0) - (first or 0)))
+"""
+
+
+def case_a(mq: Mosquitto, messages) -> dict:
+    cid = f"bench-raw-{time.time_ns()}"
+    argv = [sys.executable, "-c", _COUNTER, mq.host, str(mq.port), cid, str(len(messages))]
+    subprocess.run([*argv, "subscribe"], check=True, capture_output=True)
+    pub_rate = publish(mq, messages)
+    out = subprocess.run([*argv, "drain"], check=True, capture_output=True, text=True)
+    res = json.loads(out.stdout)
+    assert res["received"] == len(messages), res
+    return {"msgs_per_s": res["received"] / res["seconds"], "publish_msgs_per_s": pub_rate}
+
+
+# -- (b), (c), (d): sitetwin end to end ------------------------------------------------------------
+def _env(mq: Mosquitto, influx: InfluxDB, db: str, state: Path, group: str, twin: bool) -> dict:
+    env = {
+        **os.environ,
+        "SITETWIN_MQTT__SERVERS": json.dumps([mq.url]),
+        "SITETWIN_MQTT__CLIENT_ID": f"bench-{group}",
+        "SITETWIN_MQTT__SHARED_GROUP": group,
+        "SITETWIN_INFLUXDB__URL": influx.url,
+        "SITETWIN_INFLUXDB__DATABASE": db,
+        "SITETWIN_SERVICES__STATE_DIR": str(state),
+        "SITETWIN_COLLECTOR__METRICS_INTERVAL": "10s",
+        "SITETWIN_LOG_LEVEL": "WARNING",
+    }
+    if twin:
+        env["SITETWIN_TWIN__URL"] = f"sqlite:///{state / 'twin.sqlite'}"
+    return env
+
+
+PROFILE_DIR: Path | None = None
+
+
+def _collectors(env: dict, count: int, twin: bool, log: Path) -> list[subprocess.Popen]:
+    procs = []
+    for i in range(count):
+        argv = [sys.executable, "-m", "sitetwin", "run", "--no-rules", "--instance", str(i)]
+
+        if not twin:
+            argv.append("--no-twin")
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=open(log, "ab"),
+                                stderr=subprocess.STDOUT)
+        procs.append(proc)
+        if PROFILE_DIR is not None:
+            out = PROFILE_DIR / f"{env['SITETWIN_MQTT__SHARED_GROUP']}-{i}-{time.time_ns()}.txt"
+            proc.profiler = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
+                 "--format", "raw", "--threads", "--nonblocking", "-r", "100", "-o", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return procs
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        profiler = getattr(p, "profiler", None)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _count(influx: InfluxDB, db: str) -> int:
+    res = influx.query('SELECT count("mains_ok") FROM "tower"', db=db)["results"][0]
+    series = res.get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def _twin_newest(state: Path) -> float | None:
+    import sqlite3
+
+    path = state / "twin.sqlite"
+    if not path.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        row = con.execute("SELECT count(*) FROM live_state").fetchone()
+        con.close()
+        return float(row[0])
+    except sqlite3.Error:
+        return None
+
+
+def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int, twin: bool,
+                  work: Path, name: str) -> dict:
+    db = f"bench_{name}"
+    state = work / f"state-{name}"
+    state.mkdir(parents=True, exist_ok=True)
+    influx.query(f'DROP DATABASE "{db}"')
+    influx.query(f'CREATE DATABASE "{db}"')
+    env = _env(mq, influx, db, state, f"g{name}", twin)
+    log = work / f"collector-{name}.log"
+    # 1. establish the persistent sessions and the shared subscription, then leave.
+    procs = _collectors(env, collectors, twin, log)
+    probe = [(f"sites/P{i:03d}/tower", orjson.dumps({"ts": START_S - 60, "mains_ok": True}))
+             for i in range(collectors * 20)]
+    t_end = time.monotonic() + 60
+    while _count(influx, db) < len(probe) and time.monotonic() < t_end:
+        publish(mq, probe)
+        time.sleep(1.0)
+    _stop(procs)
+    base = _count(influx, db)
+    # 2. the backlog waits in the broker for the sessions.
+    pub_rate = publish(mq, messages)
+    # 3. the collectors return and drain it.
+    t_start = time.perf_counter()
+    procs = _collectors(env, collectors, twin, log)
+    first = None
+    want = base + len(messages)
+    lags = []
+    deadline = time.monotonic() + 900
+    n = base
+    while time.monotonic() < deadline:
+        n = _count(influx, db)
+        now = time.perf_counter()
+        if first is None and n > base:
+            first = (now, n)
+        if n >= want:
+            break
+        time.sleep(0.5)
+    t_done = time.perf_counter()
+    if twin:
+        # The twin lags telemetry by the time its last flush takes to show every site.
+        t_wait = time.perf_counter()
+        while (_twin_newest(state) or 0) < SITES + len(probe) and time.perf_counter() - t_wait < 60:
+            time.sleep(0.25)
+        lags.append(time.perf_counter() - t_done)
+    _stop(procs)
+    if n != want:
+        raise SystemExit(f"case {name}: {n - base} of {len(messages)} points in InfluxDB; "
+                         f"see {log}")
+    steady_s = t_done - first[0]
+    out = {
+        "msgs_per_s": (want - first[1]) / steady_s if steady_s > 0 else float("nan"),
+        "wall_msgs_per_s": len(messages) / (t_done - t_start),
+        "publish_msgs_per_s": pub_rate,
+        "verified_points": n - base,
+    }
+    if twin:
+        out["twin_lag_s"] = lags[0]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--cases", default="a,b,c,d")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", metavar="DIR", type=Path,
+                    help="run the collectors under py-spy, collapsed stacks into DIR")
+    args = ap.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
+    if PROFILE_DIR:
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    cases = set(args.cases.split(","))
+    work = Path(tempfile.mkdtemp(prefix="sitetwin-bench-"))
+    mq = Mosquitto(root=work / "mosquitto", port=free_port())
+    influx = InfluxDB(root=work / "influxdb", port=free_port(), database="")
+    mq.start()
+    influx.start()
+    messages = backlog(args.messages)
+    size = sum(len(p) for _, p in messages) / len(messages)
+    print(f"{len(messages)} messages of {size:.0f} bytes, {os.cpu_count()} cores", file=sys.stderr)
+    results: dict[str, dict] = {}
+    try:
+        if "a" in cases:
+            results["a"] = case_a(mq, messages)
+            print(f"(a) broker -> counting subscriber: {results['a']['msgs_per_s']:,.0f} msgs/s",
+                  file=sys.stderr)
+        for key, n, twin in (("b", 1, False), ("c", 2, False), ("d", 1, True)):
+            if key in cases:
+                results[key] = case_sitetwin(mq, influx, messages, collectors=n, twin=twin,
+                                             work=work, name=key)
+                print(f"({key}) sitetwin, {n} collector(s){' + twin' if twin else ''}: "
+                      f"{results[key]['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
+    finally:
+        mq.stop()
+        influx.stop()
+    ratios = {}
+    if "a" in results and "b" in results:
+        ratios["b/a"] = results["b"]["msgs_per_s"] / results["a"]["msgs_per_s"]
+    if "b" in results and "c" in results:
+        ratios["c/b"] = results["c"]["msgs_per_s"] / results["b"]["msgs_per_s"]
+    if "b" in results and "d" in results:
+        ratios["d/b"] = results["d"]["msgs_per_s"] / results["b"]["msgs_per_s"]
+    report = {"messages": len(messages), "payload_bytes": round(size), "cores": os.cpu_count(),
+              "results": results, "ratios": ratios}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"\n| case | msgs/s (steady) | msgs/s (wall) | points verified |")
+        print("|---|---:|---:|---:|")
+        for key, r in results.items():
+            print(f"| {key} | {r['msgs_per_s']:,.0f} | {r.get('wall_msgs_per_s', r['msgs_per_s']):,.0f}"
+                  f" | {r.get('verified_points', '-')} |")
+        for k, v in ratios.items():
+            print(f"{k} = {v:.2f}")
+        if "d" in results:
+            print(f"twin lag after the last point = {results['d']['twin_lag_s']:.1f} s")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
