@@ -92,7 +92,8 @@ class Pipeline:
 
             from twin.live import site_state_lines
 
-            body = site_state_lines(self.store, datetime.now(UTC))
+            body = site_state_lines(self.store, datetime.now(UTC),
+                                    online_window_s=self.live.online_window_s)
             if body:
                 self.collector.writer.write(body)
         except Exception as exc:

@@ -150,10 +150,10 @@ def test_online_window_and_site_state_lines(store, settings):
     on1 = next(x for x in lines if "site_id=ON1" in x)
     assert on1.startswith("site_state,county=Pi\\ County,feeder=F\\ 1,kind=macro,site_id=ON1,"
                           "state=on_air,substation=Sub\\=A,supply=direct ")
-    assert "online=true" in on1 and "on_battery=false" in on1 and "power_kw=3.5" in on1
+    assert "online=1i" in on1 and "on_battery=0i" in on1 and "power_kw=3.5" in on1
     assert "reserved_kw=10.0" in on1 and "declared_kw=8.0" in on1 and "age_s=60.0" in on1
     assert on1.endswith(f" {ts_ns}")
     off1 = next(x for x in lines if "site_id=OFF1" in x)
-    assert "online=false" in off1 and "age_s=1060.0" in off1
+    assert "online=0i" in off1 and "age_s=1060.0" in off1
     never = next(x for x in lines if "site_id=NEVER" in x)
     assert "online=false" in never and "age_s" not in never and "supply=transfer" in never
