@@ -156,4 +156,4 @@ def test_online_window_and_site_state_lines(store, settings):
     off1 = next(x for x in lines if "site_id=OFF1" in x)
     assert "online=0i" in off1 and "age_s=1060.0" in off1
     never = next(x for x in lines if "site_id=NEVER" in x)
-    assert "online=false" in never and "age_s" not in never and "supply=transfer" in never
+    assert "online=0i" in never and "age_s" not in never and "supply=transfer" in never
