@@ -1,0 +1,578 @@
+"""CSV imports (CONTRACTS.md section 2): read, validate every row, upsert all or nothing.
+
+A file is UTF-8 (a BOM is tolerated) with a header row; columns may come in
+any order; unknown columns are ignored with a warning.  Every bad row is
+reported with its line (the header is line 1), column and reason.  By default
+one bad row imports nothing (``ImportFailed`` carries every error); with
+``skip_invalid=True`` the valid rows are imported and the rejected ones are
+written, with their reasons, to a rejects file.  Rows are upserted by their
+key (``site_id``, ``bill_id``, ...), in bulk, in one transaction, so a
+re-import of the same file changes nothing.
+
+Text cells are stored exactly as given, even ones that start with ``=``,
+``+``, ``-`` or ``@``; exports neutralise them (``twin.export``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from connectors.errors import InvalidIdentifier
+from connectors.reading import check_id
+from twin.errors import ImportFailed, RowError
+from twin.models import Bill, LifecycleEvent, LiveSiteState, Reservation, Site, Tariff, utcnow
+
+__all__ = [
+    "BILLS",
+    "RESERVATIONS",
+    "SCHEMAS",
+    "SITES",
+    "TARIFFS",
+    "Column",
+    "ImportResult",
+    "ParsedFile",
+    "Schema",
+    "import_csv",
+    "read_rows",
+]
+
+CHUNK_ROWS = 5000
+
+
+# --- cell parsers: str -> value, or ValueError with a reason for a person ---------------------
+
+def text(max_len: int = 200) -> Callable[[str], str]:
+    def parse(cell: str) -> str:
+        value = cell.strip()
+        if len(value) > max_len:
+            raise ValueError(f"longer than {max_len} characters")
+        return value
+    return parse
+
+
+def identifier(cell: str) -> str:
+    try:
+        return check_id(cell.strip())
+    except InvalidIdentifier:
+        raise ValueError(f"{cell!r} is not an identifier (letters, digits, _ . -; at most 64)")\
+            from None
+
+
+def number(lo: float | None = None, hi: float | None = None, *, above: float | None = None):
+    def parse(cell: str) -> float:
+        try:
+            value = float(cell)
+        except ValueError:
+            raise ValueError(f"{cell!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{cell!r} is not a finite number")
+        if lo is not None and value < lo:
+            raise ValueError(f"{value:g} is below {lo:g}")
+        if hi is not None and value > hi:
+            raise ValueError(f"{value:g} is above {hi:g}")
+        if above is not None and value <= above:
+            raise ValueError(f"{value:g} must be above {above:g}")
+        return value
+    return parse
+
+
+def integer(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(cell: str) -> int:
+        try:
+            value = int(cell.strip())
+        except ValueError:
+            raise ValueError(f"{cell!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is not within {lo}-{hi}")
+        return value
+    return parse
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(cell: str) -> str:
+        value = cell.strip()
+        if value not in options:
+            raise ValueError(f"{value!r} is not one of {'|'.join(options)}")
+        return value
+    return parse
+
+
+def timestamp(cell: str) -> datetime:
+    """ISO 8601 date or date-time; a date is midnight UTC, a time without offset is UTC."""
+    value = cell.strip()
+    try:
+        if len(value) == 10:
+            d = date.fromisoformat(value)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 date (2026-11-24 or"
+                         " 2026-11-24T08:15:00Z)") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def operators(cell: str) -> str:
+    items = [o.strip() for o in cell.split(";")]
+    if any(not o for o in items):
+        raise ValueError("operators is a ';'-separated list without empty entries")
+    joined = ";".join(items)
+    if len(joined) > 200:
+        raise ValueError("longer than 200 characters")
+    return joined
+
+
+_HOURS = re.compile(r"^\d{1,2}-\d{1,2}(;\d{1,2}-\d{1,2})*$")
+
+
+def hours(cell: str) -> str:
+    value = cell.strip().replace(" ", "")
+    if not _HOURS.match(value):
+        raise ValueError(f"{cell!r} is not a list of hour ranges like 8-11;18-21")
+    for part in value.split(";"):
+        start, end = (int(x) for x in part.split("-"))
+        if not 0 <= start < end <= 24:
+            raise ValueError(f"hour range {part!r} must satisfy 0 <= start < end <= 24")
+    return value
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One CSV column: its parser, whether it is required, and its default when empty."""
+
+    name: str
+    parse: Callable[[str], Any]
+    required: bool = True
+    default: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """One import format: its columns, its key, and the table rows are upserted into."""
+
+    name: str
+    table: Table
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    # Cross-column checks of one parsed row: [(column, reason)].
+    check: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+    # Columns whose value must name a row of another table (or of this file, see sites).
+    references: tuple[tuple[str, Table, str], ...] = ()
+    # Columns written on insert but never overwritten by a re-import.
+    insert_only: tuple[str, ...] = ()
+    # Added to every row (not in the file), e.g. updated_at.
+    stamped: tuple[str, ...] = ()
+
+    @property
+    def by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
+
+
+def _check_site(row: dict[str, Any]) -> list[tuple[str, str]]:
+    if row.get("replaces_site_id") and row["replaces_site_id"] == row["site_id"]:
+        return [("replaces_site_id", "a site cannot replace itself")]
+    return []
+
+
+def _check_reservation(row: dict[str, Any]) -> list[tuple[str, str]]:
+    return []
+
+
+def _check_tariff(row: dict[str, Any]) -> list[tuple[str, str]]:
+    if row.get("period", "flat") != "flat" and not row.get("hours"):
+        return [("hours", f"a {row['period']} tariff needs its hours (e.g. 8-11;18-21)")]
+    return []
+
+
+def _check_bill(row: dict[str, Any]) -> list[tuple[str, str]]:
+    if row["period_end"] <= row["period_start"]:
+        return [("period_end", "must be after period_start")]
+    return []
+
+
+_STATES = ("planned", "site_secured", "approved", "under_construction", "power_connected",
+           "on_air", "relocating", "decommissioned", "blocked")
+
+SITES = Schema(
+    name="sites",
+    table=Site.__table__,
+    key=("site_id",),
+    columns=(
+        Column("site_id", identifier),
+        Column("name", text(200)),
+        Column("lat", number(-90, 90)),
+        Column("lon", number(-180, 180)),
+        Column("county", text(100)),
+        Column("kind", choice("macro", "micro", "pole", "indoor")),
+        Column("supply", choice("direct", "transfer")),
+        Column("region", text(100)),
+        Column("customer_class", text(100)),
+        Column("district", text(100), required=False),
+        Column("owner", text(200), required=False),
+        Column("operators", operators, required=False),
+        Column("planned_year", integer(2000, 2100), required=False),
+        Column("state", choice(*_STATES), required=False, default="planned"),
+        Column("replaces_site_id", identifier, required=False),
+    ),
+    check=_check_site,
+    references=(("replaces_site_id", Site.__table__, "site_id"),),
+    insert_only=("state", "created_at"),
+    stamped=("created_at", "updated_at"),
+)
+
+RESERVATIONS = Schema(
+    name="reservations",
+    table=Reservation.__table__,
+    key=("site_id",),
+    columns=(
+        Column("site_id", identifier),
+        Column("declared_kw", number(0, 100_000)),
+        Column("reserved_kw", number(0, 100_000)),
+        Column("feeder", text(100)),
+        Column("substation", text(100)),
+        Column("status", choice("requested", "approved", "energized")),
+    ),
+    check=_check_reservation,
+    references=(("site_id", Site.__table__, "site_id"),),
+    stamped=("updated_at",),
+)
+
+TARIFFS = Schema(
+    name="tariffs",
+    table=Tariff.__table__,
+    key=("region", "customer_class", "period", "effective_from"),
+    columns=(
+        Column("region", text(100)),
+        Column("customer_class", text(100)),
+        Column("effective_from", timestamp),
+        Column("price_cny_per_kwh", number(hi=100, above=0)),
+        Column("period", choice("flat", "peak", "valley", "sharp"), required=False,
+               default="flat"),
+        Column("hours", hours, required=False),
+    ),
+    check=_check_tariff,
+)
+
+BILLS = Schema(
+    name="bills",
+    table=Bill.__table__,
+    key=("bill_id",),
+    columns=(
+        Column("bill_id", identifier),
+        Column("site_id", identifier),
+        Column("supplier_id", identifier),
+        Column("period_start", timestamp),
+        Column("period_end", timestamp),
+        Column("billed_kwh", number(0, 1e9)),
+        Column("amount_cny", number(0, 1e10)),
+        Column("supplier_name", text(200), required=False),
+        Column("meter_id", identifier, required=False),
+    ),
+    check=_check_bill,
+    references=(("site_id", Site.__table__, "site_id"),),
+)
+
+SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS)}
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ParsedFile:
+    """The outcome of reading one file: valid rows, every error, and warnings."""
+
+    header: list[str]
+    rows: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    raw: dict[int, list[str]] = field(default_factory=dict)  # cells of rejected rows, by line
+
+    @property
+    def bad_lines(self) -> set[int]:
+        return {e.line for e in self.errors}
+
+
+def read_rows(path: str | Path, schema: Schema,
+              progress: Callable[[int], None] | None = None) -> ParsedFile:
+    """Parse and validate every row of ``path``; raises ``ImportFailed`` only for a bad file."""
+    path = Path(path)
+    try:
+        fh = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise ImportFailed(str(path), [], header=f"cannot read the file: {exc.strerror}") from None
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise ImportFailed(str(path), [], header="the file is empty (a header row is required)")
+            header = [h.strip() for h in header]
+            result = ParsedFile(header=header)
+            _check_header(path, schema, header, result)
+            names = schema.by_name
+            positions = [(i, names[h]) for i, h in enumerate(header) if h in names]
+            present = {c.name for _, c in positions}
+            absent_optional = [c for c in schema.columns if c.name not in present]
+            first_line_of: dict[tuple, int] = {}
+            done = 0
+            for cells in reader:
+                line_no = reader.line_num
+                done += 1
+                if progress is not None and done % 1000 == 0:
+                    progress(1000)
+                if not cells or (len(cells) == 1 and not cells[0].strip()):
+                    continue  # a blank line
+                errors: list[RowError] = []
+                if len(cells) != len(header):
+                    errors.append(RowError(line_no, "*", f"{len(cells)} cells, but the header"
+                                                          f" has {len(header)} columns"))
+                else:
+                    row: dict[str, Any] = {}
+                    for i, col in positions:
+                        cell = cells[i]
+                        if not cell.strip():
+                            if col.required:
+                                errors.append(RowError(line_no, col.name, "required, but empty"))
+                            else:
+                                row[col.name] = col.default
+                            continue
+                        try:
+                            row[col.name] = col.parse(cell)
+                        except ValueError as exc:
+                            errors.append(RowError(line_no, col.name, str(exc)))
+                    if not errors:
+                        for col in absent_optional:
+                            if col.default is not None:
+                                row[col.name] = col.default
+                        if schema.check is not None:
+                            errors += [RowError(line_no, c, r) for c, r in schema.check(row)]
+                    if not errors:
+                        key = tuple(row.get(k) for k in schema.key)
+                        first = first_line_of.setdefault(key, line_no)
+                        if first != line_no:
+                            errors.append(RowError(line_no, ",".join(schema.key),
+                                                   f"duplicate key, already on line {first}"))
+                if errors:
+                    result.errors += errors
+                    result.raw[line_no] = cells
+                else:
+                    result.rows.append((line_no, row))
+            if progress is not None:
+                progress(done % 1000)
+        except UnicodeDecodeError as exc:
+            raise ImportFailed(str(path), [], header=f"not UTF-8 ({exc.reason}); save the file"
+                               " as UTF-8 CSV") from None
+        except csv.Error as exc:
+            raise ImportFailed(str(path), [], header=f"not a valid CSV file at line"
+                               f" {reader.line_num}: {exc}") from None
+    return result
+
+
+def _check_header(path: Path, schema: Schema, header: list[str], result: ParsedFile) -> None:
+    known = schema.by_name
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise ImportFailed(str(path), [], header=f"column(s) {', '.join(dupes)} appear twice")
+    missing = [c.name for c in schema.columns if c.required and c.name not in header]
+    if missing:
+        raise ImportFailed(str(path), [RowError(1, m, "required column missing") for m in missing],
+                           header=f"missing required column(s) {', '.join(missing)} (a"
+                           f" {schema.name} file has {', '.join(c.name for c in schema.columns)})")
+    unknown = [h for h in header if h not in known]
+    if unknown:
+        result.warnings.append(f"unknown column(s) ignored: {', '.join(unknown)}")
+
+
+# --- importing --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What an import did."""
+
+    kind: str
+    path: str
+    inserted: int
+    updated: int
+    rejected: int
+    warnings: tuple[str, ...] = ()
+    errors: tuple[RowError, ...] = ()
+    rejects_path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path, "inserted": self.inserted,
+                "updated": self.updated, "rejected": self.rejected,
+                "warnings": list(self.warnings), "rejects_path": self.rejects_path,
+                "errors": [{"line": e.line, "column": e.column, "reason": e.reason}
+                           for e in self.errors]}
+
+
+def _chunks(seq: Sequence, n: int = CHUNK_ROWS) -> Iterable[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _existing(session: Session, table: Table, columns: Sequence[str],
+              wanted: set[tuple] | None = None) -> set[tuple]:
+    """Key tuples of ``table`` (all of them, or those among ``wanted``)."""
+    cols = [table.c[c] for c in columns]
+    if wanted is None:
+        return {tuple(r) for r in session.execute(select(*cols))}
+    found: set[tuple] = set()
+    items = list(wanted)
+    for chunk in _chunks(items, 1000):
+        cond = cols[0].in_([k[0] for k in chunk]) if len(cols) == 1 else tuple_(*cols).in_(chunk)
+        found |= {tuple(r) for r in session.execute(select(*cols).where(cond))}
+    return found
+
+
+def _check_references(session: Session, schema: Schema, parsed: ParsedFile) -> None:
+    for column, table, target in schema.references:
+        wanted = {(row[column],) for _, row in parsed.rows if row.get(column)}
+        if not wanted:
+            continue
+        known = _existing(session, table, [target], wanted)
+        if table is schema.table:  # a row may name another row of the same file
+            known |= {(row[schema.key[0]],) for _, row in parsed.rows}
+        kept = []
+        for line_no, row in parsed.rows:
+            value = row.get(column)
+            if value and (value,) not in known:
+                parsed.errors.append(RowError(line_no, column,
+                                              f"{value!r} is not a registered site"))
+                parsed.raw[line_no] = [_cell(row.get(h)) for h in parsed.header]
+            else:
+                kept.append((line_no, row))
+        parsed.rows = kept
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _write_rejects(path: Path, parsed: ParsedFile) -> None:
+    reasons: dict[int, list[str]] = {}
+    for e in parsed.errors:
+        reasons.setdefault(e.line, []).append(f"{e.column}: {e.reason}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*parsed.header, "line", "reasons"])
+        for line_no in sorted(reasons):
+            cells = parsed.raw.get(line_no, [])
+            cells = (cells + [""] * len(parsed.header))[:len(parsed.header)]
+            w.writerow([*cells, line_no, "; ".join(reasons[line_no])])
+
+
+def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: bool = False,
+               rejects: str | Path | None = None, actor: str = "import",
+               progress: Callable[[int], None] | None = None) -> ImportResult:
+    """Import ``path`` into the registry: all or nothing, or the valid rows with ``skip_invalid``.
+
+    Raises ``ImportFailed`` (nothing imported) when the file is unreadable or,
+    without ``skip_invalid``, when any row is bad.  With ``skip_invalid`` the
+    rejected rows go to ``rejects`` (default ``<file>.rejects.csv``).
+    """
+    if isinstance(schema, str):
+        schema = SCHEMAS[schema]
+    path = Path(path)
+    parsed = read_rows(path, schema, progress)
+    now = utcnow()
+    with store.session() as session:
+        _check_references(session, schema, parsed)
+        if parsed.errors and not skip_invalid:
+            raise ImportFailed(str(path), sorted(parsed.errors, key=lambda e: e.line))
+        rows = [row for _, row in parsed.rows]
+        keys = {tuple(r[k] for k in schema.key) for r in rows}
+        before = _existing(session, schema.table, schema.key,
+                           keys if len(keys) < 10_000 else None) if keys else set()
+        inserted = sum(1 for k in keys if k not in before)
+        present = {c for c in parsed.header if c in schema.by_name}
+        present |= {c.name for c in schema.columns if c.default is not None}
+        if schema is SITES:
+            _sites_before(session, parsed, before)
+        _upsert(session, store.dialect, schema, rows, present, now)
+        if schema is SITES:
+            _sites_after(session, rows, before, now, actor)
+    rejects_path = None
+    if parsed.errors:
+        rejects_path = Path(rejects) if rejects else path.with_suffix(".rejects.csv")
+        _write_rejects(rejects_path, parsed)
+    return ImportResult(kind=schema.name, path=str(path), inserted=inserted,
+                        updated=len(keys) - inserted, rejected=len(parsed.bad_lines),
+                        warnings=tuple(parsed.warnings),
+                        errors=tuple(sorted(parsed.errors, key=lambda e: e.line)),
+                        rejects_path=str(rejects_path) if rejects_path else None)
+
+
+def _insert(dialect: str, table: Table):
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+
+
+def _upsert(session: Session, dialect: str, schema: Schema, rows: list[dict[str, Any]],
+            present: set[str], now: datetime) -> None:
+    if not rows:
+        return
+    columns = [c.name for c in schema.columns if c.name in present]
+    stamped = {c: now for c in schema.stamped}
+    stmt = _insert(dialect, schema.table)
+    update = {c: stmt.excluded[c] for c in [*columns, *stamped]
+              if c not in schema.key and c not in schema.insert_only}
+    if update:
+        stmt = stmt.on_conflict_do_update(index_elements=list(schema.key), set_=update)
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(schema.key))
+    # Sorted by key: concurrent imports lock rows in the same order.
+    ordered = sorted(rows, key=lambda r: tuple(str(r[k]) for k in schema.key))
+    for chunk in _chunks(ordered):
+        session.execute(stmt, [{**{c: r.get(c) for c in columns}, **stamped} for r in chunk])
+
+
+def _sites_before(session: Session, parsed: ParsedFile, before: set[tuple]) -> None:
+    """Warn about states the file would change: only ``sites transition`` moves a site."""
+    existing = [row for _, row in parsed.rows if (row["site_id"],) in before and "state" in row]
+    if not existing:
+        return
+    ids = {r["site_id"] for r in existing}
+    current: dict[str, str] = {}
+    for chunk in _chunks(sorted(ids), 1000):
+        current.update((r[0], r[1]) for r in session.execute(
+            select(Site.site_id, Site.state).where(Site.site_id.in_(chunk))))
+    differ = sorted(r["site_id"] for r in existing if current.get(r["site_id"]) != r["state"])
+    if differ:
+        shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+        parsed.warnings.append(f"{len(differ)} existing site(s) have another state in the file;"
+                               f" left unchanged (use `sitetwin sites transition`): {shown}")
+
+
+def _sites_after(session: Session, rows: list[dict[str, Any]], before: set[tuple],
+                 now: datetime, actor: str) -> None:
+    """New sites start their history with an ``import`` event; live state learns they exist."""
+    new = [r for r in rows if (r["site_id"],) not in before]
+    events = [{"site_id": r["site_id"], "from_state": None, "to_state": r.get("state") or "planned",
+               "verb": "import", "at": now, "actor": actor, "note": None, "reason": None}
+              for r in sorted(new, key=lambda r: r["site_id"])]
+    for chunk in _chunks(events):
+        session.execute(LifecycleEvent.__table__.insert(), list(chunk))
+    if new:
+        lt = LiveSiteState.__table__
+        session.execute(lt.update().where(lt.c.registered.is_(False),
+                                          lt.c.site_id.in_(select(Site.site_id)))
+                        .values(registered=True))

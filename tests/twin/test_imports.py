@@ -1,0 +1,176 @@
+"""CSV imports on SQLite and PostgreSQL: all or nothing, --skip-invalid, idempotency, references."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from connectors.csvimport import BILLS, RESERVATIONS, SITES, TARIFFS, import_csv
+from twin.errors import ImportFailed
+from twin.lifecycle import history, state_at
+from twin.models import Bill, LifecycleEvent, Reservation, Site, Tariff
+
+pytestmark = pytest.mark.integration
+
+SITES_CSV = """\ufeffcounty,site_id,name,lat,lon,kind,supply,region,customer_class,operators,state,replaces_site_id,colour
+Xinjin,S001,Huayuan Rd,30.41,103.81,macro,direct,Sichuan,industrial,CM;CT,on_air,,blue
+Xinjin,S002,=HYPERLINK("http://x"),30.42,103.82,pole,transfer,Sichuan,commercial,CU,planned,S001,red
+Pi,S003,Xipu,30.8,103.9,micro,direct,Sichuan,industrial,,,,
+"""
+
+
+def write(tmp_path: Path, name: str, body: str) -> Path:
+    p = tmp_path / name
+    p.write_text(body, encoding="utf-8")
+    return p
+
+
+def count(store, model) -> int:
+    with store.session() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def test_sites_import_then_reimport_is_idempotent(store, tmp_path):
+    path = write(tmp_path, "sites.csv", SITES_CSV)
+    r = import_csv(store, path, SITES)
+    assert (r.inserted, r.updated, r.rejected) == (3, 0, 0)
+    assert r.warnings == ("unknown column(s) ignored: colour",)
+    with store.session() as s:
+        s1, s2, s3 = (s.get(Site, i) for i in ("S001", "S002", "S003"))
+        assert (s1.state, s1.operators, s1.kind, s1.lat) == ("on_air", "CM;CT", "macro", 30.41)
+        assert s2.name == '=HYPERLINK("http://x")'  # stored as given; exports neutralise it
+        assert s2.replaces_site_id == "S001" and s3.state == "planned" and s3.operators is None
+        assert [e.verb for e in history(s, "S001")] == ["import"]
+        assert state_at(s, "S001", datetime.now(UTC)).value == "on_air"
+    again = import_csv(store, path, SITES)
+    assert (again.inserted, again.updated) == (0, 3)
+    assert count(store, Site) == 3 and count(store, LifecycleEvent) == 3
+
+
+def test_reimport_updates_attributes_but_never_the_state(store, tmp_path):
+    import_csv(store, write(tmp_path, "a.csv", SITES_CSV), SITES)
+    changed = SITES_CSV.replace("Huayuan Rd", "Huayuan Road").replace("on_air", "decommissioned")
+    r = import_csv(store, write(tmp_path, "b.csv", changed), SITES)
+    assert any("another state" in w and "S001" in w for w in r.warnings)
+    with store.session() as s:
+        assert s.get(Site, "S001").name == "Huayuan Road"
+        assert s.get(Site, "S001").state == "on_air"
+
+
+def test_every_bad_row_is_reported_and_nothing_imported(store, tmp_path):
+    body = ("site_id,name,lat,lon,county,kind,supply,region,customer_class,planned_year\n"
+            "OK1,Fine,30,104,Xinjin,macro,direct,R,C,2026\n"
+            "bad id,X,30,104,Xinjin,macro,direct,R,C,2026\n"
+            "OK2,Y,91,104,Xinjin,tower,direct,R,C,1999\n"
+            "OK3,,30,104,Xinjin,macro,direct,R,C,\n"
+            "OK1,Dup,30,104,Xinjin,macro,direct,R,C,2026\n"
+            "OK4,Short,30\n")
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "sites.csv", body), SITES)
+    got = {(e.line, e.column) for e in err.value.errors}
+    assert got == {(3, "site_id"), (4, "lat"), (4, "kind"), (4, "planned_year"), (5, "name"),
+                   (6, "site_id"), (7, "*")}
+    reasons = {(e.line, e.column): e.reason for e in err.value.errors}
+    assert "above 90" in reasons[(4, "lat")] and "macro|micro|pole|indoor" in reasons[(4, "kind")]
+    assert "already on line 2" in reasons[(6, "site_id")]
+    assert "--skip-invalid" in str(err.value)
+    assert count(store, Site) == 0 and count(store, LifecycleEvent) == 0
+
+
+def test_skip_invalid_imports_valid_rows_and_writes_rejects(store, tmp_path):
+    body = ("site_id,name,lat,lon,county,kind,supply,region,customer_class,replaces_site_id\n"
+            "N1,New,30,104,Xinjin,macro,direct,R,C,\n"
+            "N2,Newer,30,104,Xinjin,macro,direct,R,C,N1\n"
+            "N3,Ghost link,30,104,Xinjin,macro,direct,R,C,NOWHERE\n"
+            "N4,Self,30,104,Xinjin,macro,direct,R,C,N4\n"
+            "N5,Bad supply,30,104,Xinjin,macro,heat,R,C,\n")
+    rejects = tmp_path / "out" / "rejects.csv"
+    r = import_csv(store, write(tmp_path, "sites.csv", body), SITES, skip_invalid=True,
+                   rejects=rejects)
+    assert (r.inserted, r.rejected, r.rejects_path) == (2, 3, str(rejects))
+    rows = list(csv.DictReader(rejects.open(encoding="utf-8")))
+    assert [(x["site_id"], x["line"]) for x in rows] == [("N3", "4"), ("N4", "5"), ("N5", "6")]
+    assert "replaces_site_id: 'NOWHERE' is not a registered site" in rows[0]["reasons"]
+    assert rows[1]["reasons"] == "replaces_site_id: a site cannot replace itself"
+    assert rows[2]["reasons"] == "supply: 'heat' is not one of direct|transfer"
+    assert count(store, Site) == 2
+
+
+def test_bad_files_import_nothing(store, tmp_path):
+    with pytest.raises(ImportFailed, match="missing required column"):
+        import_csv(store, write(tmp_path, "a.csv", "site_id,name\nA,B\n"), SITES)
+    with pytest.raises(ImportFailed, match="empty"):
+        import_csv(store, write(tmp_path, "b.csv", ""), SITES)
+    latin = tmp_path / "c.csv"
+    latin.write_bytes("site_id,name,lat,lon,county,kind,supply,region,customer_class\n"
+                      "A,Caf\xe9,1,2,C,macro,direct,R,C\n".encode("latin-1"))
+    with pytest.raises(ImportFailed, match="not UTF-8"):
+        import_csv(store, latin, SITES)
+    with pytest.raises(ImportFailed, match="cannot read"):
+        import_csv(store, tmp_path / "absent.csv", SITES)
+
+
+def test_reservations_need_registered_sites(store, tmp_path):
+    import_csv(store, write(tmp_path, "sites.csv", SITES_CSV), SITES)
+    body = ("site_id,declared_kw,reserved_kw,feeder,substation,status\n"
+            "S001,8,10,F1,SubA,approved\n"
+            "S404,8,10,F1,SubA,approved\n"
+            "S002,-1,10,F1,SubA,maybe\n")
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "res.csv", body), RESERVATIONS)
+    assert {(e.line, e.column) for e in err.value.errors} == {
+        (3, "site_id"), (4, "declared_kw"), (4, "status")}
+    r = import_csv(store, tmp_path / "res.csv", RESERVATIONS, skip_invalid=True)
+    assert (r.inserted, r.rejected) == (1, 2)
+    assert Path(r.rejects_path).name == "res.rejects.csv"
+    r = import_csv(store, write(tmp_path, "res2.csv", "site_id,declared_kw,reserved_kw,feeder,"
+                                "substation,status\nS001,9,12,F2,SubB,energized\n"), RESERVATIONS)
+    assert (r.inserted, r.updated) == (0, 1)
+    with store.session() as s:
+        res = s.get(Reservation, "S001")
+    assert (res.reserved_kw, res.feeder, res.status) == (12.0, "F2", "energized")
+
+
+def test_tariffs_keyed_by_region_class_period_and_date(store, tmp_path):
+    body = ("region,customer_class,effective_from,price_cny_per_kwh,period,hours\n"
+            "Sichuan,industrial,2026-01-01,0.62,,\n"
+            "Sichuan,industrial,2026-01-01,0.95,peak,8-11;18-21\n"
+            "Sichuan,industrial,2026-07-01T00:00:00+08:00,0.64,flat,\n")
+    path = write(tmp_path, "tariffs.csv", body)
+    assert import_csv(store, path, TARIFFS).inserted == 3
+    assert import_csv(store, path, TARIFFS).updated == 3
+    assert count(store, Tariff) == 3
+    with store.session() as s:
+        rows = s.scalars(select(Tariff).order_by(Tariff.effective_from, Tariff.period)).all()
+    assert [(t.period, t.hours, t.effective_from) for t in rows] == [
+        ("flat", None, datetime(2026, 1, 1, tzinfo=UTC)),
+        ("peak", "8-11;18-21", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("flat", None, datetime(2026, 6, 30, 16, tzinfo=UTC))]
+    bad = ("region,customer_class,effective_from,price_cny_per_kwh,period,hours\n"
+           "R,C,2026-13-01,0,valley,\n"
+           "R,C,2026-01-01,0.3,valley,22-6\n")
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "bad.csv", bad), TARIFFS)
+    assert {(e.line, e.column) for e in err.value.errors} == {
+        (2, "effective_from"), (2, "price_cny_per_kwh"), (3, "hours")}
+
+
+def test_bills(store, tmp_path):
+    import_csv(store, write(tmp_path, "sites.csv", SITES_CSV), SITES)
+    body = ("bill_id,site_id,supplier_id,period_start,period_end,billed_kwh,amount_cny,"
+            "supplier_name,meter_id\n"
+            "B1,S002,LL-7,2026-10-01,2026-11-01,1200,1500.5,+Landlord Co,M-2\n"
+            "B2,S002,LL-7,2026-11-01,2026-10-01,10,10,,\n")
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "bills.csv", body), BILLS)
+    assert [(e.line, e.column) for e in err.value.errors] == [(3, "period_end")]
+    r = import_csv(store, tmp_path / "bills.csv", BILLS, skip_invalid=True)
+    assert (r.inserted, r.rejected) == (1, 1)
+    with store.session() as s:
+        b = s.get(Bill, "B1")
+    assert (b.supplier_name, b.meter_id, b.billed_kwh, b.period_end) == (
+        "+Landlord Co", "M-2", 1200.0, datetime(2026, 11, 1, tzinfo=UTC))
