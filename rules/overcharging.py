@@ -308,12 +308,12 @@ def _text(value: Any) -> str | None:
 
 OVERCHARGING = Rule(
     name="overcharging", kinds=("overcharging",), thresholds=BillThresholds,
-    evaluate=evaluate_overcharging, needs=("energy_hourly",),
+    evaluate=evaluate_overcharging, needs=("energy_hourly",), scoped_by_window=True,
     description="bill unit price above the regulated cap (ToU cap from the metered energy mix)",
 )
 OVERBILLING = Rule(
     name="overbilling", kinds=("overbilling",), thresholds=BillThresholds,
-    evaluate=evaluate_overbilling, needs=("energy_hourly",),
+    evaluate=evaluate_overbilling, needs=("energy_hourly",), scoped_by_window=True,
     description="billed kWh above the metered energy of the bill period",
 )
 

@@ -78,6 +78,9 @@ class Rule:
     evaluate: Evaluate
     needs: tuple[str, ...] = ()
     description: str = ""
+    # True when the rule only re-examines subjects inside its window (bills whose period
+    # ended in it): its older flags are out of scope and never resolved for going unseen.
+    scoped_by_window: bool = False
 
     def configure(self, table: Mapping[str, Any] | None) -> Thresholds:
         """The thresholds of ``[rules.<name>]`` over the defaults; a bad key is named."""

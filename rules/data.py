@@ -1,0 +1,190 @@
+"""The I/O side of the rules: window aggregates from InfluxDB, registry facts from the twin.
+
+Every query aggregates in InfluxDB (``GROUP BY time(...)`` with ``last``,
+``mean``, ``max``), so what crosses the wire grows with sites x windows, not
+with raw points.  Errors from InfluxDB or the registry become
+``RuleDataError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import func, select
+
+from connectors.errors import ConnectorError
+from connectors.influx import InfluxReader
+from rules.errors import RuleDataError
+from rules.rule import Facts, Frames, Rule, Thresholds
+
+__all__ = ["WindowData", "influx_time", "load_facts"]
+
+# Beyond this many ids a filter costs more than it saves; the query then reads every series.
+_MAX_FILTER_IDS = 500
+
+
+def influx_time(ts: datetime | pd.Timestamp) -> str:
+    """An InfluxQL time literal (RFC 3339, UTC)."""
+    t = pd.Timestamp(ts)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return "'" + t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "'"
+
+
+def _between(start: datetime | pd.Timestamp, end: datetime | pd.Timestamp) -> str:
+    return f"time >= {influx_time(start)} AND time < {influx_time(end)}"
+
+
+def _id_filter(tag: str, ids: Iterable[str]) -> str:
+    ids = sorted(set(ids))
+    if not ids or len(ids) > _MAX_FILTER_IDS:
+        return ""
+    return f' AND "{tag}" =~ /^({"|".join(re.escape(i) for i in ids)})$/'
+
+
+def _floor(ts: datetime, minutes: int) -> pd.Timestamp:
+    return pd.Timestamp(ts).floor(f"{minutes}min")
+
+
+class WindowData:
+    """Fetches the frames a rule ``needs`` for its window ending at ``now``."""
+
+    def __init__(self, reader: InfluxReader) -> None:
+        self.reader = reader
+
+    def _frame(self, q: str) -> pd.DataFrame:
+        try:
+            return self.reader.frame(q)
+        except ConnectorError as exc:
+            raise RuleDataError(str(exc)) from exc
+
+    def fetch(self, rule: Rule, facts: Facts, now: datetime, t: Thresholds) -> dict[str, pd.DataFrame]:
+        frames: dict[str, pd.DataFrame] = {}
+        for name in rule.needs:
+            frames[name] = getattr(self, name)(facts, now, t, frames)
+        return frames
+
+    # -- one method per frame name ---------------------------------------------------------
+    def energy_hourly(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """Last cumulative energy per meter and hour, over the bills whose period ended in the window."""
+        bills = facts.bills
+        if bills.empty:
+            return pd.DataFrame()
+        end = pd.to_datetime(bills["period_end"], utc=True)
+        lo = pd.Timestamp(now) - pd.Timedelta(seconds=t.window)
+        bills = bills[((end > lo) & (end <= pd.Timestamp(now))).to_numpy()]
+        if bills.empty:
+            return pd.DataFrame()
+        start = pd.to_datetime(bills["period_start"], utc=True).min().floor("h") - pd.Timedelta(hours=1)
+        stop = pd.to_datetime(bills["period_end"], utc=True).max()
+        q = (f'SELECT last("energy_kwh") AS "energy_kwh" FROM "power" WHERE {_between(start, stop)}'
+             f'{_id_filter("site_id", bills["site_id"])} GROUP BY time(1h), "site_id", "meter_id" fill(none)')
+        return self._frame(q)
+
+    def interference_recent(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        start = _floor(now - timedelta(seconds=t.window), 15)
+        q = (f'SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" WHERE {_between(start, now)}'
+             ' GROUP BY time(15m), "site_id", "cell_id", "band" fill(none)')
+        return self._frame(q)
+
+    def interference_baseline(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        end = _floor(now - timedelta(seconds=t.window), 60)
+        start = end - pd.Timedelta(days=t.baseline_days)
+        q = (f'SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" WHERE {_between(start, end)}'
+             ' GROUP BY time(1h), "site_id", "cell_id" fill(none)')
+        return self._frame(q)
+
+    def interference_prb(self, facts: Facts, now: datetime, t: Any, frames: Frames) -> pd.DataFrame:
+        """Mean per-PRB vector over the window, only for cells near or above the levels."""
+        recent = frames.get("interference_recent")
+        if recent is None or recent.empty:
+            return pd.DataFrame()
+        loud = recent.groupby("cell_id")["ul_dbm"].max()
+        cells = loud[loud >= t.warning_dbm - t.rise_db].index
+        if len(cells) == 0:
+            return pd.DataFrame()
+        start = _floor(now - timedelta(seconds=t.window), 15)
+        q = (f'SELECT mean(/^prb_/) FROM "interference_prb" WHERE {_between(start, now)}'
+             f'{_id_filter("cell_id", cells)} GROUP BY "site_id", "cell_id"')
+        df = self._frame(q)
+        return df.rename(columns=lambda c: c[5:] if c.startswith("mean_prb_") else c)
+
+    def power_peak(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """Per site: the maximum over the window of the 15-minute mean power summed over meters."""
+        start = _floor(now - timedelta(seconds=t.window), 15)
+        where = _between(start, now)
+        q = (f'SELECT max("p") AS "peak_kw" FROM (SELECT sum("p") AS "p" FROM '
+             f'(SELECT mean("power_kw") AS "p" FROM "power" WHERE {where} '
+             f'GROUP BY time(15m), "site_id", "meter_id" fill(none)) WHERE {where} '
+             f'GROUP BY time(15m), "site_id" fill(none)) WHERE {where} GROUP BY "site_id"')
+        return self._frame(q)
+
+    def last_seen(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """Time of the latest tower or power reading per site within the window."""
+        where = _between(now - timedelta(seconds=t.window), now)
+        parts = [self._frame(f'SELECT last("mains_ok") AS "x" FROM "tower" WHERE {where} GROUP BY "site_id"'),
+                 self._frame(f'SELECT last("energy_kwh") AS "x" FROM "power" WHERE {where} GROUP BY "site_id"')]
+        parts = [p[["site_id", "time"]] for p in parts if not p.empty]
+        if not parts:
+            return pd.DataFrame({"site_id": [], "time": []})
+        return pd.concat(parts, ignore_index=True).groupby("site_id", as_index=False)["time"].max()
+
+    def tower_5m(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        start = _floor(now - timedelta(seconds=t.window), 5)
+        q = ('SELECT last("on_battery") AS "on_battery", last("mains_ok") AS "mains_ok", '
+             f'mean("battery_soc_pct") AS "battery_soc_pct" FROM "tower" WHERE {_between(start, now)} '
+             'GROUP BY time(5m), "site_id" fill(none)')
+        return self._frame(q)
+
+
+def load_facts(store: Any) -> Facts:
+    """Sites (with the time they entered their state and went on air), reservations, tariffs, bills."""
+    from twin.errors import TwinError
+    from twin.models import Bill, LifecycleEvent, Reservation, Site, Tariff
+
+    try:
+        with store.session() as s:
+            entered = dict(s.execute(
+                select(LifecycleEvent.site_id, func.max(LifecycleEvent.at))
+                .join(Site, (Site.site_id == LifecycleEvent.site_id) & (Site.state == LifecycleEvent.to_state))
+                .group_by(LifecycleEvent.site_id)).all())
+            on_air = dict(s.execute(
+                select(LifecycleEvent.site_id, func.max(LifecycleEvent.at))
+                .where(LifecycleEvent.to_state == "on_air").group_by(LifecycleEvent.site_id)).all())
+            site_rows = [
+                {"site_id": r.site_id, "lat": r.lat, "lon": r.lon, "state": r.state, "region": r.region,
+                 "customer_class": r.customer_class, "supply": r.supply,
+                 "replaces_site_id": r.replaces_site_id, "county": r.county,
+                 "state_since": _aware(entered.get(r.site_id)), "on_air_since": _aware(on_air.get(r.site_id))}
+                for r in s.scalars(select(Site)).all()]
+            res_rows = [{"site_id": r.site_id, "declared_kw": r.declared_kw, "reserved_kw": r.reserved_kw,
+                         "feeder": r.feeder, "substation": r.substation, "status": r.status}
+                        for r in s.scalars(select(Reservation)).all()]
+            tariff_rows = [{"region": r.region, "customer_class": r.customer_class, "period": r.period or "flat",
+                            "hours": r.hours, "effective_from": r.effective_from,
+                            "price_cny_per_kwh": r.price_cny_per_kwh}
+                           for r in s.scalars(select(Tariff)).all()]
+            bill_rows = [{"bill_id": r.bill_id, "site_id": r.site_id, "supplier_id": r.supplier_id,
+                          "supplier_name": r.supplier_name, "meter_id": r.meter_id,
+                          "period_start": r.period_start, "period_end": r.period_end,
+                          "billed_kwh": r.billed_kwh, "amount_cny": r.amount_cny}
+                         for r in s.scalars(select(Bill)).all()]
+    except TwinError as exc:
+        raise RuleDataError(f"registry facts unavailable: {exc}") from exc
+    defaults = Facts()
+    return Facts(
+        sites=pd.DataFrame(site_rows) if site_rows else defaults.sites,
+        reservations=pd.DataFrame(res_rows) if res_rows else defaults.reservations,
+        tariffs=pd.DataFrame(tariff_rows) if tariff_rows else defaults.tariffs,
+        bills=pd.DataFrame(bill_rows) if bill_rows else defaults.bills,
+    )
+
+
+def _aware(value: Any) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -1,0 +1,202 @@
+"""The flag lifecycle in the twin database: open, update, resolve after a hold-off, review.
+
+A finding updates the one flag with its ``dedup_key`` (kind, site, cell or
+bill) whose window overlaps the finding's, widened by the hold-off so that a
+condition that blinks off and on within the hold-off stays one flag.  A flag
+of a rule that no longer finds it gets ``clear_since``; once that is older
+than the hold-off it is resolved.  A reviewed flag (``confirmed`` or
+``dismissed``) keeps its decision: findings still refresh its evidence, but
+it is never resolved or reopened by the engine.  Every review is a row of
+``flag_reviews``, so the history is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from rules.errors import ReviewError, RuleDataError, UnknownFlag
+from rules.finding import Finding
+
+__all__ = ["DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
+
+STATUSES = ("open", "confirmed", "dismissed", "resolved")
+DECISIONS = ("confirmed", "dismissed")
+
+
+def _models():
+    from twin.models import Flag, FlagReview
+
+    return Flag, FlagReview
+
+
+def flag_dict(flag: Any) -> dict[str, Any]:
+    """A flag as CONTRACTS.md section 4 describes it."""
+    return {
+        "id": flag.id, "kind": flag.kind, "rule": flag.rule, "site_id": flag.site_id,
+        "cell_id": flag.cell_id, "bill_id": flag.bill_id, "supplier_id": flag.supplier_id,
+        "severity": flag.severity, "status": flag.status,
+        "opened_at": flag.opened_at, "updated_at": flag.updated_at, "resolved_at": flag.resolved_at,
+        "window_start": flag.window_start, "window_end": flag.window_end,
+        "summary": flag.summary, "evidence": flag.evidence or {},
+    }
+
+
+@dataclass
+class SyncResult:
+    """What one evaluation did to the flags of one rule (each a ``flag_dict``)."""
+
+    opened: list[dict[str, Any]] = field(default_factory=list)
+    updated: list[dict[str, Any]] = field(default_factory=list)
+    resolved: list[dict[str, Any]] = field(default_factory=list)
+    clearing: int = 0
+
+    @property
+    def changed(self) -> list[dict[str, Any]]:
+        return self.opened + self.updated + self.resolved
+
+
+def _overlaps(flag: Any, f: Finding, slack: timedelta) -> bool:
+    return flag.window_start <= f.window_end + slack and f.window_start <= flag.window_end + slack
+
+
+class FlagBook:
+    """Flags and reviews in the registry (``twin.store.Store``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def _session(self):
+        return self.store.session()
+
+    def sync(self, rule: str, findings: Sequence[Finding], now: datetime, hold_off_s: float, *,
+             in_scope: Callable[[Any], bool] = lambda flag: True) -> SyncResult:
+        """Apply one evaluation of ``rule``: open, update, clear or resolve its flags.
+
+        ``in_scope(flag)`` says whether this evaluation looked at a flag's subject at all
+        (a bill rule only re-checks recent bills); flags out of scope are left alone.
+        """
+        Flag, _ = _models()
+        slack = timedelta(seconds=hold_off_s)
+        out = SyncResult()
+        from twin.errors import TwinError
+
+        try:
+            with self._session() as s:
+                live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != "resolved")
+                                 .order_by(Flag.id)).all()
+                by_key: dict[str, list[Any]] = {}
+                for flag in live:
+                    by_key.setdefault(flag.dedup_key, []).append(flag)
+                seen: set[int] = set()
+                for f in findings:
+                    match = next((x for x in by_key.get(f.dedup_key, ()) if x.id not in seen
+                                  and _overlaps(x, f, slack)), None)
+                    if match is None:
+                        match = Flag(kind=f.kind, rule=f.rule, site_id=f.site_id, cell_id=f.cell_id,
+                                     bill_id=f.bill_id, supplier_id=f.supplier_id, severity=f.severity,
+                                     status="open", opened_at=now, updated_at=now,
+                                     window_start=f.window_start, window_end=f.window_end,
+                                     summary=f.summary, evidence=_jsonable(f.evidence),
+                                     dedup_key=f.dedup_key)
+                        s.add(match)
+                        s.flush()
+                        by_key.setdefault(f.dedup_key, []).append(match)
+                        out.opened.append(flag_dict(match))
+                    else:
+                        match.window_start = min(match.window_start, f.window_start)
+                        match.window_end = max(match.window_end, f.window_end)
+                        match.severity = f.severity
+                        match.summary = f.summary
+                        match.evidence = _jsonable(f.evidence)
+                        match.supplier_id = f.supplier_id
+                        match.updated_at = now
+                        match.clear_since = None
+                        out.updated.append(flag_dict(match))
+                    seen.add(match.id)
+                for flag in live:
+                    if flag.id in seen or flag.status != "open" or not in_scope(flag):
+                        continue
+                    if flag.clear_since is None:
+                        flag.clear_since = now
+                    if now - flag.clear_since >= slack:
+                        flag.status = "resolved"
+                        flag.resolved_at = now
+                        flag.updated_at = now
+                        out.resolved.append(flag_dict(flag))
+                    else:
+                        out.clearing += 1
+        except TwinError as exc:
+            raise RuleDataError(f"flag store unavailable: {exc}") from exc
+        return out
+
+    def list(self, *, kind: str | None = None, status: str | None = None, site_id: str | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        Flag, _ = _models()
+        q = select(Flag).order_by(Flag.id)
+        if kind:
+            q = q.where(Flag.kind == kind)
+        if status:
+            q = q.where(Flag.status == status)
+        if site_id:
+            q = q.where(Flag.site_id == site_id)
+        if limit:
+            q = q.limit(limit)
+        with self._session() as s:
+            return [flag_dict(f) for f in s.scalars(q).all()]
+
+    def show(self, flag_id: int) -> dict[str, Any]:
+        """One flag with its review history (oldest first)."""
+        Flag, FlagReview = _models()
+        with self._session() as s:
+            flag = s.get(Flag, flag_id)
+            if flag is None:
+                raise UnknownFlag(flag_id)
+            reviews = s.scalars(select(FlagReview).where(FlagReview.flag_id == flag_id)
+                                .order_by(FlagReview.reviewed_at, FlagReview.id)).all()
+            return {**flag_dict(flag), "reviews": [
+                {"decision": r.decision, "reviewed_by": r.reviewed_by, "reviewed_at": r.reviewed_at,
+                 "note": r.note} for r in reviews]}
+
+    def review(self, flag_id: int, decision: str, reviewed_by: str, at: datetime,
+               note: str | None = None) -> dict[str, Any]:
+        """Record a person's decision; the flag takes it as its status. Reviews may be revised."""
+        Flag, FlagReview = _models()
+        if decision not in DECISIONS:
+            raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+        if not reviewed_by or not reviewed_by.strip():
+            raise ReviewError("a review needs the reviewer's name (--by)")
+        with self._session() as s:
+            flag = s.get(Flag, flag_id)
+            if flag is None:
+                raise UnknownFlag(flag_id)
+            s.add(FlagReview(flag_id=flag_id, decision=decision, reviewed_by=reviewed_by.strip(),
+                             reviewed_at=at, note=note))
+            flag.status = decision
+            flag.updated_at = at
+            flag.clear_since = None
+        return self.show(flag_id)
+
+
+def _jsonable(value: Any) -> Any:
+    """Evidence as plain JSON types (numpy and pandas values converted, times as ISO 8601)."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (pd.Timestamp, datetime)):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
