@@ -1,0 +1,95 @@
+"""Scheduling the rules inside ``sitetwin run``: one APScheduler job per enabled rule.
+
+Jobs live in the twin database (``SQLAlchemyJobStore``, table
+``rule_schedule``), so the schedule survives a restart: a job whose run fell
+due while the process was down runs once on start-up (``coalesce``) if it is
+within its ``misfire_grace_time`` (one interval), and never twice at once
+(``max_instances=1``).  Jobs store only the rule name; the settings (and any
+secrets in them) stay in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from rules.registry import RULES, get_rule
+from sitetwin.config import Settings
+
+__all__ = ["JOB_TABLE", "run_scheduled", "start"]
+
+log = logging.getLogger(__name__)
+
+JOB_TABLE = "rule_schedule"
+
+_state: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def _engine():
+    from rules.engine import Engine
+    from twin.store import open_store
+
+    with _lock:
+        if "engine" not in _state:
+            settings = _state["settings"]
+            _state["engine"] = Engine(settings, open_store(settings.twin_url))
+        return _state["engine"]
+
+
+def run_scheduled(rule_name: str) -> None:
+    """The job of one rule: evaluate it now (referenced by name from the job store)."""
+    if "settings" not in _state:
+        log.error("rule %s fired before the scheduler was configured", rule_name)
+        return
+    try:
+        engine = _engine()
+        (outcome,) = engine.run(datetime.now(UTC), [get_rule(rule_name)])
+    except Exception:  # noqa: BLE001 - a scheduled job must never kill the scheduler thread
+        log.exception("rule %s could not run", rule_name)
+        return
+    if outcome.status == "error":
+        log.error("rule %s: %s", rule_name, outcome.error)
+    else:
+        log.info("rule %s: %d finding(s), %d opened, %d resolved in %.2fs", rule_name, outcome.findings,
+                 outcome.opened, outcome.resolved, outcome.duration_s)
+
+
+def start(settings: Settings, *, paused: bool = False):
+    """Start a ``BackgroundScheduler`` with a job per enabled rule; returns the scheduler."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from rules.engine import Engine
+
+    _state.clear()
+    _state["settings"] = settings
+    scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=settings.twin_url, tablename=JOB_TABLE)},
+        timezone=UTC,
+    )
+    scheduler.start(paused=True)
+    probe = Engine.__new__(Engine)  # only to read thresholds; no connections are made
+    probe.settings = settings
+    for rule in RULES:
+        t = probe.thresholds(rule)
+        job = scheduler.get_job(rule.name)
+        if not (settings.rules.enabled and t.enabled):
+            if job is not None:
+                job.remove()
+            continue
+        grace = int(max(t.interval, 1))
+        if job is not None and isinstance(job.trigger, IntervalTrigger) \
+                and job.trigger.interval.total_seconds() == t.interval:
+            job.modify(coalesce=True, max_instances=1, misfire_grace_time=grace)
+            continue
+        scheduler.add_job(run_scheduled, IntervalTrigger(seconds=t.interval, timezone=UTC),
+                          id=rule.name, name=f"rule {rule.name}", args=[rule.name],
+                          coalesce=True, max_instances=1, misfire_grace_time=grace,
+                          replace_existing=True)
+    if not paused:
+        scheduler.resume()
+    return scheduler
