@@ -1,0 +1,136 @@
+"""Every panel, annotation and variable query, executed against the demo data in a real InfluxDB.
+
+Variables are substituted as Grafana does for InfluxDB (regex values; "All"
+is ``.*``), ``$timeFilter`` with the demo's time range in epoch milliseconds
+and ``$__interval`` with ``1s``.  Each query must run without error and
+return rows, and may only name measurements, fields and tags that the
+pipeline wrote (or aliases it defines itself).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from dashboards.build import render
+from tests.dashboards.conftest import Demo
+
+pytestmark = pytest.mark.integration
+
+_DASHBOARDS = [json.loads(text) for path, text in render().items() if path.endswith(".json")]
+
+
+def _all_queries() -> list[tuple[str, str, str]]:
+    out = []
+    for d in _DASHBOARDS:
+        for a in d["annotations"]["list"]:
+            if not a.get("builtIn"):
+                out.append((d["uid"], f"annotation {a['name']}", a["query"]))
+        for p in d["panels"]:
+            for t in p.get("targets", []):
+                out.append((d["uid"], f"{p['title']} [{t['refId']}]", t["query"]))
+    return out
+
+
+QUERIES = _all_queries()
+
+
+def substitute(query: str, demo: Demo, *, all_values: bool) -> str:
+    values = {"county": demo.county, "site": demo.site, "cell": demo.cell, "band": demo.band}
+    start_ms = int(demo.start.timestamp() * 1000)
+    end_ms = int(demo.end.timestamp() * 1000)
+    query = query.replace("$timeFilter", f"time >= {start_ms}ms and time <= {end_ms}ms")
+    query = query.replace("$__interval", "1s")
+    for name, value in values.items():
+        # Grafana escapes regex metacharacters in values interpolated into /.../ for InfluxDB.
+        text = ".*" if all_values else re.sub(r"([\\/.^$*+?()\[\]{}|-])", r"\\\1", value)
+        query = re.sub(rf"\${name}\b", lambda _m, t=text: t, query)
+    assert not re.search(r"\$[A-Za-z_{]", query), f"unsubstituted variable in {query}"
+    return query
+
+
+@pytest.fixture(scope="module")
+def schema(influxdb, demo) -> dict[str, set[str]]:
+    """Measurement -> the field and tag keys the pipeline wrote to it."""
+    out: dict[str, set[str]] = {}
+    for q in ("SHOW FIELD KEYS", "SHOW TAG KEYS"):
+        for s in influxdb.query(q, db=demo.database)["results"][0].get("series", []):
+            out.setdefault(s["name"], set()).update(v[0] for v in s["values"])
+    return out
+
+
+def _run(influxdb, db: str, q: str) -> list:
+    result = influxdb.query(q, db=db)["results"][0]
+    assert "error" not in result, f"InfluxDB refused {q!r}: {result['error']}"
+    return [row for s in result.get("series", []) for row in s["values"]]
+
+
+def _records(influxdb, db: str, q: str) -> list[dict]:
+    """Rows as dicts of column -> value, with each series' tags added."""
+    result = influxdb.query(q, db=db)["results"][0]
+    return [{**s.get("tags", {}), **dict(zip(s["columns"], row))}
+            for s in result.get("series", []) for row in s["values"]]
+
+
+def test_the_pipeline_wrote_every_measurement_the_dashboards_read(schema):
+    assert {"tower", "power", "interference", "interference_prb", "sitetwin_pipeline",
+            "site_state", "flags"} <= set(schema)
+
+
+@pytest.mark.parametrize("all_values", [False, True], ids=["demo-values", "all"])
+@pytest.mark.parametrize(("uid", "where", "query"), QUERIES,
+                         ids=[f"{u}:{w}" for u, w, _ in QUERIES])
+def test_query_returns_rows_and_names_only_what_the_pipeline_writes(
+        influxdb, demo, schema, uid, where, query, all_values):
+    q = substitute(query, demo, all_values=all_values)
+    measurements = set(re.findall(r'FROM\s+"([^"]+)"', q))
+    assert measurements, f"{where}: no measurement in {q}"
+    unknown = measurements - set(schema)
+    assert not unknown, f"{where}: measurement(s) {unknown} are not written by the pipeline"
+    known = set().union(*(schema[m] for m in measurements)) | measurements
+    aliases = set(re.findall(r'AS\s+"([^"]+)"', q))
+    names = set(re.findall(r'"([^"]+)"', q))
+    assert names <= known | aliases, (
+        f"{where}: names {sorted(names - known - aliases)} are neither written to "
+        f"{sorted(measurements)} nor defined by the query")
+    rows = _run(influxdb, demo.database, q)
+    assert rows, f"{where}: no rows for {q}"
+
+
+def test_the_data_reaches_the_panels_that_depend_on_anomalies(influxdb, demo):
+    """The demo's anomalies show up where a NOC engineer would look for them."""
+    by_title = {(d["uid"], p["title"]): p for d in _DASHBOARDS for p in d["panels"]}
+
+    def records(uid, title, ref=0):
+        q = substitute(by_title[(uid, title)]["targets"][ref]["query"], demo, all_values=True)
+        return _records(influxdb, demo.database, q)
+
+    on_battery = records("sitetwin-noc", "Sites on battery now")
+    assert [r["site_id"] for r in on_battery] == ["HZ-XH-001"]  # mains failed at step 25
+    assert on_battery[0]["battery_soc_pct"] < 100
+    open_flags = records("sitetwin-noc", "Open flags")
+    assert sorted(r["flag_id"] for r in open_flags) == [1, 2, 3, 4, 5, 6]  # 7 was resolved
+    counts = records("sitetwin-noc", "Online / offline / on battery")
+    assert (counts[0]["online"], counts[0]["offline"], counts[0]["on battery"]) == (3, 1, 1)
+    per_state = {r["state"]: r["sites"] for r in records("sitetwin-noc", "Sites per lifecycle state")}
+    assert per_state == {"on_air": 3, "power_connected": 1}
+    incidents = records("sitetwin-interference", "Interference incidents", ref=1)
+    assert [(r["site_id"], r["cell_id"], r["open"]) for r in incidents] == [
+        ("HZ-XH-001", "HZ-XH-001-1", 1)]
+    excess = {r["supplier_id"]: r["excess_cny"]
+              for r in records("sitetwin-overcharging", "Excess charged per supplier")}
+    assert excess == {"SUP-LANDLORD-7": 118.4, "SUP-PM-3": 261.1}
+
+
+@pytest.mark.parametrize("all_values", [False, True], ids=["demo-values", "all"])
+def test_variable_queries_list_the_demo_values(influxdb, demo, all_values):
+    expected = {"county": demo.county, "site": demo.site, "cell": demo.cell, "band": demo.band}
+    for d in _DASHBOARDS:
+        for v in d["templating"]["list"]:
+            q = substitute(v["query"], demo, all_values=all_values)
+            values = {row[1] for row in _run(influxdb, demo.database, q)}
+            assert expected[v["name"]] in values, f"{d['uid']} ${v['name']}: {sorted(values)}"
+            if v["name"] == "site" and not all_values:
+                assert all(s.startswith("HZ-XH-") for s in values), values  # county filter
