@@ -38,6 +38,7 @@ __all__ = [
     "RESERVATIONS",
     "SCHEMAS",
     "SITES",
+    "TARGETS",
     "TARIFFS",
     "Column",
     "ImportResult",
@@ -163,7 +164,7 @@ class Schema:
     """One import format: its columns, its key, and the table rows are upserted into."""
 
     name: str
-    table: Table
+    table: Table | None  # None: a file that is read (read_rows) but not stored
     key: tuple[str, ...]
     columns: tuple[Column, ...]
     # Cross-column checks of one parsed row: [(column, reason)].
@@ -174,6 +175,8 @@ class Schema:
     insert_only: tuple[str, ...] = ()
     # Added to every row (not in the file), e.g. updated_at.
     stamped: tuple[str, ...] = ()
+    # Columns read from the file but not stored in ``table`` (used by import hooks).
+    not_stored: tuple[str, ...] = ()
 
     @property
     def by_name(self) -> dict[str, Column]:
@@ -181,9 +184,12 @@ class Schema:
 
 
 def _check_site(row: dict[str, Any]) -> list[tuple[str, str]]:
+    errors = []
     if row.get("replaces_site_id") and row["replaces_site_id"] == row["site_id"]:
-        return [("replaces_site_id", "a site cannot replace itself")]
-    return []
+        errors.append(("replaces_site_id", "a site cannot replace itself"))
+    if row.get("state_since") and row["state_since"] > utcnow():
+        errors.append(("state_since", "is in the future"))
+    return errors
 
 
 def _check_reservation(row: dict[str, Any]) -> list[tuple[str, str]]:
@@ -225,11 +231,14 @@ SITES = Schema(
         Column("planned_year", integer(2000, 2100), required=False),
         Column("state", choice(*_STATES), required=False, default="planned"),
         Column("replaces_site_id", identifier, required=False),
+        # An extension: when a new site reached its imported state (default: the import time).
+        Column("state_since", timestamp, required=False),
     ),
     check=_check_site,
     references=(("replaces_site_id", Site.__table__, "site_id"),),
     insert_only=("state", "created_at"),
     stamped=("created_at", "updated_at"),
+    not_stored=("state_since",),
 )
 
 RESERVATIONS = Schema(
@@ -285,6 +294,18 @@ BILLS = Schema(
 )
 
 SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS)}
+
+# Annual build targets per county, read by ``sitetwin report progress`` (not stored).
+TARGETS = Schema(
+    name="targets",
+    table=None,
+    key=("year", "county"),
+    columns=(
+        Column("year", integer(2000, 2100)),
+        Column("county", text(100)),
+        Column("target_sites", integer(0, 1_000_000)),
+    ),
+)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -530,7 +551,8 @@ def _upsert(session: Session, dialect: str, schema: Schema, rows: list[dict[str,
             present: set[str], now: datetime) -> None:
     if not rows:
         return
-    columns = [c.name for c in schema.columns if c.name in present]
+    columns = [c.name for c in schema.columns if c.name in present
+               and c.name not in schema.not_stored]
     stamped = {c: now for c in schema.stamped}
     stmt = _insert(dialect, schema.table)
     update = {c: stmt.excluded[c] for c in [*columns, *stamped]
@@ -567,7 +589,7 @@ def _sites_after(session: Session, rows: list[dict[str, Any]], before: set[tuple
     """New sites start their history with an ``import`` event; live state learns they exist."""
     new = [r for r in rows if (r["site_id"],) not in before]
     events = [{"site_id": r["site_id"], "from_state": None, "to_state": r.get("state") or "planned",
-               "verb": "import", "at": now, "actor": actor, "note": None, "reason": None}
+               "verb": "import", "at": r.get("state_since") or now, "actor": actor, "note": None, "reason": None}
               for r in sorted(new, key=lambda r: r["site_id"])]
     for chunk in _chunks(events):
         session.execute(LifecycleEvent.__table__.insert(), list(chunk))
