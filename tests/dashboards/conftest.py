@@ -5,9 +5,8 @@ Mosquitto and ingested by an in-process ``connectors.collector.Collector``
 (which also writes ``sitetwin_pipeline``) with the twin's ``LiveState`` as its
 live sink; ``site_state`` is written by ``twin.live.site_state_lines`` from a
 registry in SQLite, once per chunk of telemetry, as ``sitetwin run`` does.
-``flags`` points are written with ``connectors.lineprotocol.line`` exactly as
-README.md's "Data in InfluxDB" table describes (the rule engine's flag writer
-had not landed when this was written).
+``flags`` points by the rule engine's sink (``rules.sink.flag_lines``) from
+flag records like those the flag book produces.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import pytest
 
 from connectors.collector import Collector
 from connectors.influx import InfluxWriter
-from connectors.lineprotocol import line
+from rules.sink import flag_lines
 from sitetwin.config import load_settings
 from tests.support import count, publish, wait_for
 from twin.live import LiveState, site_state_lines
@@ -129,35 +128,32 @@ def _register(store) -> None:
 
 
 def _flags(start_s: int) -> bytes:
-    """Flag events as the rule engine writes them: open, then update or close."""
-    t = lambda minutes: (start_s + minutes * 60) * 10**9  # noqa: E731
+    """Flag events (open, review, resolve) through the rule engine's InfluxDB sink."""
     events = [
         (1, "overcharging", "HZ-XH-001", {"supplier_id": "SUP-LANDLORD-7"}, "warning", "open",
-         "unit price 1.42 CNY/kWh above cap 0.95", 118.4, 1, 5),
+         "unit price 1.42 CNY/kWh above cap 0.95", 118.4, 5),
         (1, "overcharging", "HZ-XH-001", {"supplier_id": "SUP-LANDLORD-7"}, "warning", "confirmed",
-         "unit price 1.42 CNY/kWh above cap 0.95", 118.4, 1, 30),
+         "unit price 1.42 CNY/kWh above cap 0.95", 118.4, 30),
         (2, "overbilling", "HZ-GS-001", {"supplier_id": "SUP-PM-3"}, "warning", "open",
-         "billed 912 kWh, metered 640 kWh", 261.1, 1, 6),
+         "billed 912 kWh, metered 640 kWh", 261.1, 6),
         (3, "interference", "HZ-XH-001", {"cell_id": "HZ-XH-001-1"}, "critical", "open",
-         "wideband uplink interference -98 dBm on n78", None, 1, 25),
+         "wideband uplink interference -98 dBm on n78", None, 25),
         (4, "reservation_exceeded", "HZ-XH-001", {}, "warning", "open",
-         "peak 7.9 kW above reserved 6.5 kW", None, 1, 15),
-        (5, "site_offline", "HZ-GS-002", {}, "critical", "open", "no telemetry for 5 min", None,
-         1, 16),
+         "peak 7.9 kW above reserved 6.5 kW", None, 15),
+        (5, "site_offline", "HZ-GS-002", {}, "critical", "open", "no telemetry for 5 min", None, 16),
         (6, "mains_failure", "HZ-XH-001", {}, "warning", "open", "on battery, SoC falling",
-         None, 1, 26),
+         None, 26),
         (7, "reservation_underused", "HZ-GS-001", {}, "info", "open", "peak 20 % of reserved",
-         None, 1, 3),
+         None, 3),
         (7, "reservation_underused", "HZ-GS-001", {}, "info", "resolved", "peak 61 % of reserved",
-         None, 0, 33),
+         None, 33),
     ]
-    lines = []
-    for flag_id, kind, site_id, extra, severity, status, summary, excess, is_open, minute in events:
-        lines.append(line("flags", {"kind": kind, "rule": kind, "site_id": site_id,
-                                    "severity": severity, "status": status, **extra},
-                          {"flag_id": flag_id, "summary": summary, "excess_cny": excess,
-                           "open": is_open}, t(minute)))
-    return "\n".join(lines).encode()
+    flags = [{"id": flag_id, "kind": kind, "rule": kind, "site_id": site_id, "severity": severity,
+              "status": status, "summary": summary, **extra,
+              "evidence": {"excess_cny": excess} if excess is not None else {},
+              "updated_at": datetime.fromtimestamp(start_s + minute * 60, UTC)}
+             for flag_id, kind, site_id, extra, severity, status, summary, excess, minute in events]
+    return flag_lines(flags)
 
 
 @pytest.fixture(scope="module")
