@@ -188,6 +188,21 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / ticks
+
+
+def _cpu_split(mq: Mosquitto, influx: InfluxDB, procs: list[subprocess.Popen]) -> dict[str, float]:
+    return {"mosquitto": _cpu_s(mq._proc.pid), "influxd": _cpu_s(influx._proc.pid),
+            "collectors": sum(_cpu_s(p.pid) for p in procs)}
+
+
 def _count(influx: InfluxDB, db: str) -> int:
     res = influx.query('SELECT count("mains_ok") FROM "tower"', db=db)["results"][0]
     series = res.get("series")
@@ -233,6 +248,7 @@ def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int,
     # 3. the collectors return and drain it.
     t_start = time.perf_counter()
     procs = _collectors(env, collectors, twin, log)
+    cpu0 = _cpu_split(mq, influx, procs)
     first = None
     want = base + len(messages)
     lags = []
@@ -247,6 +263,7 @@ def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int,
             break
         time.sleep(0.5)
     t_done = time.perf_counter()
+    cpu1 = _cpu_split(mq, influx, procs)
     if twin:
         # The twin lags telemetry by the time its last flush takes to show every site.
         t_wait = time.perf_counter()
@@ -263,6 +280,10 @@ def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int,
         "wall_msgs_per_s": len(messages) / (t_done - t_start),
         "publish_msgs_per_s": pub_rate,
         "verified_points": n - base,
+        # CPU seconds per 10 000 messages, by process: where the time goes.
+        "cpu_s_per_10k_msgs": {k: round((cpu1[k] - cpu0[k]) * 10_000 / len(messages), 3)
+                               for k in cpu0},
+        "cpu_cores_busy": round(sum(cpu1[k] - cpu0[k] for k in cpu0) / (t_done - t_start), 2),
     }
     if twin:
         out["twin_lag_s"] = lags[0]
@@ -322,6 +343,10 @@ def main() -> int:
         for key, r in results.items():
             print(f"| {key} | {r['msgs_per_s']:,.0f} | {r.get('wall_msgs_per_s', r['msgs_per_s']):,.0f}"
                   f" | {r.get('verified_points', '-')} |")
+        for key, r in results.items():
+            if "cpu_s_per_10k_msgs" in r:
+                print(f"({key}) CPU s per 10k msgs: {r['cpu_s_per_10k_msgs']}, "
+                      f"cores busy {r['cpu_cores_busy']}")
         for k, v in ratios.items():
             print(f"{k} = {v:.2f}")
         if "d" in results:
