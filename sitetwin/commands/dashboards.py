@@ -37,30 +37,38 @@ def _target(settings: Settings, dashboards_path: str | None = None):
                   database=settings.influxdb.database, folder=settings.grafana.folder, **extra)
 
 
-def run_build(args: argparse.Namespace, settings: Settings) -> int:
-    from dashboards.build import DASHBOARDS_SUBDIR, write
+def build(settings: Settings, out: Path | None = None,
+          dashboards_path: str | None = None) -> dict:
+    """Write the dashboards and provisioning files; what ``sitetwin demo`` calls too."""
+    from dashboards.build import write
 
-    out = args.out or settings.state_dir / "grafana"
+    out = out or settings.state_dir / "grafana"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    target = _target(settings, args.dashboards_path)
+    target = _target(settings, dashboards_path)
     paths = write(out, target)
-    data = {"out": str(out.resolve()), "files": [str(p.relative_to(out)) for p in paths],
+    return {"out": str(out.resolve()), "files": [str(p.relative_to(out)) for p in paths],
             "datasource_uid": target.datasource_uid, "dashboards_path": target.dashboards_path}
 
-    def text(d: dict) -> str:
-        lines = [f"wrote {len(d['files'])} files under {d['out']}:"]
-        lines += [f"  {f}" for f in d["files"]]
-        lines += [
-            "load them into a Grafana:",
-            f"  - provisioning: copy {d['out']}/provisioning/* to /etc/grafana/provisioning/ and "
-            f"{d['out']}/{DASHBOARDS_SUBDIR}/*.json to {d['dashboards_path']}, restart Grafana;",
-            "  - or over HTTP: SITETWIN_GRAFANA__TOKEN=... sitetwin dashboards push "
-            "--grafana-url http://grafana:3000",
-        ]
-        return "\n".join(lines)
 
-    emit(args, data, text)
+def build_text(d: dict) -> str:
+    """Where the files are and the two ways to load them into a Grafana."""
+    from dashboards.build import DASHBOARDS_SUBDIR
+
+    lines = [f"wrote {len(d['files'])} files under {d['out']}:"]
+    lines += [f"  {f}" for f in d["files"]]
+    lines += [
+        "load them into a Grafana:",
+        f"  - provisioning: copy {d['out']}/provisioning/* to /etc/grafana/provisioning/ and "
+        f"{d['out']}/{DASHBOARDS_SUBDIR}/*.json to {d['dashboards_path']}, restart Grafana;",
+        "  - or over HTTP: SITETWIN_GRAFANA__TOKEN=... sitetwin dashboards push "
+        "--grafana-url http://grafana:3000",
+    ]
+    return "\n".join(lines)
+
+
+def run_build(args: argparse.Namespace, settings: Settings) -> int:
+    emit(args, build(settings, args.out, args.dashboards_path), build_text)
     return 0
 
 
