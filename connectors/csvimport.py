@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from connectors.errors import InvalidIdentifier
 from connectors.reading import check_id
 from twin.errors import ImportFailed, RowError
+from twin.lifecycle import UNDATED_IMPORT_NOTE
 from twin.models import Bill, LifecycleEvent, LiveSiteState, Reservation, Site, Tariff, utcnow
 
 __all__ = [
@@ -589,7 +590,8 @@ def _sites_after(session: Session, rows: list[dict[str, Any]], before: set[tuple
     """New sites start their history with an ``import`` event; live state learns they exist."""
     new = [r for r in rows if (r["site_id"],) not in before]
     events = [{"site_id": r["site_id"], "from_state": None, "to_state": r.get("state") or "planned",
-               "verb": "import", "at": r.get("state_since") or now, "actor": actor, "note": None, "reason": None}
+               "verb": "import", "at": r.get("state_since") or now, "actor": actor,
+               "note": None if r.get("state_since") else UNDATED_IMPORT_NOTE, "reason": None}
               for r in sorted(new, key=lambda r: r["site_id"])]
     for chunk in _chunks(events):
         session.execute(LifecycleEvent.__table__.insert(), list(chunk))

@@ -32,6 +32,7 @@ from twin.errors import TransitionNotAllowed, UnknownSite
 __all__ = [
     "PRE_ON_AIR",
     "TRANSITIONS",
+    "UNDATED_IMPORT_NOTE",
     "State",
     "Transition",
     "allowed_moves",
@@ -55,6 +56,10 @@ class State(enum.StrEnum):
     DECOMMISSIONED = "decommissioned"
     BLOCKED = "blocked"
 
+
+# The note of an ``import`` event whose file gave no ``state_since``: the event is dated at
+# the import, not when the site really reached the state (reports must not count it as such).
+UNDATED_IMPORT_NOTE = "imported; the date this state was reached is unknown"
 
 PRE_ON_AIR = (State.PLANNED, State.SITE_SECURED, State.APPROVED, State.UNDER_CONSTRUCTION,
               State.POWER_CONNECTED)

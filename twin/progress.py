@@ -15,6 +15,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from twin.lifecycle import UNDATED_IMPORT_NOTE
 from twin.models import LifecycleEvent, Site
 
 __all__ = ["COLUMNS", "progress_frame", "progress_report"]
@@ -33,13 +34,15 @@ def progress_frame(sites: pd.DataFrame, events: pd.DataFrame, targets: dict[str,
     """One row per county plus a ``TOTAL`` row.
 
     ``sites``: site_id, county, supply, planned_year; ``events``: site_id, to_state,
-    at (only events at or before ``as_of``, any order).
+    at, dated (only events at or before ``as_of``, any order).  An undated event (an
+    import that did not say since when) sets the state but is no on-air date.
     """
     start = datetime(year, 1, 1, tzinfo=UTC)
     if len(events):
         ev = events.sort_values(["at"], kind="stable")
         state = ev.groupby("site_id")["to_state"].last()
-        on_air_at = ev[ev["to_state"] == "on_air"].groupby("site_id")["at"].min()
+        dated = ev["dated"] if "dated" in ev else True
+        on_air_at = ev[(ev["to_state"] == "on_air") & dated].groupby("site_id")["at"].min()
     else:
         state = pd.Series(dtype=object)
         on_air_at = pd.Series(dtype="datetime64[ns, UTC]")
@@ -96,10 +99,12 @@ def progress_report(session: Session, year: int, targets: dict[str, int],
                                                 Site.planned_year)).all(),
                          columns=["site_id", "county", "supply", "planned_year"])
     events = pd.DataFrame(session.execute(
-        select(LifecycleEvent.site_id, LifecycleEvent.to_state, LifecycleEvent.at)
+        select(LifecycleEvent.site_id, LifecycleEvent.to_state, LifecycleEvent.at,
+               LifecycleEvent.verb, LifecycleEvent.note)
         .where(LifecycleEvent.at <= as_of)
         .order_by(LifecycleEvent.at, LifecycleEvent.id)).all(),
-        columns=["site_id", "to_state", "at"])
+        columns=["site_id", "to_state", "at", "verb", "note"])
     if len(events):
         events["at"] = pd.to_datetime(events["at"], utc=True)
+        events["dated"] = ~((events["verb"] == "import") & (events["note"] == UNDATED_IMPORT_NOTE))
     return progress_frame(sites, events, targets, year, as_of)
