@@ -99,9 +99,12 @@ def _severity(excess_cny: float, t: BillThresholds) -> Severity:
 def hourly_increments(energy: pd.DataFrame) -> pd.DataFrame:
     """Per site, meter and hour: the positive increase of the cumulative counter since the
     previous hour with data (``kwh``), and whether the counter went down (``reset``)."""
-    if energy.empty:
-        return pd.DataFrame({"site_id": [], "meter_id": [], "time": [], "kwh": [], "reset": []})
+    if energy is None or energy.empty:
+        return pd.DataFrame({"site_id": pd.Series(dtype=object), "meter_id": pd.Series(dtype=object),
+                             "time": pd.Series(dtype="datetime64[ns, UTC]"), "kwh": pd.Series(dtype=float),
+                             "reset": pd.Series(dtype=bool)})
     df = energy[["time", "site_id", "meter_id", "energy_kwh"]].dropna(subset=["energy_kwh"])
+    df = df.assign(time=pd.to_datetime(df["time"], utc=True).dt.as_unit("ns"))
     df = df.sort_values(["site_id", "meter_id", "time"], kind="stable")
     diff = df.groupby(["site_id", "meter_id"], sort=False)["energy_kwh"].diff()
     out = df[["site_id", "meter_id", "time"]].copy()
@@ -119,46 +122,45 @@ def _bills_in_window(facts: Facts, now: datetime, t: BillThresholds) -> pd.DataF
     bills = facts.bills
     if bills.empty:
         return bills
-    end = bills["period_end"].map(_as_ts)
+    end = pd.to_datetime(bills["period_end"], utc=True)
     keep = (end <= _as_ts(now)) & (end > _as_ts(now) - pd.Timedelta(seconds=t.window))
-    return bills[keep.to_numpy()]
+    return bills[keep.to_numpy()].reset_index(drop=True)
 
 
-def _site_energy(increments: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    return {site: g for site, g in increments.groupby("site_id", sort=False)} if len(increments) else {}
+def _bill_hours(bills: pd.DataFrame, increments: pd.DataFrame) -> pd.DataFrame:
+    """One row per bill and hour, from the hour before its period to its end: ``bill``
+    (position), ``time``, ``inside`` (within the period) and ``kwh``, the site's metered
+    increase in that hour (NaN where the meters sent nothing)."""
+    start = pd.to_datetime(bills["period_start"], utc=True).dt.floor("h").dt.as_unit("ns")
+    end = pd.to_datetime(bills["period_end"], utc=True).dt.as_unit("ns")
+    hours = np.ceil((end - start) / HOUR).to_numpy(dtype=float)
+    n = np.maximum(np.nan_to_num(hours), 0).astype(np.int64) + 1
+    bill = np.repeat(np.arange(len(bills)), n)
+    offset = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    time = np.repeat(start.dt.tz_localize(None).to_numpy(), n) + (offset - 1) * np.timedelta64(1, "h")
+    h = pd.DataFrame({"bill": bill, "site_id": np.repeat(bills["site_id"].to_numpy(), n),
+                      "time": pd.DatetimeIndex(time).tz_localize("UTC").as_unit("ns"), "inside": offset > 0})
+    if len(increments):
+        per_site = increments.groupby(["site_id", "time"], as_index=False, sort=False)["kwh"].sum()
+        h = h.merge(per_site, on=["site_id", "time"], how="left")
+    else:
+        h["kwh"] = np.nan
+    return h
 
 
-def _bill_energy(site_inc: pd.DataFrame | None, start: pd.Timestamp, end: pd.Timestamp
-                 ) -> tuple[pd.DataFrame, float]:
-    """Increments inside [start, end) and the share of the period the counter data spans."""
-    if site_inc is None or site_inc.empty:
-        return site_inc.iloc[0:0] if site_inc is not None else pd.DataFrame(
-            {"meter_id": [], "time": [], "kwh": [], "reset": []}), 0.0
-    seen = site_inc[(site_inc["time"] >= start - HOUR) & (site_inc["time"] < end)]
-    inside = seen[seen["time"] >= start]
-    if seen.empty:
-        return inside, 0.0
-    span = seen["time"].max() + HOUR - max(seen["time"].min(), start - HOUR)
-    coverage = min(1.0, span / (end - start + HOUR))
-    return inside, float(coverage)
-
-
-def _tariff_prices(tariffs: pd.DataFrame, times: pd.DatetimeIndex, tz: str
-                   ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Price and period name of each hour, and the tariff rows used."""
-    prices = np.full(len(times), np.nan)
-    periods = np.full(len(times), "", dtype=object)
-    used: dict[int, dict[str, Any]] = {}
-    if tariffs.empty or len(times) == 0:
-        return prices, periods, []
-    local_hours = times.tz_convert(tz).hour.to_numpy()
-    t_ns = times.as_unit("ns").asi8
+def _tariff_prices(tariffs: pd.DataFrame, t_ns: np.ndarray, local_hours: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Price, period name and tariff row (index label, -1 for none) of each hour."""
+    prices = np.full(len(t_ns), np.nan)
+    periods = np.full(len(t_ns), "", dtype=object)
+    row_ids = np.full(len(t_ns), -1, dtype=np.int64)
+    if tariffs.empty or len(t_ns) == 0:
+        return prices, periods, row_ids
     rows = tariffs.assign(period=tariffs["period"].fillna("flat").replace("", "flat"))
     # Time-of-use periods first, then the flat row fills any hour they leave.
-    order = sorted(rows["period"].unique(), key=lambda p: p == "flat")
-    for period in order:
+    for period in sorted(rows["period"].unique(), key=lambda p: p == "flat"):
         group = rows[rows["period"] == period].copy()
-        group["_from"] = group["effective_from"].map(lambda v: _as_ts(v).value)
+        group["_from"] = pd.to_datetime(group["effective_from"], utc=True).dt.as_unit("ns").astype("int64")
         group = group.sort_values("_from")
         idx = np.searchsorted(group["_from"].to_numpy(), t_ns, side="right") - 1
         if period == "flat":
@@ -170,24 +172,40 @@ def _tariff_prices(tariffs: pd.DataFrame, times: pd.DatetimeIndex, tz: str
         member[member] = mask[idx[member], local_hours[member]]
         if not member.any():
             continue
-        group_prices = group["price_cny_per_kwh"].astype(float).to_numpy()
-        prices[member] = group_prices[idx[member]]
+        prices[member] = group["price_cny_per_kwh"].astype(float).to_numpy()[idx[member]]
         periods[member] = period
-        for j in np.unique(idx[member]):
-            used[int(group.index[j])] = group.iloc[j]
-    rows_used = [
-        {"period": str(r["period"]), "hours": "" if pd.isna(r["hours"]) else str(r["hours"]),
-         "effective_from": _as_ts(r["effective_from"]).isoformat(),
-         "price_cny_per_kwh": float(r["price_cny_per_kwh"])}
-        for _, r in sorted(used.items())
-    ]
-    return prices, periods, rows_used
+        row_ids[member] = group.index.to_numpy()[idx[member]]
+    return prices, periods, row_ids
 
 
-def _site_lookup(facts: Facts) -> dict[str, dict[str, Any]]:
-    if facts.sites.empty:
-        return {}
-    return facts.sites.set_index("site_id").to_dict("index")
+def _hour_prices(h: pd.DataFrame, bills: pd.DataFrame, facts: Facts, tz: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tariff price, period and row of every bill-hour, from the site's region and class."""
+    prices = np.full(len(h), np.nan)
+    periods = np.full(len(h), "", dtype=object)
+    row_ids = np.full(len(h), -1, dtype=np.int64)
+    if facts.sites.empty or facts.tariffs.empty or h.empty:
+        return prices, periods, row_ids
+    site_rc = facts.sites.drop_duplicates("site_id").set_index("site_id")
+    region = bills["site_id"].map(site_rc["region"]).to_numpy()
+    klass = bills["site_id"].map(site_rc["customer_class"]).to_numpy()
+    bill = h["bill"].to_numpy()
+    t_ns = h["time"].astype("int64").to_numpy()
+    local_hours = h["time"].dt.tz_convert(tz).dt.hour.to_numpy()
+    for (r, c), group in facts.tariffs.groupby(["region", "customer_class"], sort=False):
+        sel = np.flatnonzero(((region == r) & (klass == c))[bill])
+        if len(sel) == 0:
+            continue
+        p, per, rid = _tariff_prices(group, t_ns[sel], local_hours[sel])
+        prices[sel], periods[sel], row_ids[sel] = p, per, rid
+    return prices, periods, row_ids
+
+
+def _tariff_row(tariffs: pd.DataFrame, label: int) -> dict[str, Any]:
+    r = tariffs.loc[label]
+    return {"period": str(r["period"] or "flat"), "hours": "" if pd.isna(r["hours"]) else str(r["hours"]),
+            "effective_from": _as_ts(r["effective_from"]).isoformat(),
+            "price_cny_per_kwh": float(r["price_cny_per_kwh"])}
 
 
 def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillThresholds
@@ -196,65 +214,67 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
     bills = _bills_in_window(facts, now, t)
     if bills.empty:
         return []
-    energy = _site_energy(hourly_increments(frames.get("energy_hourly", pd.DataFrame())))
-    sites = _site_lookup(facts)
+    h = _bill_hours(bills, hourly_increments(frames.get("energy_hourly")))
+    prices, periods, row_ids = _hour_prices(h, bills, facts, t.tariff_timezone)
+    nb = len(bills)
+    b = h["bill"].to_numpy()
+    w = np.nan_to_num(h["kwh"].to_numpy(dtype=float))
+    priced = h["inside"].to_numpy() & ~np.isnan(prices)
+    is_tou = priced & (periods != "flat")
+    metered = np.bincount(b[priced], w[priced], nb)
+    cost = np.bincount(b[priced], (w * np.nan_to_num(prices))[priced], nb)
+    n_priced = np.bincount(b[priced], minlength=nb)
+    mean_price = np.bincount(b[priced], prices[priced], nb) / np.maximum(n_priced, 1)
+    max_price = pd.Series(prices[priced]).groupby(b[priced]).max().reindex(range(nb)).to_numpy()
+    tou = np.bincount(b[is_tou], minlength=nb) > 0
+    billed = bills["billed_kwh"].astype(float).to_numpy()
+    amount = bills["amount_cny"].astype(float).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cap = np.where(metered > 0, cost / metered, np.where(tou, max_price, mean_price))
+        price = np.where(billed > 0, amount / billed, np.nan)
+    allowed = cap * (1 + t.loss_share)
+    hit = (n_priced > 0) & (billed > 0) & (price > allowed * (1 + t.tolerance))
     out: list[Finding] = []
-    for bill in bills.itertuples(index=False):
-        billed = float(bill.billed_kwh)
-        if billed <= 0:
-            continue
-        site = sites.get(bill.site_id)
-        if site is None:
-            continue
-        tariffs = facts.tariffs[(facts.tariffs["region"] == site.get("region"))
-                                & (facts.tariffs["customer_class"] == site.get("customer_class"))]
-        if tariffs.empty:
-            continue
-        start, end = _as_ts(bill.period_start), _as_ts(bill.period_end)
-        hours = pd.date_range(start.floor("h"), end, freq="h", inclusive="left")
-        prices, periods, rows_used = _tariff_prices(tariffs, hours, t.tariff_timezone)
-        inside, _coverage = _bill_energy(energy.get(bill.site_id), start, end)
-        per_hour = inside.groupby("time")["kwh"].sum() if len(inside) else pd.Series(dtype=float)
-        weights = per_hour.reindex(hours, fill_value=0.0).to_numpy()
-        priced = ~np.isnan(prices)
-        if not priced.any():
-            continue
-        tou = any(p not in ("flat", "") for p in periods)
-        metered = float(weights[priced].sum())
-        if metered > 0:
-            cap = float((weights[priced] * prices[priced]).sum() / metered)
-            basis = "metered energy mix" if tou else "metered-energy-weighted catalogue price"
-        elif tou:
-            cap = float(np.nanmax(prices))
-            basis = "highest period price (no metered energy in the bill period)"
-        else:
-            cap = float(np.nanmean(prices))
-            basis = "time-weighted catalogue price"
-        allowed = cap * (1 + t.loss_share)
-        price = float(bill.amount_cny) / billed
-        if price <= allowed * (1 + t.tolerance):
-            continue
-        excess = (price - allowed) * billed
+    bounds = np.searchsorted(b, np.arange(nb + 1))  # bill-hours are grouped by bill, in order
+    flagged = np.flatnonzero(hit)
+    if len(flagged) == 0:
+        return out
+    site_rc = facts.sites.drop_duplicates("site_id").set_index("site_id")[
+        ["region", "customer_class"]].to_dict("index")
+    tariff_rows = {int(label): _tariff_row(facts.tariffs, int(label)) for label in facts.tariffs.index}
+    records = bills.iloc[flagged].to_dict("records")
+    for i, bill in zip(flagged, records, strict=True):
+        span = np.arange(bounds[i], bounds[i + 1])
+        rows = span[priced[span]]
         mix: dict[str, float] = {}
-        for period in sorted({p for p in periods if p}):
-            mix[period] = round(float(weights[periods == period].sum()), 3)
+        for period in sorted(set(periods[rows])):
+            mix[period] = round(float(w[rows][periods[rows] == period].sum()), 3)
+        used = [tariff_rows[int(label)] for label in np.unique(row_ids[rows])]
+        if metered[i] > 0:
+            basis = "metered energy mix" if tou[i] else "metered-energy-weighted catalogue price"
+        else:
+            basis = ("highest period price (no metered energy in the bill period)" if tou[i]
+                     else "time-weighted catalogue price")
+        excess = float((price[i] - allowed[i]) * billed[i])
+        site = site_rc[bill["site_id"]]
         out.append(Finding(
-            kind="overcharging", rule="overcharging", site_id=bill.site_id,
+            kind="overcharging", rule="overcharging", site_id=bill["site_id"],
             severity=_severity(excess, t),
-            window_start=start.to_pydatetime(), window_end=end.to_pydatetime(),
-            summary=(f"bill {bill.bill_id} from {bill.supplier_id}: {price:.4f} CNY/kWh against a cap "
-                     f"of {allowed:.4f}; excess {excess:.2f} CNY"),
+            window_start=_as_ts(bill["period_start"]).to_pydatetime(),
+            window_end=_as_ts(bill["period_end"]).to_pydatetime(),
+            summary=(f"bill {bill['bill_id']} from {bill['supplier_id']}: {price[i]:.4f} CNY/kWh against a "
+                     f"cap of {allowed[i]:.4f}; excess {excess:.2f} CNY"),
             evidence={
-                "bill_id": bill.bill_id, "supplier_id": bill.supplier_id,
-                "supplier_name": _text(getattr(bill, "supplier_name", None)),
-                "unit_price_cny_per_kwh": round(price, 6), "cap_cny_per_kwh": round(cap, 6),
-                "loss_share": t.loss_share, "allowed_cny_per_kwh": round(allowed, 6),
-                "tolerance": t.tolerance, "billed_kwh": billed, "amount_cny": float(bill.amount_cny),
-                "excess_cny": round(excess, 2), "cap_basis": basis, "time_of_use": tou,
-                "metered_kwh": round(metered, 3), "energy_mix_kwh": mix, "tariff_rows": rows_used,
-                "region": site.get("region"), "customer_class": site.get("customer_class"),
+                "bill_id": bill["bill_id"], "supplier_id": bill["supplier_id"],
+                "supplier_name": _text(bill.get("supplier_name")),
+                "unit_price_cny_per_kwh": round(float(price[i]), 6), "cap_cny_per_kwh": round(float(cap[i]), 6),
+                "loss_share": t.loss_share, "allowed_cny_per_kwh": round(float(allowed[i]), 6),
+                "tolerance": t.tolerance, "billed_kwh": float(billed[i]), "amount_cny": float(amount[i]),
+                "excess_cny": round(excess, 2), "cap_basis": basis, "time_of_use": bool(tou[i]),
+                "metered_kwh": round(float(metered[i]), 3), "energy_mix_kwh": mix, "tariff_rows": used,
+                "region": site["region"], "customer_class": site["customer_class"],
             },
-            bill_id=bill.bill_id, supplier_id=bill.supplier_id,
+            bill_id=bill["bill_id"], supplier_id=bill["supplier_id"],
         ))
     return out
 
@@ -265,37 +285,56 @@ def evaluate_overbilling(frames: Frames, facts: Facts, now: datetime, t: BillThr
     bills = _bills_in_window(facts, now, t)
     if bills.empty:
         return []
-    energy = _site_energy(hourly_increments(frames.get("energy_hourly", pd.DataFrame())))
+    increments = hourly_increments(frames.get("energy_hourly"))
+    h = _bill_hours(bills, increments)
+    nb = len(bills)
+    b = h["bill"].to_numpy()
+    kwh = h["kwh"].to_numpy(dtype=float)
+    has = ~np.isnan(kwh)
+    inside = h["inside"].to_numpy()
+    metered = np.bincount(b[inside], np.nan_to_num(kwh)[inside], nb)
+    t_ns = h["time"].astype("int64").to_numpy()
+    first = pd.Series(t_ns[has]).groupby(b[has]).min().reindex(range(nb)).to_numpy(dtype=float)
+    last = pd.Series(t_ns[has]).groupby(b[has]).max().reindex(range(nb)).to_numpy(dtype=float)
+    start = pd.to_datetime(bills["period_start"], utc=True).dt.floor("h").dt.as_unit("ns").astype("int64")
+    end = pd.to_datetime(bills["period_end"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    hour_ns = HOUR.value
+    lead = start.to_numpy() - hour_ns
+    with np.errstate(invalid="ignore"):
+        coverage = np.minimum(1.0, (last + hour_ns - np.maximum(first, lead)) / (end - lead))
+    coverage = np.nan_to_num(coverage)
+    billed = bills["billed_kwh"].astype(float).to_numpy()
+    amount = bills["amount_cny"].astype(float).to_numpy()
+    # Too little meter data to judge: never flag on a gap.
+    hit = (coverage >= t.min_coverage) & (billed > metered * (1 + t.overbilling_tolerance))
     out: list[Finding] = []
-    for bill in bills.itertuples(index=False):
-        billed = float(bill.billed_kwh)
-        start, end = _as_ts(bill.period_start), _as_ts(bill.period_end)
-        inside, coverage = _bill_energy(energy.get(bill.site_id), start, end)
-        if coverage < t.min_coverage:
-            continue  # too little meter data to judge; never flag on a gap
-        metered = float(inside["kwh"].sum())
-        if billed <= metered * (1 + t.overbilling_tolerance):
-            continue
-        price = float(bill.amount_cny) / billed if billed > 0 else 0.0
-        excess_kwh = billed - metered
+    by_site = {site: g for site, g in increments.groupby("site_id", sort=False)} if hit.any() else {}
+    flagged = np.flatnonzero(hit)
+    for i, bill in zip(flagged, bills.iloc[flagged].to_dict("records"), strict=True):
+        price = amount[i] / billed[i] if billed[i] > 0 else 0.0
+        excess_kwh = float(billed[i] - metered[i])
         excess = excess_kwh * price
-        per_meter = {str(m): round(float(v), 3) for m, v in inside.groupby("meter_id")["kwh"].sum().items()}
+        mine = by_site.get(bill["site_id"], increments.iloc[0:0])
+        mine = mine[(mine["time"] >= pd.Timestamp(start.iloc[i], tz="UTC"))
+                    & (mine["time"] < _as_ts(bill["period_end"]))]
+        per_meter = {str(m): round(float(v), 3) for m, v in mine.groupby("meter_id")["kwh"].sum().items()}
         out.append(Finding(
-            kind="overbilling", rule="overbilling", site_id=bill.site_id,
+            kind="overbilling", rule="overbilling", site_id=bill["site_id"],
             severity=_severity(excess, t),
-            window_start=start.to_pydatetime(), window_end=end.to_pydatetime(),
-            summary=(f"bill {bill.bill_id} from {bill.supplier_id}: {billed:.1f} kWh billed, "
-                     f"{metered:.1f} kWh metered; excess {excess:.2f} CNY"),
+            window_start=_as_ts(bill["period_start"]).to_pydatetime(),
+            window_end=_as_ts(bill["period_end"]).to_pydatetime(),
+            summary=(f"bill {bill['bill_id']} from {bill['supplier_id']}: {billed[i]:.1f} kWh billed, "
+                     f"{metered[i]:.1f} kWh metered; excess {excess:.2f} CNY"),
             evidence={
-                "bill_id": bill.bill_id, "supplier_id": bill.supplier_id,
-                "supplier_name": _text(getattr(bill, "supplier_name", None)),
-                "billed_kwh": billed, "metered_kwh": round(metered, 3), "metered_kwh_by_meter": per_meter,
-                "meter_resets": int(inside["reset"].sum()), "coverage": round(coverage, 4),
-                "tolerance": t.overbilling_tolerance, "excess_kwh": round(excess_kwh, 3),
-                "unit_price_cny_per_kwh": round(price, 6), "amount_cny": float(bill.amount_cny),
-                "excess_cny": round(excess, 2),
+                "bill_id": bill["bill_id"], "supplier_id": bill["supplier_id"],
+                "supplier_name": _text(bill.get("supplier_name")),
+                "billed_kwh": float(billed[i]), "metered_kwh": round(float(metered[i]), 3),
+                "metered_kwh_by_meter": per_meter, "meter_resets": int(mine["reset"].sum()),
+                "coverage": round(float(coverage[i]), 4), "tolerance": t.overbilling_tolerance,
+                "excess_kwh": round(excess_kwh, 3), "unit_price_cny_per_kwh": round(price, 6),
+                "amount_cny": float(amount[i]), "excess_cny": round(excess, 2),
             },
-            bill_id=bill.bill_id, supplier_id=bill.supplier_id,
+            bill_id=bill["bill_id"], supplier_id=bill["supplier_id"],
         ))
     return out
 

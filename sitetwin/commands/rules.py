@@ -113,7 +113,14 @@ def run_rules(args: argparse.Namespace, settings: Settings) -> int:
         return "\n".join(lines)
 
     emit(args, summary, text)
-    return 1 if any(r["status"] == "error" for r in summary) else 0
+    failed = [r for r in summary if r["status"] == "error"]
+    if failed:
+        import sys
+
+        print(f"sitetwin: error: {len(failed)} rule(s) failed: "
+              + "; ".join(f"{r['rule']}: {r['last_error']}" for r in failed), file=sys.stderr)
+        return 1
+    return 0
 
 
 def list_rules(args: argparse.Namespace, settings: Settings) -> int:
