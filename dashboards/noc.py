@@ -56,7 +56,7 @@ DASHBOARD = Dashboard(
                 "open flags, and the health of the ingestion pipeline.",
     tags=("sitetwin", "noc"),
     variables=(COUNTY, SITE),
-    annotations=(flags_annotation("Critical flags", color="red"),),
+    annotations=(flags_annotation("Critical flags", color="red", severity_regex="critical"),),
     links=(Link("Site detail", "/d/sitetwin-site/site-detail"),
            Link("Interference", "/d/sitetwin-interference/interference"),
            Link("Power & reservations", "/d/sitetwin-power/power-and-reservations"),

@@ -32,12 +32,14 @@ def thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
                            "steps": [{"value": v, "color": c} for v, c in steps]}}
 
 
-def flags_annotation(name: str, kind_regex: str = ".*", color: str = "red") -> Annotation:
+def flags_annotation(name: str, kind_regex: str = ".*", color: str = "red", *,
+                     severity_regex: str = ".*") -> Annotation:
     """Flag events (open, update, close) of the selected sites as annotations."""
     return Annotation(
         name=name,
         influxql=('SELECT "summary", "flag_id", "kind", "severity", "status" FROM "flags" '
-                  f'WHERE $timeFilter AND "kind" =~ /^{kind_regex}$/ AND {by_site}'),
+                  f'WHERE $timeFilter AND "kind" =~ /^{kind_regex}$/ '
+                  f'AND "severity" =~ /^{severity_regex}$/ AND {by_site}'),
         text_column="summary",
         tags_columns=("kind", "severity", "status"),
         color=color,
