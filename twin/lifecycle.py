@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -60,6 +60,8 @@ class State(enum.StrEnum):
 # The note of an ``import`` event whose file gave no ``state_since``: the event is dated at
 # the import, not when the site really reached the state (reports must not count it as such).
 UNDATED_IMPORT_NOTE = "imported; the date this state was reached is unknown"
+
+FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between the operator's machine and ours
 
 PRE_ON_AIR = (State.PLANNED, State.SITE_SECURED, State.APPROVED, State.UNDER_CONSTRUCTION,
               State.POWER_CONNECTED)
@@ -177,13 +179,17 @@ def transition(session: Session, site_id: str, target: State | str, at: datetime
         raise TransitionNotAllowed(site_id, "?", str(target),
                                    f"not a state (one of {', '.join(s.value for s in State)})") \
             from None
-    at = _as_utc(at) if at is not None else datetime.now(UTC)
+    now = datetime.now(UTC)
+    at = _as_utc(at) if at is not None else now
     # Lock the row on PostgreSQL so two concurrent moves of one site serialise.
     site = session.scalars(select(Site).where(Site.site_id == site_id).with_for_update()).first()
     if site is None:
         raise UnknownSite(site_id)
     events = history(session, site_id)
     state = State(site.state)
+    if at > now + FUTURE_TOLERANCE:
+        raise TransitionNotAllowed(site_id, state.value, target.value,
+                                   f"{at.isoformat()} is in the future; record a move once it happened")
     if events and at < events[-1].at:
         raise TransitionNotAllowed(site_id, state.value, target.value,
                                    f"the site's last event is at {events[-1].at.isoformat()};"

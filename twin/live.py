@@ -13,6 +13,7 @@ next one catches up.  Sites seen in telemetry but not in the registry are kept
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,11 +22,14 @@ from datetime import UTC, datetime
 from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from connectors.errors import LineProtocolError
 from connectors.lineprotocol import line
 from twin.models import Cell, LiveSiteState, Meter, Reservation, Site
 from twin.store import Store
 
 __all__ = ["DEFAULT_ONLINE_WINDOW_S", "LiveState", "is_online", "site_state_lines"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ONLINE_WINDOW_S = 180.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -245,10 +249,20 @@ def site_state_lines(store: Store, now: datetime, *,
          .outerjoin(LiveSiteState, LiveSiteState.site_id == Site.site_id)
          .order_by(Site.site_id))
     out = []
+    skipped = 0
     with store.session() as session:
         for r in session.execute(q):
             age_s = (now - r.last_seen).total_seconds() if r.last_seen is not None else None
-            out.append(line(
+            try:
+                out.append(_site_line(r, now, age_s, online_window_s, ts_ns))
+            except LineProtocolError as exc:  # one odd county name must not hide every site
+                skipped += 1
+                log.warning("site_state of %s not written: %s", r.site_id, exc)
+    return "\n".join(out).encode()
+
+
+def _site_line(r, now: datetime, age_s: float | None, online_window_s: float, ts_ns: int) -> str:
+    return line(
                 "site_state",
                 {"site_id": r.site_id, "county": r.county, "kind": r.kind, "supply": r.supply,
                  "state": r.state, "feeder": r.feeder, "substation": r.substation},
@@ -259,8 +273,7 @@ def site_state_lines(store: Store, now: datetime, *,
                  "battery_soc_pct": _f(r.battery_soc_pct), "power_kw": _f(r.power_kw),
                  "reserved_kw": _f(r.reserved_kw), "declared_kw": _f(r.declared_kw),
                  "age_s": _f(age_s)},
-                ts_ns))
-    return "\n".join(out).encode()
+                ts_ns)
 
 
 def _f(value) -> float | None:

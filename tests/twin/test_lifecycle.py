@@ -212,3 +212,15 @@ def test_random_move_sequences_keep_history_consistent(moves, tmp_path_factory):
                 assert s.get(Site, site).state == state
     finally:
         store.close()
+
+
+@pytest.mark.integration
+def test_future_moves_are_refused(store):
+    from datetime import UTC, datetime
+
+    add_site(store, "F1")
+    with pytest.raises(TransitionNotAllowed, match="in the future"):
+        with store.session() as s:
+            transition(s, "F1", State.SITE_SECURED, at=datetime.now(UTC) + timedelta(hours=1))
+    with store.session() as s:
+        assert s.get(Site, "F1").state == "planned"

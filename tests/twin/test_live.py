@@ -157,3 +157,11 @@ def test_online_window_and_site_state_lines(store, settings):
     assert "online=0i" in off1 and "age_s=1060.0" in off1
     never = next(x for x in lines if "site_id=NEVER" in x)
     assert "online=0i" in never and "age_s" not in never and "supply=transfer" in never
+
+
+def test_site_state_skips_a_site_that_cannot_be_written(store):
+    add_site(store, "OK1")
+    add_site(store, "ODD", county="Line\nbreak")
+    body = site_state_lines(store, T).decode()
+    assert [x.split(",")[0] for x in body.splitlines()] == ["site_state"]
+    assert "site_id=OK1" in body and "ODD" not in body
