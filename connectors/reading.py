@@ -54,7 +54,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def check_id(value: str, what: str = "identifier") -> str:
     """Return ``value`` if it is a valid identifier, else raise ``InvalidIdentifier``."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise InvalidIdentifier(f"invalid {what} {value!r}: must match {ID_PATTERN}")
     return value
 
@@ -75,7 +75,10 @@ def _to_utc(value: Any) -> datetime:
             raise ValueError(f"ts {value[:40]!r} is not ISO 8601") from None
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+14:00 is before year 1 in UTC
+            raise ValueError(f"ts {value[:40]!r} is out of range") from None
     raise ValueError("ts must be an ISO 8601 string or epoch seconds")
 
 
@@ -192,18 +195,29 @@ def parse_topic(topic: str) -> tuple[str, str] | Rejection:
     if len(parts) != 3 or parts[0] != "sites":
         return Rejection("bad_topic", f"topic {topic[:200]!r} is not sites/{{site_id}}/{{stream}}")
     site_id, stream = parts[1], parts[2]
-    if not _ID.match(site_id):
+    if not _ID.fullmatch(site_id):
         return Rejection("bad_site_id", f"site_id {site_id[:80]!r} in topic must match {ID_PATTERN}")
     if stream not in MODELS:
         return Rejection("unknown_stream", f"stream {stream[:40]!r} is not one of {', '.join(STREAMS)}")
     return site_id, stream
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``str(value)`` cut to ``limit``, safe for values nested too deep to print."""
+    try:
+        return str(value)[:limit]
+    except (RecursionError, ValueError):
+        return f"a deeply nested {type(value).__name__}"
+
+
 def _describe(exc: ValidationError, index: int | None) -> str:
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err["loc"]) or "reading"
     prefix = f"reading[{index}]." if index is not None else ""
-    value = repr(err.get("input"))[:60]
+    try:
+        value = repr(err.get("input"))[:60]
+    except (RecursionError, ValueError):  # nested too deep to print
+        value = f"a deeply nested {type(err.get('input')).__name__}"
     return f"{prefix}{where}: {err['msg']} (got {value})"
 
 
@@ -259,7 +273,7 @@ def parse_message(
         given = item.get("site_id", site_id)
         if given != site_id:
             return _reject("site_mismatch",
-                           f"{'reading[%d].' % i if indexed else ''}site_id {str(given)[:80]!r}"
+                           f"{'reading[%d].' % i if indexed else ''}site_id {_short(given)!r}"
                            f" differs from the topic's {site_id!r}", site_id, stream)
         if "site_id" not in item:
             item["site_id"] = site_id
