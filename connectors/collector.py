@@ -39,7 +39,7 @@ from connectors.errors import ConnectorError, SpoolError, WriteRetryable
 from connectors.influx import InfluxWriter
 from connectors.lineprotocol import encode_reading
 from connectors.metrics import PipelineMetrics
-from connectors.reading import Reading, parse_message
+from connectors.reading import Parsed, Reading, Rejection, parse_message
 from connectors.spool import Spool
 from sitetwin.config import Settings
 
@@ -241,7 +241,14 @@ class Collector:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         now = self.clock()
         payload = msg.payload
-        parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload)
+        try:
+            parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload)
+        except Exception as exc:
+            # parse_message must not raise; if it ever does, an exception escaping this
+            # callback would end paho's network thread and with it all ingest.
+            log.exception("unexpected error parsing a message; dead-lettered")
+            parsed = Parsed(site_id=None, stream=None,
+                            rejection=Rejection("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
         m = self.metrics
         m.received_msgs += 1
         with self._lock:
