@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from connectors.errors import ConnectorError
 from connectors.influx import InfluxReader
@@ -143,17 +143,21 @@ class WindowData:
 def load_facts(store: Any) -> Facts:
     """Sites (with the time they entered their state and went on air), reservations, tariffs, bills."""
     from twin.errors import TwinError
+    from twin.lifecycle import UNDATED_IMPORT_NOTE
     from twin.models import Bill, LifecycleEvent, Reservation, Site, Tariff
 
+    # An import event without a date says nothing about when the state was reached.
+    dated = or_(LifecycleEvent.verb != "import", LifecycleEvent.note.is_(None),
+                LifecycleEvent.note != UNDATED_IMPORT_NOTE)
     try:
         with store.session() as s:
             entered = dict(s.execute(
                 select(LifecycleEvent.site_id, func.max(LifecycleEvent.at))
                 .join(Site, (Site.site_id == LifecycleEvent.site_id) & (Site.state == LifecycleEvent.to_state))
-                .group_by(LifecycleEvent.site_id)).all())
+                .where(dated).group_by(LifecycleEvent.site_id)).all())
             on_air = dict(s.execute(
                 select(LifecycleEvent.site_id, func.max(LifecycleEvent.at))
-                .where(LifecycleEvent.to_state == "on_air").group_by(LifecycleEvent.site_id)).all())
+                .where(LifecycleEvent.to_state == "on_air", dated).group_by(LifecycleEvent.site_id)).all())
             site_rows = [
                 {"site_id": r.site_id, "lat": r.lat, "lon": r.lon, "state": r.state, "region": r.region,
                  "customer_class": r.customer_class, "supply": r.supply,

@@ -52,10 +52,14 @@ class BillThresholds(Thresholds):
     min_coverage: float = Field(default=0.8, gt=0, le=1)
     warning_excess_cny: float = Field(default=100.0, ge=0)
     critical_excess_cny: float = Field(default=1000.0, ge=0)
-    tariff_timezone: str = "UTC"
+    tariff_timezone: str = "Asia/Shanghai"
 
     @model_validator(mode="after")
     def _loss_share_capped(self) -> BillThresholds:
+        try:
+            pd.Timestamp(0, tz=self.tariff_timezone)
+        except Exception:  # noqa: BLE001 - any unknown zone name
+            raise ValueError(f"unknown time zone {self.tariff_timezone!r}") from None
         if self.loss_share > self.max_loss_share:
             raise ValueError(f"loss_share {self.loss_share} exceeds max_loss_share {self.max_loss_share}")
         return self

@@ -5,7 +5,8 @@ Peak demand is the maximum, over the window, of the site's 15-minute mean
 ``power_peak``: site_id, peak_kw, time of the peak).  Exceeded: peak above
 ``reserved_kw``.  Underused: on air for ``underused_after_days`` and the peak
 below ``underused_share`` of the reservation.  Missing: a site under
-construction or further along with no reservation at all.
+construction or further along with no reservation at all.  A site imported as
+on air with no date (``on_air_since`` unknown) counts as long on air.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ReservationThresholds(Thresholds):
     exceed_tolerance: float = Field(default=0.0, ge=0)
     critical_over: float = Field(default=0.2, ge=0)
     underused_after_days: float = Field(default=30.0, ge=0)
-    underused_share: float = Field(default=0.2, gt=0, le=1)
+    underused_share: float = Field(default=0.3, gt=0, le=1)
 
 
 def site_peaks(frame: pd.DataFrame | None) -> dict[str, tuple[float, pd.Timestamp | None]]:
@@ -92,16 +93,17 @@ def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: Reserv
                 summary=f"site {sid}: peak {peak_kw:.1f} kW over the {reserved_kw:.1f} kW reserved (+{over:.1f} kW)",
                 evidence={**evidence, "over_kw": round(over, 3)}))
             continue
+        # An on-air site whose on-air date is unknown (imported as on air) is an established one.
         on_air = _ts(getattr(site, "on_air_since", None))
-        if (site.state == "on_air" and on_air is not None
-                and pd.Timestamp(now) - on_air >= pd.Timedelta(days=t.underused_after_days)
-                and peak_kw < reserved_kw * t.underused_share):
+        established = on_air is None or pd.Timestamp(now) - on_air >= pd.Timedelta(days=t.underused_after_days)
+        if site.state == "on_air" and established and peak_kw < reserved_kw * t.underused_share:
+            since = f"after {(pd.Timestamp(now) - on_air).days} days on air" if on_air is not None else "on air"
             out.append(Finding(
                 kind="reservation_underused", rule="reservations", site_id=sid, severity="info",
                 window_start=start, window_end=now,
                 summary=(f"site {sid}: peak {peak_kw:.1f} kW is under {t.underused_share:.0%} of the "
-                         f"{reserved_kw:.1f} kW reserved after {(pd.Timestamp(now) - on_air).days} days on air"),
-                evidence={**evidence, "on_air_since": on_air.isoformat(),
+                         f"{reserved_kw:.1f} kW reserved {since}"),
+                evidence={**evidence, "on_air_since": on_air.isoformat() if on_air is not None else None,
                           "unused_kw": round(reserved_kw - peak_kw, 3)}))
     return out
 

@@ -46,7 +46,8 @@ class Facts:
     """Registry facts from the twin, as frames (one row per site, event, bill...).
 
     ``sites``: site_id, lat, lon, state, region, customer_class, supply, replaces_site_id,
-    state_since (UTC time of the event that entered the current state), on_air_since.
+    state_since (UTC time of the event that entered the current state), on_air_since; both
+    None when unknown (a site imported in its state without a date).
     ``reservations``: site_id, declared_kw, reserved_kw, feeder, substation, status.
     ``tariffs``: region, customer_class, period, hours, effective_from, price_cny_per_kwh.
     ``bills``: bill_id, site_id, supplier_id, supplier_name, meter_id, period_start,

@@ -84,7 +84,8 @@ def test_time_of_use_cap_is_the_sites_own_energy_mix():
     frames = {"energy_hourly": energy("S1", "M1", cumulative)}
     # cap = (180 * 1.2 + 60 * 0.4) / 240 = 1.0 CNY/kWh; bill at 1.10 is 24 CNY too much.
     f = facts(sites=sites({"site_id": "S1"}), tariffs=tou, bills=bill(amount_cny=264.0))
-    (x,) = evaluate_overcharging(frames, f, NOW, BillThresholds())
+    utc = BillThresholds(tariff_timezone="UTC")
+    (x,) = evaluate_overcharging(frames, f, NOW, utc)
     assert x.evidence["cap_cny_per_kwh"] == pytest.approx(1.0)
     assert x.evidence["energy_mix_kwh"] == {"peak": 180.0, "valley": 60.0}
     assert x.evidence["excess_cny"] == pytest.approx(24.0)
@@ -93,7 +94,11 @@ def test_time_of_use_cap_is_the_sites_own_energy_mix():
     peaky = [1000.0 + 10 * i for i in range(25)]
     peaky_frames = {"energy_hourly": energy("S1", "M1", peaky)}
     f2 = facts(sites=sites({"site_id": "S1"}), tariffs=tou, bills=bill(amount_cny=0.79 * 240))
-    assert evaluate_overcharging(peaky_frames, f2, NOW, BillThresholds()) == []
+    assert evaluate_overcharging(peaky_frames, f2, NOW, utc) == []
+    # Read in China Standard Time (the default) the peak hours are 00-12 UTC: another mix and cap.
+    (local,) = evaluate_overcharging(frames, f, NOW, BillThresholds())
+    assert local.evidence["energy_mix_kwh"] == {"peak": 100.0, "valley": 140.0}
+    assert local.evidence["cap_cny_per_kwh"] == pytest.approx((100 * 1.2 + 140 * 0.4) / 240)
 
 
 def test_tariff_change_inside_the_period_applies_from_its_date():

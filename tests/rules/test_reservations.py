@@ -42,6 +42,13 @@ def test_exceeded_underused_missing():
     assert got[("reservation_underused", "IDLE")].evidence["unused_kw"] == 8.5
 
 
+def test_on_air_date_unknown_counts_as_established():
+    s = sites({"site_id": "OLD", "on_air_since": None})
+    (x,) = evaluate_reservations({"power_peak": peaks(OLD=2.0)},
+                                 facts(sites=s, reservations=pd.DataFrame([res("OLD", 10.0)])), NOW, T)
+    assert x.kind == "reservation_underused" and x.evidence["on_air_since"] is None
+
+
 def test_slightly_exceeded_is_a_warning():
     s = sites({"site_id": "S"})
     (x,) = evaluate_reservations({"power_peak": peaks(S=11.0)},
