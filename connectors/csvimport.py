@@ -339,7 +339,8 @@ def read_rows(path: str | Path, schema: Schema,
         try:
             header = next(reader, None)
             if header is None:
-                raise ImportFailed(str(path), [], header="the file is empty (a header row is required)")
+                raise ImportFailed(str(path), [],
+                                   header="the file is empty (a header row is required)")
             header = [h.strip() for h in header]
             result = ParsedFile(header=header)
             _check_header(path, schema, header, result)

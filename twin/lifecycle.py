@@ -189,7 +189,8 @@ def transition(session: Session, site_id: str, target: State | str, at: datetime
     state = State(site.state)
     if at > now + FUTURE_TOLERANCE:
         raise TransitionNotAllowed(site_id, state.value, target.value,
-                                   f"{at.isoformat()} is in the future; record a move once it happened")
+                                   f"{at.isoformat()} is in the future;"
+                                   " record a move once it has happened")
     if events and at < events[-1].at:
         raise TransitionNotAllowed(site_id, state.value, target.value,
                                    f"the site's last event is at {events[-1].at.isoformat()};"

@@ -79,8 +79,8 @@ def show_site(session: Session, site_id: str, *, now: datetime, window_s: float,
         out["at"] = at
         out["state_at"] = s.value if s else None
     out["history"] = [e.as_dict() for e in history(session, site_id)]
-    out["replaced_by"] = session.scalars(select(Site.site_id).where(Site.replaces_site_id == site_id)
-                                         .order_by(Site.site_id)).all()
+    out["replaced_by"] = session.scalars(
+        select(Site.site_id).where(Site.replaces_site_id == site_id).order_by(Site.site_id)).all()
     out["live"] = _live(session.get(LiveSiteState, site_id), now, window_s)
     res = session.get(Reservation, site_id)
     out["reservation"] = None if res is None else {

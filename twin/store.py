@@ -82,8 +82,9 @@ def open_store(url: str) -> Store:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise StoreError(f"not a database URL: {url!r} (sqlite:///path or postgresql+psycopg://...)") \
-            from None
+        # The URL may hold a password: never repeat it.
+        raise StoreError("twin.url is not a database URL"
+                         " (sqlite:///path or postgresql+psycopg://user@host/db)") from None
     kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

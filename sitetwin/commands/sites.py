@@ -51,7 +51,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
 
     tr = sub.add_parser("transition", help="move a site to another lifecycle state")
     tr.add_argument("site_id", metavar="SITE_ID")
-    tr.add_argument("state", metavar="STATE", help="target state: " + ", ".join(s.value for s in State))
+    tr.add_argument("state", metavar="STATE",
+                    help="target state: " + ", ".join(s.value for s in State))
     tr.add_argument("--at", metavar="TS", help="when it happened (ISO 8601, default now)")
     tr.add_argument("--note", help="free text kept with the event")
     tr.add_argument("--reason", help="why a site is blocked (default: the note)")
@@ -105,7 +106,8 @@ def _ts(value: str | None, what: str) -> datetime | None:
 def _lines(path: Path) -> int | None:
     try:
         with path.open("rb") as fh:
-            return max(sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) - 1, 0)
+            newlines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+            return max(newlines - 1, 0)
     except OSError:
         return None
 
@@ -135,7 +137,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         print(f"sitetwin: warning: {w}", file=sys.stderr)
 
     def text(r):
-        out = f"{args.kind}: {r['inserted']} inserted, {r['updated']} updated, {r['rejected']} rejected"
+        out = (f"{args.kind}: {r['inserted']} inserted, {r['updated']} updated,"
+               f" {r['rejected']} rejected")
         if r["rejects_path"]:
             out += f" (rejected rows with reasons in {r['rejects_path']})"
         return out

@@ -70,3 +70,11 @@ def test_naive_datetime_is_refused(store):
 def test_bad_url_is_a_store_error():
     with pytest.raises(StoreError):
         open_store("nonsense://")
+
+
+def test_errors_never_show_the_password(tmp_path):
+    from sitetwin.services import free_port
+
+    with pytest.raises(StoreError) as err:
+        open_store(f"postgresql+psycopg://u:s3cret@127.0.0.1:{free_port()}/x?connect_timeout=2")
+    assert "s3cret" not in str(err.value) and "***" in str(err.value)
