@@ -95,9 +95,15 @@ def _status(exc: Exception) -> int:
 def _call(what: str, fn, *args, **kwargs) -> Any:
     """Run one API call; a Grafana or network failure becomes a ``PushError`` naming the call."""
     from grafana_client.client import GrafanaException
+    from niquests.exceptions import RequestException
 
     try:
         return fn(*args, **kwargs)
+    except RequestException as exc:
+        # niquests names host and port only (never userinfo or headers) in its messages.
+        reason = " ".join(str(exc).split())[:240]
+        raise PushError(f"{what}: no response from Grafana: {type(exc).__name__}: {reason}") \
+            from None
     except GrafanaException as exc:
         status = _status(exc)
         if status == 401:
@@ -114,10 +120,13 @@ def _call(what: str, fn, *args, **kwargs) -> Any:
 def _exists(what: str, fn, *args) -> bool:
     """True if the GET succeeds, False on 404; anything else is an error."""
     from grafana_client.client import GrafanaException
+    from niquests.exceptions import RequestException
 
     try:
         fn(*args)
         return True
+    except RequestException as exc:
+        return _call(what, _reraise, exc)
     except GrafanaException as exc:
         if _status(exc) == 404:
             return False
