@@ -33,6 +33,7 @@ __all__ = [
     "CITY_CENTRE",
     "COUNTIES",
     "LOCAL_UTC_OFFSET_H",
+    "NARROWBAND_PRBS",
     "SCENARIOS",
     "Anomaly",
     "Bill",
@@ -68,7 +69,9 @@ _KINDS = (("macro", 0.45), ("micro", 0.20), ("pole", 0.20), ("indoor", 0.15))
 _LOAD_KW = {"macro": (7.0, 12.0), "micro": (3.5, 6.0), "pole": (3.0, 4.5), "indoor": (2.5, 4.0)}
 _BANDS = {"macro": ("n78", "n41"), "micro": ("n78", "n41"), "pole": ("n78", "n28"),
           "indoor": ("n41", "B3")}
-PRB_BANDS = {"n78": 273, "n41": 273}  # bands whose cells report per-PRB vectors (100 MHz, 30 kHz)
+PRB_BANDS = {"n78": 273, "n41": 273}
+NARROWBAND_PRBS = 16  # width of the narrowband interferer's block
+BATTERY_EMPTY_PCT = 3.0  # the low-voltage disconnect drops the load: the site goes dark  # bands whose cells report per-PRB vectors (100 MHz, 30 kHz)
 _DAILY_SWING = {"macro": 0.25, "micro": 0.30, "pole": 0.30, "indoor": 0.20}
 _POWER_CONNECTED_LOAD = 0.3  # powered but not on air: rectifiers, cooling, transport only
 _ENERGY_EPOCH = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
@@ -350,7 +353,7 @@ class Fleet:
                 hit = ranked[:3]
             for s in hit:
                 d = _km(*jammer_at, s.lat, s.lon)
-                rise = round(max(8.0, 20.0 - 6.0 * d), 1)
+                rise = round(max(10.0, 20.0 - 5.0 * d), 1)
                 for c in s.cells:
                     jam[c.cell_id] = rise
                 used.add(s.site_id)
@@ -364,7 +367,7 @@ class Fleet:
             if pick:
                 s = pick[rng.randrange(len(pick))]
                 cell = next(c for c in s.cells if c.prbs)
-                narrow[cell.cell_id] = rng.randrange(20, cell.prbs - 30)
+                narrow[cell.cell_id] = rng.randrange(20, cell.prbs - 20 - NARROWBAND_PRBS)
                 used.add(s.site_id)
             plain = [s for s in self.sites if s.on_air and s.site_id not in used
                      and s.site_id not in self.over_reserved and s.supply == "direct"]
@@ -388,17 +391,20 @@ class Fleet:
                 # and the ones with weak batteries go dark once they are empty.
                 _sub, ids = max(sorted(by_substation.items()), key=lambda kv: len(kv[1]))
                 for site_id in ids:
-                    mains[site_id] = round(rng.uniform(10.0, 40.0), 1)
+                    weak = rng.random() < 0.5
+                    mains[site_id] = round(rng.uniform(22.0, 40.0) if weak else rng.uniform(8.0, 14.0), 1)
         return ScenarioPlan(name=scenario, jammer_rise_db=jam, jammer_at=jammer_at,
                             narrowband=narrow, mains_loss_pct_per_h=mains,
                             silent=frozenset(silent))
 
-    def expected_anomalies(self, scenario: str = "demo") -> dict[str, Anomaly]:
+    def expected_anomalies(self, scenario: str = "demo",
+                           window_s: float = 6 * 3600.0) -> dict[str, Anomaly]:
         """What a scenario plants, by name: the flag kind and the ids the rules should name.
 
         Registry anomalies (reservations, bills, meter swaps) are part of every
         scenario; telemetry anomalies start in the last part of the simulated
-        run (see ``connectors.simulator.onset``).
+        run (see ``connectors.simulator.onset``), which lasts ``window_s``
+        (6 h unless the run is shorter than 12 h).
         """
         out: dict[str, Anomaly] = {}
         plan = self.plan(scenario)
@@ -413,13 +419,14 @@ class Fleet:
             out["interference_narrowband"] = Anomaly(
                 "interference", tuple(sorted({site_of[c] for c in cells})), cells,
                 detail="narrowband interferer on PRBs "
-                + ", ".join(f"{p}-{p + 11}" for p in plan.narrowband.values()))
+                + ", ".join(f"{p}-{p + NARROWBAND_PRBS - 1}" for p in plan.narrowband.values()))
         if plan.mains_loss_pct_per_h:
             out["mains_failure"] = Anomaly("mains_failure", tuple(sorted(plan.mains_loss_pct_per_h)),
                                            detail="mains lost, running on batteries")
             if scenario == "outage":
-                # Batteries drain to empty within the outage (at most 6 h): those sites go dark.
-                dark = tuple(sorted(s for s, rate in plan.mains_loss_pct_per_h.items() if rate * 6 > 95))
+                # Weak batteries are empty well before the end of the outage: those sites go dark.
+                dark = tuple(sorted(s for s, rate in plan.mains_loss_pct_per_h.items()
+                                    if (100.0 - BATTERY_EMPTY_PCT) / rate <= window_s / 3600 - 0.5))
                 if dark:
                     out["site_offline"] = Anomaly("site_offline", dark, detail="battery exhausted")
         if plan.silent:

@@ -21,13 +21,15 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import orjson
 
+from connectors.fleet import BATTERY_EMPTY_PCT as _BATTERY_EMPTY_PCT
+from connectors.fleet import NARROWBAND_PRBS as _NARROWBAND_PRBS
 from connectors.fleet import Cell, Fleet, ScenarioPlan, Site, daily_phase
 
 __all__ = [
@@ -41,9 +43,7 @@ __all__ = [
 
 ANOMALY_MAX_S = 6 * 3600.0
 INTERFERENCE_PERIOD_S = 900
-_NARROWBAND_PRBS = 12
-_NARROWBAND_RISE_DB = 22.0
-_BATTERY_EMPTY_PCT = 3.0  # the low-voltage disconnect drops the load: the site goes dark
+_NARROWBAND_RISE_DB = 25.0
 _MASK = (1 << 64) - 1
 _ORJSON = orjson.OPT_SERIALIZE_NUMPY
 
@@ -229,6 +229,7 @@ def chunks(
     onset_ts: float | None = None,
     run_end_ts: float | None = None,
     prb_window_s: float = ANOMALY_MAX_S,
+    site_ids: Collection[str] | None = None,
 ) -> Iterator[Chunk]:
     """The messages of ``[start, end)`` grouped by ``chunk_s`` windows, oldest first.
 
@@ -236,6 +237,7 @@ def chunks(
     reruns over overlapping windows produce identical points.  A run played
     in phases (history, then live) passes the whole run's ``onset_ts`` and
     ``run_end_ts`` to each phase so that anomalies and PRB vectors line up.
+    ``site_ids`` limits the output to those sites (tests, one-site replays).
     """
     period_s = int(period_s)
     if period_s < 1:
@@ -249,6 +251,9 @@ def chunks(
     player = _Player(fleet, plan, onset(fleet, s, run_end) if onset_ts is None else onset_ts,
                      run_end, prb_window_s)
     sites = fleet.publishing
+    if site_ids is not None:
+        wanted = set(site_ids)
+        sites = tuple(s for s in sites if s.site_id in wanted)
     for c0 in _aligned(s - (s % chunk_s), e, chunk_s):
         lo, hi = max(s, c0), min(e, c0 + chunk_s)
         ticks = _aligned(lo, hi, period_s)
@@ -293,8 +298,10 @@ def readings(
     onset_ts: float | None = None,
     run_end_ts: float | None = None,
     prb_window_s: float = ANOMALY_MAX_S,
+    site_ids: Collection[str] | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """Every ``(topic, payload)`` of ``[start, end)``, oldest first (see ``chunks``)."""
     for chunk in chunks(fleet, start, end, period_s, scenario, chunk_s=chunk_s,
-                        onset_ts=onset_ts, run_end_ts=run_end_ts, prb_window_s=prb_window_s):
+                        onset_ts=onset_ts, run_end_ts=run_end_ts, prb_window_s=prb_window_s,
+                        site_ids=site_ids):
         yield from chunk.messages
