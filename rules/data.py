@@ -25,6 +25,9 @@ __all__ = ["WindowData", "influx_time", "load_facts"]
 
 # Beyond this many ids a filter costs more than it saves; the query then reads every series.
 _MAX_FILTER_IDS = 500
+# Statements answered recently are kept this many: one engine run asks some twice (both bill
+# rules read the same energy), and interference baselines only change once a day.
+_MEMO_SIZE = 16
 
 
 def influx_time(ts: datetime | pd.Timestamp) -> str:
@@ -54,12 +57,31 @@ class WindowData:
 
     def __init__(self, reader: InfluxReader) -> None:
         self.reader = reader
+        self._memo: dict[str, pd.DataFrame] = {}
 
-    def _frame(self, q: str) -> pd.DataFrame:
+    def _frame(self, q: str, *, memo: bool = False) -> pd.DataFrame:
+        """The frame of one statement; ``memo`` keeps it for identical statements later
+        (only for statements whose answer cannot change: closed windows in the past)."""
+        if memo and q in self._memo:
+            return self._memo[q]
         try:
-            return self.reader.frame(q)
+            frame = self.reader.frame(q)
         except ConnectorError as exc:
             raise RuleDataError(str(exc)) from exc
+        if memo:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[q] = frame
+        return frame
+
+    def _frames_by_ids(self, q: str, tag: str, ids: Iterable[str], *, memo: bool = False,
+                       chunk: int = _MAX_FILTER_IDS) -> pd.DataFrame:
+        """``q`` (with a ``{filter}`` slot) for ``ids`` in chunks, so no answer is unbounded."""
+        ids = sorted(set(ids))
+        parts = [self._frame(q.format(filter=_id_filter(tag, ids[i:i + chunk])), memo=memo)
+                 for i in range(0, len(ids), chunk)]
+        parts = [p for p in parts if not p.empty]
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame())
 
     def fetch(self, rule: Rule, facts: Facts, now: datetime, t: Thresholds) -> dict[str, pd.DataFrame]:
         frames: dict[str, pd.DataFrame] = {}
@@ -81,8 +103,11 @@ class WindowData:
         start = pd.to_datetime(bills["period_start"], utc=True).min().floor("h") - pd.Timedelta(hours=1)
         stop = pd.to_datetime(bills["period_end"], utc=True).max()
         q = (f'SELECT last("energy_kwh") AS "energy_kwh" FROM "power" WHERE {_between(start, stop)}'
-             f'{_id_filter("site_id", bills["site_id"])} GROUP BY time(1h), "site_id", "meter_id" fill(none)')
-        return self._frame(q)
+             '{filter} GROUP BY time(1h), "site_id", "meter_id" fill(none)')
+        # A bill period a day in the past is settled: the same statement later in the run
+        # (the other bill rule) or in the next run gets the same answer.
+        settled = stop <= pd.Timestamp(now) - pd.Timedelta(days=1)  # late backlogs have arrived
+        return self._frames_by_ids(q, "site_id", bills["site_id"], memo=bool(settled))
 
     def interference_recent(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         start = _floor(now - timedelta(seconds=t.window), 15)
@@ -91,11 +116,12 @@ class WindowData:
         return self._frame(q)
 
     def interference_baseline(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
-        end = _floor(now - timedelta(seconds=t.window), 60)
+        """Hourly means over the whole days before the window: fetched once a day."""
+        end = pd.Timestamp(now - timedelta(seconds=t.window)).floor("D")
         start = end - pd.Timedelta(days=t.baseline_days)
         q = (f'SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" WHERE {_between(start, end)}'
              ' GROUP BY time(1h), "site_id", "cell_id" fill(none)')
-        return self._frame(q)
+        return self._frame(q, memo=True)
 
     def interference_prb(self, facts: Facts, now: datetime, t: Any, frames: Frames) -> pd.DataFrame:
         """Mean per-PRB vector over the window, only for cells near or above the levels."""
@@ -133,11 +159,21 @@ class WindowData:
         return pd.concat(parts, ignore_index=True).groupby("site_id", as_index=False)["time"].max()
 
     def tower_5m(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """5-minute buckets, only for the sites whose latest report says on battery or mains down."""
         start = _floor(now - timedelta(seconds=t.window), 5)
+        latest = self._frame('SELECT last("on_battery") AS "on_battery", last("mains_ok") AS "mains_ok" '
+                             f'FROM "tower" WHERE {_between(start, now)} GROUP BY "site_id"')
+        if latest.empty:
+            return pd.DataFrame()
+        on_battery = latest.get("on_battery", pd.Series(False, index=latest.index)).fillna(False).astype(bool)
+        mains_down = ~latest.get("mains_ok", pd.Series(True, index=latest.index)).fillna(True).astype(bool)
+        suspects = latest.loc[on_battery | mains_down, "site_id"]
+        if suspects.empty:
+            return pd.DataFrame()
         q = ('SELECT last("on_battery") AS "on_battery", last("mains_ok") AS "mains_ok", '
-             f'mean("battery_soc_pct") AS "battery_soc_pct" FROM "tower" WHERE {_between(start, now)} '
-             'GROUP BY time(5m), "site_id" fill(none)')
-        return self._frame(q)
+             f'mean("battery_soc_pct") AS "battery_soc_pct" FROM "tower" WHERE {_between(start, now)}'
+             '{filter} GROUP BY time(5m), "site_id" fill(none)')
+        return self._frames_by_ids(q, "site_id", suspects)
 
 
 def load_facts(store: Any) -> Facts:

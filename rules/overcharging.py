@@ -43,7 +43,7 @@ HOUR = pd.Timedelta(hours=1)
 class BillThresholds(Thresholds):
     """Bills whose period ended within ``window`` before now are (re)checked every ``interval``."""
 
-    interval: Duration = 3600.0
+    interval: Duration = 6 * 3600.0
     window: Duration = 62 * 86400.0
     tolerance: float = Field(default=0.01, ge=0)
     loss_share: float = Field(default=0.0, ge=0)
