@@ -506,12 +506,14 @@ def _write_rejects(path: Path, parsed: ParsedFile) -> None:
 
 def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: bool = False,
                rejects: str | Path | None = None, actor: str = "import",
-               progress: Callable[[int], None] | None = None) -> ImportResult:
+               progress: Callable[[int], None] | None = None,
+               write_progress: Callable[[int], None] | None = None) -> ImportResult:
     """Import ``path`` into the registry: all or nothing, or the valid rows with ``skip_invalid``.
 
     Raises ``ImportFailed`` (nothing imported) when the file is unreadable or,
     without ``skip_invalid``, when any row is bad.  With ``skip_invalid`` the
     rejected rows go to ``rejects`` (default ``<file>.rejects.csv``).
+    ``progress(n)`` is told of rows read, ``write_progress(n)`` of rows written.
     """
     if isinstance(schema, str):
         schema = SCHEMAS[schema]
@@ -531,7 +533,7 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
         present |= {c.name for c in schema.columns if c.default is not None}
         if schema is SITES:
             _sites_before(session, parsed, before)
-        _upsert(session, store.dialect, schema, rows, present, now)
+        _upsert(session, store.dialect, schema, rows, present, now, write_progress)
         if schema is SITES:
             _sites_after(session, rows, before, now, actor)
     rejects_path = None
@@ -550,7 +552,8 @@ def _insert(dialect: str, table: Table):
 
 
 def _upsert(session: Session, dialect: str, schema: Schema, rows: list[dict[str, Any]],
-            present: set[str], now: datetime) -> None:
+            present: set[str], now: datetime,
+            progress: Callable[[int], None] | None = None) -> None:
     if not rows:
         return
     columns = [c.name for c in schema.columns if c.name in present
@@ -567,6 +570,8 @@ def _upsert(session: Session, dialect: str, schema: Schema, rows: list[dict[str,
     ordered = sorted(rows, key=lambda r: tuple(str(r[k]) for k in schema.key))
     for chunk in _chunks(ordered):
         session.execute(stmt, [{**{c: r.get(c) for c in columns}, **stamped} for r in chunk])
+        if progress is not None:
+            progress(len(chunk))
 
 
 def _sites_before(session: Session, parsed: ParsedFile, before: set[tuple]) -> None:

@@ -116,11 +116,21 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.file)
     store = open_store(settings.twin_url)
     total = _lines(path)
-    progress = Progress(f"{args.kind} import", total=total, unit="rows",
-                        enabled=bool(total and total >= 10_000))
+    big = bool(total and total >= 10_000)  # small files import too fast for a progress line
+    reading = Progress(f"{args.kind} import: read", total=total, unit="rows", enabled=big)
+    writing: list[Progress] = []  # started when the first rows are written
+
+    def wrote(n: int) -> None:
+        if not writing:
+            reading.close()
+            writing.append(Progress(f"{args.kind} import: write", total=total, unit="rows",
+                                    enabled=big))
+        writing[0].advance(n)
+
     try:
         result = import_csv(store, path, SCHEMAS[args.kind], skip_invalid=args.skip_invalid,
-                            rejects=args.rejects, actor=_actor(args), progress=progress.advance)
+                            rejects=args.rejects, actor=_actor(args), progress=reading.advance,
+                            write_progress=wrote)
     except ImportFailed as exc:
         if args.json:
             emit(args, {"kind": args.kind, "path": str(path), "imported": 0,
@@ -132,7 +142,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         raise
     finally:
         store.close()
-    progress.close()
+    for p in writing:
+        p.close()
     for w in result.warnings:
         print(f"sitetwin: warning: {w}", file=sys.stderr)
 
