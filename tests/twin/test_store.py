@@ -78,3 +78,30 @@ def test_errors_never_show_the_password(tmp_path):
     with pytest.raises(StoreError) as err:
         open_store(f"postgresql+psycopg://u:s3cret@127.0.0.1:{free_port()}/x?connect_timeout=2")
     assert "s3cret" not in str(err.value) and "***" in str(err.value)
+
+
+def test_an_older_registry_is_upgraded_in_order(twin_url, monkeypatch):
+    import twin.migrations as migrations
+
+    open_store(twin_url).close()  # a registry at version 1
+    applied = []
+
+    def add_notes(conn):
+        applied.append(2)
+        conn.execute(text("CREATE TABLE site_notes (site_id VARCHAR(64) PRIMARY KEY, body TEXT)"))
+
+    def fill_notes(conn):
+        applied.append(3)
+        conn.execute(text("INSERT INTO site_notes VALUES ('S1', 'hello')"))
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + (
+        migrations.Migration(2, "notes", add_notes), migrations.Migration(3, "fill", fill_notes)))
+    s = open_store(twin_url)
+    assert s.version == 3 and applied == [2, 3]
+    with s.session() as ses:
+        assert ses.execute(text("SELECT version FROM schema_version ORDER BY version")) \
+            .scalars().all() == [1, 2, 3]
+        assert ses.execute(text("SELECT body FROM site_notes")).scalar() == "hello"
+    s.close()
+    open_store(twin_url).close()  # nothing left to apply
+    assert applied == [2, 3]
