@@ -5,6 +5,7 @@ Declared in one place (DESIGN.md, "The twin")::
     planned -> site_secured -> approved -> under_construction -> power_connected -> on_air
     on_air -> relocating -> decommissioned
     blocked: interrupts any state before on_air (with a reason) and returns to the one it interrupted
+             (a site imported as blocked may return to any state before on_air)
 
 Guards, checked on every move:
 
@@ -121,13 +122,15 @@ def check_move(site_id: str, state: State, target: State, *, interrupted: State 
     if move is None:
         if state == State.BLOCKED:
             raise refuse(f"a blocked site returns to the state it interrupted"
-                         f" ({interrupted.value if interrupted else 'unknown'})")
+                         f" ({interrupted.value})" if interrupted else
+                         "a blocked site returns to a state before on_air")
         if target == State.BLOCKED:
             raise refuse("only a site before on_air can be blocked")
         nexts = ", ".join(f"{t.verb} -> {t.target.value}" for t in allowed_moves(state)
                           if t.verb != "unblock") or "none"
         raise refuse(f"no such move (allowed: {nexts})")
-    if move.verb == "unblock" and target != interrupted:
+    # A site imported as blocked has no interrupted state on record: any state before on_air.
+    if move.verb == "unblock" and interrupted is not None and target != interrupted:
         raise refuse(f"a blocked site returns to the state it interrupted"
                      f" ({interrupted.value if interrupted else 'unknown'})")
     if move.verb == "block" and not (reason and reason.strip()):

@@ -240,3 +240,13 @@ def test_future_moves_are_refused(store):
             transition(s, "F1", State.SITE_SECURED, at=datetime.now(UTC) + timedelta(hours=1))
     with store.session() as s:
         assert s.get(Site, "F1").state == "planned"
+
+
+@pytest.mark.integration
+def test_a_site_imported_as_blocked_can_be_unblocked(store):
+    add_site(store, "IB", state="blocked")
+    with store.session() as s:
+        with pytest.raises(TransitionNotAllowed, match="returns to a state before on_air"):
+            transition(s, "IB", State.ON_AIR, at=T0 + timedelta(hours=1))
+        assert transition(s, "IB", State.UNDER_CONSTRUCTION, at=T0 + timedelta(hours=1)).verb \
+            == "unblock"
