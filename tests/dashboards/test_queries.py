@@ -9,69 +9,31 @@ pipeline wrote (or aliases it defines itself).
 
 from __future__ import annotations
 
-import json
-import re
-
 import pytest
 
-from dashboards.build import render
+from tests.dashboards.checks import DASHBOARDS as _DASHBOARDS
+from tests.dashboards.checks import all_queries, check_query, records, run
+from tests.dashboards.checks import schema as written_schema
+from tests.dashboards.checks import substitute as _substitute
 from tests.dashboards.conftest import Demo
 
 pytestmark = pytest.mark.integration
 
-_DASHBOARDS = [json.loads(text) for path, text in render().items() if path.endswith(".json")]
-
-
-def _all_queries() -> list[tuple[str, str, str]]:
-    out = []
-    for d in _DASHBOARDS:
-        for a in d["annotations"]["list"]:
-            if not a.get("builtIn"):
-                out.append((d["uid"], f"annotation {a['name']}", a["query"]))
-        for p in d["panels"]:
-            for t in p.get("targets", []):
-                out.append((d["uid"], f"{p['title']} [{t['refId']}]", t["query"]))
-    return out
-
-
-QUERIES = _all_queries()
+QUERIES = all_queries()
 
 
 def substitute(query: str, demo: Demo, *, all_values: bool) -> str:
     values = {"county": demo.county, "site": demo.site, "cell": demo.cell, "band": demo.band}
-    start_ms = int(demo.start.timestamp() * 1000)
-    end_ms = int(demo.end.timestamp() * 1000)
-    query = query.replace("$timeFilter", f"time >= {start_ms}ms and time <= {end_ms}ms")
-    query = query.replace("$__interval", "1s")
-    for name, value in values.items():
-        # Grafana escapes regex metacharacters in values interpolated into /.../ for InfluxDB.
-        text = ".*" if all_values else re.sub(r"([\\/.^$*+?()\[\]{}|-])", r"\\\1", value)
-        query = re.sub(rf"\${name}\b", lambda _m, t=text: t, query)
-    assert not re.search(r"\$[A-Za-z_{]", query), f"unsubstituted variable in {query}"
-    return query
+    return _substitute(query, values, demo.start, demo.end, interval="1s", all_values=all_values)
 
 
 @pytest.fixture(scope="module")
 def schema(influxdb, demo) -> dict[str, set[str]]:
-    """Measurement -> the field and tag keys the pipeline wrote to it."""
-    out: dict[str, set[str]] = {}
-    for q in ("SHOW FIELD KEYS", "SHOW TAG KEYS"):
-        for s in influxdb.query(q, db=demo.database)["results"][0].get("series", []):
-            out.setdefault(s["name"], set()).update(v[0] for v in s["values"])
-    return out
+    return written_schema(influxdb, demo.database)
 
 
-def _run(influxdb, db: str, q: str) -> list:
-    result = influxdb.query(q, db=db)["results"][0]
-    assert "error" not in result, f"InfluxDB refused {q!r}: {result['error']}"
-    return [row for s in result.get("series", []) for row in s["values"]]
-
-
-def _records(influxdb, db: str, q: str) -> list[dict]:
-    """Rows as dicts of column -> value, with each series' tags added."""
-    result = influxdb.query(q, db=db)["results"][0]
-    return [{**s.get("tags", {}), **dict(zip(s["columns"], row))}
-            for s in result.get("series", []) for row in s["values"]]
+_run = run
+_records = records
 
 
 def test_the_pipeline_wrote_every_measurement_the_dashboards_read(schema):
@@ -84,19 +46,8 @@ def test_the_pipeline_wrote_every_measurement_the_dashboards_read(schema):
                          ids=[f"{u}:{w}" for u, w, _ in QUERIES])
 def test_query_returns_rows_and_names_only_what_the_pipeline_writes(
         influxdb, demo, schema, uid, where, query, all_values):
-    q = substitute(query, demo, all_values=all_values)
-    measurements = set(re.findall(r'FROM\s+"([^"]+)"', q))
-    assert measurements, f"{where}: no measurement in {q}"
-    unknown = measurements - set(schema)
-    assert not unknown, f"{where}: measurement(s) {unknown} are not written by the pipeline"
-    known = set().union(*(schema[m] for m in measurements)) | measurements
-    aliases = set(re.findall(r'AS\s+"([^"]+)"', q))
-    names = set(re.findall(r'"([^"]+)"', q))
-    assert names <= known | aliases, (
-        f"{where}: names {sorted(names - known - aliases)} are neither written to "
-        f"{sorted(measurements)} nor defined by the query")
-    rows = _run(influxdb, demo.database, q)
-    assert rows, f"{where}: no rows for {q}"
+    check_query(influxdb, demo.database, schema, where,
+                substitute(query, demo, all_values=all_values))
 
 
 def test_the_data_reaches_the_panels_that_depend_on_anomalies(influxdb, demo):
