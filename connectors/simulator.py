@@ -99,6 +99,8 @@ class _Player:
         self.prb_from = end_ts - prb_window_s
         self.keys = {s.site_id: (zlib.crc32(s.site_id.encode()) << 20) ^ fleet.seed
                      for s in fleet.sites}
+        self.cell_keys = {c.cell_id: self.keys[s.site_id] ^ (zlib.crc32(c.cell_id.encode()) << 1)
+                          for s in fleet.sites for c in s.cells}
         rng = np.random.default_rng(fleet.seed)
         self.noise = rng.normal(0.0, 0.8, size=(256, 273))
         self.shapes: dict[str, np.ndarray] = {}
@@ -180,7 +182,7 @@ class _Player:
         return shape
 
     def interference(self, site: Site, cell: Cell, t: int, ts: str) -> dict:
-        key = self.keys[site.site_id] ^ (zlib.crc32(cell.cell_id.encode()) << 1)
+        key = self.cell_keys[cell.cell_id]
         level = (cell.floor_dbm + 1.5 * math.cos(daily_phase(t, 14.0)) + 0.6 * _jitter(key, t))
         active = t >= self.onset
         rise = self.plan.jammer_rise_db.get(cell.cell_id, 0.0) if active else 0.0
