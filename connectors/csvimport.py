@@ -1,7 +1,9 @@
 """CSV imports (CONTRACTS.md section 2): read, validate every row, upsert all or nothing.
 
-A file is UTF-8 (a BOM is tolerated) with a header row; columns may come in
-any order; unknown columns are ignored with a warning.  Every bad row is
+Used by ``sitetwin sites|reservations|tariffs|bills import``; rows go into the
+twin's tables (``twin.models``).  A file is UTF-8 (a BOM is tolerated) with a
+header row; columns may come in any order; unknown columns are ignored with a
+warning.  Every bad row is
 reported with its line (the header is line 1), column and reason.  By default
 one bad row imports nothing (``ImportFailed`` carries every error); with
 ``skip_invalid=True`` the valid rows are imported and the rejected ones are
@@ -193,10 +195,6 @@ def _check_site(row: dict[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
-def _check_reservation(row: dict[str, Any]) -> list[tuple[str, str]]:
-    return []
-
-
 def _check_tariff(row: dict[str, Any]) -> list[tuple[str, str]]:
     if row.get("period", "flat") != "flat" and not row.get("hours"):
         return [("hours", f"a {row['period']} tariff needs its hours (e.g. 8-11;18-21)")]
@@ -254,7 +252,6 @@ RESERVATIONS = Schema(
         Column("substation", text(100)),
         Column("status", choice("requested", "approved", "energized")),
     ),
-    check=_check_reservation,
     references=(("site_id", Site.__table__, "site_id"),),
     stamped=("updated_at",),
 )
