@@ -62,9 +62,10 @@ def records(influxdb, db: str, q: str) -> list[dict]:
             for s in result.get("series", []) for row in s["values"]]
 
 
-def check_query(influxdb, db: str, written: Mapping[str, set[str]], where: str, q: str) -> None:
-    """``q`` names only measurements, fields and tags that were written (or its own aliases),
-    runs without error, and returns rows."""
+def check_query(influxdb, db: str, written: Mapping[str, set[str]], where: str, q: str, *,
+                may_be_absent: frozenset[str] = frozenset()) -> None:
+    """``q`` names only measurements, fields and tags that were written (or its own aliases,
+    or ``may_be_absent``), runs without error, and returns rows."""
     measurements = set(re.findall(r'FROM\s+"([^"]+)"', q))
     assert measurements, f"{where}: no measurement in {q}"
     unknown = measurements - set(written)
@@ -72,7 +73,7 @@ def check_query(influxdb, db: str, written: Mapping[str, set[str]], where: str, 
     known = set().union(*(written[m] for m in measurements)) | measurements
     aliases = set(re.findall(r'AS\s+"([^"]+)"', q))
     names = set(re.findall(r'"([^"]+)"', q))
-    assert names <= known | aliases, (
-        f"{where}: names {sorted(names - known - aliases)} are neither written to "
+    assert names <= known | aliases | may_be_absent, (
+        f"{where}: names {sorted(names - known - aliases - may_be_absent)} are neither written to "
         f"{sorted(measurements)} nor defined by the query")
     assert run(influxdb, db, q), f"{where}: no rows for {q}"

@@ -110,7 +110,8 @@ def grafana() -> Iterator[FakeGrafana]:
     state = FakeGrafana()
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _handler(state))
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield state
     server.shutdown()
