@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dashboards import interference, noc, overcharging, power, site
-from dashboards.errors import DashboardError
+from dashboards.errors import DashboardError, DefinitionError
+from dashboards.lint import problems
 from dashboards.model import Dashboard
 from dashboards.provisioning import Target, dashboards_yaml, datasource_yaml
 
@@ -36,9 +37,18 @@ def dashboard_json(d: Dashboard, target: Target) -> str:
     return json.dumps(d.render(target.datasource_uid), indent=2, ensure_ascii=False) + "\n"
 
 
-def render(target: Target = Target()) -> dict[str, str]:
-    """Relative path -> file text, for every dashboard and provisioning file."""
-    files = {f"{DASHBOARDS_SUBDIR}/{d.uid}.json": dashboard_json(d, target) for d in DASHBOARDS}
+def render(target: Target = Target(), dashboards: Sequence[Dashboard] = DASHBOARDS
+           ) -> dict[str, str]:
+    """Relative path -> file text, for every dashboard and provisioning file.
+
+    Raises ``DefinitionError`` rather than produce a dashboard that fails lint.
+    """
+    found = problems([d.render(target.datasource_uid) for d in dashboards],
+                     {target.datasource_uid})
+    if found:
+        raise DefinitionError(f"{len(found)} problem(s) in the dashboard definitions: "
+                              + "; ".join(found[:5]))
+    files = {f"{DASHBOARDS_SUBDIR}/{d.uid}.json": dashboard_json(d, target) for d in dashboards}
     files[DATASOURCE_FILE] = datasource_yaml(target)
     files[PROVIDER_FILE] = dashboards_yaml(target)
     return files

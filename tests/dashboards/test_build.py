@@ -129,3 +129,22 @@ def test_lint_reports(mutate, expected):
     mutate(dashboards)
     found = problems(dashboards, {"sitetwin-influxdb"})
     assert any(expected in line for line in found), found
+
+
+def test_public_api_is_small_and_pinned():
+    import dashboards
+
+    assert dashboards.__all__ == sorted(dashboards.__all__)
+    assert set(dashboards.__all__) == {
+        "BUILT_DIR", "DASHBOARDS", "DashboardError", "DefinitionError", "GrafanaClientMissing",
+        "PushError", "Target", "problems", "push", "render", "write"}
+
+
+def test_build_refuses_a_definition_that_fails_lint():
+    from dataclasses import replace
+
+    from dashboards.errors import DefinitionError
+
+    broken = replace(DASHBOARDS[0], variables=DASHBOARDS[0].variables[:1])  # drops $site
+    with pytest.raises(DefinitionError, match=r"variable \$site is used but not defined"):
+        render(Target(), [broken, *DASHBOARDS[1:]])
