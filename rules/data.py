@@ -139,14 +139,30 @@ class WindowData:
         return df.rename(columns=lambda c: c[5:] if c.startswith("mean_prb_") else c)
 
     def power_peak(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
-        """Per site: the maximum over the window of the 15-minute mean power summed over meters."""
+        """Per site: the maximum over the window of the 15-minute mean power summed over meters.
+
+        InfluxDB gives each meter's peak of its 15-minute means (one nested query); a site
+        with one meter is done.  Sites with several meters (a swap, a second supply) need the
+        coincident sum, so only their 15-minute means are fetched and summed here.
+        """
         start = _floor(now - timedelta(seconds=t.window), 15)
         where = _between(start, now)
-        q = (f'SELECT max("p") AS "peak_kw" FROM (SELECT sum("p") AS "p" FROM '
-             f'(SELECT mean("power_kw") AS "p" FROM "power" WHERE {where} '
-             f'GROUP BY time(15m), "site_id", "meter_id" fill(none)) WHERE {where} '
-             f'GROUP BY time(15m), "site_id" fill(none)) WHERE {where} GROUP BY "site_id"')
-        return self._frame(q)
+        per_meter = self._frame(
+            f'SELECT max("p") AS "peak_kw" FROM (SELECT mean("power_kw") AS "p" FROM "power" WHERE {where} '
+            f'GROUP BY time(15m), "site_id", "meter_id" fill(none)) WHERE {where} GROUP BY "site_id", "meter_id"')
+        if per_meter.empty:
+            return pd.DataFrame({"site_id": [], "peak_kw": [], "time": []})
+        meters = per_meter.groupby("site_id")["meter_id"].transform("nunique")
+        single = per_meter.loc[meters == 1, ["site_id", "peak_kw", "time"]]
+        several = per_meter.loc[meters > 1, "site_id"].unique()
+        if len(several) == 0:
+            return single.reset_index(drop=True)
+        q = (f'SELECT mean("power_kw") AS "p" FROM "power" WHERE {where}'
+             '{filter} GROUP BY time(15m), "site_id", "meter_id" fill(none)')
+        means = self._frames_by_ids(q, "site_id", several)
+        summed = means.groupby(["site_id", "time"], as_index=False)["p"].sum()
+        top = summed.loc[summed.groupby("site_id")["p"].idxmax()].rename(columns={"p": "peak_kw"})
+        return pd.concat([single, top[["site_id", "peak_kw", "time"]]], ignore_index=True)
 
     def last_seen(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         """Time of the latest tower or power reading per site within the window."""

@@ -206,3 +206,31 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
     assert (feeder["reserved_kw"], feeder["peak_kw"], feeder["sites"]) == (45.0, 30.0, 3)
     assert feeder["headroom_kw"] == 15.0 and feeder["substation"] == "SUB-A"
     assert "headroom_kw" in header
+
+
+def test_peak_of_a_site_with_two_meters_is_their_coincident_sum(influxdb, influx_db):
+    """A second meter adds to the site's demand where both report in the same 15 minutes."""
+    from connectors.influx import InfluxReader
+    from rules.data import WindowData
+    from rules.reservations import ReservationThresholds
+
+    lines = []
+    for i in range(8):
+        ts = NOW - timedelta(hours=2) + timedelta(minutes=15 * i)
+        lines.append(line("power", {"site_id": "TWO", "meter_id": "MA"}, {"energy_kwh": 1.0 * i,
+                                                                           "power_kw": 4.0 + i}, _ns(ts)))
+        if i in (2, 3):
+            lines.append(line("power", {"site_id": "TWO", "meter_id": "MB"}, {"energy_kwh": 1.0 * i,
+                                                                               "power_kw": 6.0}, _ns(ts)))
+        lines.append(line("power", {"site_id": "ONE", "meter_id": "M1"}, {"energy_kwh": 1.0 * i,
+                                                                          "power_kw": 3.0 + (i == 5)}, _ns(ts)))
+    writer = InfluxWriter(influxdb.url, database=influx_db)
+    assert not writer.write("\n".join(lines).encode()).rejected
+    writer.close()
+    reader = InfluxReader(influxdb.url, influx_db)
+    peaks = WindowData(reader).power_peak(None, NOW, ReservationThresholds(window=3 * 3600), {})
+    reader.close()
+    got = {r.site_id: (r.peak_kw, r.time) for r in peaks.itertuples()}
+    # TWO: meter A alone peaks at 11 kW (i=7), but A+B at i=3 is 7 + 6 = 13 kW.
+    assert got["TWO"] == (13.0, pd.Timestamp(NOW - timedelta(minutes=75)))
+    assert got["ONE"][0] == 4.0
