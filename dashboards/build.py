@@ -31,13 +31,14 @@ BUILT_DIR = Path(__file__).with_name("built")
 DASHBOARDS_SUBDIR = "dashboards"
 DATASOURCE_FILE = "provisioning/datasources/sitetwin.yaml"
 PROVIDER_FILE = "provisioning/dashboards/sitetwin.yaml"
+DEFAULT_TARGET = Target()
 
 
 def dashboard_json(d: Dashboard, target: Target) -> str:
     return json.dumps(d.render(target.datasource_uid), indent=2, ensure_ascii=False) + "\n"
 
 
-def render(target: Target = Target(), dashboards: Sequence[Dashboard] = DASHBOARDS
+def render(target: Target = DEFAULT_TARGET, dashboards: Sequence[Dashboard] = DASHBOARDS
            ) -> dict[str, str]:
     """Relative path -> file text, for every dashboard and provisioning file.
 
@@ -54,7 +55,7 @@ def render(target: Target = Target(), dashboards: Sequence[Dashboard] = DASHBOAR
     return files
 
 
-def write(out_dir: Path, target: Target = Target()) -> list[Path]:
+def write(out_dir: Path, target: Target = DEFAULT_TARGET) -> list[Path]:
     """Write the files under ``out_dir`` (created if needed); returns their paths."""
     written = []
     try:
@@ -66,5 +67,6 @@ def write(out_dir: Path, target: Target = Target()) -> list[Path]:
             tmp.replace(path)
             written.append(path)
     except OSError as exc:
-        raise DashboardError(f"cannot write dashboards to {out_dir}: {exc.strerror or exc}") from None
+        reason = exc.strerror or exc
+        raise DashboardError(f"cannot write dashboards to {out_dir}: {reason}") from None
     return written

@@ -23,7 +23,9 @@ BUILTIN_VARIABLES = frozenset({
     "col", "m", "measurement",
 })
 _GRAFANA_DS = {"grafana", "-- Grafana --"}
-_VAR = re.compile(r"\$\{([A-Za-z0-9_.]+)(?::[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)|\[\[([A-Za-z0-9_]+)\]\]")
+_VAR = re.compile(r"\$\{([A-Za-z0-9_.]+)(?::[^}]*)?\}"  # ${var} and ${var:format}
+                  r"|\$([A-Za-z_][A-Za-z0-9_]*)"  # $var
+                  r"|\[\[([A-Za-z0-9_]+)\]\]")  # [[var]] (old syntax)
 
 
 def variables_used(text: str) -> set[str]:

@@ -21,7 +21,8 @@ __all__ = [
     "thresholds",
 ]
 
-SITE_DETAIL_LINK = Link("Site detail", "/d/sitetwin-site/site-detail?var-site=${__data.fields.site_id}"
+SITE_DETAIL_LINK = Link("Site detail",
+                        "/d/sitetwin-site/site-detail?var-site=${__data.fields.site_id}"
                         "&${__url_time_range}")
 
 

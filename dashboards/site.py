@@ -23,7 +23,8 @@ DASHBOARD = Dashboard(
     links=(Link("NOC overview", "/d/sitetwin-noc/noc-overview"),),
     panels=(
         Panel("Site", "table", [Query(
-            'SELECT last("lat") AS "lat", last("lon") AS "lon", last("reserved_kw") AS "reserved_kw", '
+            'SELECT last("lat") AS "lat", last("lon") AS "lon", '
+            'last("reserved_kw") AS "reserved_kw", '
             'last("declared_kw") AS "declared_kw" '
             f'FROM "site_state" WHERE {_W} '
             'GROUP BY "site_id", "county", "kind", "supply", "state", "feeder", "substation"',

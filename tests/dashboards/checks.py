@@ -58,7 +58,7 @@ def records(influxdb, db: str, q: str) -> list[dict]:
     """Rows as dicts of column -> value, with each series' tags added."""
     result = influxdb.query(q, db=db)["results"][0]
     assert "error" not in result, f"InfluxDB refused {q!r}: {result['error']}"
-    return [{**s.get("tags", {}), **dict(zip(s["columns"], row))}
+    return [{**s.get("tags", {}), **dict(zip(s["columns"], row, strict=True))}
             for s in result.get("series", []) for row in s["values"]]
 
 

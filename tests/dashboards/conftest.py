@@ -118,7 +118,8 @@ def _register(store) -> None:
     with store.session() as session:
         for i, s in enumerate(SITES):
             session.add(Site(site_id=s.site_id, name=f"Demo {s.site_id}", lat=s.lat, lon=s.lon,
-                             county=s.county, kind="macro", supply="transfer" if i % 2 else "direct",
+                             county=s.county, kind="macro",
+                             supply="transfer" if i % 2 else "direct",
                              region="urban", customer_class="commercial",
                              state="on_air" if i < 3 else "power_connected"))
         session.flush()  # sites before the reservations that refer to them
@@ -140,7 +141,8 @@ def _flags(start_s: int) -> bytes:
          "wideband uplink interference -98 dBm on n78", None, 25),
         (4, "reservation_exceeded", "HZ-XH-001", {}, "warning", "open",
          "peak 7.9 kW above reserved 6.5 kW", None, 15),
-        (5, "site_offline", "HZ-GS-002", {}, "critical", "open", "no telemetry for 5 min", None, 16),
+        (5, "site_offline", "HZ-GS-002", {}, "critical", "open", "no telemetry for 5 min",
+         None, 16),
         (6, "mains_failure", "HZ-XH-001", {}, "warning", "open", "on battery, SoC falling",
          None, 26),
         (7, "reservation_underused", "HZ-GS-001", {}, "info", "open", "peak 20 % of reserved",

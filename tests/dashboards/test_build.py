@@ -31,7 +31,7 @@ def test_committed_built_files_are_not_stale(tmp_path):
                  for p in BUILT_DIR.rglob("*") if p.is_file()}
     assert set(committed) == set(fresh), "run: sitetwin dashboards build --out dashboards/built"
     stale = [path for path, text in fresh.items() if committed[path] != text]
-    assert not stale, f"stale built files {stale}: run sitetwin dashboards build --out dashboards/built"
+    assert not stale, f"stale: {stale}; run sitetwin dashboards build --out dashboards/built"
 
 
 def test_cli_build_writes_the_same_files_and_reports_them(tmp_path, capsys, monkeypatch):
@@ -78,7 +78,8 @@ def test_five_dashboards_with_the_shared_variables():
         names = [v["name"] for v in d["templating"]["list"]]
         assert names[:2] == ["county", "site"], d["uid"]
         for v in d["templating"]["list"]:
-            assert v["query"].startswith("SHOW TAG VALUES") and v["datasource"]["type"] == "influxdb"
+            assert v["query"].startswith("SHOW TAG VALUES")
+            assert v["datasource"]["type"] == "influxdb"
     interference = next(d for d in _rendered() if d["uid"] == "sitetwin-interference")
     assert [v["name"] for v in interference["templating"]["list"]] == [
         "county", "site", "cell", "band"]

@@ -65,7 +65,8 @@ def test_the_data_reaches_the_panels_that_depend_on_anomalies(influxdb, demo):
     assert sorted(r["flag_id"] for r in open_flags) == [1, 2, 3, 4, 5, 6]  # 7 was resolved
     counts = records("sitetwin-noc", "Online / offline / on battery")
     assert (counts[0]["online"], counts[0]["offline"], counts[0]["on battery"]) == (3, 1, 1)
-    per_state = {r["state"]: r["sites"] for r in records("sitetwin-noc", "Sites per lifecycle state")}
+    per_state = {r["state"]: r["sites"]
+                 for r in records("sitetwin-noc", "Sites per lifecycle state")}
     assert per_state == {"on_air": 3, "power_connected": 1}
     incidents = records("sitetwin-interference", "Interference incidents", ref=1)
     assert [(r["site_id"], r["cell_id"], r["open"]) for r in incidents] == [
