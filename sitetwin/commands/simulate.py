@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connectors.fleet import SCENARIOS, Fleet
-from connectors.publisher import Publisher, PublishStats
+from connectors.publisher import Publisher, PublishStats, WirePublisher
 from connectors.simulator import ANOMALY_MAX_S, chunks, onset
 from sitetwin.config import Settings, parse_duration
 from sitetwin.errors import UserError
@@ -84,6 +84,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     p.add_argument("--max-inflight", type=_positive_int, default=1000, metavar="N",
                    help="unacknowledged messages at most (default 1000)")
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    p.add_argument("--transport", choices=("wire", "paho"), default="wire",
+                   help="wire: lean MQTT 5 publisher (default, ~8x faster); paho: paho-mqtt")
     p.add_argument("--client-id", help="MQTT client id (default: generated)")
     p.add_argument("--write-registry", metavar="DIR",
                    help="also write sites/reservations/tariffs/bills/targets CSVs to DIR")
@@ -169,8 +171,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     tally = _Tally(enabled=not args.quiet)
-    publisher = Publisher(settings, client_id=args.client_id, qos=args.qos,
-                          max_inflight=args.max_inflight, rate=args.rate)
+    make = WirePublisher if args.transport == "wire" else Publisher
+    publisher = make(settings, client_id=args.client_id, qos=args.qos,
+                     max_inflight=args.max_inflight, rate=args.rate)
     phase = "history"
     publisher.progress = lambda stats: tally.draw(phase, stats)
     publisher.connect()

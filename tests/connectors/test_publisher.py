@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from connectors.publisher import PublishError, Publisher
+from connectors.publisher import PublishError, Publisher, WirePublisher
 from sitetwin.config import load_settings
 from sitetwin.services import free_port
 from tests.support import wait_for
@@ -55,13 +55,17 @@ def _messages(n: int, prefix: str) -> list[tuple[str, bytes]]:
             for i in range(n)]
 
 
+TRANSPORTS = pytest.mark.parametrize("make", [WirePublisher, Publisher], ids=["wire", "paho"])
+
+
 @pytest.mark.integration
-def test_every_qos1_message_is_acknowledged_and_delivered_within_the_window(private_mosquitto):
+@TRANSPORTS
+def test_every_qos1_message_is_acknowledged_and_delivered_within_the_window(private_mosquitto, make):
     sub = _Subscriber(private_mosquitto, "pubtest/+/tower", "sub-window")
     try:
         msgs = _messages(5000, "pubtest")
         seen_stats = []
-        with Publisher(_settings(private_mosquitto), max_inflight=25,
+        with make(_settings(private_mosquitto), max_inflight=25,
                        progress=seen_stats.append, progress_interval_s=0.0) as pub:
             assert pub.publish_all(msgs) == 5000
         stats = pub.stats()
@@ -76,7 +80,8 @@ def test_every_qos1_message_is_acknowledged_and_delivered_within_the_window(priv
 
 
 @pytest.mark.integration
-def test_a_broker_restart_mid_stream_loses_nothing(private_mosquitto):
+@TRANSPORTS
+def test_a_broker_restart_mid_stream_loses_nothing(private_mosquitto, make):
     sub = _Subscriber(private_mosquitto, "restart/+/tower", "sub-restart")
     restarted = []
 
@@ -88,7 +93,7 @@ def test_a_broker_restart_mid_stream_loses_nothing(private_mosquitto):
 
     try:
         msgs = _messages(3000, "restart")
-        with Publisher(_settings(private_mosquitto), max_inflight=200, progress=bounce,
+        with make(_settings(private_mosquitto), max_inflight=200, progress=bounce,
                        progress_interval_s=0.0) as pub:
             pub.publish_all(msgs)
         stats = pub.stats()
@@ -101,12 +106,13 @@ def test_a_broker_restart_mid_stream_loses_nothing(private_mosquitto):
         sub.close()
 
 
-def test_an_unreachable_broker_is_a_clear_error():
+@TRANSPORTS
+def test_an_unreachable_broker_is_a_clear_error(make):
     port = free_port()
     settings = load_settings(None, mqtt={"servers": [f"tcp://127.0.0.1:{port}"],
                                          "connection_timeout": "2s"})
     with pytest.raises(PublishError, match=f"127.0.0.1:{port}"):
-        Publisher(settings).connect()
+        make(settings).connect()
 
 
 def test_window_and_rate_are_validated():
@@ -120,11 +126,67 @@ def test_window_and_rate_are_validated():
 
 
 @pytest.mark.integration
-def test_the_rate_limit_holds_publishing_back(mosquitto):
+@TRANSPORTS
+def test_the_rate_limit_holds_publishing_back(mosquitto, make):
     # A lower bound only: the limiter cannot let 400 messages through at 2000/s in under 0.2 s.
-    with Publisher(_settings(mosquitto), rate=2000.0) as pub:
+    with make(_settings(mosquitto), rate=2000.0) as pub:
         began = time.monotonic()
         pub.publish_all(_messages(400, "ratetest"))
         elapsed = time.monotonic() - began
     assert pub.stats().acked == 400
     assert elapsed >= 0.19
+
+
+@pytest.fixture()
+def password_mosquitto(tmp_path):
+    from connectors.broker import password_file
+    from sitetwin.services import Mosquitto
+
+    (tmp_path / "passwd").write_text(password_file({"sim": "s3cret-pw"}))
+    port = free_port()
+    svc = Mosquitto(root=tmp_path / "mq", port=port, extra_config=(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {tmp_path / 'passwd'}\n"))
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.mark.integration
+@TRANSPORTS
+def test_credentials_come_from_settings_and_a_refusal_is_clear(password_mosquitto, make, caplog):
+    good = _settings(password_mosquitto, username="sim", password="s3cret-pw")
+    with make(good) as pub:
+        pub.publish_all(_messages(100, "auth"))
+    assert pub.stats().acked == 100
+    bad = _settings(password_mosquitto, username="sim", password="wrong-pw",
+                    connection_timeout="3s")
+    with pytest.raises(PublishError) as err:
+        make(bad).connect()
+    assert "wrong-pw" not in str(err.value) and "wrong-pw" not in caplog.text
+
+
+def test_wire_encoding_round_trips():
+    from connectors.publisher import _connack_properties, _read_varint, _varint
+
+    for n in (0, 1, 127, 128, 16383, 16384, 2_097_151, 268_435_455):
+        assert _read_varint(_varint(n), 0) == (n, len(_varint(n)))
+    assert _read_varint(b"\x80", 0) is None  # incomplete
+    # CONNACK body: flags, reason, properties (Receive Maximum 20, a reason string, Max QoS 1)
+    props = b"\x21\x00\x14" + b"\x1f\x00\x02ok" + b"\x24\x01"
+    assert _connack_properties(b"\x00\x00" + _varint(len(props)) + props) == {0x21: 20, 0x24: 1}
+
+
+@pytest.mark.integration
+@TRANSPORTS
+def test_the_brokers_receive_maximum_narrows_the_window(tmp_path, make):
+    from sitetwin.services import Mosquitto
+
+    svc = Mosquitto(root=tmp_path / "mq", port=free_port(), extra_config="max_inflight_messages 20")
+    svc.start()
+    try:
+        with make(_settings(svc), max_inflight=500) as pub:
+            pub.publish_all(_messages(2000, "recvmax"))
+        stats = pub.stats()
+        assert stats.acked == 2000 and pub.window == 20 and stats.max_unacked <= 20
+    finally:
+        svc.stop()
