@@ -37,6 +37,7 @@ __all__ = [
     "INTERFERENCE_PERIOD_S",
     "Chunk",
     "chunks",
+    "malformed",
     "onset",
     "readings",
 ]
@@ -307,3 +308,30 @@ def readings(
                         onset_ts=onset_ts, run_end_ts=run_end_ts, prb_window_s=prb_window_s,
                         site_ids=site_ids):
         yield from chunk.messages
+
+
+def malformed(fleet: Fleet, now: datetime | float) -> list[tuple[str, bytes, str]]:
+    """One hostile message per rejection class the collector must survive: ``(topic, payload, reason)``.
+
+    The reason is the code ``connectors.reading.parse_message`` gives it; none
+    of these may crash a collector or corrupt a neighbouring point.
+    """
+    t = int(_epoch(now)) // 60 * 60
+    site = (fleet.publishing or fleet.sites)[0]
+    other = fleet.sites[-1].site_id if len(fleet.sites) > 1 else "ZZ9999"
+    sid = site.site_id
+    ts = _iso(t)
+    dump = orjson.dumps
+    return [
+        (f"sites/{sid}/tower", b'{"ts": "' + ts.encode() + b'", "mains_ok": tru', "bad_json"),
+        (f"sites/{sid}/tower", b"\xff\xfe\x00garbage", "bad_encoding"),
+        (f"sites/{sid}/tower", dump({"ts": ts, "mains_ok": "yes"}), "schema"),
+        (f"sites/{sid}/tower", dump({"ts": ts, "mains_ok": True, "battery_soc_pct": 140.0}), "schema"),
+        (f"sites/{sid}/power", dump({"ts": ts, "meter_id": "M 1,x=2", "energy_kwh": 1.0}), "schema"),
+        (f"sites/{sid}/tower", dump({"site_id": other, "ts": ts, "mains_ok": True}), "site_mismatch"),
+        (f"sites/{sid}/tower", dump({"ts": t + 3600, "mains_ok": True}), "future_ts"),
+        (f"sites/{sid}/tower", b"42", "not_a_reading"),
+        (f"sites/{sid}/tower", b"[]", "empty"),
+        (f"sites/{sid}/weather", dump({"ts": ts, "rain_mm": 1.0}), "unknown_stream"),
+        ("sites/bad site,id=1/tower", dump({"ts": ts, "mains_ok": True}), "bad_site_id"),
+    ]

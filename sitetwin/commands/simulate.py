@@ -22,7 +22,7 @@ from typing import Any
 
 from connectors.fleet import SCENARIOS, Fleet
 from connectors.publisher import Publisher, PublishStats, WirePublisher
-from connectors.simulator import ANOMALY_MAX_S, chunks, onset
+from connectors.simulator import ANOMALY_MAX_S, chunks, malformed, onset
 from sitetwin.config import Settings, parse_duration
 from sitetwin.errors import UserError
 from sitetwin.output import emit
@@ -87,6 +87,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     p.add_argument("--transport", choices=("wire", "paho"), default="wire",
                    help="wire: lean MQTT 5 publisher (default, ~8x faster); paho: paho-mqtt")
     p.add_argument("--client-id", help="MQTT client id (default: generated)")
+    p.add_argument("--malformed", type=int, default=0, metavar="N",
+                   help="finally publish N rounds of hostile messages, one per rejection reason")
     p.add_argument("--write-registry", metavar="DIR",
                    help="also write sites/reservations/tariffs/bills/targets CSVs to DIR")
     p.add_argument("--no-publish", action="store_true",
@@ -201,6 +203,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 publisher.publish_all(chunk.messages)
                 tally.add(chunk)
                 tally.draw(phase, publisher.stats())
+        bad: dict[str, int] = {}
+        for _ in range(max(0, args.malformed)):
+            for topic, payload, reason in malformed(fleet, time.time()):
+                publisher.publish(topic, payload)
+                bad[reason] = bad.get(reason, 0) + 1
+        if bad:
+            summary["malformed"] = bad
         stats = publisher.close()
     except KeyboardInterrupt:
         stats = publisher.close(timeout_s=10)
@@ -223,6 +232,9 @@ def _text(s: dict[str, Any]) -> str:
         lines.append(f"published: {p['acked']:,} messages acknowledged of {p['published']:,} "
                      f"({r['tower']:,} tower, {r['power']:,} power, {r['interference']:,} "
                      f"interference readings) in {p['seconds']:.1f}s, {p['msgs_per_s']:,.0f} msgs/s")
+    if "malformed" in s:
+        lines.append("malformed (should be rejected): "
+                     + ", ".join(f"{k} {v}" for k, v in s["malformed"].items()))
     if "registry" in s:
         lines.append("registry CSVs: " + ", ".join(s["registry"].values()))
     for name, a in s["expected"].items():

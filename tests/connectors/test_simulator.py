@@ -17,7 +17,7 @@ import pytest
 from connectors.csvimport import SCHEMAS, TARGETS, import_csv, read_rows
 from connectors.fleet import SCENARIOS, TOU_HOURS, Fleet, tou_period
 from connectors.reading import InterferenceReading, PowerReading, TowerReading, check_id, parse_message
-from connectors.simulator import chunks, onset, readings
+from connectors.simulator import chunks, malformed, onset, readings
 from tests.support import ROOT, collector_process, count, wait_for
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -279,6 +279,14 @@ def test_types_of_readings_match_their_topics(fleet):
     assert len(sizes) == 15
 
 
+def test_malformed_messages_are_each_rejected_for_their_stated_reason(fleet):
+    bad = malformed(fleet, NOW)
+    assert len({reason for _t, _p, reason in bad}) >= 9
+    for topic, payload, reason in bad:
+        parsed = parse_message(topic, payload, NOW)
+        assert not parsed.ok and parsed.rejection.reason == reason, (topic, payload)
+
+
 def test_unknown_scenario_is_refused(fleet):
     with pytest.raises(ValueError, match="unknown scenario"):
         fleet.plan("meteor")
@@ -325,6 +333,7 @@ def test_simulate_end_to_end_into_a_running_collector(tmp_path, mosquitto, influ
         "SITETWIN_SERVICES__STATE_DIR": str(tmp_path / "state"),
         "SITETWIN_SPOOL__FSYNC": "false",
         "SITETWIN_LOG_LEVEL": "INFO",
+        "SITETWIN_COLLECTOR__METRICS_INTERVAL": "1s",
     }
     log = tmp_path / "collector.log"
     collector = collector_process(env, log_path=log)
@@ -335,9 +344,11 @@ def test_simulate_end_to_end_into_a_running_collector(tmp_path, mosquitto, influ
         # History (3 h on a 5 min grid, as backlog arrays), then 3 s live at 400x: 20 more minutes.
         summary = _simulate(env, "--sites", "30", "--backfill", "3h", "--period", "5m",
                             "--duration", "3s", "--speed", "400", "--scenario", "demo",
-                            "--seed", "5", "--write-registry", str(tmp_path / "registry"))
+                            "--seed", "5", "--malformed", "2",
+                            "--write-registry", str(tmp_path / "registry"))
         p = summary["publisher"]
-        assert p["published"] == p["acked"] == summary["messages"] > 0
+        bad = sum(summary["malformed"].values())
+        assert p["published"] == p["acked"] == summary["messages"] + bad > bad
         assert (tmp_path / "registry" / "bills.csv").exists()
         assert summary["expected"]["site_offline"]["site_ids"]
         want = summary["readings"]
@@ -352,7 +363,9 @@ def test_simulate_end_to_end_into_a_running_collector(tmp_path, mosquitto, influ
 
         wait_for(lambda: landed() == want, timeout=120, message=f"{want} points in InfluxDB")
         assert count(influxdb, influx_db, "SELECT count(prb_000) FROM interference_prb") > 0
-        assert count(influxdb, influx_db, "SELECT sum(rejected_msgs) FROM sitetwin_pipeline") == 0
+        # the hostile messages are rejected, counted, and nothing else is
+        wait_for(lambda: count(influxdb, influx_db, "SELECT max(rejected_msgs) FROM sitetwin_pipeline")
+                 == bad, timeout=30, message=f"{bad} rejected messages counted")
     finally:
         collector.terminate()
         collector.wait(timeout=30)
