@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from dashboards.build import render
@@ -25,15 +25,24 @@ def all_queries() -> list[tuple[str, str, str]]:
     return out
 
 
-def substitute(query: str, values: Mapping[str, str], start: datetime, end: datetime, *,
-               interval: str, all_values: bool) -> str:
-    """Grafana's interpolation for InfluxDB: regex-escaped values ("All" is ``.*``),
-    ``$timeFilter`` in epoch milliseconds, ``$__interval``."""
+def _escape(value: str) -> str:
+    return re.sub(r"([\\/.^$*+?()\[\]{}|-])", r"\\\1", value)
+
+
+def substitute(query: str, values: Mapping[str, str | Sequence[str]], start: datetime,
+               end: datetime, *, interval: str, all_values: bool) -> str:
+    """Grafana's interpolation for InfluxDB: regex-escaped values, several values as
+    ``(a|b)``, "All" as ``.*``; ``$timeFilter`` in epoch milliseconds; ``$__interval``."""
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
     query = query.replace("$timeFilter", f"time >= {start_ms}ms and time <= {end_ms}ms")
     query = query.replace("$__interval", interval)
     for name, value in values.items():
-        text = ".*" if all_values else re.sub(r"([\\/.^$*+?()\[\]{}|-])", r"\\\1", value)
+        if all_values:
+            text = ".*"
+        elif isinstance(value, str):
+            text = _escape(value)
+        else:
+            text = "(" + "|".join(_escape(v) for v in value) + ")"
         query = re.sub(rf"\${name}\b", lambda _m, t=text: t, query)
     assert not re.search(r"\$[A-Za-z_{]", query), f"unsubstituted variable in {query}"
     return query

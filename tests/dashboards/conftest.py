@@ -182,15 +182,20 @@ def demo(influxdb, mosquitto, tmp_path_factory) -> Iterator[Demo]:
     try:
         wait_for(collector.subscribed.is_set, message="subscription")
         per_chunk = STEPS // CHUNKS
-        expected_towers = 0
+        expected_towers = expected_readings = 0
         for chunk in range(CHUNKS):
             steps = range(chunk * per_chunk, (chunk + 1) * per_chunk)
             messages = _messages(steps, start_s)
             expected_towers += sum(1 for topic, _ in messages if topic.endswith("/tower"))
+            expected_readings += sum(len(v) if isinstance(v := orjson.loads(payload), list) else 1
+                                     for _, payload in messages)
             publish(mosquitto.host, mosquitto.port, messages, client_id=f"pub-{db}-{chunk}")
             wait_for(lambda n=expected_towers: count(
                 influxdb, db, 'SELECT count("mains_ok") FROM "tower"') == n,
                 timeout=60, message=f"chunk {chunk} in InfluxDB")
+            # The collector hands a batch to the live state just after it is durable.
+            wait_for(lambda n=expected_readings: live.observed >= n, timeout=30,
+                     message=f"chunk {chunk} in the live state")
             live.flush(store)
             chunk_end = datetime.fromtimestamp(start_s + steps[-1] * STEP_S, UTC)
             writer.write(site_state_lines(store, chunk_end + timedelta(seconds=30),

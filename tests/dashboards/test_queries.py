@@ -22,9 +22,15 @@ pytestmark = pytest.mark.integration
 QUERIES = all_queries()
 
 
-def substitute(query: str, demo: Demo, *, all_values: bool) -> str:
-    values = {"county": demo.county, "site": demo.site, "cell": demo.cell, "band": demo.band}
-    return _substitute(query, values, demo.start, demo.end, interval="1s", all_values=all_values)
+def substitute(query: str, demo: Demo, *, all_values: bool | str) -> str:
+    """``all_values``: False = the demo's values, True = "All", "several" = two of each."""
+    values: dict = {"county": demo.county, "site": demo.site, "cell": demo.cell,
+                    "band": demo.band}
+    if all_values == "several":
+        values = {"county": [demo.county, "Gongshu"], "site": [demo.site, "HZ-GS-001"],
+                  "cell": [demo.cell, "HZ-GS-001-1"], "band": [demo.band, "n28"]}
+    return _substitute(query, values, demo.start, demo.end, interval="1s",
+                       all_values=all_values is True)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,8 @@ def test_the_pipeline_wrote_every_measurement_the_dashboards_read(schema):
             "site_state", "flags"} <= set(schema)
 
 
-@pytest.mark.parametrize("all_values", [False, True], ids=["demo-values", "all"])
+@pytest.mark.parametrize("all_values", [False, "several", True],
+                         ids=["demo-values", "several", "all"])
 @pytest.mark.parametrize(("uid", "where", "query"), QUERIES,
                          ids=[f"{u}:{w}" for u, w, _ in QUERIES])
 def test_query_returns_rows_and_names_only_what_the_pipeline_writes(
