@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 
 import orjson
@@ -35,7 +36,7 @@ def test_committed_built_files_are_not_stale(tmp_path):
 
 
 def test_cli_build_writes_the_same_files_and_reports_them(tmp_path, capsys, monkeypatch):
-    for key in [k for k in __import__("os").environ if k.startswith("SITETWIN_")]:
+    for key in [k for k in os.environ if k.startswith("SITETWIN_")]:
         monkeypatch.delenv(key)
     assert main(["dashboards", "build", "--out", str(tmp_path / "out"), "--json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
