@@ -58,23 +58,29 @@ class WindowData:
     def __init__(self, reader: InfluxReader) -> None:
         self.reader = reader
         self._memo: dict[str, pd.DataFrame] = {}
+        self._run_memo: dict[str, pd.DataFrame] = {}
 
-    def _frame(self, q: str, *, memo: bool = False) -> pd.DataFrame:
-        """The frame of one statement; ``memo`` keeps it for identical statements later
-        (only for statements whose answer cannot change: closed windows in the past)."""
-        if memo and q in self._memo:
-            return self._memo[q]
+    def new_run(self) -> None:
+        """Forget the answers kept for one engine run (their windows may still fill up)."""
+        self._run_memo.clear()
+
+    def _frame(self, q: str, *, memo: bool | str = False) -> pd.DataFrame:
+        """The frame of one statement.  ``memo=True`` keeps it for identical statements later
+        (for windows settled in the past); ``memo="run"`` only until ``new_run``."""
+        store = self._run_memo if memo == "run" else self._memo
+        if memo and q in store:
+            return store[q]
         try:
             frame = self.reader.frame(q)
         except ConnectorError as exc:
             raise RuleDataError(str(exc)) from exc
         if memo:
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.pop(next(iter(self._memo)))
-            self._memo[q] = frame
+            if len(store) >= _MEMO_SIZE:
+                store.pop(next(iter(store)))
+            store[q] = frame
         return frame
 
-    def _frames_by_ids(self, q: str, tag: str, ids: Iterable[str], *, memo: bool = False,
+    def _frames_by_ids(self, q: str, tag: str, ids: Iterable[str], *, memo: bool | str = False,
                        chunk: int = _MAX_FILTER_IDS) -> pd.DataFrame:
         """``q`` (with a ``{filter}`` slot) for ``ids`` in chunks, so no answer is unbounded."""
         ids = sorted(set(ids))
@@ -107,7 +113,7 @@ class WindowData:
         # A bill period a day in the past is settled: the same statement later in the run
         # (the other bill rule) or in the next run gets the same answer.
         settled = stop <= pd.Timestamp(now) - pd.Timedelta(days=1)  # late backlogs have arrived
-        return self._frames_by_ids(q, "site_id", bills["site_id"], memo=bool(settled))
+        return self._frames_by_ids(q, "site_id", bills["site_id"], memo=True if settled else "run")
 
     def interference_recent(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         start = _floor(now - timedelta(seconds=t.window), 15)
@@ -167,8 +173,10 @@ class WindowData:
     def last_seen(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         """Time of the latest tower or power reading per site within the window."""
         where = _between(now - timedelta(seconds=t.window), now)
-        parts = [self._frame(f'SELECT last("mains_ok") AS "x" FROM "tower" WHERE {where} GROUP BY "site_id"'),
-                 self._frame(f'SELECT last("energy_kwh") AS "x" FROM "power" WHERE {where} GROUP BY "site_id"')]
+        parts = [self._frame(f'SELECT last("mains_ok") AS "x" FROM "tower" WHERE {where} GROUP BY "site_id"',
+                             memo="run"),
+                 self._frame(f'SELECT last("energy_kwh") AS "x" FROM "power" WHERE {where} GROUP BY "site_id"',
+                             memo="run")]
         parts = [p[["site_id", "time"]] for p in parts if not p.empty]
         if not parts:
             return pd.DataFrame({"site_id": [], "time": []})

@@ -78,6 +78,8 @@ class Engine:
                 return [Outcome(r.name, "error", now, error=f"registry facts unavailable: {exc}")
                         for r in rules]
         outcomes, changed, announced = [], [], []
+        if hasattr(self.data, "new_run"):
+            self.data.new_run()
         for rule in rules:
             outcome, sync = self._run_one(rule, now, facts)
             outcomes.append(outcome)
