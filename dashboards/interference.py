@@ -65,7 +65,8 @@ DASHBOARD = Dashboard(
         Row("Spectrum"),
         Panel("Per-PRB interference of the selected cell", "heatmap", [Query(
             f'SELECT {_PRB_FIELDS} FROM "interference_prb" '
-            f'WHERE {_CELLS} GROUP BY time($__interval) fill(none)')],
+            f'WHERE {_CELLS} GROUP BY time($__interval) fill(none)',
+            alias="$col")],  # series named "0".."274": the heatmap's numeric y buckets
               width=24, height=12, unit="dBm",
               description="Pick one site and one cell. Each row is a PRB (0 at the bottom); a "
                           "bright band across all PRBs is wideband (jammer-like), a few bright "
