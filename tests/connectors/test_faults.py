@@ -13,9 +13,11 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from datetime import UTC
 from pathlib import Path
 
 import orjson
@@ -299,4 +301,76 @@ def test_disk_full_on_the_spool_gives_a_clear_error_holds_acks_and_recovers(
         proc.wait(30)
     assert proc.returncode == 0, log.read_text()[-2000:]
     assert_exactly_once(private_influxdb, db, "D", good)
+    assert_dead_letters(tmp_path / "state", bad)
+
+
+# -- 5. twin database locked ----------------------------------------------------------------------
+
+
+def test_twin_database_locked_ingest_continues_and_live_state_catches_up(
+        tmp_path, mosquitto, influxdb, influx_db):
+    import sqlite3
+
+    from sqlalchemy import select
+
+    from twin.models import LiveSiteState
+    from twin.store import open_store
+
+    twin_db = tmp_path / "twin.sqlite"
+    env = collector_env(tmp_path, mosquitto, influxdb.url, influx_db,
+                        SITETWIN_TWIN__URL=f"sqlite:///{twin_db}",
+                        SITETWIN_COLLECTOR__LIVE_FLUSH_INTERVAL="0.3")
+    log = tmp_path / "collector.log"
+    argv_env = {**os.environ, **env}
+    proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--no-rules"], env=argv_env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[2])
+    good = readings("L", 20, 100, 1_790_000_000)
+    bad = bad_messages("twin", 4)
+    lock = None
+    try:
+        wait_until_ingesting(mosquitto, influxdb, influx_db)
+
+        def live_sites(conn) -> set[str]:
+            try:
+                return {r[0] for r in conn.execute("SELECT site_id FROM live_state")}
+            except sqlite3.OperationalError:
+                return set()
+
+        probe = sqlite3.connect(twin_db, timeout=30)
+        wait_for(lambda: "Z9999" in live_sites(probe), message="the twin's first flush")
+        probe.close()
+        lock = sqlite3.connect(twin_db, timeout=30, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # nobody else may write (or, without WAL, read)
+        publish(mosquitto.host, mosquitto.port, interleave(good, bad))
+        wait_all(influxdb, influx_db, "L", len(good))  # ingest went on while the twin was locked
+        assert not {s for s in live_sites(lock) if s.startswith("L")}  # ... and the twin had nothing
+        lock.execute("ROLLBACK")
+        lock.close()
+        lock = None
+        store = open_store(f"sqlite:///{twin_db}")
+        latest = {}
+        for topic, payload in good:
+            site = topic.split("/")[1]
+            latest[site] = max(latest.get(site, 0), orjson.loads(payload)["ts"])
+
+        def caught_up() -> bool:
+            with store.session() as s:
+                rows = s.execute(select(LiveSiteState.site_id, LiveSiteState.last_seen)
+                                 .where(LiveSiteState.site_id.like("L%"))).all()
+            seen = {site: int(ts.replace(tzinfo=ts.tzinfo or UTC).timestamp()) for site, ts in rows}
+            return seen == latest
+
+        try:
+            wait_for(caught_up, timeout=60, message="the live state catching up")
+        finally:
+            store.close()
+        assert proc.poll() is None
+    finally:
+        if lock is not None:
+            lock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    assert_exactly_once(influxdb, influx_db, "L", good)
     assert_dead_letters(tmp_path / "state", bad)
