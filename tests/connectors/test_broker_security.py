@@ -358,5 +358,20 @@ def test_client_certificate_can_be_required(tmp_path):
         finally:
             for c in (without, with_cert, cert_wrong_pw):
                 c.close()
+        # the collector presents its certificate from tls_cert/tls_key
+        settings = load_settings(
+            None,
+            mqtt={"servers": [f"ssl://127.0.0.1:{b.svc.port}"], "client_id": "cert-collector",
+                  "username": "collector", "password": b.passwords["collector"], "tls_ca": b.ca,
+                  "tls_cert": str(b.dir / "client.crt"), "tls_key": str(b.dir / "client.key")},
+            influxdb={"url": "http://127.0.0.1:1", "create_database": False},
+            services={"state_dir": str(tmp_path / "state")},
+        )
+        collector = Collector(settings)
+        collector.start()
+        try:
+            wait_for(collector.subscribed.is_set, message="collector subscribed with a client certificate")
+        finally:
+            collector.stop(timeout=5)
     finally:
         b.svc.stop()
