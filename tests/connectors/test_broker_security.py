@@ -21,6 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.broker import (
+    BrokerConfig,
     BrokerConfigError,
     acl_text,
     hash_password,
@@ -63,6 +64,18 @@ def test_acl_grants_devices_their_own_topics_and_the_collector_reads_only():
 def test_acl_refuses_site_ids_outside_the_contract(bad):
     with pytest.raises(BrokerConfigError, match="site_id"):
         acl_text(["S1", bad])
+
+
+def test_conf_refuses_anonymous_and_can_require_client_certificates():
+    conf = mosquitto_conf(BrokerConfig(tls_ca="/b/ca.crt", tls_cert="/b/s.crt", tls_key="/b/s.key",
+                                       password_file="/b/passwd", acl_file="/b/acl",
+                                       require_client_cert=True, local_port=1883))
+    lines = conf.splitlines()
+    for expected in ("allow_anonymous false", "password_file /b/passwd", "acl_file /b/acl",
+                     "listener 8883 0.0.0.0", "cafile /b/ca.crt", "require_certificate true",
+                     "listener 1883 127.0.0.1", "persistence true", "max_queued_messages 0"):
+        assert expected in lines, expected
+    assert "allow_anonymous true" not in conf
 
 
 def test_a_site_named_like_the_collector_is_refused():

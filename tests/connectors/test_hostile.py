@@ -31,7 +31,6 @@ from connectors.reading import (
     check_id,
     parse_message,
 )
-from sitetwin.config import load_settings
 from tests.corpus import Case, corpus
 from tests.support import collector_process, publish, tower_messages, wait_for
 
