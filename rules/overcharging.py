@@ -152,6 +152,23 @@ def _bill_hours(bills: pd.DataFrame, increments: pd.DataFrame) -> pd.DataFrame:
     return h
 
 
+def _coverage(h: pd.DataFrame, bills: pd.DataFrame) -> np.ndarray:
+    """Per bill, the share of its period (from the hour before) that the meter data spans."""
+    nb = len(bills)
+    b = h["bill"].to_numpy()
+    has = ~np.isnan(h["kwh"].to_numpy(dtype=float))
+    t_ns = h["time"].astype("int64").to_numpy()
+    first = pd.Series(t_ns[has]).groupby(b[has]).min().reindex(range(nb)).to_numpy(dtype=float)
+    last = pd.Series(t_ns[has]).groupby(b[has]).max().reindex(range(nb)).to_numpy(dtype=float)
+    start = pd.to_datetime(bills["period_start"], utc=True).dt.floor("h").dt.as_unit("ns").astype("int64")
+    end = pd.to_datetime(bills["period_end"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    hour_ns = HOUR.value
+    lead = start.to_numpy() - hour_ns
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coverage = np.minimum(1.0, (last + hour_ns - np.maximum(first, lead)) / (end - lead))
+    return np.nan_to_num(coverage)
+
+
 def _tariff_prices(tariffs: pd.DataFrame, t_ns: np.ndarray, local_hours: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Price, period name and tariff row (index label, -1 for none) of each hour."""
@@ -233,8 +250,12 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
     tou = np.bincount(b[is_tou], minlength=nb) > 0
     billed = bills["billed_kwh"].astype(float).to_numpy()
     amount = bills["amount_cny"].astype(float).to_numpy()
+    coverage = _coverage(h, bills)
+    # A time-of-use mix from a part of the period is biased (a night is all valley): without
+    # enough meter data the cap is the highest period price, so nothing is flagged on a guess.
+    use_mix = (metered > 0) & (~tou | (coverage >= t.min_coverage))
     with np.errstate(divide="ignore", invalid="ignore"):
-        cap = np.where(metered > 0, cost / metered, np.where(tou, max_price, mean_price))
+        cap = np.where(use_mix, cost / metered, np.where(tou, max_price, mean_price))
         price = np.where(billed > 0, amount / billed, np.nan)
     allowed = cap * (1 + t.loss_share)
     hit = (n_priced > 0) & (billed > 0) & (price > allowed * (1 + t.tolerance))
@@ -254,11 +275,11 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
         for period in sorted(set(periods[rows])):
             mix[period] = round(float(w[rows][periods[rows] == period].sum()), 3)
         used = [tariff_rows[int(label)] for label in np.unique(row_ids[rows])]
-        if metered[i] > 0:
+        if use_mix[i]:
             basis = "metered energy mix" if tou[i] else "metered-energy-weighted catalogue price"
         else:
-            basis = ("highest period price (no metered energy in the bill period)" if tou[i]
-                     else "time-weighted catalogue price")
+            basis = (f"highest period price (meter data covers {coverage[i]:.0%} of the period)"
+                     if tou[i] else "time-weighted catalogue price")
         excess = float((price[i] - allowed[i]) * billed[i])
         site = site_rc[bill["site_id"]]
         out.append(Finding(
@@ -275,7 +296,8 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
                 "loss_share": t.loss_share, "allowed_cny_per_kwh": round(float(allowed[i]), 6),
                 "tolerance": t.tolerance, "billed_kwh": float(billed[i]), "amount_cny": float(amount[i]),
                 "excess_cny": round(excess, 2), "cap_basis": basis, "time_of_use": bool(tou[i]),
-                "metered_kwh": round(float(metered[i]), 3), "energy_mix_kwh": mix, "tariff_rows": used,
+                "metered_kwh": round(float(metered[i]), 3), "coverage": round(float(coverage[i]), 4),
+                "energy_mix_kwh": mix, "tariff_rows": used,
                 "region": site["region"], "customer_class": site["customer_class"],
             },
             bill_id=bill["bill_id"], supplier_id=bill["supplier_id"],
@@ -294,19 +316,10 @@ def evaluate_overbilling(frames: Frames, facts: Facts, now: datetime, t: BillThr
     nb = len(bills)
     b = h["bill"].to_numpy()
     kwh = h["kwh"].to_numpy(dtype=float)
-    has = ~np.isnan(kwh)
     inside = h["inside"].to_numpy()
     metered = np.bincount(b[inside], np.nan_to_num(kwh)[inside], nb)
-    t_ns = h["time"].astype("int64").to_numpy()
-    first = pd.Series(t_ns[has]).groupby(b[has]).min().reindex(range(nb)).to_numpy(dtype=float)
-    last = pd.Series(t_ns[has]).groupby(b[has]).max().reindex(range(nb)).to_numpy(dtype=float)
-    start = pd.to_datetime(bills["period_start"], utc=True).dt.floor("h").dt.as_unit("ns").astype("int64")
-    end = pd.to_datetime(bills["period_end"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
-    hour_ns = HOUR.value
-    lead = start.to_numpy() - hour_ns
-    with np.errstate(invalid="ignore"):
-        coverage = np.minimum(1.0, (last + hour_ns - np.maximum(first, lead)) / (end - lead))
-    coverage = np.nan_to_num(coverage)
+    coverage = _coverage(h, bills)
+    start = pd.to_datetime(bills["period_start"], utc=True).dt.floor("h").dt.as_unit("ns")
     billed = bills["billed_kwh"].astype(float).to_numpy()
     amount = bills["amount_cny"].astype(float).to_numpy()
     # Too little meter data to judge: never flag on a gap.
@@ -319,7 +332,7 @@ def evaluate_overbilling(frames: Frames, facts: Facts, now: datetime, t: BillThr
         excess_kwh = float(billed[i] - metered[i])
         excess = excess_kwh * price
         mine = by_site.get(bill["site_id"], increments.iloc[0:0])
-        mine = mine[(mine["time"] >= pd.Timestamp(start.iloc[i], tz="UTC"))
+        mine = mine[(mine["time"] >= start.iloc[i])
                     & (mine["time"] < _as_ts(bill["period_end"]))]
         per_meter = {str(m): round(float(v), 3) for m, v in mine.groupby("meter_id")["kwh"].sum().items()}
         out.append(Finding(

@@ -156,3 +156,20 @@ def test_bills_outside_the_window_are_not_checked():
     f = facts(sites=sites({"site_id": "S1"}), tariffs=FLAT, bills=bill(amount_cny=1000.0))
     assert evaluate_overcharging({}, f, datetime(2027, 6, 1, tzinfo=UTC), BillThresholds()) == []
     assert evaluate_overcharging({}, f, datetime(2026, 11, 1, 12, tzinfo=UTC), BillThresholds()) == []
+
+
+def test_time_of_use_cap_needs_meter_data_over_most_of_the_period():
+    tou = pd.DataFrame([
+        {"region": "SH", "customer_class": "commercial", "period": "peak", "hours": "8-20",
+         "effective_from": pd.Timestamp("2026-01-01T00:00:00Z"), "price_cny_per_kwh": 1.20},
+        {"region": "SH", "customer_class": "commercial", "period": "valley", "hours": "20-8",
+         "effective_from": pd.Timestamp("2026-01-01T00:00:00Z"), "price_cny_per_kwh": 0.40},
+    ])
+    # Only the first 6 hours (all valley) metered: that mix would make the cap 0.40.
+    frames = {"energy_hourly": energy("S1", "M1", [100.0 + 10 * i for i in range(7)])}
+    f = facts(sites=sites({"site_id": "S1"}), tariffs=tou, bills=bill(amount_cny=0.9 * 240))
+    t = BillThresholds(tariff_timezone="UTC")
+    assert evaluate_overcharging(frames, f, NOW, t) == []
+    (x,) = evaluate_overcharging(frames, facts(sites=sites({"site_id": "S1"}), tariffs=tou,
+                                               bills=bill(amount_cny=1.5 * 240)), NOW, t)
+    assert x.evidence["cap_cny_per_kwh"] == 1.2 and x.evidence["cap_basis"].startswith("highest")
