@@ -222,6 +222,10 @@ class Run:
             if outage and not influx_up and elapsed >= outage[1]:
                 self.influx.start()
                 influx_up = True
+            if self.proc.poll() is not None:
+                stop.set()
+                raise SystemExit(f"the collector exited ({self.proc.returncode}) after {elapsed:.0f}s:\n"
+                                 + self.log.read_text(errors="replace")[-1500:])
             files, spool_bytes = _spool(self.state)
             sample = {"t_s": round(elapsed, 1), "sent": sent[0], "rss_kib": _rss_kib(self.proc.pid),
                       "spool_files": files, "spool_bytes": spool_bytes,
@@ -279,6 +283,11 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = ap.parse_args()
+
+    def _terminate(signum, frame):
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)  # still stop the private services
     run = Run(args)
     try:
         run.mq.start()
@@ -295,6 +304,7 @@ def main() -> int:
         result["rate_max_measured"] = round(max_rate, 1) if max_rate else None
         if run.proc.poll() is not None:
             result["collector_exit"] = run.proc.returncode
+            result["collector_log_tail"] = run.log.read_text(errors="replace")[-1500:]
     finally:
         run.close()
     if args.json:
