@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rules.registry import RULES
 from rules.scheduler import start
 from sitetwin.config import load_settings
@@ -33,3 +35,28 @@ def test_jobs_per_rule_with_options_and_survive_restart(tmp_path):
         assert third.get_job("interference") is not None
     finally:
         third.shutdown(wait=False)
+
+
+@pytest.mark.integration
+def test_sitetwin_run_schedules_the_rules(tmp_path, mosquitto, influxdb, influx_db):
+    """``sitetwin run``'s pipeline starts the scheduler with every rule and stops it."""
+    from sitetwin.wiring import Pipeline
+    from tests.support import wait_for
+
+    settings = load_settings(None, **{
+        "mqtt": {"servers": [mosquitto.url], "client_id": f"rules-run-{tmp_path.name}",
+                 "shared_group": f"rr{abs(hash(str(tmp_path))) % 10**8}"},
+        "influxdb": {"url": influxdb.url, "database": influx_db},
+        "services": {"state_dir": str(tmp_path / "state")},
+        "spool": {"fsync": False},
+        "twin": {"url": f"sqlite:///{tmp_path / 'twin.sqlite'}"},
+    })
+    pipeline = Pipeline(settings, twin=True, rules=True)
+    pipeline.start()
+    try:
+        wait_for(pipeline.collector.subscribed.is_set, message="subscription")
+        assert pipeline.scheduler.running
+        assert {j.id for j in pipeline.scheduler.get_jobs()} == {r.name for r in RULES}
+    finally:
+        pipeline.stop()
+    assert not pipeline.scheduler.running
