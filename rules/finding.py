@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["KINDS", "SEVERITIES", "Finding", "Severity"]
+__all__ = ["KINDS", "SEVERITIES", "Finding", "Severity", "subject_key"]
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
@@ -45,6 +45,9 @@ class Finding:
     cell_id: str | None = None
     bill_id: str | None = None
     supplier_id: str | None = None
+    # Other subjects this finding covers (the cells of an incident): a flag open for any of
+    # them is the same condition, even when the strongest cell changes between runs.
+    member_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -59,4 +62,9 @@ class Finding:
     @property
     def dedup_key(self) -> str:
         """Kind, site and the cell or bill: one open flag per key and overlapping window."""
-        return "|".join((self.kind, self.site_id, self.cell_id or "", self.bill_id or ""))
+        return subject_key(self.kind, self.site_id, self.cell_id, self.bill_id)
+
+
+def subject_key(kind: str, site_id: str, cell_id: str | None = None, bill_id: str | None = None) -> str:
+    """The dedup key of a subject: ``kind|site|cell|bill``."""
+    return "|".join((kind, site_id, cell_id or "", bill_id or ""))

@@ -1,7 +1,7 @@
 """The flag lifecycle in the twin database: open, update, resolve after a hold-off, review.
 
 A finding updates the one flag with its ``dedup_key`` (kind, site, cell or
-bill) whose window overlaps the finding's, widened by the hold-off so that a
+bill) — or one of its ``member_keys``, the cells of an incident — whose window overlaps the finding's, widened by the hold-off so that a
 condition that blinks off and on within the hold-off stays one flag.  A flag
 of a rule that no longer finds it gets ``clear_since``; once that is older
 than the hold-off it is resolved.  A reviewed flag (``confirmed`` or
@@ -91,28 +91,30 @@ class FlagBook:
                                  .order_by(Flag.id)).all()
                 by_key: dict[str, list[Any]] = {}
                 for flag in live:
-                    by_key.setdefault(flag.dedup_key, []).append(flag)
+                    for key in _keys(flag):
+                        by_key.setdefault(key, []).append(flag)
                 seen: set[int] = set()
                 for f in findings:
-                    match = next((x for x in by_key.get(f.dedup_key, ()) if x.id not in seen
-                                  and _overlaps(x, f, slack)), None)
+                    candidates = [x for key in (f.dedup_key, *f.member_keys) for x in by_key.get(key, ())]
+                    match = next((x for x in candidates if x.id not in seen and _overlaps(x, f, slack)), None)
                     if match is None:
                         match = Flag(kind=f.kind, rule=f.rule, site_id=f.site_id, cell_id=f.cell_id,
                                      bill_id=f.bill_id, supplier_id=f.supplier_id, severity=f.severity,
                                      status="open", opened_at=now, updated_at=now,
                                      window_start=f.window_start, window_end=f.window_end,
-                                     summary=f.summary, evidence=_jsonable(f.evidence),
+                                     summary=f.summary, evidence=_evidence(f),
                                      dedup_key=f.dedup_key)
                         s.add(match)
                         s.flush()
-                        by_key.setdefault(f.dedup_key, []).append(match)
+                        for key in _keys(match):
+                            by_key.setdefault(key, []).append(match)
                         out.opened.append(flag_dict(match))
                     else:
                         match.window_start = min(match.window_start, f.window_start)
                         match.window_end = max(match.window_end, f.window_end)
                         match.severity = f.severity
                         match.summary = f.summary
-                        match.evidence = _jsonable(f.evidence)
+                        match.evidence = _evidence(f, also=_keys(match))
                         match.supplier_id = f.supplier_id
                         match.updated_at = now
                         match.clear_since = None
@@ -180,6 +182,21 @@ class FlagBook:
             flag.updated_at = at
             flag.clear_since = None
         return self.show(flag_id)
+
+
+def _evidence(f: Finding, also: list[str] = ()) -> dict[str, Any]:
+    """The finding's evidence, with every subject key the flag answers to (once it has more
+    than one, they are kept: the flag stays the incident's even when it shrinks)."""
+    evidence = _jsonable(f.evidence)
+    keys = set(f.member_keys) | set(also)
+    if keys - {f.dedup_key}:
+        evidence["member_keys"] = sorted(keys | {f.dedup_key})
+    return evidence
+
+
+def _keys(flag: Any) -> list[str]:
+    """Every subject key a stored flag answers to: its own and its members'."""
+    return [flag.dedup_key, *((flag.evidence or {}).get("member_keys") or [])]
 
 
 def _jsonable(value: Any) -> Any:

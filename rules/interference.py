@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from rules.finding import Finding, Severity
+from rules.finding import Finding, Severity, subject_key
 from rules.rule import Facts, Frames, Rule, Thresholds
 from sitetwin.config import Duration
 
@@ -249,9 +249,11 @@ def evaluate_interference(frames: Frames, facts: Facts, now: datetime, t: Interf
             rise = f", {anchor['rise_db']} dB over baseline" if anchor["rise_db"] is not None else ""
             summary = (f"cell {anchor['cell_id']}: {anchor['level_dbm']} dBm for {anchor['periods']} "
                        f"periods{rise} ({anchor['prb']['class']})")
+        members = tuple(subject_key("interference", h["site_id"], h["cell_id"]) for h in cells)
         out.append(Finding(kind="interference", rule="interference", site_id=anchor["site_id"],
                            cell_id=anchor["cell_id"], severity=severity, window_start=start,
-                           window_end=end, summary=summary, evidence=evidence))
+                           window_end=end, summary=summary, evidence=evidence,
+                           member_keys=members if len(members) > 1 else ()))
     return out
 
 

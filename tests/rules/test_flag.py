@@ -90,3 +90,31 @@ def test_out_of_scope_flags_are_not_resolved(sqlite_store):
     book.sync("overcharging", [bill], T0, 0.0)
     r = book.sync("overcharging", [], T0 + timedelta(days=90), 0.0, in_scope=lambda f: False)
     assert not r.resolved and book.list()[0]["status"] == "open"
+
+
+def test_an_incident_stays_one_flag_when_its_strongest_cell_changes(sqlite_store):
+    from rules.finding import subject_key
+
+    book = FlagBook(sqlite_store)
+
+    def incident(anchor_site: str, cells: list[tuple[str, str]], end: datetime) -> Finding:
+        site, cell = next(c for c in cells if c[0] == anchor_site)
+        return Finding(kind="interference", rule="interference", site_id=site, cell_id=cell,
+                       severity="warning", window_start=T0, window_end=end, summary="incident",
+                       evidence={"cells": [c for _, c in cells]},
+                       member_keys=tuple(subject_key("interference", s, c) for s, c in cells))
+
+    both = [("A", "A1"), ("B", "B1")]
+    (first,) = book.sync("interference", [incident("A", both, T0 + timedelta(minutes=45))],
+                         T0 + timedelta(minutes=45), HOLD).opened
+    r = book.sync("interference", [incident("B", both, T0 + timedelta(minutes=60))], T0 + timedelta(minutes=60), HOLD)
+    assert not r.opened and r.updated[0]["id"] == first["id"]
+    # The incident shrinks to B alone (a plain single-cell finding): still the same flag.
+    alone = Finding(kind="interference", rule="interference", site_id="B", cell_id="B1", severity="warning",
+                    window_start=T0 + timedelta(minutes=30), window_end=T0 + timedelta(minutes=75),
+                    summary="B1", evidence={})
+    r = book.sync("interference", [alone], T0 + timedelta(minutes=75), HOLD)
+    assert not r.opened and r.updated[0]["id"] == first["id"]
+    r = book.sync("interference", [alone], T0 + timedelta(minutes=90), HOLD)
+    assert not r.opened and r.updated[0]["id"] == first["id"]
+    assert [f["id"] for f in book.list()] == [first["id"]]
