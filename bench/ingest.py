@@ -118,7 +118,7 @@ if mode == "subscribe":
     time.sleep(0.5); c.disconnect(); c.loop_stop(); print("{}"); sys.exit(0)
 done.wait(600)
 c.disconnect(); c.loop_stop()
-print('{"received": %d, "seconds": %.6f}' % (got, (last or 0) - (first or 0)))
+print('{"received": %d, "seconds": %.6f, "cpu_s": %.3f}' % (got, (last or 0) - (first or 0), time.process_time()))
 """
 
 
@@ -127,10 +127,14 @@ def case_a(mq: Mosquitto, messages) -> dict:
     argv = [sys.executable, "-c", _COUNTER, mq.host, str(mq.port), cid, str(len(messages))]
     subprocess.run([*argv, "subscribe"], check=True, capture_output=True)
     pub_rate = publish(mq, messages)
+    mq_cpu0 = _cpu_s(mq._proc.pid)
     out = subprocess.run([*argv, "drain"], check=True, capture_output=True, text=True)
     res = json.loads(out.stdout)
     assert res["received"] == len(messages), res
-    return {"msgs_per_s": res["received"] / res["seconds"], "publish_msgs_per_s": pub_rate}
+    per_10k = 10_000 / len(messages)
+    return {"msgs_per_s": res["received"] / res["seconds"], "publish_msgs_per_s": pub_rate,
+            "cpu_s_per_10k_msgs": {"mosquitto": round((_cpu_s(mq._proc.pid) - mq_cpu0) * per_10k, 3),
+                                   "subscriber": round(res["cpu_s"] * per_10k, 3)}}
 
 
 # -- (b), (c), (d): sitetwin end to end ------------------------------------------------------------
@@ -346,7 +350,7 @@ def main() -> int:
         for key, r in results.items():
             if "cpu_s_per_10k_msgs" in r:
                 print(f"({key}) CPU s per 10k msgs: {r['cpu_s_per_10k_msgs']}, "
-                      f"cores busy {r['cpu_cores_busy']}")
+                      f"cores busy {r.get('cpu_cores_busy', '-')}")
         for k, v in ratios.items():
             print(f"{k} = {v:.2f}")
         if "d" in results:
