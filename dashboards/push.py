@@ -24,7 +24,7 @@ from dashboards.build import DASHBOARDS, dashboard_json
 from dashboards.errors import GrafanaClientMissing, PushError
 from dashboards.provisioning import Target
 
-__all__ = ["PushReport", "connect", "datasource_payload", "push"]
+__all__ = ["InfluxCredentials", "PushReport", "connect", "datasource_payload", "push"]
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,24 @@ def connect(url: str, token: SecretStr | None, *, timeout_s: float = DEFAULT_TIM
     return GrafanaApi.from_url(url, credential=credential, timeout=timeout_s)
 
 
-def datasource_payload(target: Target) -> dict[str, Any]:
-    """The InfluxDB 1.x (InfluxQL) datasource, as in provisioning/datasources/sitetwin.yaml."""
-    return {
+@dataclass(frozen=True)
+class InfluxCredentials:
+    """How Grafana authenticates to InfluxDB: a 1.x user, or a 2.x/3.x token (header)."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+
+    def __repr__(self) -> str:  # never show a secret, even in a traceback
+        return f"InfluxCredentials(username={self.username!r}, password=***, token=***)"
+
+
+def datasource_payload(target: Target,
+                       credentials: InfluxCredentials = InfluxCredentials()) -> dict[str, Any]:
+    """The InfluxQL datasource of provisioning/datasources/sitetwin.yaml, with credentials:
+    a token goes in an ``Authorization: Token ...`` header (InfluxDB 2.x/3.x), a user and
+    password as InfluxDB 1.x basic credentials.  Secrets go in ``secureJsonData``."""
+    payload: dict[str, Any] = {
         "name": "sitetwin InfluxDB",
         "uid": target.datasource_uid,
         "type": "influxdb",
@@ -86,6 +101,17 @@ def datasource_payload(target: Target) -> dict[str, Any]:
         "jsonData": {"version": "InfluxQL", "dbName": target.database, "httpMode": "POST",
                      "timeInterval": "10s"},
     }
+    secure: dict[str, str] = {}
+    if credentials.token is not None:
+        payload["jsonData"]["httpHeaderName1"] = "Authorization"
+        secure["httpHeaderValue1"] = f"Token {credentials.token.get_secret_value()}"
+    elif credentials.username:
+        payload["user"] = credentials.username
+        if credentials.password is not None:
+            secure["password"] = credentials.password.get_secret_value()
+    if secure:
+        payload["secureJsonData"] = secure
+    return payload
 
 
 def _status(exc: Exception) -> int:
@@ -138,7 +164,7 @@ def _reraise(exc: Exception) -> None:
 
 
 def push(url: str, token: SecretStr | None, target: Target, *, folder_title: str | None = None,
-         api: Any = None) -> PushReport:
+         credentials: InfluxCredentials = InfluxCredentials(), api: Any = None) -> PushReport:
     """Create the folder and datasource if missing and upload every dashboard (overwrite)."""
     api = api if api is not None else connect(url, token)
     public = _public(url)
@@ -156,7 +182,7 @@ def push(url: str, token: SecretStr | None, target: Target, *, folder_title: str
         ds_action = "exists"
     else:
         _call("creating the datasource", api.datasource.create_datasource,
-              datasource_payload(target))
+              datasource_payload(target, credentials))
         ds_action = "created"
     log.info("Grafana %s: datasource %s %s", public, target.datasource_uid, ds_action)
 

@@ -73,12 +73,14 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_push(args: argparse.Namespace, settings: Settings) -> int:
-    from dashboards.push import push
+    from dashboards.push import InfluxCredentials, push
 
     url = args.grafana_url or settings.grafana.url
-    # The token comes from settings only (SITETWIN_GRAFANA__TOKEN), never from the command line.
+    influx = settings.influxdb
+    # Tokens come from settings (SITETWIN_GRAFANA__TOKEN, ...), never from the command line.
     report = push(url, settings.grafana.token, _target(settings),
-                  folder_title=settings.grafana.folder)
+                  folder_title=settings.grafana.folder,
+                  credentials=InfluxCredentials(influx.username, influx.password, influx.token))
     emit(args, report.as_dict(), lambda d: "\n".join(
         [f"Grafana {d['url']}: folder {d['folder']} ({d['folder_action']}), datasource "
          f"{d['datasource_uid']} ({d['datasource_action']})"]

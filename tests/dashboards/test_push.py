@@ -207,3 +207,33 @@ def test_cli_push_takes_the_token_from_the_environment(grafana, monkeypatch, cap
     monkeypatch.delenv("SITETWIN_GRAFANA__TOKEN")
     assert main(["dashboards", "push", "--grafana-url", grafana.url]) == 1
     assert "SITETWIN_GRAFANA__TOKEN" in capsys.readouterr().err
+
+
+INFLUX_TOKEN = "influx-read-token-also-secret"
+
+
+@pytest.mark.parametrize(("credentials", "json_extra", "secure", "user"), [
+    ({"token": INFLUX_TOKEN}, {"httpHeaderName1": "Authorization"},
+     {"httpHeaderValue1": f"Token {INFLUX_TOKEN}"}, None),
+    ({"username": "grafana", "password": INFLUX_TOKEN}, {}, {"password": INFLUX_TOKEN}, "grafana"),
+    ({}, {}, None, None),
+])
+def test_the_datasource_carries_influxdb_credentials_as_secure_fields(
+        grafana, caplog, credentials, json_extra, secure, user):
+    from pydantic import SecretStr
+
+    from dashboards.push import InfluxCredentials
+
+    caplog.set_level(logging.DEBUG)
+    creds = InfluxCredentials(username=credentials.get("username"),
+                              password=SecretStr(credentials["password"])
+                              if "password" in credentials else None,
+                              token=SecretStr(credentials["token"])
+                              if "token" in credentials else None)
+    report = push(grafana.url, _secret(), Target(), credentials=creds)
+    ds = grafana.datasources["sitetwin-influxdb"]
+    assert ds.get("secureJsonData") == secure and ds.get("user") == user
+    assert ds["jsonData"] == {"version": "InfluxQL", "dbName": "sitetwin", "httpMode": "POST",
+                              "timeInterval": "10s", **json_extra}
+    assert INFLUX_TOKEN not in caplog.text and INFLUX_TOKEN not in repr(creds)
+    assert INFLUX_TOKEN not in str(report.as_dict())
