@@ -147,17 +147,33 @@ class WindowData:
     def power_peak(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         """Per site: the maximum over the window of the 15-minute mean power summed over meters.
 
-        InfluxDB gives each meter's peak of its 15-minute means (one nested query); a site
-        with one meter is done.  Sites with several meters (a swap, a second supply) need the
+        InfluxDB gives each meter's peak of its 15-minute means (nested queries; the whole
+        days of the window are asked once and remembered); a site with one meter is done.  Sites with several meters (a swap, a second supply) need the
         coincident sum, so only their 15-minute means are fetched and summed here.
         """
         start = _floor(now - timedelta(seconds=t.window), 15)
         where = _between(start, now)
-        per_meter = self._frame(
-            f'SELECT max("p") AS "peak_kw" FROM (SELECT mean("power_kw") AS "p" FROM "power" WHERE {where} '
-            f'GROUP BY time(15m), "site_id", "meter_id" fill(none)) WHERE {where} GROUP BY "site_id", "meter_id"')
-        if per_meter.empty:
+        # The whole days inside the window are settled and asked once (memo); the partial
+        # first day and today are asked every run.
+        first_day, today = pd.Timestamp(start).ceil("D"), pd.Timestamp(now).floor("D")
+        if first_day < today:
+            spans = [(start, first_day, False), (first_day, today, True), (today, now, False)]
+        else:
+            spans = [(start, now, False)]
+        parts = []
+        for a, b, settled in spans:
+            if a >= b:
+                continue
+            w = _between(a, b)
+            parts.append(self._frame(
+                f'SELECT max("p") AS "peak_kw" FROM (SELECT mean("power_kw") AS "p" FROM "power" WHERE {w} '
+                f'GROUP BY time(15m), "site_id", "meter_id" fill(none)) WHERE {w} GROUP BY "site_id", "meter_id"',
+                memo=settled))
+        parts = [x for x in parts if not x.empty]
+        if not parts:
             return pd.DataFrame({"site_id": [], "peak_kw": [], "time": []})
+        per_meter = pd.concat(parts, ignore_index=True)
+        per_meter = per_meter.loc[per_meter.groupby(["site_id", "meter_id"])["peak_kw"].idxmax()]
         meters = per_meter.groupby("site_id")["meter_id"].transform("nunique")
         single = per_meter.loc[meters == 1, ["site_id", "peak_kw", "time"]]
         several = per_meter.loc[meters > 1, "site_id"].unique()
