@@ -78,6 +78,9 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
                          help="first publish history from TS (ISO 8601 or epoch) to now")
     p.add_argument("--period", type=_duration, default=60.0, metavar="DURATION",
                    help="tower and power reporting period (default 60s; interference: 15m)")
+    p.add_argument("--history-period", type=_duration, metavar="DURATION",
+                   help="reporting period of the history only (default: --period), e.g. 15m "
+                        "to load a month quickly")
     p.add_argument("--chunk", type=_duration, default=3600.0, metavar="DURATION",
                    help="history per backlog message (default 1h)")
     p.add_argument("--rate", type=float, metavar="MSG/S", help="at most this many messages per second")
@@ -136,10 +139,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError("give --duration (live), --backfill/--start (history), or both")
     if args.speed <= 0:
         raise UserError("--speed must be positive")
-    if args.period < 1 or args.period != int(args.period):
-        raise UserError("--period must be a whole number of seconds, at least 1s")
+    for name in ("period", "history_period"):
+        value = getattr(args, name)
+        if value is not None and (value < 1 or value != int(value)):
+            raise UserError(f"--{name.replace('_', '-')} must be a whole number of seconds, at least 1s")
     period = int(args.period)
-    chunk_s = max(period, int(args.chunk) // period * period)
+    history_period = int(args.history_period or args.period)
+    chunk_s = max(history_period, int(args.chunk) // history_period * history_period)
     now = time.time()
     duration = args.duration or 0.0
     history_from = now - args.backfill if args.backfill is not None else args.start
@@ -184,7 +190,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                   "prb_window_s": ANOMALY_MAX_S}
         if history_from is not None:
             end = min(now, live_start) if duration else now
-            for chunk in chunks(fleet, history_from, end, period, args.scenario,
+            for chunk in chunks(fleet, history_from, end, history_period, args.scenario,
                                 chunk_s=chunk_s, **common):
                 publisher.publish_all(chunk.messages)
                 tally.add(chunk)

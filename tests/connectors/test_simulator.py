@@ -33,7 +33,7 @@ REQUIRED = {
 
 @pytest.fixture(scope="module")
 def fleet() -> Fleet:
-    return Fleet.build(160, seed=11, now=NOW)
+    return Fleet.build(120, seed=11, now=NOW)
 
 
 def _parse_all(messages, now=NOW):
@@ -49,17 +49,17 @@ def _parse_all(messages, now=NOW):
 # -- the fleet ------------------------------------------------------------------------------
 
 def test_the_same_seed_builds_the_same_fleet_and_another_seed_another(fleet):
-    again = Fleet.build(160, seed=11, now=NOW)
+    again = Fleet.build(120, seed=11, now=NOW)
     assert again == fleet
     assert again.expected_anomalies("demo") == fleet.expected_anomalies("demo")
-    other = Fleet.build(160, seed=12, now=NOW)
+    other = Fleet.build(120, seed=12, now=NOW)
     assert other != fleet
     assert (other.sites[0].lat, other.sites[0].lon) != (fleet.sites[0].lat, fleet.sites[0].lon)
 
 
 def test_the_fleet_looks_like_a_city(fleet):
     sites = fleet.sites
-    assert len(sites) == 160
+    assert len(sites) == 120
     assert {s.kind for s in sites} == {"macro", "micro", "pole", "indoor"}
     assert 0.3 < sum(s.supply == "transfer" for s in sites) / len(sites) < 0.5
     assert len({s.county for s in sites}) == 6
@@ -202,7 +202,7 @@ def test_the_demo_scenario_plants_what_expected_anomalies_names(fleet):
     start = end - 12 * 3600
     t0 = onset(fleet, start, end)
     assert t0 == end - 6 * 3600
-    got = _parse_all(readings(fleet, start, end, 300, "demo", chunk_s=3600))
+    got = _parse_all(readings(fleet, start, end, 900, "demo", chunk_s=3 * 3600))
     expected = fleet.expected_anomalies("demo")
     after = lambda r: r.ts.timestamp() >= t0  # noqa: E731
 
@@ -252,7 +252,7 @@ def test_the_demo_scenario_plants_what_expected_anomalies_names(fleet):
 
 def test_an_outage_drains_batteries_and_darkens_some_sites(fleet):
     end = NOW.timestamp()
-    got = _parse_all(readings(fleet, end - 12 * 3600, end, 300, "outage", chunk_s=3600))
+    got = _parse_all(readings(fleet, end - 12 * 3600, end, 900, "outage", chunk_s=3 * 3600))
     expected = fleet.expected_anomalies("outage")
     hit = set(expected["mains_failure"].site_ids)
     reservations = {r.site_id: r.substation for r in fleet.reservations}
@@ -265,7 +265,7 @@ def test_an_outage_drains_batteries_and_darkens_some_sites(fleet):
     for site_id in dark:
         assert last_seen[site_id] < end - 1800
     for site_id in hit - dark:
-        assert last_seen[site_id] >= end - 300
+        assert last_seen[site_id] >= end - 900
 
 
 def test_types_of_readings_match_their_topics(fleet):
@@ -341,9 +341,9 @@ def test_simulate_end_to_end_into_a_running_collector(tmp_path, mosquitto, influ
         wait_for(lambda: log.exists() and "MQTT connected" in log.read_text(), timeout=30,
                  message="the collector's connection")
         time.sleep(0.5)  # its SUBSCRIBE follows the CONNACK
-        # History (3 h on a 5 min grid, as backlog arrays), then 3 s live at 400x: 20 more minutes.
-        summary = _simulate(env, "--sites", "30", "--backfill", "3h", "--period", "5m",
-                            "--duration", "3s", "--speed", "400", "--scenario", "demo",
+        # History (2 h on a 5 min grid, as backlog arrays), then 2 s live at 300x: 10 minutes at 60 s.
+        summary = _simulate(env, "--sites", "20", "--backfill", "2h", "--history-period", "5m",
+                            "--duration", "2s", "--speed", "300", "--scenario", "demo",
                             "--seed", "5", "--malformed", "2",
                             "--write-registry", str(tmp_path / "registry"))
         p = summary["publisher"]
