@@ -19,13 +19,18 @@ from typing import Any, Literal
 from rules.data import WindowData, load_facts
 from rules.flag import FlagBook
 from rules.registry import RULES
-from rules.rule import Facts, Rule
+from rules.rule import Facts, Rule, Thresholds
 from rules.sink import publish_flags, write_flags
 from sitetwin.config import Settings
 
-__all__ = ["Engine", "Outcome", "summarise"]
+__all__ = ["Engine", "Outcome", "summarise", "thresholds_for"]
 
 log = logging.getLogger(__name__)
+
+
+def thresholds_for(settings: Settings, rule: Rule) -> Thresholds:
+    """The rule's thresholds: its ``[rules.<name>]`` table over the defaults."""
+    return rule.configure((settings.rules.model_extra or {}).get(rule.name))
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,8 @@ class Engine:
         self.write_influx = write_influx
         self.publish_mqtt = publish_mqtt
 
-    def thresholds(self, rule: Rule):
-        extra = self.settings.rules.model_extra or {}
-        return rule.configure(extra.get(rule.name))
+    def thresholds(self, rule: Rule) -> Thresholds:
+        return thresholds_for(self.settings, rule)
 
     def run(self, now: datetime, rules: Sequence[Rule] = RULES, *, facts: Facts | None = None
             ) -> list[Outcome]:

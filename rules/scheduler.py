@@ -63,7 +63,7 @@ def start(settings: Settings, *, paused: bool = False):
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.interval import IntervalTrigger
 
-    from rules.engine import Engine
+    from rules.engine import thresholds_for
 
     _state.clear()
     _state["settings"] = settings
@@ -72,10 +72,8 @@ def start(settings: Settings, *, paused: bool = False):
         timezone=UTC,
     )
     scheduler.start(paused=True)
-    probe = Engine.__new__(Engine)  # only to read thresholds; no connections are made
-    probe.settings = settings
     for rule in RULES:
-        t = probe.thresholds(rule)
+        t = thresholds_for(settings, rule)
         job = scheduler.get_job(rule.name)
         if not (settings.rules.enabled and t.enabled):
             if job is not None:

@@ -124,16 +124,14 @@ def run_rules(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def list_rules(args: argparse.Namespace, settings: Settings) -> int:
-    from rules.engine import Engine
+    from rules.engine import thresholds_for
     from rules.errors import ThresholdError
     from rules.registry import RULES
 
-    probe = Engine.__new__(Engine)
-    probe.settings = settings
     rows = []
     for rule in RULES:
         try:
-            t = probe.thresholds(rule).model_dump()
+            t = thresholds_for(settings, rule).model_dump()
         except ThresholdError as exc:
             raise UserError(str(exc)) from None
         rows.append({"name": rule.name, "kinds": list(rule.kinds), "enabled": t.pop("enabled"),
@@ -239,16 +237,13 @@ def report_overcharging(args: argparse.Namespace, settings: Settings) -> int:
 def report_reservations(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.influx import InfluxReader
     from rules.data import WindowData, load_facts
-    from rules.engine import Engine
+    from rules.engine import thresholds_for
     from rules.registry import get_rule
     from rules.report import reservations_table
     from twin.export import write_table
 
     until = _time(args.until, "--until") or datetime.now(UTC)
-    rule = get_rule("reservations")
-    probe = Engine.__new__(Engine)
-    probe.settings = settings
-    t = probe.thresholds(rule)
+    t = thresholds_for(settings, get_rule("reservations"))
     store = _store(settings)
     try:
         facts = load_facts(store)
