@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from rules.data import WindowData, load_facts
+from rules.errors import RuleError
 from rules.flag import FlagBook
 from rules.registry import RULES
 from rules.rule import Facts, Rule, Thresholds
@@ -123,7 +124,10 @@ class Engine:
         facts = load_facts(self.store)
         steps: dict[datetime, list[Rule]] = {}
         for rule in rules:
-            interval = timedelta(seconds=max(self.thresholds(rule).interval, 1.0))
+            try:
+                interval = timedelta(seconds=max(self.thresholds(rule).interval, 1.0))
+            except RuleError:  # reported as the rule's error outcome at ``until``
+                interval = until - since
             t = since + interval
             while t < until:
                 steps.setdefault(t, []).append(rule)

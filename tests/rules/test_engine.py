@@ -51,3 +51,22 @@ def test_bad_thresholds_are_an_error_outcome(sqlite_store, tmp_path):
     engine = Engine(settings, sqlite_store, data=FixedData(), write_influx=False, publish_mqtt=False)
     (o,) = engine.run(NOW, [SITE_OFFLINE], facts=Facts(sites=sites({"site_id": "S1"})))
     assert o.status == "error" and "rules.site_offline.offline_after" in o.error
+
+
+def test_backfill_steps_each_rule_at_its_interval_and_reports_a_bad_one(sqlite_store, tmp_path):
+    from datetime import timedelta
+
+    from rules.operations import MAINS_FAILURE
+    from sitetwin.config import load_settings
+    from twin.models import Site
+
+    with sqlite_store.session() as s:
+        s.add(Site(site_id="S1", name="S1", lat=31.0, lon=121.0, county="c", kind="macro", supply="direct",
+                   region="SH", customer_class="C", state="on_air"))
+    settings = load_settings(None, services={"state_dir": str(tmp_path)},
+                             rules={"site_offline": {"interval": "10m"}, "mains_failure": {"window": "later"}})
+    engine = Engine(settings, sqlite_store, data=FixedData(), write_influx=False, publish_mqtt=False)
+    outcomes = engine.backfill(NOW - timedelta(hours=1), NOW, [SITE_OFFLINE, MAINS_FAILURE])
+    summary = {r["rule"]: r for r in summarise(outcomes)}
+    assert summary["site_offline"]["runs"] == 6 and summary["site_offline"]["opened"] == 1
+    assert summary["mains_failure"]["runs"] == 1 and summary["mains_failure"]["errors"] == 1
