@@ -54,6 +54,7 @@ class PublishStats:
     msgs_per_s: float
     reconnects: int
     max_unacked: int
+    refused: int = 0  # acknowledged with an error reason code (e.g. 0x87 not authorised)
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -100,6 +101,7 @@ class Publisher:
         self.bytes = 0
         self.reconnects = 0
         self.max_unacked = 0
+        self.refused = 0
         self._connected = False
         self._refused: str | None = None
         self._started: float | None = None
@@ -145,6 +147,9 @@ class Publisher:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if self.qos:
             self.acked += 1
+            if getattr(reason_code, "is_failure", False):
+                self.refused += 1
+                log.warning("the broker refused a message (%s)", reason_code)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -289,7 +294,8 @@ class Publisher:
         seconds = max(end - (self._started or end), 1e-9)
         return PublishStats(published=self.published, acked=self.acked, bytes=self.bytes,
                             seconds=round(seconds, 3), msgs_per_s=round(self.acked / seconds, 1),
-                            reconnects=self.reconnects, max_unacked=self.max_unacked)
+                            reconnects=self.reconnects, max_unacked=self.max_unacked,
+                            refused=self.refused)
 
 
 # -- the lean wire publisher ------------------------------------------------------------------
@@ -379,7 +385,6 @@ class WirePublisher(Publisher):
         self._pending: dict[int, tuple[bytes, bytes]] = {}
         self._next_pid = 0
         self._last_send = 0.0
-        self.refused = 0
         super().__init__(settings, **kwargs)
         self._client = None  # paho is not used
 

@@ -238,6 +238,8 @@ def _text(s: dict[str, Any]) -> str:
         lines.append(f"published: {p['acked']:,} messages acknowledged of {p['published']:,} "
                      f"({r['tower']:,} tower, {r['power']:,} power, {r['interference']:,} "
                      f"interference readings) in {p['seconds']:.1f}s, {p['msgs_per_s']:,.0f} msgs/s")
+        if p.get("refused"):
+            lines.append(f"warning: the broker refused {p['refused']:,} messages (not authorised?)")
     if "malformed" in s:
         lines.append("malformed (should be rejected): "
                      + ", ".join(f"{k} {v}" for k, v in s["malformed"].items()))

@@ -190,3 +190,23 @@ def test_the_brokers_receive_maximum_narrows_the_window(tmp_path, make):
         assert stats.acked == 2000 and pub.window == 20 and stats.max_unacked <= 20
     finally:
         svc.stop()
+
+
+@pytest.mark.integration
+@TRANSPORTS
+def test_tls_with_a_device_password_and_an_acl_refusal(tmp_path, make):
+    from tests.connectors.test_broker_security import _start_broker
+
+    broker = _start_broker(tmp_path, require_client_cert=False)
+    try:
+        settings = _settings(broker.svc, servers=[f"ssl://127.0.0.1:{broker.svc.port}"],
+                             tls_ca=broker.ca, username="S1", password=broker.passwords["S1"])
+        with make(settings) as pub:
+            pub.publish_all([("sites/S1/tower", b'{"n": %d}' % i) for i in range(200)])
+            pub.flush()
+            assert pub.stats().acked == 200 and pub.stats().refused == 0
+            pub.publish("sites/S2/tower", b'{"n": -1}')  # another device's topic: the ACL says no
+        stats = pub.stats()
+        assert stats.acked == 201 and stats.refused == 1
+    finally:
+        broker.svc.stop()
