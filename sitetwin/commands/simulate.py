@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ from sitetwin.config import Settings, parse_duration
 from sitetwin.errors import UserError
 from sitetwin.output import emit
 
-__all__ = ["register"]
+__all__ = ["Simulation", "register", "simulate"]
 
 
 def _duration(text: str) -> float:
@@ -134,63 +135,89 @@ class _Tally:
         sys.stderr.flush()
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.duration is None and args.backfill is None and args.start is None:
+@dataclass(frozen=True, kw_only=True)
+class Simulation:
+    """What to simulate: the CLI's options, for callers such as ``sitetwin demo``.
+
+    Times are epoch seconds, durations seconds.  ``duration_s`` is the live
+    phase on the wall clock; ``history_from`` starts a history phase that ends
+    where the live phase begins (or now).
+    """
+
+    sites: int
+    seed: int = 1
+    scenario: str = "normal"
+    duration_s: float = 0.0
+    speed: float = 1.0
+    history_from: float | None = None
+    period_s: int = 60
+    history_period_s: int | None = None
+    chunk_s: int = 3600
+    rate: float | None = None
+    max_inflight: int = 1000
+    qos: int = 1
+    transport: str = "wire"
+    client_id: str | None = None
+    malformed: int = 0
+    write_registry: str | None = None
+    publish: bool = True
+
+
+def simulate(settings: Settings, sim: Simulation, *, progress: bool = True) -> dict[str, Any]:
+    """Build the fleet, write its CSVs if asked, publish history then live readings; a summary."""
+    if not sim.duration_s and sim.history_from is None and sim.publish:
         raise UserError("give --duration (live), --backfill/--start (history), or both")
-    if args.speed <= 0:
+    if sim.speed <= 0:
         raise UserError("--speed must be positive")
-    for name in ("period", "history_period"):
-        value = getattr(args, name)
+    for name, value in (("period", sim.period_s), ("history-period", sim.history_period_s)):
         if value is not None and (value < 1 or value != int(value)):
-            raise UserError(f"--{name.replace('_', '-')} must be a whole number of seconds, at least 1s")
-    period = int(args.period)
-    history_period = int(args.history_period or args.period)
-    chunk_s = max(history_period, int(args.chunk) // history_period * history_period)
+            raise UserError(f"--{name} must be a whole number of seconds, at least 1s")
+    period = int(sim.period_s)
+    history_period = int(sim.history_period_s or period)
+    chunk_s = max(history_period, int(sim.chunk_s) // history_period * history_period)
     now = time.time()
-    duration = args.duration or 0.0
-    history_from = now - args.backfill if args.backfill is not None else args.start
-    if history_from is not None and history_from >= now:
+    duration = sim.duration_s or 0.0
+    if sim.history_from is not None and sim.history_from >= now:
         raise UserError("--start must be in the past")
     run_end = now + duration
-    live_start = run_end - duration * args.speed if args.speed >= 1 else now
-    live_end = live_start + duration * args.speed
-    run_start = min(x for x in (history_from, live_start) if x is not None)
-    fleet = Fleet.build(args.sites, seed=args.seed, now=datetime.fromtimestamp(run_end, UTC))
+    live_start = run_end - duration * sim.speed if sim.speed >= 1 else now
+    live_end = live_start + duration * sim.speed
+    run_start = min(x for x in (sim.history_from, live_start) if x is not None)
+    fleet = Fleet.build(sim.sites, seed=sim.seed, now=datetime.fromtimestamp(run_end, UTC))
     onset_ts = onset(fleet, run_start, max(run_end, live_end))
     summary: dict[str, Any] = {
         "sites": len(fleet.sites),
         "publishing_sites": len(fleet.publishing),
         "cells": len(fleet.cells),
-        "scenario": args.scenario,
-        "seed": args.seed,
+        "scenario": sim.scenario,
+        "seed": sim.seed,
         "start": _iso(run_start),
         "end": _iso(max(run_end, live_end)),
         "anomalies_from": _iso(onset_ts),
         "bill_period": [_iso(fleet.bill_start.timestamp()), _iso(fleet.bill_end.timestamp())],
         "expected": {k: {"kind": a.kind, "site_ids": list(a.site_ids), "cell_ids": list(a.cell_ids),
                          "bill_ids": list(a.bill_ids), "detail": a.detail}
-                     for k, a in fleet.expected_anomalies(args.scenario).items()},
+                     for k, a in fleet.expected_anomalies(sim.scenario).items()},
     }
-    if args.write_registry:
-        paths = fleet.write_csvs(args.write_registry)
+    if sim.write_registry:
+        paths = fleet.write_csvs(sim.write_registry)
         summary["registry"] = {k: str(v) for k, v in paths.items()}
-    if args.no_publish:
-        emit(args, summary, _text)
-        return 0
+    if not sim.publish:
+        return summary
 
-    tally = _Tally(enabled=not args.quiet)
-    make = WirePublisher if args.transport == "wire" else Publisher
-    publisher = make(settings, client_id=args.client_id, qos=args.qos,
-                     max_inflight=args.max_inflight, rate=args.rate)
+    tally = _Tally(enabled=progress)
+    make = WirePublisher if sim.transport == "wire" else Publisher
+    publisher = make(settings, client_id=sim.client_id, qos=sim.qos,
+                     max_inflight=sim.max_inflight, rate=sim.rate)
     phase = "history"
     publisher.progress = lambda stats: tally.draw(phase, stats)
     publisher.connect()
     try:
         common = {"onset_ts": onset_ts, "run_end_ts": max(run_end, live_end),
                   "prb_window_s": ANOMALY_MAX_S}
-        if history_from is not None:
+        if sim.history_from is not None:
             end = min(now, live_start) if duration else now
-            for chunk in chunks(fleet, history_from, end, history_period, args.scenario,
+            for chunk in chunks(fleet, sim.history_from, end, history_period, sim.scenario,
                                 chunk_s=chunk_s, **common):
                 publisher.publish_all(chunk.messages)
                 tally.add(chunk)
@@ -199,18 +226,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if duration:
             phase = "live"
             began = time.monotonic()
-            start = live_start if history_from is None else min(live_start, now)
-            for chunk in chunks(fleet, start, live_end, period, args.scenario, chunk_s=period,
+            start = live_start if sim.history_from is None else min(live_start, now)
+            for chunk in chunks(fleet, start, live_end, period, sim.scenario, chunk_s=period,
                                 **common):
-                due = began + max(0.0, chunk.until - live_start) / args.speed
-                wait = due - time.monotonic()
+                wait = began + max(0.0, chunk.until - live_start) / sim.speed - time.monotonic()
                 if wait > 0:
                     publisher.idle(wait)
                 publisher.publish_all(chunk.messages)
                 tally.add(chunk)
                 tally.draw(phase, publisher.stats())
         bad: dict[str, int] = {}
-        for _ in range(max(0, args.malformed)):
+        for _ in range(max(0, sim.malformed)):
             for topic, payload, reason in malformed(fleet, time.time()):
                 publisher.publish(topic, payload)
                 bad[reason] = bad.get(reason, 0) + 1
@@ -218,13 +244,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             summary["malformed"] = bad
         stats = publisher.close()
     except KeyboardInterrupt:
-        stats = publisher.close(timeout_s=10)
-        tally.draw(phase, stats, final=True)
+        tally.draw(phase, publisher.close(timeout_s=10), final=True)
         raise
     tally.draw(phase, stats, final=True)
     summary.update({"messages": tally.messages, "readings": tally.readings,
                     "publisher": stats.as_dict()})
-    emit(args, summary, _text)
+    return summary
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    history_from = time.time() - args.backfill if args.backfill is not None else args.start
+    sim = Simulation(
+        sites=args.sites, seed=args.seed, scenario=args.scenario, duration_s=args.duration or 0.0,
+        speed=args.speed, history_from=history_from, period_s=args.period,
+        history_period_s=args.history_period, chunk_s=int(args.chunk), rate=args.rate,
+        max_inflight=args.max_inflight, qos=args.qos, transport=args.transport,
+        client_id=args.client_id, malformed=args.malformed, write_registry=args.write_registry,
+        publish=not args.no_publish)
+    emit(args, simulate(settings, sim, progress=not args.quiet), _text)
     return 0
 
 
