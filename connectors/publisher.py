@@ -110,12 +110,16 @@ class Publisher:
         self._connects = 0
         self._backoff_s = settings.mqtt.reconnect_min
         self._retry_at = 0.0
-        self._client = mqtt_client(settings, self.client_id)
-        self._client.max_inflight_messages_set(0)
-        self._client.max_queued_messages_set(0)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client | None:
+        client = mqtt_client(self.settings, self.client_id)
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
 
     @property
     def unacked(self) -> int:
@@ -386,7 +390,9 @@ class WirePublisher(Publisher):
         self._next_pid = 0
         self._last_send = 0.0
         super().__init__(settings, **kwargs)
-        self._client = None  # paho is not used
+
+    def _make_client(self) -> None:
+        return None  # paho is not used
 
     # -- connection -------------------------------------------------------------------
 
