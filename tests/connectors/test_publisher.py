@@ -210,3 +210,18 @@ def test_tls_with_a_device_password_and_an_acl_refusal(tmp_path, make):
         assert stats.acked == 201 and stats.refused == 1
     finally:
         broker.svc.stop()
+
+
+@pytest.mark.integration
+@TRANSPORTS
+def test_qos0_is_sent_without_waiting_for_acknowledgements(mosquitto, make):
+    sub = _Subscriber(mosquitto, "qos0test/+/tower", f"sub-qos0-{make.__name__}")
+    try:
+        msgs = _messages(300, "qos0test")
+        with make(_settings(mosquitto), qos=0) as pub:
+            pub.publish_all(msgs)
+        stats = pub.stats()
+        assert stats.published == stats.acked == 300 and stats.max_unacked == 0
+        wait_for(lambda: len(sub.seen) == 300, message="300 QoS 0 messages")
+    finally:
+        sub.close()
