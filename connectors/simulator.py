@@ -216,6 +216,26 @@ class _Player:
         return doc
 
 
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_MESSAGE_READINGS = 5000
+
+
+def _backlog(topic: str, docs: list[dict]) -> list[tuple[str, bytes]]:
+    """One message for ``docs`` (an object if there is one), split while it is too big.
+
+    The collector refuses messages over 1 MiB or 10 000 readings, so a long
+    ``chunk_s`` becomes several arrays rather than one rejected message.
+    """
+    if len(docs) == 1:
+        return [(topic, orjson.dumps(docs[0], option=_ORJSON))]
+    if len(docs) <= MAX_MESSAGE_READINGS:
+        payload = orjson.dumps(docs, option=_ORJSON)
+        if len(payload) <= MAX_MESSAGE_BYTES:
+            return [(topic, payload)]
+    half = len(docs) // 2
+    return _backlog(topic, docs[:half]) + _backlog(topic, docs[half:])
+
+
 def _aligned(start: float, end: float, step: int) -> range:
     first = int(math.ceil(start / step) * step)
     return range(first, int(math.ceil(end)), step)
@@ -272,8 +292,8 @@ def chunks(
             if alive:
                 tower = [player.tower(site, t, stamps[t]) for t in alive]
                 power = [player.power(site, t, stamps[t]) for t in alive]
-                messages.append((f"sites/{sid}/tower", orjson.dumps(tower if len(tower) > 1 else tower[0])))
-                messages.append((f"sites/{sid}/power", orjson.dumps(power if len(power) > 1 else power[0])))
+                messages += _backlog(f"sites/{sid}/tower", tower)
+                messages += _backlog(f"sites/{sid}/power", power)
                 counts["tower"] += len(tower)
                 counts["power"] += len(power)
                 last = max(last or 0, alive[-1])
@@ -281,8 +301,7 @@ def chunks(
                 docs = [player.interference(site, cell, t, stamps[t])
                         for t in iticks if not player.silent(site, t) for cell in site.cells]
                 if docs:
-                    messages.append((f"sites/{sid}/interference",
-                                     orjson.dumps(docs if len(docs) > 1 else docs[0], option=_ORJSON)))
+                    messages += _backlog(f"sites/{sid}/interference", docs)
                     counts["interference"] += len(docs)
                     last = max(last or 0, iticks[-1])
         if messages:

@@ -169,6 +169,17 @@ def test_a_live_message_is_one_reading_and_a_backlog_an_array(fleet):
     assert len(tower) == len(fleet.publishing)
 
 
+def test_long_backlogs_are_split_into_messages_the_collector_accepts(fleet):
+    end = NOW.timestamp()
+    site = next(s for s in fleet.sites if s.on_air and s.kind == "macro" and s.cells[0].prbs)
+    msgs = list(readings(fleet, end - 2 * 86400, end, 10, "normal", chunk_s=2 * 86400,
+                         site_ids=[site.site_id]))
+    got = _parse_all(msgs)
+    assert len(got["tower"]) == 2 * 8640 and len(got["interference"]) == 2 * 96 * 3
+    assert all(len(p) <= 256 * 1024 for _t, p in msgs)
+    assert len([t for t, _p in msgs if t.endswith("/tower")]) > 1
+
+
 def test_readings_are_deterministic_and_aligned(fleet):
     end = NOW.timestamp() + 17
     one = list(readings(fleet, end - 1800, end, 60, "demo", chunk_s=600))
