@@ -276,7 +276,7 @@ def chunks(
     sites = fleet.publishing
     if site_ids is not None:
         wanted = set(site_ids)
-        sites = tuple(s for s in sites if s.site_id in wanted)
+        sites = tuple(x for x in sites if x.site_id in wanted)
     for c0 in _aligned(s - (s % chunk_s), e, chunk_s):
         lo, hi = max(s, c0), min(e, c0 + chunk_s)
         ticks = _aligned(lo, hi, period_s)
