@@ -199,14 +199,17 @@ def show_flag(args: argparse.Namespace, settings: Settings) -> int:
 
 def review_flag(args: argparse.Namespace, settings: Settings) -> int:
     from rules.flag import FlagBook
-    from rules.sink import write_flags
+    from rules.sink import publish_flags, write_flags
 
     store = _store(settings)
     try:
         flag = FlagBook(store).review(args.id, args.decision, args.by, datetime.now(UTC), note=args.note)
     finally:
         store.close()
-    write_flags(settings, [flag])  # Grafana sees the decision; best effort
+    # Grafana and MQTT subscribers see the decision; best effort, the registry has it.
+    change = {k: v for k, v in flag.items() if k != "reviews"}
+    write_flags(settings, [change])
+    publish_flags(settings, [change])
     emit(args, flag, _show_text)
     return 0
 

@@ -171,18 +171,22 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
         assert sum(r["opened"] for r in again.values()) == 0
         code, out = _cli(capsys, "flags", "list", "--json", "--config", str(cfg))
         assert len(json.loads(out)) == len(EXPECTED)
+
+        # A review is recorded, and announced like any other change.
+        code, out = _cli(capsys, "flags", "review", str(oc["id"]), "--decision", "confirmed", "--by",
+                         "inspector", "--note", "checked the meter", "--json", "--config", str(cfg))
+        shown = json.loads(out)
+        assert shown["status"] == "confirmed" and shown["reviews"][0]["reviewed_by"] == "inspector"
+        wait_for(lambda: any(m["status"] == "confirmed" for _, m in received), timeout=15,
+                 message="the review over MQTT")
     finally:
         sub.loop_stop()
         sub.disconnect()
 
     points = influxdb.query('SELECT count("flag_id") FROM "flags"', db=influx_db)
-    assert points["results"][0]["series"][0]["values"][0][1] >= 2 * len(EXPECTED)
+    assert points["results"][0]["series"][0]["values"][0][1] >= 2 * len(EXPECTED) + 1
 
-    # Review, then the reports.
-    code, out = _cli(capsys, "flags", "review", str(oc["id"]), "--decision", "confirmed", "--by", "inspector",
-                     "--note", "checked the meter", "--json", "--config", str(cfg))
-    shown = json.loads(out)
-    assert shown["status"] == "confirmed" and shown["reviews"][0]["reviewed_by"] == "inspector"
+    # The reports.
     code, _ = _cli(capsys, "report", "overcharging", "--period", "2026-11", "--out",
                    str(tmp_path / "oc.csv"), "--config", str(cfg))
     assert code == 0
