@@ -334,7 +334,11 @@ class Collector:
 
     def _persist(self, body: bytes) -> None:
         points = body.count(b"\n") + 1
-        if not self._influx_down.is_set() and not len(self.spool):
+        # Only InfluxDB's health decides; batches still in the spool are replayed by the
+        # drain meanwhile (points are idempotent, order does not matter).  Waiting for an
+        # empty spool here kept every batch going through the disk after an outage when
+        # batches arrived about as often as the drain ran.
+        if not self._influx_down.is_set():
             try:
                 result = self.writer.write(body)
             except WriteRetryable as exc:
