@@ -374,3 +374,41 @@ def test_twin_database_locked_ingest_continues_and_live_state_catches_up(
     assert proc.returncode == 0, log.read_text()[-2000:]
     assert_exactly_once(influxdb, influx_db, "L", good)
     assert_dead_letters(tmp_path / "state", bad)
+
+
+# -- 6. back to direct writes after an outage -------------------------------------------------------
+
+
+def test_with_batches_left_in_the_spool_new_ones_still_go_straight_to_influxdb(
+        tmp_path, mosquitto, influxdb, influx_db):
+    """Spooled batches are the drain's business; they must not divert fresh ones to disk."""
+    from connectors.collector import Collector
+    from connectors.spool import Spool
+    from sitetwin.config import load_settings
+
+    settings = load_settings(
+        None,
+        mqtt={"servers": [mosquitto.url], "client_id": f"direct-{tmp_path.name}",
+              "shared_group": f"d{abs(hash(str(tmp_path))) % 10**8}"},
+        influxdb={"url": influxdb.url, "database": influx_db},
+        collector={"batch_size": 200, "batch_age": "100ms", "metrics_interval": "1h"},
+        services={"state_dir": str(tmp_path / "state")},
+        spool={"fsync": False, "drain_interval": "1h"},  # the drain runs only when called here
+    )
+    left = readings("P", 5, 20, 1_789_000_000)  # left behind by an earlier run
+    body = "\n".join(f"tower,site_id={t.split('/')[1]} mains_ok=true {orjson.loads(p)['ts'] * 10**9}"
+                     for t, p in left).encode()
+    Spool(settings.spool_path / settings.mqtt.client_id, fsync=False).put(body)
+    fresh = readings("P", 5, 40, 1_790_000_000)
+    collector = Collector(settings)
+    collector.start()
+    try:
+        wait_for(collector.subscribed.is_set, message="subscription")
+        publish(mosquitto.host, mosquitto.port, fresh)
+        wait_all(influxdb, influx_db, "P", len(fresh), timeout=30)
+        assert collector.metrics.spooled_points == 0 and collector.spool.batches == 1
+        collector.drain_once()
+        assert collector.spool.batches == 0
+    finally:
+        collector.stop()
+    assert_exactly_once(influxdb, influx_db, "P", left + fresh)
