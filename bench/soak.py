@@ -242,6 +242,9 @@ class Run:
         total = sent[0]
         self.wait_count(base + total, 600)
         stored = _count(self.influx, "soak") - base
+        out = self.influx.query('SELECT max("spool_bytes") FROM "sitetwin_pipeline"', db="soak")
+        series = out["results"][0].get("series")
+        pipeline_spool_max = series[0]["values"][0][1] if series else None
         xs = [s["t_s"] / 60 for s in samples]
         ys = [s["rss_kib"] for s in samples]
         half = len(xs) // 2
@@ -258,6 +261,7 @@ class Run:
             "rss_slope_kib_per_min": round(_slope(xs, ys), 1),
             "rss_slope_second_half_kib_per_min": round(_slope(xs[half:], ys[half:]), 1),
             "spool_bytes_max": max((s["spool_bytes"] for s in samples), default=0),
+            "sitetwin_pipeline_spool_bytes_max": pipeline_spool_max,
             "influx_outage_s": args.influx_outage,
             "samples": samples,
         }
