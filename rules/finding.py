@@ -7,10 +7,10 @@ store turns them into flags (open, update, resolve) keyed by ``dedup_key``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
-__all__ = ["KINDS", "SEVERITIES", "Finding", "Severity", "subject_key"]
+__all__ = ["KINDS", "SEVERITIES", "Finding", "Severity", "iso_utc", "subject_key"]
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
@@ -68,3 +68,11 @@ class Finding:
 def subject_key(kind: str, site_id: str, cell_id: str | None = None, bill_id: str | None = None) -> str:
     """The dedup key of a subject: ``kind|site|cell|bill``."""
     return "|".join((kind, site_id, cell_id or "", bill_id or ""))
+
+
+def iso_utc(ts: datetime) -> str:
+    """A time as CONTRACTS.md writes it: ISO 8601 in UTC with ``Z`` (``2026-11-24T08:15:00Z``)."""
+    if ts.tzinfo is None:
+        raise ValueError("a naive time has no place in evidence: times are UTC-aware")
+    text = ts.astimezone(timezone.utc).isoformat()
+    return text.replace("+00:00", "Z")

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from rules.errors import ReviewError, RuleDataError, UnknownFlag
-from rules.finding import Finding
+from rules.finding import Finding, iso_utc
 
 __all__ = ["DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
 
@@ -211,7 +211,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, (pd.Timestamp, datetime)):
-        return value.isoformat()
+        return iso_utc(value)
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from rules.finding import Finding, Severity, subject_key
+from rules.finding import Finding, Severity, iso_utc, subject_key
 from rules.rule import Facts, Frames, Rule, Thresholds
 from sitetwin.config import Duration
 
@@ -224,7 +224,7 @@ def evaluate_interference(frames: Frames, facts: Facts, now: datetime, t: Interf
         severity = "critical" if any(_severity(h["level_dbm"], t) == "critical" for h in cells) else "warning"
         start = min(h["start"] for h in cells).to_pydatetime()
         end = max(h["end"] for h in cells).to_pydatetime()
-        listed = [{k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in h.items()}
+        listed = [{k: (iso_utc(v) if isinstance(v, pd.Timestamp) else v) for k, v in h.items()}
                   for h in cells]
         for c in listed:
             if c["site_id"] in coords:

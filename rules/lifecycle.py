@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from pydantic import Field
 
-from rules.finding import Finding, Severity
+from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
 from sitetwin.config import Duration
 
@@ -89,7 +89,7 @@ def evaluate_lifecycle(frames: Frames, facts: Facts, now: datetime, t: Lifecycle
             summary=f"site {old_id} is {how} while its replacement {new.site_id} is {new.state}, not on air",
             evidence={"old_site_id": old_id, "old_state": old["state"], "replacement_site_id": new.site_id,
                       "replacement_state": new.state,
-                      "old_last_seen": last.isoformat() if last is not None else None,
+                      "old_last_seen": iso_utc(last) if last is not None else None,
                       "old_state_since": _iso(old.get("state_since"))}))
     for site in sites.itertuples(index=False):
         limit = t.limits_days.get(site.state)
@@ -104,14 +104,14 @@ def evaluate_lifecycle(frames: Frames, facts: Facts, now: datetime, t: Lifecycle
             kind="lifecycle_stalled", rule="lifecycle", site_id=site.site_id, severity=severity,
             window_start=since.to_pydatetime(), window_end=now,
             summary=f"site {site.site_id} has been {site.state} for {days:.0f} days (limit {limit:g})",
-            evidence={"state": site.state, "state_since": since.isoformat(), "days_in_state": round(days, 2),
+            evidence={"state": site.state, "state_since": iso_utc(since), "days_in_state": round(days, 2),
                       "limit_days": limit}))
     return out
 
 
 def _iso(value: Any) -> str | None:
     ts = _ts(value)
-    return ts.isoformat() if ts is not None else None
+    return iso_utc(ts) if ts is not None else None
 
 
 LIFECYCLE = Rule(

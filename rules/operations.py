@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from rules.finding import Finding, Severity
+from rules.finding import Finding, Severity, iso_utc
 from rules.lifecycle import last_seen_map
 from rules.rule import Facts, Frames, Rule, Thresholds
 from sitetwin.config import Duration
@@ -74,12 +74,12 @@ def evaluate_site_offline(frames: Frames, facts: Facts, now: datetime, t: Offlin
         severity: Severity = ("critical" if silent_s is None or silent_s > t.critical_after
                               else "warning")
         start = last.to_pydatetime() if last is not None else now - timedelta(seconds=t.window)
-        since = (f"since {last.isoformat()}" if last is not None
+        since = (f"since {iso_utc(last)}" if last is not None
                  else f"for more than {t.window / 3600:g} h")
         out.append(Finding(
             kind="site_offline", rule="site_offline", site_id=site.site_id, severity=severity,
             window_start=start, window_end=now, summary=f"site {site.site_id} silent {since}",
-            evidence={"last_seen": last.isoformat() if last is not None else None,
+            evidence={"last_seen": iso_utc(last) if last is not None else None,
                       "silent_s": round(silent_s, 1) if silent_s is not None else None,
                       "offline_after_s": t.offline_after}))
     return out
@@ -134,7 +134,7 @@ def evaluate_mains_failure(frames: Frames, facts: Facts, now: datetime, t: Mains
         hours_left = soc_now / -slope if soc_now is not None and slope is not None and slope < 0 else None
         critical = (soc_now is not None and soc_now <= t.soc_critical_pct) or (
             hours_left is not None and hours_left <= t.empty_critical_hours)
-        trend = [[ts.isoformat(), round(float(v), 2)] for ts, v in
+        trend = [[iso_utc(ts), round(float(v), 2)] for ts, v in
                  zip(run["time"], pd.to_numeric(run["battery_soc_pct"], errors="coerce"), strict=True)
                  if pd.notna(v)][-12:]
         left = f", about {hours_left:.1f} h to empty" if hours_left is not None else ""
@@ -144,7 +144,7 @@ def evaluate_mains_failure(frames: Frames, facts: Facts, now: datetime, t: Mains
             severity="critical" if critical else "warning",
             window_start=since.to_pydatetime(), window_end=until.to_pydatetime(),
             summary=f"site {site_id} on battery for {duration_s / 60:.0f} min{soc_text}{left}",
-            evidence={"on_battery_since": since.isoformat(), "duration_s": duration_s,
+            evidence={"on_battery_since": iso_utc(since), "duration_s": duration_s,
                       "battery_soc_pct": soc_now,
                       "soc_slope_pct_per_h": round(slope, 3) if slope is not None else None,
                       "hours_to_empty": round(hours_left, 2) if hours_left is not None else None,

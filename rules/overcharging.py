@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from rules.finding import Finding, Severity
+from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
 from sitetwin.config import Duration
 
@@ -225,7 +225,7 @@ def _hour_prices(h: pd.DataFrame, bills: pd.DataFrame, facts: Facts, tz: str
 def _tariff_row(tariffs: pd.DataFrame, label: int) -> dict[str, Any]:
     r = tariffs.loc[label]
     return {"period": str(r["period"] or "flat"), "hours": "" if pd.isna(r["hours"]) else str(r["hours"]),
-            "effective_from": _as_ts(r["effective_from"]).isoformat(),
+            "effective_from": iso_utc(_as_ts(r["effective_from"])),
             "price_cny_per_kwh": float(r["price_cny_per_kwh"])}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from pydantic import Field
 
-from rules.finding import Finding, Severity
+from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
 from sitetwin.config import Duration
 
@@ -78,7 +78,7 @@ def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: Reserv
         if sid not in peaks:
             continue
         peak_kw, peak_at = peaks[sid]
-        evidence = {"peak_kw": round(peak_kw, 3), "peak_at": peak_at.isoformat() if peak_at is not None else None,
+        evidence = {"peak_kw": round(peak_kw, 3), "peak_at": iso_utc(peak_at) if peak_at is not None else None,
                     "reserved_kw": reserved_kw, "declared_kw": _num(res.get("declared_kw")),
                     "feeder": res.get("feeder"), "substation": res.get("substation"),
                     "status": res.get("status"), "window_days": round(t.window / 86400, 2)}
@@ -103,7 +103,7 @@ def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: Reserv
                 window_start=start, window_end=now,
                 summary=(f"site {sid}: peak {peak_kw:.1f} kW is under {t.underused_share:.0%} of the "
                          f"{reserved_kw:.1f} kW reserved {since}"),
-                evidence={**evidence, "on_air_since": on_air.isoformat() if on_air is not None else None,
+                evidence={**evidence, "on_air_since": iso_utc(on_air) if on_air is not None else None,
                           "unused_kw": round(reserved_kw - peak_kw, 3)}))
     return out
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from rules.finding import iso_utc
 from sitetwin.config import Settings
 from sitetwin.errors import UserError
 from sitetwin.output import emit
@@ -175,12 +176,12 @@ def _show_text(f: dict[str, Any]) -> str:
     from sitetwin.output import to_json
 
     lines = [_flag_line(f),
-             f"window {f['window_start'].isoformat()} .. {f['window_end'].isoformat()}; opened "
-             f"{f['opened_at'].isoformat()}, updated {f['updated_at'].isoformat()}"
-             + (f", resolved {f['resolved_at'].isoformat()}" if f.get("resolved_at") else ""),
+             f"window {iso_utc(f['window_start'])} .. {iso_utc(f['window_end'])}; opened "
+             f"{iso_utc(f['opened_at'])}, updated {iso_utc(f['updated_at'])}"
+             + (f", resolved {iso_utc(f['resolved_at'])}" if f.get("resolved_at") else ""),
              "evidence: " + to_json(f["evidence"])]
     for r in f.get("reviews", []):
-        lines.append(f"review: {r['decision']} by {r['reviewed_by']} at {r['reviewed_at'].isoformat()}"
+        lines.append(f"review: {r['decision']} by {r['reviewed_by']} at {iso_utc(r['reviewed_at'])}"
                      + (f" - {r['note']}" if r.get("note") else ""))
     return "\n".join(lines)
 

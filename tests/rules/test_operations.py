@@ -52,3 +52,13 @@ def test_short_outage_and_recovered_site_are_not_flagged_and_low_soc_is_critical
     low = {"tower_5m": tower("S1", [True] * 6, [40, 36, 32, 28, 24, 20])}
     (x,) = evaluate_mains_failure(low, facts(), NOW, MainsThresholds())
     assert x.severity == "critical"
+
+
+def test_evidence_times_are_utc_with_z():
+    from rules.finding import iso_utc
+
+    assert iso_utc(NOW) == "2026-11-20T12:00:00Z"
+    s = sites({"site_id": "GONE"})
+    frames = {"last_seen": pd.DataFrame([{"site_id": "GONE", "time": pd.Timestamp("2026-11-20T09:00:00Z")}])}
+    (x,) = evaluate_site_offline(frames, facts(sites=s), NOW, OfflineThresholds())
+    assert x.evidence["last_seen"] == "2026-11-20T09:00:00Z" and "09:00:00Z" in x.summary
