@@ -56,7 +56,8 @@ def read_site_ids(path: str | Path) -> list[str]:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "site_id" not in [f.strip() for f in reader.fieldnames]:
                 raise UserError(f"{path}: no site_id column in the header")
-            return [(row.get("site_id") or row.get(" site_id") or "").strip() for row in reader]
+            reader.fieldnames = [f.strip() for f in reader.fieldnames]
+            return [(row.get("site_id") or "").strip() for row in reader]
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
