@@ -21,10 +21,11 @@ outage) depend on the scenario and are planned here, played by
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from connectors.reading import check_id
@@ -86,7 +87,12 @@ _CATALOGUE = {("urban", "commercial"): None, ("urban", "industrial"): 0.71,
 
 SITE_COLUMNS = ("site_id", "name", "lat", "lon", "county", "kind", "supply", "region",
                 "customer_class", "district", "owner", "operators", "planned_year", "state",
-                "replaces_site_id")
+                "replaces_site_id", "state_since")
+# Typical days a site has spent in its current (pre-on-air) state, all well under the
+# lifecycle rule's limits, so the demo's only lifecycle findings are the planted ones.
+_TYPICAL_DAYS_IN_STATE = {"planned": 120, "site_secured": 25, "approved": 12,
+                          "under_construction": 40, "power_connected": 6, "relocating": 12,
+                          "blocked": 10}
 RESERVATION_COLUMNS = ("site_id", "declared_kw", "reserved_kw", "feeder", "substation", "status")
 TARIFF_COLUMNS = ("region", "customer_class", "effective_from", "price_cny_per_kwh", "period",
                   "hours")
@@ -452,13 +458,31 @@ class Fleet:
 
     # -- CSV ------------------------------------------------------------------------------
 
+    def state_since(self, site: Site) -> datetime:
+        """When the site reached its current state (the optional ``state_since`` column).
+
+        Sites on air got there in their planned year, at least a week before the bill
+        month (so the month's bills and telemetry see them on air); other states are
+        recent.  Derived from the site id, not the fleet's random stream, so adding it
+        changed no other figure of the fleet.
+        """
+        h = int.from_bytes(hashlib.blake2b(site.site_id.encode(), digest_size=4).digest(), "big")
+        latest = self.bill_start - timedelta(days=7)
+        if site.state == "on_air":
+            first = datetime(min(site.planned_year, latest.year), 1, 1, tzinfo=UTC)
+            span_days = max(1, min((latest - first).days, 365))
+            return min(latest, first + timedelta(days=h % span_days, hours=h % 24))
+        days = _TYPICAL_DAYS_IN_STATE.get(site.state, 10)
+        return self.now - timedelta(days=1 + h % days, hours=h % 24)
+
     def write_csvs(self, directory: str | Path) -> dict[str, Path]:
         """Write ``sites.csv``, ``reservations.csv``, ``tariffs.csv``, ``bills.csv``, ``targets.csv``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         iso = _iso
         tables = {
-            "sites": (SITE_COLUMNS, [s.row() for s in self.sites]),
+            "sites": (SITE_COLUMNS, [{**s.row(), "state_since": iso(self.state_since(s))}
+                                     for s in self.sites]),
             "reservations": (RESERVATION_COLUMNS, [
                 {"site_id": r.site_id, "declared_kw": r.declared_kw, "reserved_kw": r.reserved_kw,
                  "feeder": r.feeder, "substation": r.substation, "status": r.status}
@@ -569,7 +593,7 @@ class _Builder:
         ncells = 3 if kind == "macro" else 1
         cells = tuple(Cell(cell_id=check_id(f"{site_id}-{k + 1}", "cell_id"), site_id=site_id,
                            band=band, prbs=PRB_BANDS.get(band, 0),
-                           floor_dbm=round(rng.uniform(-114.0, -110.5), 2))
+                           floor_dbm=round(rng.uniform(-118.0, -114.5), 2))
                       for k in range(ncells))
         operators = ";".join(sorted(rng.sample(_OPERATORS, rng.choice((1, 1, 2, 3)))))
         before = state in ("planned", "site_secured", "approved")

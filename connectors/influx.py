@@ -18,11 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-import pandas as pd
 import requests
+
+from typing import TYPE_CHECKING
 
 from connectors.errors import QueryError, WriteRejected, WriteRetryable
 from sitetwin.config import InfluxSettings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["InfluxReader", "InfluxWriter", "RejectedLine", "WriteResult"]
 
@@ -278,6 +282,8 @@ class InfluxReader:
 
 
 def _frame(result: dict) -> pd.DataFrame:
+    import pandas as pd  # only readers need pandas; the collector's start-up stays light
+
     series = result.get("series") or []
     if not series:
         return pd.DataFrame()

@@ -8,7 +8,18 @@ turned into flags (open, update, resolve, review) in the twin database.
 
 from rules.errors import RuleError
 from rules.finding import KINDS, Finding
-from rules.registry import RULES, get_rule
-from rules.rule import Facts, Rule, Thresholds
+
+# The registry and the rule modules pull in pandas and NumPy; they load on first use,
+# so that commands which only need the flag kinds (the CLI's --help) start quickly.
+_LAZY = {"RULES": "rules.registry", "get_rule": "rules.registry", "Facts": "rules.rule",
+         "Rule": "rules.rule", "Thresholds": "rules.rule"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rules' has no attribute {name!r}")
 
 __all__ = ["KINDS", "RULES", "Facts", "Finding", "Rule", "RuleError", "Thresholds", "get_rule"]

@@ -79,12 +79,34 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
 
 
+SUBSCRIBED = b"MQTT subscribed"
+
+
 def collector_process(env: dict[str, str], *, instance: int | None = None,
-                      log_path: Path | None = None) -> subprocess.Popen:
-    """``sitetwin run`` as a child process (pure collector: no rules, no twin)."""
+                      log_path: Path | None = None, wait_subscribed: bool = False,
+                      timeout: float = 60.0) -> subprocess.Popen:
+    """``sitetwin run`` as a child process (pure collector: no rules, no twin).
+
+    With ``wait_subscribed`` (needs ``log_path``), return only once this process has
+    logged its subscription: a message published before the shared subscription
+    exists is, by MQTT's rules, delivered to nobody.
+    """
     argv = [sys.executable, "-m", "sitetwin", "run", "--no-rules", "--no-twin"]
     if instance is not None:
         argv += ["--instance", str(instance)]
+    before = log_path.read_bytes().count(SUBSCRIBED) if log_path and log_path.exists() else 0
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
                             cwd=ROOT)
+    if wait_subscribed:
+        assert log_path is not None, "wait_subscribed needs log_path"
+        deadline = time.monotonic() + timeout
+        while log_path.read_bytes().count(SUBSCRIBED) <= before:
+            if proc.poll() is not None:
+                raise AssertionError(f"the collector exited with {proc.returncode}: "
+                                     f"{log_path.read_text(errors='replace')[-2000:]}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"the collector did not subscribe within {timeout}s")
+            time.sleep(0.1)
+    return proc

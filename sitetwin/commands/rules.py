@@ -6,9 +6,6 @@ import argparse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pandas as pd
-
-from rules.finding import iso_utc
 from sitetwin.config import Settings
 from sitetwin.errors import UserError
 from sitetwin.output import emit
@@ -57,10 +54,18 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     rr.set_defaults(handler=report_reservations)
 
 
+def iso_utc(value):
+    from rules.finding import iso_utc as _iso_utc
+
+    return _iso_utc(value)
+
+
 def _time(value: str | None, what: str) -> datetime | None:
     if value is None:
         return None
     try:
+        import pandas as pd
+
         ts = pd.Timestamp(value)
     except (ValueError, TypeError):
         raise UserError(f"{what} {value!r} is not an ISO 8601 time (e.g. 2026-11-24T08:15:00Z)") from None

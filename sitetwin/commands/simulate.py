@@ -19,14 +19,15 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.fleet import SCENARIOS, Fleet
-from connectors.publisher import Publisher, PublishStats, WirePublisher
-from connectors.simulator import ANOMALY_MAX_S, chunks, malformed, onset
 from sitetwin.config import Settings, parse_duration
 from sitetwin.errors import UserError
 from sitetwin.output import emit
+
+if TYPE_CHECKING:
+    from connectors.publisher import PublishStats
 
 __all__ = ["Simulation", "register", "simulate"]
 
@@ -165,6 +166,9 @@ class Simulation:
 
 def simulate(settings: Settings, sim: Simulation, *, progress: bool = True) -> dict[str, Any]:
     """Build the fleet, write its CSVs if asked, publish history then live readings; a summary."""
+    from connectors.publisher import Publisher, WirePublisher
+    from connectors.simulator import ANOMALY_MAX_S, chunks, malformed, onset
+
     if not sim.duration_s and sim.history_from is None and sim.publish:
         raise UserError("give --duration (live), --backfill/--start (history), or both")
     if sim.speed <= 0:

@@ -14,13 +14,27 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from connectors.csvimport import SCHEMAS, TARGETS, import_csv, read_rows, timestamp
 from sitetwin.config import Settings
 from sitetwin.errors import UserError
 from sitetwin.output import Progress, emit
 from twin.errors import ImportFailed
 from twin.lifecycle import State, transition
 from twin.store import open_store
+
+
+class _Lazy:
+    """A module imported on first use: the CSV importer (and pandas) only for imports."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+_csv = _Lazy("connectors.csvimport")
 
 _KINDS = ("macro", "micro", "pole", "indoor")
 
@@ -98,7 +112,7 @@ def _ts(value: str | None, what: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return timestamp(value)
+        return _csv.timestamp(value)
     except ValueError as exc:
         raise UserError(f"{what}: {exc}") from None
 
@@ -128,7 +142,7 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         writing[0].advance(n)
 
     try:
-        result = import_csv(store, path, SCHEMAS[args.kind], skip_invalid=args.skip_invalid,
+        result = _csv.import_csv(store, path, _csv.SCHEMAS[args.kind], skip_invalid=args.skip_invalid,
                             rejects=args.rejects, actor=_actor(args), progress=reading.advance,
                             write_progress=wrote)
     except ImportFailed as exc:
@@ -272,7 +286,7 @@ def run_transition(args: argparse.Namespace, settings: Settings) -> int:
 def _targets(path: str | None, year: int) -> dict[str, int]:
     if path is None:
         return {}
-    parsed = read_rows(path, TARGETS)
+    parsed = _csv.read_rows(path, _csv.TARGETS)
     if parsed.errors:
         raise ImportFailed(path, parsed.errors)
     return {row["county"]: row["target_sites"] for _, row in parsed.rows if row["year"] == year}

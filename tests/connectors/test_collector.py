@@ -123,10 +123,9 @@ def test_collector_killed_mid_stream_loses_nothing(tmp_path, mosquitto, influxdb
     settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db)
     env = _env(settings)
     log = tmp_path / "collector.log"
-    proc = collector_process(env, log_path=log)
+    proc = collector_process(env, log_path=log, wait_subscribed=True)
     messages = tower_messages(sites=50, per_site=200)  # 10 000
     try:
-        time.sleep(1.5)  # connect and subscribe (the session persists from here on)
         import threading
 
         done = threading.Event()
@@ -155,9 +154,9 @@ def test_collector_killed_mid_stream_loses_nothing(tmp_path, mosquitto, influxdb
 def test_two_collectors_share_the_load_and_the_union_is_complete(tmp_path, mosquitto, influxdb, influx_db):
     settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db)
     env = _env(settings)
-    procs = [collector_process(env, instance=i, log_path=tmp_path / f"c{i}.log") for i in (1, 2)]
+    procs = [collector_process(env, instance=i, log_path=tmp_path / f"c{i}.log",
+                               wait_subscribed=True) for i in (1, 2)]
     try:
-        time.sleep(1.5)
         messages = tower_messages(sites=40, per_site=100)
         publish(*_host_port(mosquitto), messages)
         wait_for(lambda: count(influxdb, influx_db, "SELECT count(mains_ok) FROM tower") == len(messages),

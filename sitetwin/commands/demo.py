@@ -1,0 +1,316 @@
+"""``sitetwin demo``: everything end to end on private local services.
+
+The demo is a script of ordinary ``sitetwin`` commands, each printed before it
+runs, against its own Mosquitto and InfluxDB on free ports and its own state
+directory (``.sitetwin/demo`` by default, wiped at the start), so it never
+touches a developer's services or data:
+
+  1. services up; the simulator writes a city's registry (sites, reservations,
+     tariffs, bills, targets) and it is imported;
+  2. a lifecycle move, and a move the relocation guard refuses;
+  3. ``sitetwin run`` (collector + twin live state) in the background while the
+     simulator publishes the bill month's history and a live phase of the
+     ``demo`` scenario (jammer, narrowband interferer, mains failure, a silent
+     site), plus some malformed messages; every reading is counted in InfluxDB;
+  4. the rules, the flags, a regulator's review; the reports; the dashboards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sitetwin.config import Settings, load_settings
+from sitetwin.errors import UserError
+from sitetwin.services import free_port
+
+__all__ = ["register"]
+
+
+def register(commands: argparse._SubParsersAction, reports: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("demo", help="run everything end to end on private local services")
+    p.add_argument("--dir", type=Path, default=Path(".sitetwin/demo"),
+                   help="state directory of the demo, wiped first (default .sitetwin/demo)")
+    p.add_argument("--sites", type=int, default=150, help="sites in the simulated city (default 150)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--live", default="20s", help="wall time of the live phase (default 20s)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave Mosquitto, InfluxDB and the collector running afterwards")
+    p.set_defaults(handler=run)
+
+
+class _Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dir = args.dir.expanduser().resolve()
+        self.config = self.dir / "sitetwin.toml"
+        self.quiet = bool(args.json)
+        self.summary: dict = {"state_dir": str(self.dir), "config": str(self.config)}
+
+    # -- output -------------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        print(text, file=sys.stderr if self.quiet else sys.stdout, flush=True)
+
+    def step(self, title: str) -> None:
+        self.say(f"\n==> {title}")
+
+    def sitetwin(self, *argv: str, expect: int = 0, capture_json: bool = False):
+        """Run one ``sitetwin`` command in this process, as a user would type it."""
+        from sitetwin.cli import main
+
+        shown = " ".join(a if " " not in a else repr(a) for a in argv)
+        self.say(f"$ sitetwin --config {self._rel(self.config)} {shown}")
+        full = ["--config", str(self.config), *argv]
+        if capture_json:
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                code = main([*full, "--json"])
+            out = buf.getvalue()
+            if code != expect:
+                raise UserError(f"demo step failed (exit {code}): sitetwin {shown}")
+            return json.loads(out) if out.strip() else None
+        with contextlib.redirect_stdout(sys.stderr) if self.quiet else contextlib.nullcontext():
+            code = main(full)
+        if code != expect:
+            raise UserError(f"demo step failed (exit {code}, expected {expect}): sitetwin {shown}")
+        return code
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    # -- steps --------------------------------------------------------------------------------
+    def prepare(self) -> Settings:
+        if self.dir.exists():
+            old = self.dir / "sitetwin.toml"
+            if old.exists():  # stop what a previous demo left running
+                with contextlib.suppress(Exception):
+                    self.sitetwin_quiet("services", "down")
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        mqtt_port, influx_port, rpc_port = free_port(), free_port(), free_port()
+        self.config.write_text(
+            "# Written by `sitetwin demo`: private services on free ports, state under this directory.\n"
+            f"[services]\nstate_dir = {json.dumps(str(self.dir))}\nmqtt_port = {mqtt_port}\n"
+            f"influxdb_port = {influx_port}\ninfluxdb_rpc_port = {rpc_port}\n\n"
+            f"[mqtt]\nservers = [\"tcp://127.0.0.1:{mqtt_port}\"]\nclient_id = \"sitetwin-demo\"\n\n"
+            f"[influxdb]\nurl = \"http://127.0.0.1:{influx_port}\"\ndatabase = \"sitetwin\"\n\n"
+            "[collector]\nbatch_age = \"500ms\"\nmetrics_interval = \"5s\"\n"
+        )
+        return load_settings(self.config)
+
+    def sitetwin_quiet(self, *argv: str) -> int:
+        from sitetwin.cli import main
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return main(["--config", str(self.args.dir / "sitetwin.toml"), *argv])
+
+    def start_collector(self) -> subprocess.Popen:
+        log_path = self.dir / "run.log"
+        self.say(f"$ sitetwin --config {self._rel(self.config)} run --no-rules   "
+                 f"# in the background, log in {self._rel(log_path)}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sitetwin", "--config", str(self.config), "run", "--no-rules"],
+            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env={**os.environ},
+        )
+        # Publish only once the shared subscription exists: the broker keeps messages
+        # for a subscription, not for a subscriber that has not subscribed yet.
+        deadline = time.monotonic() + 60
+        while b"MQTT subscribed" not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise UserError(f"the collector did not subscribe; see {log_path}")
+            time.sleep(0.2)
+        return proc
+
+
+def _count(settings: Settings, measurement: str, field: str) -> int:
+    from connectors.influx import InfluxReader
+
+    reader = InfluxReader.from_settings(settings.influxdb)
+    try:
+        frame = reader.frame(f'SELECT count("{field}") FROM "{measurement}"')
+    finally:
+        reader.close()
+    return int(frame["count"].sum()) if len(frame) else 0
+
+
+def _wait_for_ingest(demo: _Demo, settings: Settings, expected: dict[str, int],
+                     collector: subprocess.Popen, timeout_s: float = 600.0) -> dict[str, int]:
+    fields = {"tower": "mains_ok", "power": "energy_kwh", "interference": "ul_interference_dbm"}
+    deadline = time.monotonic() + timeout_s
+    counts: dict[str, int] = {}
+    last_note = 0.0
+    while time.monotonic() < deadline:
+        counts = {k: _count(settings, k, f) for k, f in fields.items()}
+        if all(counts[k] >= expected.get(k, 0) for k in fields):
+            return counts
+        if collector.poll() is not None:
+            raise UserError(f"the collector exited with {collector.returncode}; see {demo.dir / 'run.log'}")
+        if time.monotonic() - last_note > 5:
+            last_note = time.monotonic()
+            done = sum(counts.values())
+            demo.say(f"    ingest: {done:,} of {sum(expected.values()):,} readings in InfluxDB")
+        time.sleep(1.0)
+    raise UserError(f"not every reading reached InfluxDB in {timeout_s:.0f}s: {counts} of {expected}")
+
+
+def _relocation_pair(settings: Settings) -> tuple[str, str] | None:
+    """An old site whose replacement is not on air yet (the guard must refuse its removal)."""
+    from sqlalchemy import select
+
+    from twin.models import Site
+    from twin.store import open_store
+
+    store = open_store(settings.twin_url)
+    try:
+        with store.session() as session:
+            sites = {s.site_id: s for s in session.scalars(select(Site))}
+        for new in sites.values():
+            old = sites.get(new.replaces_site_id or "")
+            if old is not None and new.state != "on_air" and old.state == "relocating":
+                return old.site_id, new.site_id
+        return None
+    finally:
+        store.engine.dispose()
+
+
+def _a_site_in(settings: Settings, state: str) -> str | None:
+    from sqlalchemy import select
+
+    from twin.models import Site
+    from twin.store import open_store
+
+    store = open_store(settings.twin_url)
+    try:
+        with store.session() as session:
+            return session.scalars(select(Site.site_id).where(Site.state == state)
+                                   .order_by(Site.site_id).limit(1)).first()
+    finally:
+        store.engine.dispose()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    demo = _Demo(args)
+    t0 = time.monotonic()
+    settings = demo.prepare()
+    reg = demo.dir / "registry"
+    reports = demo.dir / "reports"
+    collector = None
+    try:
+        demo.step("1. Local services (private Mosquitto and InfluxDB 1.x on free ports)")
+        demo.sitetwin("services", "up")
+
+        demo.step("2. A simulated city: registry CSVs, imported into the twin")
+        info = demo.sitetwin("simulate", "--sites", str(args.sites), "--seed", str(args.seed),
+                             "--no-publish", "--backfill", "1h", "--write-registry", str(reg),
+                             capture_json=True)
+        for kind in ("sites", "reservations", "tariffs", "bills"):
+            if kind == "sites":
+                demo.sitetwin("sites", "import", str(reg / "sites.csv"))
+            else:
+                demo.sitetwin(kind, "import", str(reg / f"{kind}.csv"))
+        demo.summary["registry"] = {"sites": info["sites"], "cells": info["cells"]}
+
+        demo.step("3. The lifecycle: a move, and a move the relocation guard refuses")
+        planned = _a_site_in(settings, "planned")
+        if planned:
+            demo.sitetwin("sites", "transition", planned, "site_secured", "--by", "demo",
+                          "--note", "lease signed")
+        pair = _relocation_pair(settings)
+        if pair:
+            old, new = pair
+            demo.say(f"    {old} is being replaced by {new}, which is not on air yet:")
+            demo.sitetwin("sites", "transition", old, "decommissioned", "--by", "demo", expect=1)
+
+        demo.step("4. Telemetry: collector + twin running, the simulator publishing the bill "
+                  "month's history and a live phase with planted anomalies")
+        collector = demo.start_collector()
+        bill_start = info["bill_period"][0]
+        sim = demo.sitetwin("simulate", "--sites", str(args.sites), "--seed", str(args.seed),
+                            "--scenario", "demo", "--start", bill_start,
+                            "--history-period", "1h", "--chunk", "1d", "--period", "60s",
+                            "--duration", args.live, "--speed", "15", "--malformed", "1",
+                            capture_json=True)
+        expected = sim["readings"]
+        counts = _wait_for_ingest(demo, settings, expected, collector)
+        demo.say(f"    every reading is in InfluxDB: {counts['tower']:,} tower, {counts['power']:,} "
+                 f"power, {counts['interference']:,} interference")
+        demo.summary["ingest"] = {"messages": sim["messages"], "readings": expected,
+                                  "in_influxdb": counts, "malformed": sim.get("malformed", {})}
+        time.sleep(2 * settings.collector.live_flush_interval + 1)  # one more live-state flush
+        demo.sitetwin("rejected", "counts")
+        online = demo.sitetwin("sites", "list", "--online", capture_json=True)
+        demo.say(f"    {len(online)} sites online in the twin")
+        demo.summary["online_sites"] = len(online)
+        if sim["expected"].get("mains_failure", {}).get("site_ids"):
+            demo.sitetwin("sites", "show", sim["expected"]["mains_failure"]["site_ids"][0])
+
+        demo.step("5. Rules: evaluate now, list the flags, a regulator reviews one")
+        demo.sitetwin("rules", "run")
+        flags = demo.sitetwin("flags", "list", capture_json=True)
+        by_kind: dict[str, int] = {}
+        for f in flags:
+            by_kind[f["kind"]] = by_kind.get(f["kind"], 0) + 1
+        demo.summary["flags"] = by_kind
+        demo.say("    flags: " + ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())))
+        over = [f for f in flags if f["kind"] == "overcharging"]
+        if over:
+            demo.sitetwin("flags", "show", str(over[0]["id"]))
+            demo.sitetwin("flags", "review", str(over[0]["id"]), "--decision", "confirmed",
+                          "--by", "regulator.demo", "--note", "bill and meter agree with the evidence")
+
+        demo.step("6. Reports for the regulator, the grid company and the counties")
+        reports.mkdir()
+        month = bill_start[:7]
+        year = str(datetime.now(UTC).year)
+        demo.sitetwin("report", "overcharging", "--period", month,
+                      "--out", str(reports / f"overcharging-{month}.xlsx"))
+        demo.sitetwin("report", "reservations", "--out", str(reports / "reservations.csv"))
+        demo.sitetwin("report", "progress", "--year", year, "--targets", str(reg / "targets.csv"),
+                      "--out", str(reports / f"progress-{year}.xlsx"))
+        demo.summary["reports"] = sorted(str(p) for p in reports.iterdir())
+
+        demo.step("7. Grafana dashboards as code")
+        grafana = demo.dir / "grafana"
+        demo.sitetwin("dashboards", "build", "--out", str(grafana))
+        demo.summary["dashboards"] = str(grafana)
+    finally:
+        if collector is not None and not args.keep_running:
+            collector.send_signal(signal.SIGTERM)
+            try:
+                collector.wait(60)
+            except subprocess.TimeoutExpired:
+                collector.kill()
+        if not args.keep_running:
+            with contextlib.suppress(Exception):
+                demo.sitetwin_quiet("services", "down")
+
+    seconds = time.monotonic() - t0
+    demo.summary["seconds"] = round(seconds, 1)
+    if args.json:
+        print(json.dumps(demo.summary, indent=2))
+        return 0
+    cfg = demo._rel(demo.config)
+    demo.step(f"Done in {seconds:.0f}s")
+    demo.say(
+        f"  state, logs and CSVs: {demo._rel(demo.dir)}/   reports: {demo._rel(reports)}/\n"
+        f"  Grafana: dashboards and provisioning in {demo._rel(grafana)}/ (how to load them: step 7),\n"
+        f"  or `sitetwin dashboards push --grafana-url URL` with SITETWIN_GRAFANA__TOKEN set.\n"
+        + (f"  Services and collector still running: sitetwin --config {cfg} services down"
+           if args.keep_running else
+           f"  Explore again with: sitetwin --config {cfg} services up; sitetwin --config {cfg} "
+           "sites list")
+    )
+    return 0
