@@ -219,6 +219,8 @@ class Collector:
         if failed:
             log.error("MQTT subscription refused: %s", ", ".join(str(rc) for rc in failed))
         else:
+            log.info("MQTT subscribed to %s through shared group %r",
+                     ", ".join(self.settings.mqtt.topics), self.settings.mqtt.shared_group)
             self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
