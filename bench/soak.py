@@ -84,8 +84,10 @@ class Publisher:
         self.client.loop_stop()
 
 
-def _count(influx: InfluxDB, db: str) -> int:
-    out = influx.query('SELECT count("mains_ok") FROM "tower"', db=db)
+def _count(influx: InfluxDB, db: str, since_s: int | None = None) -> int:
+    """Tower points in ``db`` (only those at or after ``since_s``, if given)."""
+    where = f" WHERE time >= {since_s * 10**9}" if since_s is not None else ""
+    out = influx.query(f'SELECT count("mains_ok") FROM "tower"{where}', db=db)
     series = out["results"][0].get("series")
     return series[0]["values"][0][1] if series else 0
 
@@ -145,10 +147,10 @@ class Run:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
 
-    def wait_count(self, n: int, timeout: float) -> float:
+    def wait_count(self, n: int, timeout: float, since_s: int | None = None) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _count(self.influx, "soak") >= n:
+            if _count(self.influx, "soak", since_s) >= n:
                 return time.monotonic()
             time.sleep(0.2)
         raise SystemExit(f"timed out waiting for {n} points (have {_count(self.influx, 'soak')}); "
@@ -187,7 +189,6 @@ class Run:
 
     def soak(self, rate: float) -> dict:
         args = self.args
-        base = _count(self.influx, "soak")
         duration = args.minutes * 60
         stop = threading.Event()
         sent = [0]
@@ -229,7 +230,7 @@ class Run:
             files, spool_bytes = _spool(self.state)
             sample = {"t_s": round(elapsed, 1), "sent": sent[0], "rss_kib": _rss_kib(self.proc.pid),
                       "spool_files": files, "spool_bytes": spool_bytes,
-                      "influx_points": (_count(self.influx, "soak") - base) if influx_up else None}
+                      "influx_points": _count(self.influx, "soak", START_S) if influx_up else None}
             samples.append(sample)
             if not args.json:
                 print(f"{sample['t_s']:>7.1f}s sent {sample['sent']:>8} rss {sample['rss_kib']:>7} KiB "
@@ -240,8 +241,8 @@ class Run:
         if not influx_up:
             self.influx.start()
         total = sent[0]
-        self.wait_count(base + total, 600)
-        stored = _count(self.influx, "soak") - base
+        self.wait_count(total, 600, since_s=START_S)
+        stored = _count(self.influx, "soak", START_S)
         out = self.influx.query('SELECT max("spool_bytes") FROM "sitetwin_pipeline"', db="soak")
         series = out["results"][0].get("series")
         pipeline_spool_max = series[0]["values"][0][1] if series else None
