@@ -213,19 +213,31 @@ def _count(influx: InfluxDB, db: str) -> int:
     return int(series[0]["values"][0][1]) if series else 0
 
 
-def _twin_newest(state: Path) -> float | None:
-    import sqlite3
+def _twin_up_to_date(state: Path, expected_last: dict[str, int]) -> int:
+    """How many sites' ``last_seen`` in the twin equals the timestamp of their last reading."""
+    from sqlalchemy import select
+
+    from twin.models import LiveSiteState
+    from twin.store import open_store
 
     path = state / "twin.sqlite"
     if not path.exists():
-        return None
+        return 0
+    store = open_store(f"sqlite:///{path}")
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
-        row = con.execute("SELECT count(*) FROM live_state").fetchone()
-        con.close()
-        return float(row[0])
-    except sqlite3.Error:
-        return None
+        with store.session() as session:
+            rows = session.execute(select(LiveSiteState.site_id, LiveSiteState.last_seen)).all()
+    except Exception:  # the collector holds the write lock for a moment: try again
+        return 0
+    finally:
+        store.engine.dispose()
+    return sum(1 for site, seen in rows
+               if site in expected_last and int(seen.timestamp()) == expected_last[site])
+
+
+def _expected_last(n: int) -> dict[str, int]:
+    """The newest reading's timestamp per site in ``backlog(n)``."""
+    return {f"B{site:05d}": START_S + ((n - 1 - site) // SITES) * 60 for site in range(min(n, SITES))}
 
 
 def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int, twin: bool,
@@ -269,9 +281,11 @@ def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int,
     t_done = time.perf_counter()
     cpu1 = _cpu_split(mq, influx, procs)
     if twin:
-        # The twin lags telemetry by the time its last flush takes to show every site.
-        t_wait = time.perf_counter()
-        while (_twin_newest(state) or 0) < SITES + len(probe) and time.perf_counter() - t_wait < 60:
+        # The twin's lag: from the moment the last point is in InfluxDB until every
+        # site's last_seen in the twin is its newest reading.
+        expected_last = _expected_last(len(messages))
+        while (_twin_up_to_date(state, expected_last) < len(expected_last)
+               and time.perf_counter() - t_done < 120):
             time.sleep(0.25)
         lags.append(time.perf_counter() - t_done)
     _stop(procs)
