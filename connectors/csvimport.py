@@ -488,6 +488,8 @@ def _cell(value: Any) -> str:
 
 
 def _write_rejects(path: Path, parsed: ParsedFile) -> None:
+    from twin.export import neutralise
+
     reasons: dict[int, list[str]] = {}
     for e in parsed.errors:
         reasons.setdefault(e.line, []).append(f"{e.column}: {e.reason}")
@@ -498,7 +500,9 @@ def _write_rejects(path: Path, parsed: ParsedFile) -> None:
         for line_no in sorted(reasons):
             cells = parsed.raw.get(line_no, [])
             cells = (cells + [""] * len(parsed.header))[:len(parsed.header)]
-            w.writerow([*cells, line_no, "; ".join(reasons[line_no])])
+            # The rejects file is opened in spreadsheets too: neutralise formula cells.
+            w.writerow([*(neutralise(c) for c in cells), line_no,
+                        neutralise("; ".join(reasons[line_no]))])
 
 
 def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: bool = False,

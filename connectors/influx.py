@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import orjson
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from typing import TYPE_CHECKING
 
@@ -28,7 +30,7 @@ from sitetwin.config import InfluxSettings
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["InfluxReader", "InfluxWriter", "RejectedLine", "WriteResult"]
+__all__ = ["InfluxReader", "InfluxWriter", "RejectedLine", "WriteResult", "quote_identifier"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,14 @@ class InfluxWriter:
         self._send: Callable[[bytes], None]
         if mode == "v1":
             self._session = requests.Session()
+            # After an InfluxDB restart the pooled keep-alive connections are dead; the
+            # first request on one fails although the server is up.  Retry such
+            # connection-level failures at once (a write is idempotent: the same points),
+            # never an HTTP status: those are ours to judge.
+            retry = Retry(total=2, connect=2, read=1, status=0, other=0, redirect=0,
+                          allowed_methods=None, backoff_factor=0.05, raise_on_status=False)
+            self._session.mount("http://", HTTPAdapter(max_retries=retry))
+            self._session.mount("https://", HTTPAdapter(max_retries=retry))
             self._session.headers.update(_auth_headers(token))
             if username:
                 self._session.auth = (username, password or "")
@@ -187,7 +197,7 @@ class InfluxWriter:
             return
         try:
             resp = self._session.post(f"{self.url}/query",
-                                      data={"q": f'CREATE DATABASE "{self.database}"'},
+                                      data={"q": f"CREATE DATABASE {quote_identifier(self.database)}"},
                                       timeout=self.timeout)
         except requests.RequestException as exc:
             raise WriteRetryable(f"InfluxDB unreachable at {self.url}: {type(exc).__name__}") from exc
@@ -198,6 +208,11 @@ class InfluxWriter:
             self._session.close()
         else:
             self._client.close()
+
+
+def quote_identifier(name: str) -> str:
+    """A double-quoted InfluxQL identifier (backslashes and quotes escaped)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _error_text(text: str) -> str:

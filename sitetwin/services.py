@@ -337,7 +337,9 @@ class InfluxDB(ServiceProcess):
 
     def after_start(self) -> None:
         if self.database:
-            self.query(f'CREATE DATABASE "{self.database}"')
+            from connectors.influx import quote_identifier
+
+            self.query(f"CREATE DATABASE {quote_identifier(self.database)}")
 
     def query(self, q: str, db: str | None = None) -> dict:
         """Run one InfluxQL statement (POST /query) and return the decoded JSON."""
@@ -436,6 +438,7 @@ class PostgreSQL(ServiceProcess):
 
     def after_start(self) -> None:
         import psycopg
+        from psycopg import sql
 
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -447,7 +450,7 @@ class PostgreSQL(ServiceProcess):
                         "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
                     ).fetchone()
                     if not exists:
-                        conn.execute(f'CREATE DATABASE "{self.database}"')
+                        conn.execute(sql.Composed([sql.SQL("CREATE DATABASE "), sql.Identifier(self.database)]))
                 return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:

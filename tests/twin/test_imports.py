@@ -87,13 +87,17 @@ def test_skip_invalid_imports_valid_rows_and_writes_rejects(store, tmp_path):
             "N2,Newer,30,104,Xinjin,macro,direct,R,C,N1\n"
             "N3,Ghost link,30,104,Xinjin,macro,direct,R,C,NOWHERE\n"
             "N4,Self,30,104,Xinjin,macro,direct,R,C,N4\n"
-            "N5,Bad supply,30,104,Xinjin,macro,heat,R,C,\n")
+            "N5,Bad supply,30,104,Xinjin,macro,heat,R,C,\n"
+            "N6,=cmd|' /C calc'!A0,30,104,Xinjin,macro,solar,R,C,\n")
     rejects = tmp_path / "out" / "rejects.csv"
     r = import_csv(store, write(tmp_path, "sites.csv", body), SITES, skip_invalid=True,
                    rejects=rejects)
-    assert (r.inserted, r.rejected, r.rejects_path) == (2, 3, str(rejects))
+    assert (r.inserted, r.rejected, r.rejects_path) == (2, 4, str(rejects))
     rows = list(csv.DictReader(rejects.open(encoding="utf-8")))
-    assert [(x["site_id"], x["line"]) for x in rows] == [("N3", "4"), ("N4", "5"), ("N5", "6")]
+    assert [(x["site_id"], x["line"]) for x in rows] == [("N3", "4"), ("N4", "5"), ("N5", "6"),
+                                                         ("N6", "7")]
+    # the rejects file opens in spreadsheets too: a formula cell is neutralised
+    assert rows[3]["name"] == "'=cmd|' /C calc'!A0"
     assert "replaces_site_id: 'NOWHERE' is not a registered site" in rows[0]["reasons"]
     assert rows[1]["reasons"] == "replaces_site_id: a site cannot replace itself"
     assert rows[2]["reasons"] == "supply: 'heat' is not one of direct|transfer"
