@@ -34,6 +34,7 @@ __all__ = [
     "classify_prb",
     "estimate_source",
     "evaluate_interference",
+    "flaggable_cells",
     "haversine_km",
 ]
 
@@ -123,13 +124,43 @@ def _baselines(frame: pd.DataFrame, t: InterferenceThresholds
     return by_hour["level"].to_dict(), overall.to_dict()
 
 
+def _may_run(df: pd.DataFrame, base_hour: dict, latest_ok: pd.Timestamp, t: InterferenceThresholds
+             ) -> pd.DataFrame:
+    """The rows of the cells whose last ``consecutive_periods`` periods all meet a level.
+
+    The same test as the loop below, for every row at once: the loop then only walks the
+    few cells that can make a run (thousands of quiet cells cost one vector operation).
+    """
+    if df.empty:
+        return df
+    df = df.reset_index(drop=True)
+    levels = df["ul_dbm"].to_numpy(dtype=float)
+    if base_hour:
+        base = np.array([base_hour.get(k, np.nan) for k in zip(df["cell_id"], df["time"].dt.hour)],
+                        dtype=float)
+        cond = (levels >= t.warning_dbm) | (~np.isnan(base) & (levels - base >= t.rise_db))
+    else:
+        cond = levels >= t.warning_dbm
+    keys = [df["site_id"], df["cell_id"]]
+    tail = pd.Series(cond, index=df.index).groupby(keys, sort=False).tail(t.consecutive_periods)
+    per_cell = tail.groupby([df["site_id"].loc[tail.index], df["cell_id"].loc[tail.index]], sort=False)
+    ok = per_cell.all() & (per_cell.size() >= t.consecutive_periods)
+    last = df.groupby(keys, sort=False)["time"].max()
+    ok = ok & (last.reindex(ok.index) >= latest_ok)
+    wanted = ok[ok].index
+    if len(wanted) == 0:
+        return df.iloc[:0]
+    return df[pd.MultiIndex.from_arrays(keys).isin(wanted)]
+
+
 def _cell_findings(recent: pd.DataFrame, base_hour: dict, now: datetime, t: InterferenceThresholds
                    ) -> list[dict[str, Any]]:
     hits: list[dict[str, Any]] = []
     if recent is None or recent.empty:
         return hits
     latest_ok = pd.Timestamp(now) - 2 * PERIOD
-    df = recent.dropna(subset=["ul_dbm"]).sort_values(["site_id", "cell_id", "time"])
+    df = _may_run(recent.dropna(subset=["ul_dbm"]).sort_values(["site_id", "cell_id", "time"]),
+                  base_hour, latest_ok, t)
     for (site_id, cell_id), g in df.groupby(["site_id", "cell_id"], sort=False):
         times = list(g["time"])
         if not times or times[-1] < latest_ok:
@@ -160,6 +191,16 @@ def _cell_findings(recent: pd.DataFrame, base_hour: dict, now: datetime, t: Inte
             "rise_db": round(float(np.mean(rises)), 2) if rises else None,
         })
     return hits
+
+
+def flaggable_cells(recent: pd.DataFrame | None, baseline: pd.DataFrame | None, now: datetime,
+                    t: InterferenceThresholds) -> set[str]:
+    """The cells ``evaluate_interference`` flags on these frames, before any PRB or incident work.
+
+    ``baseline`` needs only the hours of day that ``recent`` covers: lets the data side
+    fetch every hour of the baseline (for the overall median) just for these cells.
+    """
+    return {h["cell_id"] for h in _cell_findings(recent, _baselines(baseline, t)[0], now, t)}
 
 
 def _severity(level_dbm: float, t: InterferenceThresholds) -> Severity:

@@ -21,7 +21,7 @@ from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
 from sitetwin.config import Duration
 
-__all__ = ["RESERVATIONS", "ReservationThresholds", "evaluate_reservations", "site_peaks"]
+__all__ = ["RESERVATIONS", "ReservationThresholds", "evaluate_reservations", "peak_candidates", "site_peaks"]
 
 NEEDS_RESERVATION = ("under_construction", "power_connected", "on_air", "relocating")
 
@@ -52,6 +52,52 @@ def _ts(value: Any) -> pd.Timestamp | None:
         return None
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _established(site: Any, now: datetime, t: ReservationThresholds) -> bool:
+    # An on-air site whose on-air date is unknown (imported as on air) is an established one.
+    on_air = _ts(getattr(site, "on_air_since", None))
+    return on_air is None or pd.Timestamp(now) - on_air >= pd.Timedelta(days=t.underused_after_days)
+
+
+# Bounds come from other arithmetic than the peak (a sum over points, not over buckets):
+# a margin keeps a site whose peak sits exactly on a threshold among the candidates.
+_BOUND_MARGIN = 1e-6
+
+
+def peak_candidates(bounds: pd.DataFrame | None, facts: Facts, now: datetime, t: ReservationThresholds
+                    ) -> set[str]:
+    """The sites whose findings depend on their exact peak, from cheap bounds on it.
+
+    ``bounds``: site_id, meter_id, max_kw (highest reading), mean_kw (mean of all readings)
+    over the window.  A site's peak of 15-minute means lies between ``mean_kw`` and
+    ``max_kw`` (one meter), so a site with a reservation whose ``max_kw`` is within it and
+    whose ``mean_kw`` is above the underused share cannot be flagged.  Every other site
+    with readings is a candidate: no reservation (its evidence shows the peak), several
+    meters (the coincident sum has no cheap bound), or a bound across a threshold.
+    """
+    if bounds is None or bounds.empty:
+        return set()
+    meters = bounds.groupby("site_id")["meter_id"].nunique()
+    out = set(meters[meters > 1].index)
+    reserved: dict[str, float] = {}
+    if not facts.reservations.empty:
+        res = facts.reservations.drop_duplicates("site_id", keep="last")
+        reserved = dict(zip(res["site_id"], res["reserved_kw"].astype(float), strict=True))
+    single = bounds[~bounds["site_id"].isin(out)].set_index("site_id")
+    sites = facts.sites.drop_duplicates("site_id", keep="last").set_index("site_id", drop=False)
+    for sid, max_kw, mean_kw in zip(single.index, single["max_kw"], single["mean_kw"], strict=True):
+        if sid not in reserved:
+            out.add(sid)
+            continue
+        reserved_kw = reserved[sid]
+        if max_kw > reserved_kw * (1 + t.exceed_tolerance) * (1 - _BOUND_MARGIN):
+            out.add(sid)
+        elif sid in sites.index and mean_kw < reserved_kw * t.underused_share * (1 + _BOUND_MARGIN):
+            site = sites.loc[sid]
+            if site["state"] == "on_air" and _established(site, now, t):
+                out.add(sid)
+    return out
 
 
 def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: ReservationThresholds
@@ -93,10 +139,8 @@ def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: Reserv
                 summary=f"site {sid}: peak {peak_kw:.1f} kW over the {reserved_kw:.1f} kW reserved (+{over:.1f} kW)",
                 evidence={**evidence, "over_kw": round(over, 3)}))
             continue
-        # An on-air site whose on-air date is unknown (imported as on air) is an established one.
         on_air = _ts(getattr(site, "on_air_since", None))
-        established = on_air is None or pd.Timestamp(now) - on_air >= pd.Timedelta(days=t.underused_after_days)
-        if site.state == "on_air" and established and peak_kw < reserved_kw * t.underused_share:
+        if site.state == "on_air" and _established(site, now, t) and peak_kw < reserved_kw * t.underused_share:
             since = f"after {(pd.Timestamp(now) - on_air).days} days on air" if on_air is not None else "on air"
             out.append(Finding(
                 kind="reservation_underused", rule="reservations", site_id=sid, severity="info",
