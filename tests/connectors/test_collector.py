@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -92,7 +93,12 @@ def test_published_messages_land_exactly_once_and_bad_ones_are_dead_lettered(
     assert count(influxdb, influx_db, "SELECT count(received_msgs) FROM sitetwin_pipeline") >= 1
 
 
-def test_influxdb_down_for_30s_spools_then_drains_without_loss(tmp_path, mosquitto, private_influxdb):
+# Issue 6 asks for two minutes; SITETWIN_TEST_OUTAGE_S shortens it on a laptop.
+OUTAGE_S = float(os.environ.get("SITETWIN_TEST_OUTAGE_S", "120"))
+
+
+def test_influxdb_down_for_two_minutes_spools_then_drains_without_loss(
+        tmp_path, mosquitto, private_influxdb):
     db = private_influxdb.database
     settings = _settings(tmp_path, mosquitto, private_influxdb.url, db)
     collector = Collector(settings)
@@ -104,19 +110,29 @@ def test_influxdb_down_for_30s_spools_then_drains_without_loss(tmp_path, mosquit
         wait_for(lambda: count(private_influxdb, db, "SELECT count(mains_ok) FROM tower") == len(first))
         private_influxdb.stop()
         outage_start = time.monotonic()
-        second = tower_messages(sites=10, per_site=60, start_s=1_795_000_000)
-        publish(*_host_port(mosquitto), second)  # acked by the broker...
-        # ...and acknowledged by the collector only once spooled
-        wait_for(lambda: collector.metrics.spooled_points >= len(second), message="spooled")
+        # A steady load all through the outage: every second, one reading per site.
+        during = tower_messages(sites=10, per_site=int(OUTAGE_S), start_s=1_795_000_000)
+        second = 0
+        while time.monotonic() - outage_start < OUTAGE_S and second * 10 < len(during):
+            publish(*_host_port(mosquitto), during[second * 10:(second + 1) * 10])
+            second += 1
+            time.sleep(max(0.0, outage_start + second - time.monotonic()))
+        sent = during[:second * 10]
+        # acknowledged by the collector only once spooled
+        wait_for(lambda: collector.metrics.spooled_points >= len(sent), message="spooled")
         assert collector.spool.batches > 0
-        time.sleep(max(0.0, 30 - (time.monotonic() - outage_start)))
         private_influxdb.start()
         wait_for(lambda: collector.spool.batches == 0, timeout=60, message="spool drained")
-        total = len(first) + len(second)
+        total = len(first) + len(sent)
         wait_for(lambda: count(private_influxdb, db, "SELECT count(mains_ok) FROM tower") == total)
+        # the spool's depth during the outage is in the collector's own metrics (spooled, then drained)
+        out = private_influxdb.query("SELECT max(spool_bytes), max(spool_batches) FROM sitetwin_pipeline",
+                                     db=db)
+        _, max_bytes, max_batches = out["results"][0]["series"][0]["values"][0]
+        assert max_bytes > 0 and max_batches > 0
     finally:
         collector.stop()
-    assert collector.metrics.drained_points >= len(second)
+    assert collector.metrics.drained_points >= len(sent)
 
 
 def test_collector_killed_mid_stream_loses_nothing(tmp_path, mosquitto, influxdb, influx_db):
