@@ -174,22 +174,22 @@ class WindowData:
             return pd.DataFrame()
         end = pd.Timestamp(now - timedelta(seconds=t.window)).floor("D")
         start = end - pd.Timedelta(days=t.baseline_days)
-        hours = sorted(set(recent["time"].dt.hour))
-        runs: list[list[int]] = []
-        for h in hours:
-            if runs and runs[-1][-1] == h - 1:
-                runs[-1].append(h)
-            else:
-                runs.append([h])
-        statements = []
-        day = start
-        while day < end:
-            for run in runs:
-                a, b = day + pd.Timedelta(hours=run[0]), day + pd.Timedelta(hours=run[-1] + 1)
-                statements.append(
-                    f'SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" WHERE {_between(a, b)}'
-                    ' GROUP BY time(1h), "site_id", "cell_id" fill(none)')
-            day += pd.Timedelta(days=1)
+        # The recent hours, then the same clock hours on each earlier day: one range a day
+        # (the recent hours are contiguous in time, even across midnight).
+        first = recent["time"].min().floor("h")
+        last = recent["time"].max().floor("h") + pd.Timedelta(hours=1)
+        if last - first >= pd.Timedelta(days=1):
+            ranges = [(start, end)]
+        else:
+            ranges = []
+            for k in range(1, t.baseline_days + 3):
+                a = max(first - pd.Timedelta(days=k), start)
+                b = min(last - pd.Timedelta(days=k), end)
+                if a < b:
+                    ranges.append((a, b))
+        statements = [
+            f'SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" WHERE {_between(a, b)}'
+            ' GROUP BY time(1h), "site_id", "cell_id" fill(none)' for a, b in ranges]
         parts = [p for p in self._frames(statements, memo=True) if not p.empty]
         hourly = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
         cells = flaggable_cells(recent, hourly, now, t)
