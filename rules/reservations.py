@@ -69,10 +69,10 @@ def peak_candidates(bounds: pd.DataFrame | None, facts: Facts, now: datetime, t:
                     ) -> set[str]:
     """The sites whose findings depend on their exact peak, from cheap bounds on it.
 
-    ``bounds``: site_id, meter_id, max_kw (highest reading), mean_kw (mean of all readings)
-    over the window.  A site's peak of 15-minute means lies between ``mean_kw`` and
-    ``max_kw`` (one meter), so a site with a reservation whose ``max_kw`` is within it and
-    whose ``mean_kw`` is above the underused share cannot be flagged.  Every other site
+    ``bounds``: site_id, meter_id, max_kw and low_kw, an upper and a lower bound on the
+    meter's peak of 15-minute means over the window (``WindowData.power_bounds``).  A site
+    with one meter and a reservation whose ``max_kw`` is within it and whose ``low_kw`` is
+    above the underused share cannot be flagged.  Every other site
     with readings is a candidate: no reservation (its evidence shows the peak), several
     meters (the coincident sum has no cheap bound), or a bound across a threshold.
     """
@@ -86,14 +86,14 @@ def peak_candidates(bounds: pd.DataFrame | None, facts: Facts, now: datetime, t:
         reserved = dict(zip(res["site_id"], res["reserved_kw"].astype(float), strict=True))
     single = bounds[~bounds["site_id"].isin(out)].set_index("site_id")
     sites = facts.sites.drop_duplicates("site_id", keep="last").set_index("site_id", drop=False)
-    for sid, max_kw, mean_kw in zip(single.index, single["max_kw"], single["mean_kw"], strict=True):
+    for sid, max_kw, low_kw in zip(single.index, single["max_kw"], single["low_kw"], strict=True):
         if sid not in reserved:
             out.add(sid)
             continue
         reserved_kw = reserved[sid]
         if max_kw > reserved_kw * (1 + t.exceed_tolerance) * (1 - _BOUND_MARGIN):
             out.add(sid)
-        elif sid in sites.index and mean_kw < reserved_kw * t.underused_share * (1 + _BOUND_MARGIN):
+        elif sid in sites.index and low_kw < reserved_kw * t.underused_share * (1 + _BOUND_MARGIN):
             site = sites.loc[sid]
             if site["state"] == "on_air" and _established(site, now, t):
                 out.add(sid)

@@ -29,14 +29,14 @@ def test_peak_candidates_are_the_sites_a_bound_cannot_clear():
                 for x in ("OVER", "SAFE", "IDLE", "EDGE", "NORES", "TWO")),
               {"site_id": "YOUNG", "on_air_since": "2026-11-15T00:00:00Z"})
     bounds = pd.DataFrame([
-        {"site_id": "OVER", "meter_id": "M", "max_kw": 12.0, "mean_kw": 6.0},
-        {"site_id": "SAFE", "meter_id": "M", "max_kw": 8.0, "mean_kw": 5.0},
-        {"site_id": "IDLE", "meter_id": "M", "max_kw": 4.0, "mean_kw": 2.0},
-        {"site_id": "YOUNG", "meter_id": "M", "max_kw": 4.0, "mean_kw": 2.0},
-        {"site_id": "EDGE", "meter_id": "M", "max_kw": 10.0, "mean_kw": 6.0},
-        {"site_id": "NORES", "meter_id": "M", "max_kw": 1.0, "mean_kw": 1.0},
-        {"site_id": "TWO", "meter_id": "A", "max_kw": 4.0, "mean_kw": 4.0},
-        {"site_id": "TWO", "meter_id": "B", "max_kw": 4.0, "mean_kw": 4.0},
+        {"site_id": "OVER", "meter_id": "M", "max_kw": 12.0, "low_kw": 6.0},
+        {"site_id": "SAFE", "meter_id": "M", "max_kw": 8.0, "low_kw": 5.0},
+        {"site_id": "IDLE", "meter_id": "M", "max_kw": 4.0, "low_kw": 2.0},
+        {"site_id": "YOUNG", "meter_id": "M", "max_kw": 4.0, "low_kw": 2.0},
+        {"site_id": "EDGE", "meter_id": "M", "max_kw": 10.0, "low_kw": 6.0},
+        {"site_id": "NORES", "meter_id": "M", "max_kw": 1.0, "low_kw": 1.0},
+        {"site_id": "TWO", "meter_id": "A", "max_kw": 4.0, "low_kw": 4.0},
+        {"site_id": "TWO", "meter_id": "B", "max_kw": 4.0, "low_kw": 4.0},
     ])
     r = pd.DataFrame([_res(x, 10.0) for x in ("OVER", "SAFE", "IDLE", "YOUNG", "EDGE", "TWO")])
     got = peak_candidates(bounds, facts(sites=s, reservations=r), NOW, T)
