@@ -201,6 +201,22 @@ def _a_site_in(settings: Settings, state: str) -> str | None:
         store.engine.dispose()
 
 
+def _planted_found(expected: dict, flags: list[dict]) -> dict[str, bool]:
+    """Which of the simulator's planted anomalies have a flag of their kind on their site or bill."""
+    from rules.finding import KINDS
+
+    found = {}
+    for name, a in expected.items():
+        kind = a.get("kind")
+        if kind not in KINDS:
+            continue  # not something a flag is for (e.g. a meter swap)
+        bills, sites = set(a.get("bill_ids") or ()), set(a.get("site_ids") or ())
+        found[name] = any(f["kind"] == kind and ((bills and f.get("bill_id") in bills)
+                                                 or (not bills and f["site_id"] in sites))
+                          for f in flags)
+    return found
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     demo = _Demo(args)
     t0 = time.monotonic()
@@ -265,6 +281,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             by_kind[f["kind"]] = by_kind.get(f["kind"], 0) + 1
         demo.summary["flags"] = by_kind
         demo.say("    flags: " + ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())))
+        planted = _planted_found(sim["expected"], flags)
+        demo.summary["planted_anomalies"] = planted
+        missed = [name for name, found in planted.items() if not found]
+        demo.say(f"    planted anomalies flagged: {len(planted) - len(missed)} of {len(planted)}"
+                 + (f" (not flagged: {', '.join(missed)})" if missed else ""))
         over = [f for f in flags if f["kind"] == "overcharging"]
         if over:
             demo.sitetwin("flags", "show", str(over[0]["id"]))
