@@ -131,7 +131,7 @@ class CollectorSettings(_Section):
     batch_size: int = Field(default=5000, ge=1)
     batch_age: Duration = 1.0
     metrics_interval: Duration = 10.0
-    live_flush_interval: Duration = 2.0
+    live_flush_interval: Duration = 5.0
     max_pending_batches: int = Field(default=4, ge=1)
 
 

@@ -265,7 +265,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                  f"power, {counts['interference']:,} interference")
         demo.summary["ingest"] = {"messages": sim["messages"], "readings": expected,
                                   "in_influxdb": counts, "malformed": sim.get("malformed", {})}
-        time.sleep(2 * settings.collector.live_flush_interval + 1)  # one more live-state flush
+        time.sleep(settings.collector.live_flush_interval + 1)  # one more live-state flush
         demo.sitetwin("rejected", "counts")
         online = demo.sitetwin("sites", "list", "--online", capture_json=True)
         demo.say(f"    {len(online)} sites online in the twin")
