@@ -253,16 +253,18 @@ class Collector:
                             rejection=Rejection("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
         m = self.metrics
         m.received_msgs += 1
+        # Serialise outside the lock the sealer thread shares.
+        lines = [encode_reading(r) for r in parsed.readings] if parsed.rejection is None else None
         with self._lock:
             batch = self._batch
             if batch is None:
                 batch = self._batch = _Batch(opened=time.monotonic())
             if msg.qos > 0:
                 batch.acks.append((msg.mid, self._epoch))
-            if parsed.rejection is None:
-                for reading in parsed.readings:
-                    batch.lines.append(encode_reading(reading))
-                batch.readings.extend(parsed.readings)
+            if lines is not None:
+                batch.lines.extend(lines)
+                if self.live is not None:  # kept only for the twin's live state
+                    batch.readings.extend(parsed.readings)
                 batch.points += len(parsed.readings)
                 m.received_points += len(parsed.readings)
                 if parsed.unknown_fields:
