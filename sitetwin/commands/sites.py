@@ -22,20 +22,6 @@ from twin.lifecycle import State, transition
 from twin.store import open_store
 
 
-class _Lazy:
-    """A module imported on first use: the CSV importer (and pandas) only for imports."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attr: str):
-        import importlib
-
-        return getattr(importlib.import_module(self._name), attr)
-
-
-_csv = _Lazy("connectors.csvimport")
-
 _KINDS = ("macro", "micro", "pole", "indoor")
 
 
@@ -109,10 +95,12 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def _ts(value: str | None, what: str) -> datetime | None:
+    from connectors.csvimport import timestamp
+
     if value is None:
         return None
     try:
-        return _csv.timestamp(value)
+        return timestamp(value)
     except ValueError as exc:
         raise UserError(f"{what}: {exc}") from None
 
@@ -127,6 +115,8 @@ def _lines(path: Path) -> int | None:
 
 
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
+    from connectors.csvimport import SCHEMAS, import_csv
+
     path = Path(args.file)
     store = open_store(settings.twin_url)
     total = _lines(path)
@@ -142,7 +132,7 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         writing[0].advance(n)
 
     try:
-        result = _csv.import_csv(store, path, _csv.SCHEMAS[args.kind], skip_invalid=args.skip_invalid,
+        result = import_csv(store, path, SCHEMAS[args.kind], skip_invalid=args.skip_invalid,
                             rejects=args.rejects, actor=_actor(args), progress=reading.advance,
                             write_progress=wrote)
     except ImportFailed as exc:
@@ -284,9 +274,11 @@ def run_transition(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _targets(path: str | None, year: int) -> dict[str, int]:
+    from connectors.csvimport import TARGETS, read_rows
+
     if path is None:
         return {}
-    parsed = _csv.read_rows(path, _csv.TARGETS)
+    parsed = read_rows(path, TARGETS)
     if parsed.errors:
         raise ImportFailed(path, parsed.errors)
     return {row["county"]: row["target_sites"] for _, row in parsed.rows if row["year"] == year}
