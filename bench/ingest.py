@@ -27,19 +27,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from connectors.publisher import WirePublisher  # noqa: E402
+from sitetwin.config import load_settings  # noqa: E402
 from sitetwin.services import InfluxDB, Mosquitto, free_port  # noqa: E402
 
 SITES = 2000
@@ -60,33 +57,16 @@ def backlog(n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def publish(mq: Mosquitto, messages: list[tuple[str, bytes]], max_inflight: int = 1000) -> float:
-    """QoS 1 with a bounded window of unacknowledged messages; returns msgs/s."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}",
-                         protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(max_inflight)
-    client.max_queued_messages_set(0)
-    window = threading.Semaphore(max_inflight)
-    acked = threading.Semaphore(0)
-
-    def on_publish(c, u, mid, rc, props):
-        window.release()
-        acked.release()
-
-    client.on_publish = on_publish
-    client.connect(mq.host, mq.port)
-    client.loop_start()
+def publish(mq: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
+    """QoS 1 through the project's publisher (bounded window of unacked messages); msgs/s."""
+    settings = load_settings(None, mqtt={"servers": [mq.url]})
+    pub = WirePublisher(settings, client_id=f"bench-pub-{time.time_ns()}", max_inflight=1000)
     t0 = time.perf_counter()
-    try:
-        for topic, payload in messages:
-            window.acquire()
-            client.publish(topic, payload, qos=1)
-        for _ in messages:
-            if not acked.acquire(timeout=60):
-                raise SystemExit("the broker stopped acknowledging publishes")
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    pub.connect()
+    pub.publish_all(messages)
+    stats = pub.close()
+    if stats.acked != len(messages):
+        raise SystemExit(f"the broker acknowledged {stats.acked} of {len(messages)} publishes")
     return len(messages) / (time.perf_counter() - t0)
 
 
