@@ -14,6 +14,7 @@ compatibility API on 2.x and 3.x) and returns pandas frames.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -243,10 +244,12 @@ class InfluxReader:
         self.database = database
         self.retention_policy = retention_policy
         self.timeout = timeout
-        self._session = requests.Session()
-        self._session.headers.update(_auth_headers(token))
-        if username:
-            self._session.auth = (username, password or "")
+        self._headers = _auth_headers(token)
+        self._auth = (username, password or "") if username else None
+        # One session per thread: the rule engine asks several statements at once.
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, s: InfluxSettings) -> InfluxReader:
@@ -266,8 +269,8 @@ class InfluxReader:
         if self.retention_policy:
             params["rp"] = self.retention_policy
         try:
-            resp = self._session.post(f"{self.url}/query", params=params, data={"q": q},
-                                      timeout=self.timeout)
+            resp = self._session().post(f"{self.url}/query", params=params, data={"q": q},
+                                        timeout=self.timeout)
         except requests.RequestException as exc:
             raise QueryError(f"InfluxDB unreachable at {self.url}: {type(exc).__name__}") from exc
         if resp.status_code != 200:
@@ -281,6 +284,17 @@ class InfluxReader:
                 raise QueryError(f"query failed: {r['error']}")
         return results
 
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers.update(self._headers)
+            if self._auth:
+                session.auth = self._auth
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
     def frames(self, q: str) -> list[pd.DataFrame]:
         """One frame per statement of ``q`` (statements separated by ``;``)."""
         return [_frame(r) for r in self.raw(q)]
@@ -293,7 +307,11 @@ class InfluxReader:
         return frames[0]
 
     def close(self) -> None:
-        self._session.close()
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
 
 
 def _frame(result: dict) -> pd.DataFrame:

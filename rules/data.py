@@ -9,7 +9,9 @@ with raw points.  Errors from InfluxDB or the registry become
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,8 +29,12 @@ __all__ = ["WindowData", "influx_time", "load_facts"]
 # Beyond this many ids a filter costs more than it saves; the query then reads every series.
 _MAX_FILTER_IDS = 500
 # Statements answered recently are kept this many: one engine run asks some twice (both bill
-# rules read the same energy), and interference baselines only change once a day.
-_MEMO_SIZE = 16
+# rules read the same energy), and interference baselines only change once a day.  A run
+# remembers about 20 settled statements (baseline days, energy chunks, power spans).
+_MEMO_SIZE = 64
+# Independent statements of one rule asked at once: InfluxDB 1.x answers each statement on
+# one core, so two requests in flight keep two cores busy (``rules.query_concurrency``).
+DEFAULT_CONCURRENCY = 2
 
 
 def influx_time(ts: datetime | pd.Timestamp) -> str:
@@ -56,63 +62,104 @@ def _floor(ts: datetime, minutes: int) -> pd.Timestamp:
 class WindowData:
     """Fetches the frames a rule ``needs`` for its window ending at ``now``."""
 
-    def __init__(self, reader: InfluxReader) -> None:
+    def __init__(self, reader: InfluxReader, *, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         self.reader = reader
-        self._memo: dict[str, pd.DataFrame] = {}
-        self._run_memo: dict[str, pd.DataFrame] = {}
-        self._multi_memo: dict[str, list[pd.DataFrame]] = {}
+        self.concurrency = max(1, int(concurrency))
+        # Answers kept by statement, as futures: a statement asked while the same one is in
+        # flight (two rules fetched at once need the same energy) waits for that answer.
+        self._memo: dict[str, Future] = {}
+        self._run_memo: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        # Long-lived workers, so each keeps its one HTTP session (the reader has one per thread).
+        self._pool: ThreadPoolExecutor | None = None
 
     def new_run(self) -> None:
         """Forget the answers kept for one engine run (their windows may still fill up)."""
-        self._run_memo.clear()
+        with self._lock:
+            self._run_memo.clear()
 
-    def _frame(self, q: str, *, memo: bool | str = False) -> pd.DataFrame:
-        """The frame of one statement.  ``memo=True`` keeps it for identical statements later
-        (for windows settled in the past); ``memo="run"`` only until ``new_run``."""
-        store = self._run_memo if memo == "run" else self._memo
-        if memo and q in store:
-            return store[q]
+    def close(self) -> None:
+        """Stop the query workers (a later query starts them again)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _ask(self, q: str) -> pd.DataFrame:
+        """One statement's frame, from InfluxDB."""
         try:
             results = self.reader.raw(q)
         except ConnectorError as exc:
             raise RuleDataError(str(exc)) from exc
         if len(results) != 1:
             raise RuleDataError(f"expected one statement, got {len(results)}")
-        frame = _series_frame(results[0])
-        if memo:
-            if len(store) >= _MEMO_SIZE:
-                store.pop(next(iter(store)))
-            store[q] = frame
-        return frame
+        return _series_frame(results[0])
 
-    def _frames(self, statements: list[str], *, memo: bool = False) -> list[pd.DataFrame]:
-        """The frames of several statements, asked in one request."""
-        if not statements:
-            return []
-        q = ";".join(statements)
-        if memo and q in self._multi_memo:
-            return self._multi_memo[q]
+    def _frame(self, q: str, *, memo: bool | str = False) -> pd.DataFrame:
+        """The frame of one statement.  ``memo=True`` keeps it for identical statements later
+        (for windows settled in the past); ``memo="run"`` only until ``new_run``."""
+        return self._frames([q], memo=memo)[0]
+
+    def _frames(self, statements: list[str], *, memo: bool | str | list[bool | str] = False
+                ) -> list[pd.DataFrame]:
+        """The frames of independent statements, ``concurrency`` of them in flight at once.
+
+        ``memo`` is one setting for all or one per statement (see ``_frame``).  A failed
+        statement is not remembered; the first failure is raised once all have ended.
+        """
+        memos = memo if isinstance(memo, list) else [memo] * len(statements)
+        futures: list[Future] = []
+        mine: list[tuple[str, Future, bool | str]] = []  # asked here, not found in a memo
+        with self._lock:
+            for q, m in zip(statements, memos, strict=True):
+                store = None if not m else (self._run_memo if m == "run" else self._memo)
+                fut = store.get(q) if store is not None else None
+                if fut is None:
+                    fut = Future()
+                    mine.append((q, fut, m))
+                    if store is not None:
+                        if len(store) >= _MEMO_SIZE:
+                            store.pop(next(iter(store)))
+                        store[q] = fut
+                futures.append(fut)
+        if len(mine) > 1 and self.concurrency > 1:
+            pool = self._workers()
+            for q, fut, m in mine:
+                pool.submit(self._answer, q, fut, m)
+        else:
+            for q, fut, m in mine:
+                self._answer(q, fut, m)
+        for fut in futures:
+            exc = fut.exception()
+            if exc is not None:
+                raise exc
+        return [fut.result() for fut in futures]
+
+    def _answer(self, q: str, fut: Future, memo: bool | str) -> None:
         try:
-            results = self.reader.raw(q)
-        except ConnectorError as exc:
-            raise RuleDataError(str(exc)) from exc
-        if len(results) != len(statements):
-            raise RuleDataError(f"expected {len(statements)} statements, got {len(results)}")
-        frames = [_series_frame(r) for r in results]
-        if memo:
-            if len(self._multi_memo) >= _MEMO_SIZE:
-                self._multi_memo.pop(next(iter(self._multi_memo)))
-            self._multi_memo[q] = frames
-        return frames
+            fut.set_result(self._ask(q))
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            if memo:
+                with self._lock:
+                    store = self._run_memo if memo == "run" else self._memo
+                    if store.get(q) is fut:
+                        del store[q]
+            fut.set_exception(exc)
+
+    def _workers(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
+                                                thread_name_prefix="rules-query")
+            return self._pool
 
     def _frames_by_ids(self, q: str, tag: str, ids: Iterable[str], *, memo: bool | str = False,
                        chunk: int = _MAX_FILTER_IDS) -> pd.DataFrame:
         """``q`` (with a ``{filter}`` slot) for ``ids`` in chunks, so no answer is unbounded."""
         ids = sorted(set(ids))
-        parts = [self._frame(q.format(filter=_id_filter(tag, ids[i:i + chunk])), memo=memo)
-                 for i in range(0, len(ids), chunk)]
-        parts = [p for p in parts if not p.empty]
-        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame())
+        parts = self._frames([q.format(filter=_id_filter(tag, ids[i:i + chunk]))
+                              for i in range(0, len(ids), chunk)], memo=memo)
+        return _concat(parts)
 
     # For a rule, some frames only need the rows it could flag; a report asks for them all.
     _FOR_RULES = {"power_peak": "flaggable_power_peak",
@@ -155,7 +202,7 @@ class WindowData:
         end = pd.Timestamp(now - timedelta(seconds=t.window)).floor("D")
         start = end - pd.Timedelta(days=t.baseline_days)
         q = (f'SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" WHERE {_between(start, end)}'
-             ' GROUP BY time(1h), "site_id", "cell_id" fill(none)')
+             ' GROUP BY time(1h), "cell_id" fill(none)')
         return self._frame(q, memo=True)
 
     def flaggable_interference_baseline(self, facts: Facts, now: datetime, t: Any, frames: Frames
@@ -189,14 +236,13 @@ class WindowData:
                     ranges.append((a, b))
         statements = [
             f'SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" WHERE {_between(a, b)}'
-            ' GROUP BY time(1h), "site_id", "cell_id" fill(none)' for a, b in ranges]
-        parts = [p for p in self._frames(statements, memo=True) if not p.empty]
-        hourly = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+            ' GROUP BY time(1h), "cell_id" fill(none)' for a, b in ranges]
+        hourly = _concat(self._frames(statements, memo=True))
         cells = flaggable_cells(recent, hourly, now, t)
         if not cells:
             return hourly
         q = (f'SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" WHERE {_between(start, end)}'
-             '{filter} GROUP BY time(1h), "site_id", "cell_id" fill(none)')
+             '{filter} GROUP BY time(1h), "cell_id" fill(none)')
         full = self._frames_by_ids(q, "cell_id", cells, memo=True)
         if hourly.empty:
             return full
@@ -239,10 +285,11 @@ class WindowData:
         mean is a weighted mean of its 15-minute means.  A fraction of the peak's cost: no
         time buckets, two aggregates.
         """
-        parts = [self._frame(
+        spans = self._peak_spans(now, t)
+        parts = self._frames([
             'SELECT max("power_kw") AS "max_kw", mean("power_kw") AS "low_kw" '
-            f'FROM "power" WHERE {_between(a, b)} GROUP BY "site_id", "meter_id"', memo=settled)
-            for a, b, settled in self._peak_spans(now, t)]
+            f'FROM "power" WHERE {_between(a, b)} GROUP BY "site_id", "meter_id"' for a, b, _ in spans],
+            memo=[settled for _, _, settled in spans])
         parts = [p for p in parts if not p.empty]
         if not parts:
             return pd.DataFrame({"site_id": [], "meter_id": [], "max_kw": [], "low_kw": []})
@@ -278,17 +325,19 @@ class WindowData:
         """
         start = _floor(now - timedelta(seconds=t.window), 15)
         where = _between(start, now)
-        parts = []
+        statements, memos = [], []
+        chosen = None if sites is None else sorted(set(sites))
         for a, b, settled in self._peak_spans(now, t):
             w = _between(a, b)
             q = (f'SELECT max("p") AS "peak_kw" FROM (SELECT mean("power_kw") AS "p" FROM "power" WHERE {w}'
                  '{filter} GROUP BY time(15m), "site_id", "meter_id" fill(none)) '
                  f'WHERE {w} GROUP BY "site_id", "meter_id"')
-            if sites is None:
-                parts.append(self._frame(q.format(filter=""), memo=settled))
-            else:
-                parts.append(self._frames_by_ids(q, "site_id", sites, memo=settled))
-        parts = [x for x in parts if not x.empty]
+            filters = ([""] if chosen is None else
+                       [_id_filter("site_id", chosen[i:i + _MAX_FILTER_IDS])
+                        for i in range(0, len(chosen), _MAX_FILTER_IDS)])
+            statements += [q.format(filter=f) for f in filters]
+            memos += [settled] * len(filters)
+        parts = [x for x in self._frames(statements, memo=memos) if not x.empty]
         if not parts:
             return pd.DataFrame({"site_id": [], "peak_kw": [], "time": []})
         per_meter = pd.concat(parts, ignore_index=True)
@@ -308,10 +357,9 @@ class WindowData:
     def last_seen(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         """Time of the latest tower or power reading per site within the window."""
         where = _between(now - timedelta(seconds=t.window), now)
-        parts = [self._frame(f'SELECT last("mains_ok") AS "x" FROM "tower" WHERE {where} GROUP BY "site_id"',
-                             memo="run"),
-                 self._frame(f'SELECT last("energy_kwh") AS "x" FROM "power" WHERE {where} GROUP BY "site_id"',
-                             memo="run")]
+        parts = self._frames([f'SELECT last("mains_ok") AS "x" FROM "tower" WHERE {where} GROUP BY "site_id"',
+                              f'SELECT last("energy_kwh") AS "x" FROM "power" WHERE {where} GROUP BY "site_id"'],
+                             memo="run")
         parts = [p[["site_id", "time"]] for p in parts if not p.empty]
         if not parts:
             return pd.DataFrame({"site_id": [], "time": []})
@@ -333,6 +381,11 @@ class WindowData:
              f'mean("battery_soc_pct") AS "battery_soc_pct" FROM "tower" WHERE {_between(start, now)}'
              '{filter} GROUP BY time(5m), "site_id" fill(none)')
         return self._frames_by_ids(q, "site_id", suspects)
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame())
 
 
 def _series_frame(result: dict) -> pd.DataFrame:
@@ -402,19 +455,27 @@ def load_facts(store: Any) -> Facts:
                  "customer_class": r.customer_class, "supply": r.supply,
                  "replaces_site_id": r.replaces_site_id, "county": r.county,
                  "state_since": _aware(entered.get(r.site_id)), "on_air_since": _aware(on_air.get(r.site_id))}
-                for r in s.scalars(select(Site)).all()]
+                for r in s.execute(select(Site.site_id, Site.lat, Site.lon, Site.state, Site.region,
+                                          Site.customer_class, Site.supply, Site.replaces_site_id,
+                                          Site.county))]
             res_rows = [{"site_id": r.site_id, "declared_kw": r.declared_kw, "reserved_kw": r.reserved_kw,
                          "feeder": r.feeder, "substation": r.substation, "status": r.status}
-                        for r in s.scalars(select(Reservation)).all()]
+                        for r in s.execute(select(Reservation.site_id, Reservation.declared_kw,
+                                                  Reservation.reserved_kw, Reservation.feeder,
+                                                  Reservation.substation, Reservation.status))]
             tariff_rows = [{"region": r.region, "customer_class": r.customer_class, "period": r.period or "flat",
                             "hours": r.hours, "effective_from": r.effective_from,
                             "price_cny_per_kwh": r.price_cny_per_kwh}
-                           for r in s.scalars(select(Tariff)).all()]
+                           for r in s.execute(select(Tariff.region, Tariff.customer_class, Tariff.period,
+                                                     Tariff.hours, Tariff.effective_from,
+                                                     Tariff.price_cny_per_kwh))]
             bill_rows = [{"bill_id": r.bill_id, "site_id": r.site_id, "supplier_id": r.supplier_id,
                           "supplier_name": r.supplier_name, "meter_id": r.meter_id,
                           "period_start": r.period_start, "period_end": r.period_end,
                           "billed_kwh": r.billed_kwh, "amount_cny": r.amount_cny}
-                         for r in s.scalars(select(Bill)).all()]
+                         for r in s.execute(select(Bill.bill_id, Bill.site_id, Bill.supplier_id,
+                                                   Bill.supplier_name, Bill.meter_id, Bill.period_start,
+                                                   Bill.period_end, Bill.billed_kwh, Bill.amount_cny))]
     except TwinError as exc:
         raise RuleDataError(f"registry facts unavailable: {exc}") from exc
     defaults = Facts()

@@ -144,12 +144,35 @@ def _bill_hours(bills: pd.DataFrame, increments: pd.DataFrame) -> pd.DataFrame:
     time = np.repeat(start.dt.tz_localize(None).to_numpy(), n) + (offset - 1) * np.timedelta64(1, "h")
     h = pd.DataFrame({"bill": bill, "site_id": np.repeat(bills["site_id"].to_numpy(), n),
                       "time": pd.DatetimeIndex(time).tz_localize("UTC").as_unit("ns"), "inside": offset > 0})
-    if len(increments):
-        per_site = increments.groupby(["site_id", "time"], as_index=False, sort=False)["kwh"].sum()
-        h = h.merge(per_site, on=["site_id", "time"], how="left")
-    else:
-        h["kwh"] = np.nan
+    h["kwh"] = _site_hour_kwh(h, bills, n, increments)
     return h
+
+
+def _site_hour_kwh(h: pd.DataFrame, bills: pd.DataFrame, n: np.ndarray, increments: pd.DataFrame
+                   ) -> np.ndarray:
+    """The sites' metered kWh in each bill-hour of ``h`` (summed over meters; NaN where none).
+
+    A left join of ``h`` on (site, hour), done on one integer key per (site, hour): a join
+    on the string and time columns cost more than the rest of the rule at 10k sites.
+    """
+    out = np.full(len(h), np.nan)
+    if not len(increments) or not len(h):
+        return out
+    sites = pd.Index(pd.unique(bills["site_id"].to_numpy()))
+    t_inc = increments["time"].astype("int64").to_numpy()
+    code_inc = sites.get_indexer(increments["site_id"].to_numpy())
+    keep = (code_inc >= 0) & (t_inc % HOUR.value == 0)  # only whole hours can meet a bill-hour
+    if not keep.any():
+        return out
+    hour_bits = np.int64(1 << 32)
+    key_inc = code_inc[keep].astype(np.int64) * hour_bits + t_inc[keep] // HOUR.value
+    per_key = pd.Series(increments["kwh"].to_numpy(dtype=float)[keep]).groupby(key_inc, sort=False).sum()
+    code_h = np.repeat(sites.get_indexer(bills["site_id"].to_numpy()).astype(np.int64), n)
+    key_h = code_h * hour_bits + h["time"].astype("int64").to_numpy() // HOUR.value
+    pos = per_key.index.get_indexer(key_h)
+    found = pos >= 0
+    out[found] = per_key.to_numpy()[pos[found]]
+    return out
 
 
 def _coverage(h: pd.DataFrame, bills: pd.DataFrame) -> np.ndarray:

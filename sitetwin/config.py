@@ -186,6 +186,7 @@ class RulesSettings(_Section):
 
     enabled: bool = True
     hold_off: Duration = 1800.0
+    query_concurrency: int = Field(default=2, ge=1, le=32)
 
 
 class Settings(BaseSettings):

@@ -61,11 +61,20 @@ def _evaluate(influxdb, influx_db, tmp_path, scenario: str, *, bills: bool = Tru
         import_csv(store, paths[name], name)
     settings = load_settings(None, influxdb={"url": influxdb.url, "database": influx_db}, twin={"url": url},
                              services={"state_dir": str(tmp_path / "state")})
+    assert settings.rules.query_concurrency > 1  # the default fetches rules and statements at once
     engine = Engine(settings, store, publish_mqtt=False)
     try:
         outcomes = engine.run(NOW)
         assert [o.error for o in outcomes if o.status != "ok"] == []
         flags = engine.flags.list()
+        # One statement and one rule at a time finds the same (and so changes no flag).
+        one = Engine(settings.model_copy(update={"rules": settings.rules.model_copy(
+            update={"query_concurrency": 1})}), store, publish_mqtt=False)
+        again = one.run(NOW)
+        assert [(o.rule, o.status, o.findings) for o in again] == [
+            (o.rule, o.status, o.findings) for o in outcomes]
+        assert sum(o.opened + o.resolved for o in again) == 0
+        assert one.data.concurrency == 1
     finally:
         store.close()
     return fleet, flags
