@@ -24,9 +24,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -49,9 +49,13 @@ log = logging.getLogger(__name__)
 
 
 class LiveSink(Protocol):
-    """Receives the readings of each durable batch (the twin's live state)."""
+    """Receives the readings of each durable batch (the twin's live state): ``digest`` is
+    called on each reading as it arrives, ``observe_digests`` with a batch's digests once
+    the batch is durable."""
 
-    def observe_batch(self, readings: Iterable[Reading]) -> None: ...
+    def digest(self, reading: Reading) -> Hashable: ...
+
+    def observe_digests(self, digests: Iterable[Any]) -> None: ...
 
 
 @dataclass
@@ -61,7 +65,7 @@ class _Batch:
     points: int = 0
     acks: list[tuple[int, int]] = field(default_factory=list)  # (mid, epoch)
     letters: list[tuple[DeadLetter, bool]] = field(default_factory=list)  # (letter, dup)
-    readings: list[Reading] = field(default_factory=list)
+    digests: list = field(default_factory=list)  # for the live sink, when there is one
 
 
 def _server(url: str) -> tuple[str, int, bool]:
@@ -253,8 +257,13 @@ class Collector:
                             rejection=Rejection("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
         m = self.metrics
         m.received_msgs += 1
-        # Serialise outside the lock the sealer thread shares.
-        lines = [encode_reading(r) for r in parsed.readings] if parsed.rejection is None else None
+        # Serialise (and digest for the twin) outside the lock the sealer thread shares.
+        lines = digests = None
+        if parsed.rejection is None:
+            lines = [encode_reading(r) for r in parsed.readings]
+            live = self.live
+            if live is not None:
+                digests = [live.digest(r) for r in parsed.readings]
         with self._lock:
             batch = self._batch
             if batch is None:
@@ -263,8 +272,8 @@ class Collector:
                 batch.acks.append((msg.mid, self._epoch))
             if lines is not None:
                 batch.lines.extend(lines)
-                if self.live is not None:  # kept only for the twin's live state
-                    batch.readings.extend(parsed.readings)
+                if digests:
+                    batch.digests.extend(digests)
                 batch.points += len(parsed.readings)
                 m.received_points += len(parsed.readings)
                 if parsed.unknown_fields:
@@ -330,9 +339,9 @@ class Collector:
         self._ack(batch.acks)
         self.metrics.pending_acks = 0
         self.metrics.batch_done(time.monotonic() - batch.opened)
-        if self.live is not None and batch.readings:
+        if self.live is not None and batch.digests:
             try:
-                self.live.observe_batch(batch.readings)
+                self.live.observe_digests(batch.digests)
             except Exception:  # the twin must never stop ingest
                 log.exception("live-state update failed; ingest continues")
 

@@ -376,6 +376,67 @@ def test_twin_database_locked_ingest_continues_and_live_state_catches_up(
     assert_dead_letters(tmp_path / "state", bad)
 
 
+def test_twin_postgresql_down_ingest_continues_and_live_state_catches_up(tmp_path, mosquitto, influxdb, influx_db):
+    """The production registry (PostgreSQL) stops mid-ingest and comes back: InfluxDB gets
+    everything meanwhile, the collector keeps running, the live state catches up."""
+    import shutil
+
+    from sqlalchemy import select
+
+    from sitetwin.services import PostgreSQL, free_port, temp_root
+    from twin.models import LiveSiteState
+    from twin.store import open_store
+
+    root = temp_root("sitetwin-pgdown-")
+    pg = PostgreSQL(root=root, port=free_port())
+    pg.start()
+    env = collector_env(tmp_path, mosquitto, influxdb.url, influx_db, SITETWIN_TWIN__URL=pg.url,
+                        SITETWIN_COLLECTOR__LIVE_FLUSH_INTERVAL="0.3")
+    log = tmp_path / "collector.log"
+    proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--no-rules"], env={**os.environ, **env},
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[2])
+    good = readings("G", 20, 100, 1_791_000_000)
+    bad = bad_messages("pgdown", 4)
+    store = None
+    try:
+        wait_until_ingesting(mosquitto, influxdb, influx_db)
+        store = open_store(pg.url)
+
+        def live_last_seen(prefix: str) -> dict[str, int]:
+            with store.session() as s:
+                rows = s.execute(select(LiveSiteState.site_id, LiveSiteState.last_seen)
+                                 .where(LiveSiteState.site_id.like(f"{prefix}%"))).all()
+            return {site: int(ts.timestamp()) for site, ts in rows}
+
+        wait_for(lambda: "Z9999" in live_last_seen("Z"), message="the twin's first flush")
+        store.close()
+        store = None
+        assert pg.stop()
+        publish(mosquitto.host, mosquitto.port, interleave(good, bad))
+        wait_all(influxdb, influx_db, "G", len(good))  # ingest went on without the registry
+        wait_for(lambda: _log_has(log, "live-state flush failed"), message="the failed flush logged")
+        assert proc.poll() is None
+        pg.start()
+        store = open_store(pg.url)
+        latest: dict[str, int] = {}
+        for topic, payload in good:
+            site = topic.split("/")[1]
+            latest[site] = max(latest.get(site, 0), orjson.loads(payload)["ts"])
+        wait_for(lambda: live_last_seen("G") == latest, timeout=60, message="the live state catching up")
+        assert proc.poll() is None
+    finally:
+        if store is not None:
+            store.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    assert_exactly_once(influxdb, influx_db, "G", good)
+    assert_dead_letters(tmp_path / "state", bad)
+
+
 # -- 6. back to direct writes after an outage -------------------------------------------------------
 
 

@@ -165,3 +165,26 @@ def test_site_state_skips_a_site_that_cannot_be_written(store):
     body = site_state_lines(store, T).decode()
     assert [x.split(",")[0] for x in body.splitlines()] == ["site_state"]
     assert "site_id=OK1" in body and "ODD" not in body
+
+
+def test_digests_hold_plain_values_the_garbage_collector_lets_go_of():
+    """The collector holds one digest per reading until its batch is durable; a digest must
+    not keep the reading alive or stay tracked (the twin's cost on ingest, bench/RESULTS.md)."""
+    import gc
+
+    readings = [tower("D1", 0, on_battery=None, mains_ok=False, battery_soc_pct=80.0, cabinet_temp_c=30.5),
+                PowerReading(site_id="D1", ts=T.timestamp(), meter_id="M1", energy_kwh=5.0, power_kw=2.0),
+                InterferenceReading(site_id="D1", ts=T.timestamp(), cell_id="D1-1", band="n78",
+                                    ul_interference_dbm=-110.0)]
+    digests = [LiveState.digest(r) for r in readings]
+    assert digests[0][:7] == ("tower", "D1", readings[0].ts, False, True, 80.0, 30.5)  # on_battery from mains
+    assert digests[1][3:6] == ("M1", 2.0, 5.0)
+    assert digests[2][3:5] == ("D1-1", "n78")
+    gc.collect()
+    assert not any(gc.is_tracked(d) for d in digests)
+    # Observing digests is observing the readings.
+    a, b = LiveState(online_window_s=60), LiveState(online_window_s=60)
+    a.observe_batch(readings)
+    b.observe_digests(digests)
+    assert [r.row() for r in a._sites.values()] == [r.row() for r in b._sites.values()]
+    assert a._meters == b._meters and a._cells == b._cells
