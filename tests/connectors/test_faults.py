@@ -304,7 +304,26 @@ def test_disk_full_on_the_spool_gives_a_clear_error_holds_acks_and_recovers(
     assert_dead_letters(tmp_path / "state", bad)
 
 
-# -- 5. twin database locked ----------------------------------------------------------------------
+# -- 5. twin database locked or down --------------------------------------------------------------
+
+
+def _pipeline_with_twin(tmp_path, mosquitto, influxdb, influx_db, twin_url: str):
+    """``sitetwin run --no-rules`` with live state flushed every 0.3 s to ``twin_url``."""
+    env = collector_env(tmp_path, mosquitto, influxdb.url, influx_db, SITETWIN_TWIN__URL=twin_url,
+                        SITETWIN_COLLECTOR__LIVE_FLUSH_INTERVAL="0.3")
+    log = tmp_path / "collector.log"
+    proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--no-rules"], env={**os.environ, **env},
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[2])
+    return proc, log
+
+
+def _newest_per_site(messages: list[tuple[str, bytes]]) -> dict[str, int]:
+    latest: dict[str, int] = {}
+    for topic, payload in messages:
+        site = topic.split("/")[1]
+        latest[site] = max(latest.get(site, 0), orjson.loads(payload)["ts"])
+    return latest
 
 
 def test_twin_database_locked_ingest_continues_and_live_state_catches_up(
@@ -317,14 +336,7 @@ def test_twin_database_locked_ingest_continues_and_live_state_catches_up(
     from twin.store import open_store
 
     twin_db = tmp_path / "twin.sqlite"
-    env = collector_env(tmp_path, mosquitto, influxdb.url, influx_db,
-                        SITETWIN_TWIN__URL=f"sqlite:///{twin_db}",
-                        SITETWIN_COLLECTOR__LIVE_FLUSH_INTERVAL="0.3")
-    log = tmp_path / "collector.log"
-    argv_env = {**os.environ, **env}
-    proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--no-rules"], env=argv_env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[2])
+    proc, log = _pipeline_with_twin(tmp_path, mosquitto, influxdb, influx_db, f"sqlite:///{twin_db}")
     good = readings("L", 20, 100, 1_790_000_000)
     bad = bad_messages("twin", 4)
     lock = None
@@ -349,10 +361,7 @@ def test_twin_database_locked_ingest_continues_and_live_state_catches_up(
         lock.close()
         lock = None
         store = open_store(f"sqlite:///{twin_db}")
-        latest = {}
-        for topic, payload in good:
-            site = topic.split("/")[1]
-            latest[site] = max(latest.get(site, 0), orjson.loads(payload)["ts"])
+        latest = _newest_per_site(good)
 
         def caught_up() -> bool:
             with store.session() as s:
@@ -390,12 +399,7 @@ def test_twin_postgresql_down_ingest_continues_and_live_state_catches_up(tmp_pat
     root = temp_root("sitetwin-pgdown-")
     pg = PostgreSQL(root=root, port=free_port())
     pg.start()
-    env = collector_env(tmp_path, mosquitto, influxdb.url, influx_db, SITETWIN_TWIN__URL=pg.url,
-                        SITETWIN_COLLECTOR__LIVE_FLUSH_INTERVAL="0.3")
-    log = tmp_path / "collector.log"
-    proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--no-rules"], env={**os.environ, **env},
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[2])
+    proc, log = _pipeline_with_twin(tmp_path, mosquitto, influxdb, influx_db, pg.url)
     good = readings("G", 20, 100, 1_791_000_000)
     bad = bad_messages("pgdown", 4)
     store = None
@@ -419,10 +423,7 @@ def test_twin_postgresql_down_ingest_continues_and_live_state_catches_up(tmp_pat
         assert proc.poll() is None
         pg.start()
         store = open_store(pg.url)
-        latest: dict[str, int] = {}
-        for topic, payload in good:
-            site = topic.split("/")[1]
-            latest[site] = max(latest.get(site, 0), orjson.loads(payload)["ts"])
+        latest = _newest_per_site(good)
         wait_for(lambda: live_last_seen("G") == latest, timeout=60, message="the live state catching up")
         assert proc.poll() is None
     finally:
