@@ -7,6 +7,7 @@
     │   ├── WriteRetryable      down, timed out, 5xx, 429, auth: spool and retry later
     │   └── WriteRejected       400/413 for these lines: retrying cannot help
     ├── QueryError              an InfluxQL query failed
+    ├── PublishError            the broker could not be reached or did not acknowledge
     └── SpoolError              the spool cannot take or give back a batch
         └── SpoolFull           the spool reached its size cap
 
@@ -22,6 +23,7 @@ __all__ = [
     "ConnectorError",
     "InvalidIdentifier",
     "LineProtocolError",
+    "PublishError",
     "QueryError",
     "SpoolError",
     "SpoolFull",
@@ -61,6 +63,10 @@ class WriteRejected(WriteError):
 
 class QueryError(ConnectorError):
     """An InfluxQL query failed or could not be sent."""
+
+
+class PublishError(ConnectorError):
+    """The broker could not be reached, or did not acknowledge in time."""
 
 
 class SpoolError(ConnectorError):

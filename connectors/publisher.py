@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import paho.mqtt.client as mqtt
 
 from connectors.collector import _server, mqtt_client
-from connectors.errors import ConnectorError
+from connectors.errors import PublishError
 from sitetwin.config import Settings
 
 __all__ = ["PublishError", "PublishStats", "Publisher", "WirePublisher"]
@@ -37,10 +37,6 @@ log = logging.getLogger(__name__)
 
 
 _LOST = (mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_CONN_LOST)
-
-
-class PublishError(ConnectorError):
-    """The broker could not be reached, or did not acknowledge in time."""
 
 
 @dataclass(frozen=True, slots=True)
