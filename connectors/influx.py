@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -246,9 +247,10 @@ class InfluxReader:
         self.timeout = timeout
         self._headers = _auth_headers(token)
         self._auth = (username, password or "") if username else None
-        # One session per thread: the rule engine asks several statements at once.
+        # One session per thread: the rule engine asks several statements at once.  A
+        # session lives as long as its thread; ``close`` closes those still alive.
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
         self._sessions_lock = threading.Lock()
 
     @classmethod
@@ -292,7 +294,7 @@ class InfluxReader:
             if self._auth:
                 session.auth = self._auth
             with self._sessions_lock:
-                self._sessions.append(session)
+                self._sessions.add(session)
         return session
 
     def frames(self, q: str) -> list[pd.DataFrame]:
@@ -308,7 +310,8 @@ class InfluxReader:
 
     def close(self) -> None:
         with self._sessions_lock:
-            sessions, self._sessions = self._sessions, []
+            sessions = list(self._sessions)
+            self._sessions = weakref.WeakSet()
         for session in sessions:
             session.close()
         self._local = threading.local()

@@ -137,3 +137,31 @@ def test_collector_in_v2_mode_delivers_every_message(tmp_path, mosquitto, victor
         collector.stop()
     status = collector.status()
     assert status["rejected_msgs"] == 0 and status["received_points"] == len(messages)
+
+
+def test_reader_keeps_one_session_per_live_thread_and_answers_from_each(influxdb, influx_db):
+    """The rule engine reads from worker threads that come and go (a pool per run): their
+    sessions must go with them, not pile up for the life of the reader."""
+    import gc
+    import threading
+
+    reader = InfluxReader(influxdb.url, influx_db)
+    answers: list[int] = []
+
+    def ask() -> None:
+        answers.append(len(reader.raw("SHOW MEASUREMENTS")))
+
+    try:
+        for _ in range(3):
+            threads = [threading.Thread(target=ask) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        ask()  # and one in this thread, which stays
+        gc.collect()
+        assert answers == [1] * 13
+        assert len(reader._sessions) == 1
+    finally:
+        reader.close()
+    assert len(reader._sessions) == 0
