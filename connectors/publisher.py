@@ -253,11 +253,15 @@ class Publisher:
             self.max_unacked = unacked
         if not self.published % 64 or not self._connected:
             self._pump(0.0)
-            if self.progress is not None:
-                now = time.monotonic()
-                if now >= self._next_progress:
-                    self._next_progress = now + self.progress_interval_s
-                    self.progress(self.stats())
+            self._report_progress()
+
+    def _report_progress(self) -> None:
+        """Call ``progress`` with the figures, at most every ``progress_interval_s``."""
+        if self.progress is not None:
+            now = time.monotonic()
+            if now >= self._next_progress:
+                self._next_progress = now + self.progress_interval_s
+                self.progress(self.stats())
 
     def publish_all(self, messages: Iterable[tuple[str, bytes]]) -> int:
         """Publish every ``(topic, payload)``; returns how many were published."""
@@ -637,11 +641,7 @@ class WirePublisher(Publisher):
             self.max_unacked = unacked
         if len(self._out) >= _FLUSH_BYTES or not self.published % 256 or not self._connected:
             self._pump(0.0)
-            if self.progress is not None:
-                now = time.monotonic()
-                if now >= self._next_progress:
-                    self._next_progress = now + self.progress_interval_s
-                    self.progress(self.stats())
+            self._report_progress()
 
     def flush(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -17,6 +17,7 @@ __all__ = [
     "SITE_DETAIL_LINK",
     "flags_annotation",
     "flags_table",
+    "right_axis",
     "sites_map",
     "thresholds",
 ]
@@ -31,6 +32,13 @@ def thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
     return {"color": {"mode": "thresholds"},
             "thresholds": {"mode": "absolute",
                            "steps": [{"value": v, "color": c} for v, c in steps]}}
+
+
+def right_axis(ref_id: str, unit: str) -> dict[str, Any]:
+    """A field override: query ``ref_id``'s series in ``unit`` on a right-hand axis."""
+    return {"matcher": {"id": "byFrameRefID", "options": ref_id},
+            "properties": [{"id": "unit", "value": unit},
+                           {"id": "custom.axisPlacement", "value": "right"}]}
 
 
 def flags_annotation(name: str, kind_regex: str = ".*", color: str = "red", *,

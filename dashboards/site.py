@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dashboards.model import Dashboard, Link, Panel, Query, Row
-from dashboards.panels import flags_annotation, flags_table, thresholds
+from dashboards.panels import flags_annotation, flags_table, right_axis, thresholds
 from dashboards.variables import BAND, CELL, COUNTY, SITE_ONE, by_band, by_cell, by_site
 
 __all__ = ["DASHBOARD"]
@@ -61,18 +61,14 @@ DASHBOARD = Dashboard(
             Query(f'SELECT mean("battery_voltage_v") AS "battery_voltage_v" FROM "tower" '
                   f'WHERE {_W} {_BY_TIME}', ref_id="B", alias="voltage")],
               width=12, height=8, unit="percent",
-              overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"},
-                          "properties": [{"id": "unit", "value": "volt"},
-                                         {"id": "custom.axisPlacement", "value": "right"}]}]),
+              overrides=[right_axis("B", "volt")]),
         Panel("Cabinet temperature and humidity", "timeseries", [
             Query(f'SELECT mean("cabinet_temp_c") AS "cabinet_temp_c" FROM "tower" '
                   f'WHERE {_W} {_BY_TIME}', alias="temperature"),
             Query(f'SELECT mean("humidity_pct") AS "humidity_pct" FROM "tower" '
                   f'WHERE {_W} {_BY_TIME}', ref_id="B", alias="humidity")],
               width=12, height=8, unit="celsius",
-              overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"},
-                          "properties": [{"id": "unit", "value": "percent"},
-                                         {"id": "custom.axisPlacement", "value": "right"}]}]),
+              overrides=[right_axis("B", "percent")]),
         Panel("Mains, battery, generator, door", "state-timeline", [Query(
             'SELECT last("mains_ok") AS "mains ok", last("on_battery") AS "on battery", '
             'last("generator_running") AS "generator", last("door_open") AS "door open" '

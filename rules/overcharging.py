@@ -305,16 +305,10 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
                      if tou[i] else "time-weighted catalogue price")
         excess = float((price[i] - allowed[i]) * billed[i])
         site = site_rc[bill["site_id"]]
-        out.append(Finding(
-            kind="overcharging", rule="overcharging", site_id=bill["site_id"],
-            severity=_severity(excess, t),
-            window_start=_as_ts(bill["period_start"]).to_pydatetime(),
-            window_end=_as_ts(bill["period_end"]).to_pydatetime(),
-            summary=(f"bill {bill['bill_id']} from {bill['supplier_id']}: {price[i]:.4f} CNY/kWh against a "
-                     f"cap of {allowed[i]:.4f}; excess {excess:.2f} CNY"),
-            evidence={
-                "bill_id": bill["bill_id"], "supplier_id": bill["supplier_id"],
-                "supplier_name": _text(bill.get("supplier_name")),
+        out.append(_bill_finding(
+            "overcharging", bill, excess, t,
+            f"{price[i]:.4f} CNY/kWh against a cap of {allowed[i]:.4f}; excess {excess:.2f} CNY",
+            {
                 "unit_price_cny_per_kwh": round(float(price[i]), 6), "cap_cny_per_kwh": round(float(cap[i]), 6),
                 "loss_share": t.loss_share, "allowed_cny_per_kwh": round(float(allowed[i]), 6),
                 "tolerance": t.tolerance, "billed_kwh": float(billed[i]), "amount_cny": float(amount[i]),
@@ -322,9 +316,7 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
                 "metered_kwh": round(float(metered[i]), 3), "coverage": round(float(coverage[i]), 4),
                 "energy_mix_kwh": mix, "tariff_rows": used,
                 "region": site["region"], "customer_class": site["customer_class"],
-            },
-            bill_id=bill["bill_id"], supplier_id=bill["supplier_id"],
-        ))
+            }))
     return out
 
 
@@ -358,25 +350,31 @@ def evaluate_overbilling(frames: Frames, facts: Facts, now: datetime, t: BillThr
         mine = mine[(mine["time"] >= start.iloc[i])
                     & (mine["time"] < _as_ts(bill["period_end"]))]
         per_meter = {str(m): round(float(v), 3) for m, v in mine.groupby("meter_id")["kwh"].sum().items()}
-        out.append(Finding(
-            kind="overbilling", rule="overbilling", site_id=bill["site_id"],
-            severity=_severity(excess, t),
-            window_start=_as_ts(bill["period_start"]).to_pydatetime(),
-            window_end=_as_ts(bill["period_end"]).to_pydatetime(),
-            summary=(f"bill {bill['bill_id']} from {bill['supplier_id']}: {billed[i]:.1f} kWh billed, "
-                     f"{metered[i]:.1f} kWh metered; excess {excess:.2f} CNY"),
-            evidence={
-                "bill_id": bill["bill_id"], "supplier_id": bill["supplier_id"],
-                "supplier_name": _text(bill.get("supplier_name")),
+        out.append(_bill_finding(
+            "overbilling", bill, excess, t,
+            f"{billed[i]:.1f} kWh billed, {metered[i]:.1f} kWh metered; excess {excess:.2f} CNY",
+            {
                 "billed_kwh": float(billed[i]), "metered_kwh": round(float(metered[i]), 3),
                 "metered_kwh_by_meter": per_meter, "meter_resets": int(mine["reset"].sum()),
                 "coverage": round(float(coverage[i]), 4), "tolerance": t.overbilling_tolerance,
                 "excess_kwh": round(excess_kwh, 3), "unit_price_cny_per_kwh": round(price, 6),
                 "amount_cny": float(amount[i]), "excess_cny": round(excess, 2),
-            },
-            bill_id=bill["bill_id"], supplier_id=bill["supplier_id"],
-        ))
+            }))
     return out
+
+
+def _bill_finding(kind: str, bill: dict[str, Any], excess: float, t: BillThresholds, what: str,
+                  evidence: dict[str, Any]) -> Finding:
+    """A finding on one bill: its period as the window, its ids first in the evidence."""
+    return Finding(
+        kind=kind, rule=kind, site_id=bill["site_id"], severity=_severity(excess, t),
+        window_start=_as_ts(bill["period_start"]).to_pydatetime(),
+        window_end=_as_ts(bill["period_end"]).to_pydatetime(),
+        summary=f"bill {bill['bill_id']} from {bill['supplier_id']}: {what}",
+        evidence={"bill_id": bill["bill_id"], "supplier_id": bill["supplier_id"],
+                  "supplier_name": _text(bill.get("supplier_name")), **evidence},
+        bill_id=bill["bill_id"], supplier_id=bill["supplier_id"],
+    )
 
 
 def _text(value: Any) -> str | None:

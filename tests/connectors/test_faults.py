@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import UTC
 from pathlib import Path
 
 import orjson
@@ -318,6 +317,18 @@ def _pipeline_with_twin(tmp_path, mosquitto, influxdb, influx_db, twin_url: str)
     return proc, log
 
 
+def _live_last_seen(store, prefix: str) -> dict[str, int]:
+    """``last_seen`` (epoch seconds) per site in the twin's live state, for ids with ``prefix``."""
+    from sqlalchemy import select
+
+    from twin.models import LiveSiteState
+
+    with store.session() as s:
+        rows = s.execute(select(LiveSiteState.site_id, LiveSiteState.last_seen)
+                         .where(LiveSiteState.site_id.like(f"{prefix}%"))).all()
+    return {site: int(ts.timestamp()) for site, ts in rows}
+
+
 def _newest_per_site(messages: list[tuple[str, bytes]]) -> dict[str, int]:
     latest: dict[str, int] = {}
     for topic, payload in messages:
@@ -330,9 +341,6 @@ def test_twin_database_locked_ingest_continues_and_live_state_catches_up(
         tmp_path, mosquitto, influxdb, influx_db):
     import sqlite3
 
-    from sqlalchemy import select
-
-    from twin.models import LiveSiteState
     from twin.store import open_store
 
     twin_db = tmp_path / "twin.sqlite"
@@ -362,16 +370,9 @@ def test_twin_database_locked_ingest_continues_and_live_state_catches_up(
         lock = None
         store = open_store(f"sqlite:///{twin_db}")
         latest = _newest_per_site(good)
-
-        def caught_up() -> bool:
-            with store.session() as s:
-                rows = s.execute(select(LiveSiteState.site_id, LiveSiteState.last_seen)
-                                 .where(LiveSiteState.site_id.like("L%"))).all()
-            seen = {site: int(ts.replace(tzinfo=ts.tzinfo or UTC).timestamp()) for site, ts in rows}
-            return seen == latest
-
         try:
-            wait_for(caught_up, timeout=60, message="the live state catching up")
+            wait_for(lambda: _live_last_seen(store, "L") == latest, timeout=60,
+                     message="the live state catching up")
         finally:
             store.close()
         assert proc.poll() is None
@@ -390,10 +391,7 @@ def test_twin_postgresql_down_ingest_continues_and_live_state_catches_up(tmp_pat
     everything meanwhile, the collector keeps running, the live state catches up."""
     import shutil
 
-    from sqlalchemy import select
-
     from sitetwin.services import PostgreSQL, free_port, temp_root
-    from twin.models import LiveSiteState
     from twin.store import open_store
 
     root = temp_root("sitetwin-pgdown-")
@@ -406,14 +404,7 @@ def test_twin_postgresql_down_ingest_continues_and_live_state_catches_up(tmp_pat
     try:
         wait_until_ingesting(mosquitto, influxdb, influx_db)
         store = open_store(pg.url)
-
-        def live_last_seen(prefix: str) -> dict[str, int]:
-            with store.session() as s:
-                rows = s.execute(select(LiveSiteState.site_id, LiveSiteState.last_seen)
-                                 .where(LiveSiteState.site_id.like(f"{prefix}%"))).all()
-            return {site: int(ts.timestamp()) for site, ts in rows}
-
-        wait_for(lambda: "Z9999" in live_last_seen("Z"), message="the twin's first flush")
+        wait_for(lambda: "Z9999" in _live_last_seen(store, "Z"), message="the twin's first flush")
         store.close()
         store = None
         assert pg.stop()
@@ -424,7 +415,8 @@ def test_twin_postgresql_down_ingest_continues_and_live_state_catches_up(tmp_pat
         pg.start()
         store = open_store(pg.url)
         latest = _newest_per_site(good)
-        wait_for(lambda: live_last_seen("G") == latest, timeout=60, message="the live state catching up")
+        wait_for(lambda: _live_last_seen(store, "G") == latest, timeout=60,
+                 message="the live state catching up")
         assert proc.poll() is None
     finally:
         if store is not None:
