@@ -24,7 +24,7 @@ from connectors.influx import InfluxReader
 from rules.errors import RuleDataError
 from rules.rule import Facts, Frames, Rule, Thresholds
 
-__all__ = ["WindowData", "influx_time", "load_facts"]
+__all__ = ["SiteHistory", "WindowData", "influx_time", "load_facts", "load_site_history"]
 
 # Beyond this many ids a filter costs more than it saves; the query then reads every series.
 _MAX_FILTER_IDS = 500
@@ -485,6 +485,105 @@ def load_facts(store: Any) -> Facts:
         tariffs=pd.DataFrame(tariff_rows) if tariff_rows else defaults.tariffs,
         bills=pd.DataFrame(bill_rows) if bill_rows else defaults.bills,
     )
+
+
+class SiteHistory:
+    """Every site's lifecycle events: the registry's states as they were at a past time.
+
+    A backfill evaluates ``now`` in the past, so a site decommissioned last week must still
+    count as on air for the week before.  ``facts_at`` gives ``facts`` with each site's
+    ``state``, ``state_since`` and ``on_air_since`` as of ``at``; every other column is
+    today's.  A site with no event at or before ``at`` is taken to have been in the state of
+    its first event if that is an undated import (when it reached that state is unknown) or
+    in today's state if it has no events at all; otherwise (its history starts later) its
+    state is unknown (missing), which no rule acts on.
+    """
+
+    def __init__(self, events: pd.DataFrame) -> None:
+        # columns: site_id, at (UTC), to_state, dated; sorted by (at, id).  Kept as arrays of
+        # codes, so a step's states are a few vectorised passes over the events before it.
+        self.events = events.reset_index(drop=True)
+        self._times = (self.events["at"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+                       .astype("datetime64[ns]"))
+        self._site, self._ids = pd.factorize(self.events["site_id"])
+        self._state, self._states = pd.factorize(self.events["to_state"])
+        self._dated = self.events["dated"].to_numpy(dtype=bool)
+        on_air = np.flatnonzero(np.asarray(self._states) == "on_air")
+        self._on_air = on_air[0] if len(on_air) else -1
+        first = np.full(len(self._ids), len(self._site), dtype=np.int64)
+        np.minimum.at(first, self._site, np.arange(len(self._site)))
+        self._first = first
+        self._cache: tuple[int, tuple] | None = None
+
+    def _at(self, at: datetime | pd.Timestamp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per site code: state code (-1: none yet), state_since and on_air_since (NaT: unknown)."""
+        t = pd.Timestamp(at)
+        t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        n = int(np.searchsorted(self._times, t.tz_localize(None).to_datetime64(), side="right"))
+        if self._cache is not None and self._cache[0] == n:
+            return self._cache[1]  # no event between the previous step and this one
+        site, state, dated, times = self._site[:n], self._state[:n], self._dated[:n], self._times[:n]
+        last = np.full(len(self._ids), -1, dtype=np.int64)
+        np.maximum.at(last, site, np.arange(n))
+        now_state = np.where(last >= 0, self._state[np.maximum(last, 0)], -1)
+        never = np.datetime64("NaT", "ns")
+        since = np.full(len(self._ids), never, dtype="datetime64[ns]")
+        into = dated & (state == now_state[site])  # dated entries into the state it is in at ``at``
+        since_ns = since.view(np.int64)
+        np.maximum.at(since_ns, site[into], times[into].view(np.int64))
+        on_air = np.full(len(self._ids), never, dtype="datetime64[ns]")
+        went = dated & (state == self._on_air)
+        np.maximum.at(on_air.view(np.int64), site[went], times[went].view(np.int64))
+        out = (now_state, since, on_air)
+        self._cache = (n, out)
+        return out
+
+    def facts_at(self, facts: Facts, at: datetime | pd.Timestamp) -> Facts:
+        if facts.sites.empty or self.events.empty:
+            return facts
+        now_state, since, on_air = self._at(at)
+        sites = facts.sites.copy()
+        code = self._ids.get_indexer(sites["site_id"])
+        has = code >= 0
+        c = np.where(has, code, 0)
+        state_code = np.where(has, now_state[c], -1)
+        first = self._first[c]
+        assumed = has & (state_code < 0) & ~self._dated[np.minimum(first, len(self._dated) - 1)]
+        state_code = np.where(assumed, self._state[np.minimum(first, len(self._state) - 1)], state_code)
+        labels = np.asarray(self._states, dtype=object)
+        state = np.where(state_code >= 0, labels[np.maximum(state_code, 0)], None)
+        state[~has] = sites["state"].to_numpy(dtype=object)[~has]  # no history at all: today's
+        sites["state"] = state
+        for col, values in (("state_since", since), ("on_air_since", on_air)):
+            then = pd.Series(pd.to_datetime(values[c], utc=True), index=sites.index)
+            then[~has | assumed] = pd.NaT
+            if not has.all():
+                then[~has] = pd.to_datetime(sites.loc[~has, col], utc=True)
+            sites[col] = then
+        return Facts(sites=sites, reservations=facts.reservations, tariffs=facts.tariffs, bills=facts.bills)
+
+
+def load_site_history(store: Any) -> SiteHistory:
+    """Every lifecycle event (site, time, state entered, dated or not), for ``SiteHistory``."""
+    from twin.errors import TwinError
+    from twin.lifecycle import UNDATED_IMPORT_NOTE
+    from twin.models import LifecycleEvent
+
+    try:
+        with store.session() as s:
+            rows = s.execute(select(LifecycleEvent.site_id, LifecycleEvent.at, LifecycleEvent.to_state,
+                                    LifecycleEvent.verb, LifecycleEvent.note)
+                             .order_by(LifecycleEvent.at, LifecycleEvent.id)).all()
+    except TwinError as exc:
+        raise RuleDataError(f"registry history unavailable: {exc}") from exc
+    events = pd.DataFrame({
+        "site_id": [r.site_id for r in rows],
+        "at": pd.Series([_aware(r.at) for r in rows], dtype="datetime64[ns, UTC]"),
+        "to_state": [r.to_state for r in rows],
+        "dated": pd.Series([not (r.verb == "import" and r.note == UNDATED_IMPORT_NOTE) for r in rows],
+                           dtype=bool),
+    })
+    return SiteHistory(events)
 
 
 def _aware(value: Any) -> pd.Timestamp | None:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from rules.data import WindowData, load_facts
+from rules.data import WindowData, load_facts, load_site_history
 from rules.errors import RuleError
 from rules.flag import FlagBook
 from rules.registry import RULES
@@ -148,8 +148,12 @@ class Engine:
                        duration_s=fetch_s + time.perf_counter() - started), sync
 
     def backfill(self, since: datetime, until: datetime, rules: Sequence[Rule] = RULES) -> list[Outcome]:
-        """Step every rule from ``since`` to ``until`` at its own interval (``until`` included)."""
+        """Step every rule from ``since`` to ``until`` at its own interval (``until`` included).
+
+        Each step sees the sites' lifecycle states as they were at its time (``SiteHistory``).
+        """
         facts = load_facts(self.store)
+        history = load_site_history(self.store)
         steps: dict[datetime, list[Rule]] = {}
         for rule in rules:
             try:
@@ -163,7 +167,7 @@ class Engine:
             steps.setdefault(until, []).append(rule)
         outcomes: list[Outcome] = []
         for now in sorted(steps):
-            outcomes.extend(self.run(now, steps[now], facts=facts))
+            outcomes.extend(self.run(now, steps[now], facts=history.facts_at(facts, now)))
         return outcomes
 
 
