@@ -129,6 +129,7 @@ class Collector:
         self._batch: _Batch | None = None
         self._epoch = 0
         self._stop = threading.Event()
+        self._closing = threading.Event()  # stop() began: the sealer ends first
         self._influx_down = threading.Event()
         self._threads: list[threading.Thread] = []
         self._servers = [_server(s) for s in settings.mqtt.servers]
@@ -177,11 +178,14 @@ class Collector:
             return
         # Stop taking new messages first, so nothing arrives after the last batch.
         self._client.on_message = None
+        self._closing.set()
+        deadline = time.monotonic() + timeout
+        if len(self._threads) > 1:  # the sealer, so no batch of its own follows the end marker
+            self._threads[1].join(max(0.1, deadline - time.monotonic()))
         self._write_metrics()
         with self._lock:
             self._seal_locked()
         self._queue.put(None)
-        deadline = time.monotonic() + timeout
         writer = self._threads[0] if self._threads else None
         if writer is not None:
             writer.join(max(0.0, deadline - time.monotonic()))
@@ -301,7 +305,7 @@ class Collector:
 
     def _seal_loop(self) -> None:
         tick = min(0.1, self.batch_age / 4)
-        while not self._stop.wait(tick):
+        while not self._closing.wait(tick):
             with self._lock:
                 batch = self._batch
                 old = batch is not None and time.monotonic() - batch.opened >= self.batch_age
@@ -315,8 +319,17 @@ class Collector:
         while True:
             batch = self._queue.get()
             if batch is None:
-                return
+                break
             self._make_durable(batch)
+        # stop() began.  A message callback already running when it did can still put its
+        # batch after the end marker: take what arrives within a moment as well.
+        while True:
+            try:
+                batch = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                return
+            if batch is not None:
+                self._make_durable(batch)
 
     def _make_durable(self, batch: _Batch) -> None:
         body = "\n".join(batch.lines).encode() if batch.lines else b""

@@ -161,7 +161,8 @@ def test_collector_killed_mid_stream_loses_nothing(tmp_path, mosquitto, influxdb
                  message="ingest under way")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        proc = collector_process(env, log_path=log)
+        # subscribed, so its SIGTERM handler is in place before the finally below
+        proc = collector_process(env, log_path=log, wait_subscribed=True)
         t.join(120)
         assert done.is_set()
         wait_for(lambda: count(influxdb, influx_db, "SELECT count(mains_ok) FROM tower") == len(messages),
@@ -193,3 +194,20 @@ def test_two_collectors_share_the_load_and_the_union_is_complete(tmp_path, mosqu
     shares = {s["tags"]["collector"]: s["values"][0][1] for s in out["results"][0]["series"]}
     assert len(shares) == 2 and all(v > 0 for v in shares.values()), shares
     assert sum(shares.values()) == len(messages)
+
+
+def test_a_batch_queued_just_after_stops_end_marker_is_still_made_durable(tmp_path):
+    """A message callback running as stop() began may queue its batch after the end marker."""
+    settings = _settings(tmp_path, type("M", (), {"url": "mqtt://127.0.0.1:1"})(),
+                         "http://127.0.0.1:1", "unused")
+    collector = Collector(settings)
+    done = []
+    collector._make_durable = done.append
+    try:
+        collector._queue.put("first")
+        collector._queue.put(None)
+        collector._queue.put("late")
+        collector._write_loop()
+    finally:
+        collector.dead_letters.close()
+    assert done == ["first", "late"]
