@@ -201,6 +201,27 @@ def _a_site_in(settings: Settings, state: str) -> str | None:
         store.engine.dispose()
 
 
+def _online_count(settings: Settings) -> int:
+    from twin.sites import list_sites
+    from twin.store import open_store
+
+    store = open_store(settings.twin_url)
+    try:
+        with store.session() as session:
+            return len(list_sites(session, now=datetime.now(UTC), online=True,
+                                  window_s=settings.twin.reporting_period * settings.twin.online_periods))
+    finally:
+        store.engine.dispose()
+
+
+def _wait_for_live_state(settings: Settings, timeout: float = 60.0) -> None:
+    """At least one more live-state flush after ingest, and sites online in the twin."""
+    deadline = time.monotonic() + timeout
+    time.sleep(settings.collector.live_flush_interval + 1)
+    while _online_count(settings) == 0 and time.monotonic() < deadline:
+        time.sleep(1.0)
+
+
 def _planted_found(expected: dict, flags: list[dict]) -> dict[str, bool]:
     """Which of the simulator's planted anomalies have a flag of their kind on their site or bill."""
     from rules.finding import KINDS
@@ -265,7 +286,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                  f"power, {counts['interference']:,} interference")
         demo.summary["ingest"] = {"messages": sim["messages"], "readings": expected,
                                   "in_influxdb": counts, "malformed": sim.get("malformed", {})}
-        time.sleep(settings.collector.live_flush_interval + 1)  # one more live-state flush
+        _wait_for_live_state(settings)
         demo.sitetwin("rejected", "counts")
         online = demo.sitetwin("sites", "list", "--online", capture_json=True)
         demo.say(f"    {len(online)} sites online in the twin")
