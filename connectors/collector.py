@@ -129,7 +129,9 @@ class Collector:
         self._batch: _Batch | None = None
         self._epoch = 0
         self._stop = threading.Event()
-        self._closing = threading.Event()  # stop() began: the sealer ends first
+        # Set by stop() under ``_lock``: from then on nothing queues a batch (every batch is
+        # queued under ``_lock``), so stop()'s end marker is the last item of the queue.
+        self._closing = threading.Event()
         self._influx_down = threading.Event()
         self._threads: list[threading.Thread] = []
         self._servers = [_server(s) for s in settings.mqtt.servers]
@@ -178,14 +180,9 @@ class Collector:
             return
         # Stop taking new messages first, so nothing arrives after the last batch.
         self._client.on_message = None
-        self._closing.set()
-        deadline = time.monotonic() + timeout
-        if len(self._threads) > 1:  # the sealer, so no batch of its own follows the end marker
-            self._threads[1].join(max(0.1, deadline - time.monotonic()))
         self._write_metrics()
-        with self._lock:
-            self._seal_locked()
-        self._queue.put(None)
+        self._close_queue()
+        deadline = time.monotonic() + timeout
         writer = self._threads[0] if self._threads else None
         if writer is not None:
             writer.join(max(0.0, deadline - time.monotonic()))
@@ -196,6 +193,14 @@ class Collector:
         self._client.loop_stop()
         self.writer.close()
         self.dead_letters.close()
+
+    def _close_queue(self) -> None:
+        """Queue the open batch and then the end marker; a message callback still running
+        finds ``_closing`` set and leaves its message un-acked for the broker to redeliver."""
+        with self._lock:
+            self._closing.set()
+            self._seal_locked()
+            self._queue.put(None)
 
     def run_forever(self) -> None:
         self.start()
@@ -269,6 +274,8 @@ class Collector:
             if live is not None:
                 digests = [live.digest(r) for r in parsed.readings]
         with self._lock:
+            if self._closing.is_set():
+                return  # stop() already queued its end marker: not acked, so redelivered
             batch = self._batch
             if batch is None:
                 batch = self._batch = _Batch(opened=time.monotonic())
@@ -289,12 +296,11 @@ class Collector:
                 m.rejected_msgs += 1
                 m.rejected_by_reason[rej.reason] += 1
                 batch.points += 1
-            full = batch.points >= self.batch_size
-            if full:
+            if batch.points >= self.batch_size:
                 self._batch = None
-        if full:
-            # Blocks when max_pending_batches are waiting: reading pauses, the broker holds on.
-            self._queue.put(batch)
+                # Blocks when max_pending_batches are waiting: reading pauses, the broker
+                # holds on.  The writer never takes ``_lock``, so it keeps draining meanwhile.
+                self._queue.put(batch)
 
     # -- batching ------------------------------------------------------------------------------
     def _seal_locked(self) -> None:
@@ -308,28 +314,18 @@ class Collector:
         while not self._closing.wait(tick):
             with self._lock:
                 batch = self._batch
-                old = batch is not None and time.monotonic() - batch.opened >= self.batch_age
-                if old:
+                if (not self._closing.is_set() and batch is not None
+                        and time.monotonic() - batch.opened >= self.batch_age):
                     self._batch = None
-            if old:
-                self._queue.put(batch)
+                    self._queue.put(batch)
 
     # -- durability (writer thread) ------------------------------------------------------------
     def _write_loop(self) -> None:
         while True:
             batch = self._queue.get()
             if batch is None:
-                break
-            self._make_durable(batch)
-        # stop() began.  A message callback already running when it did can still put its
-        # batch after the end marker: take what arrives within a moment as well.
-        while True:
-            try:
-                batch = self._queue.get(timeout=0.2)
-            except queue.Empty:
                 return
-            if batch is not None:
-                self._make_durable(batch)
+            self._make_durable(batch)
 
     def _make_durable(self, batch: _Batch) -> None:
         body = "\n".join(batch.lines).encode() if batch.lines else b""

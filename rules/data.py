@@ -508,11 +508,10 @@ class SiteHistory:
         self._site, self._ids = pd.factorize(self.events["site_id"])
         self._state, self._states = pd.factorize(self.events["to_state"])
         self._dated = self.events["dated"].to_numpy(dtype=bool)
-        on_air = np.flatnonzero(np.asarray(self._states) == "on_air")
-        self._on_air = on_air[0] if len(on_air) else -1
-        first = np.full(len(self._ids), len(self._site), dtype=np.int64)
-        np.minimum.at(first, self._site, np.arange(len(self._site)))
-        self._first = first
+        self._on_air = self._states.get_indexer(["on_air"])[0]  # -1: nobody went on air
+        # per site: the state assumed before its first event, if that is an undated import
+        _, first = np.unique(self._site, return_index=True)
+        self._before = np.where(self._dated[first], -1, self._state[first])
         self._cache: tuple[int, tuple] | None = None
 
     def _at(self, at: datetime | pd.Timestamp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -529,8 +528,7 @@ class SiteHistory:
         never = np.datetime64("NaT", "ns")
         since = np.full(len(self._ids), never, dtype="datetime64[ns]")
         into = dated & (state == now_state[site])  # dated entries into the state it is in at ``at``
-        since_ns = since.view(np.int64)
-        np.maximum.at(since_ns, site[into], times[into].view(np.int64))
+        np.maximum.at(since.view(np.int64), site[into], times[into].view(np.int64))
         on_air = np.full(len(self._ids), never, dtype="datetime64[ns]")
         went = dated & (state == self._on_air)
         np.maximum.at(on_air.view(np.int64), site[went], times[went].view(np.int64))
@@ -545,20 +543,15 @@ class SiteHistory:
         sites = facts.sites.copy()
         code = self._ids.get_indexer(sites["site_id"])
         has = code >= 0
-        c = np.where(has, code, 0)
-        state_code = np.where(has, now_state[c], -1)
-        first = self._first[c]
-        assumed = has & (state_code < 0) & ~self._dated[np.minimum(first, len(self._dated) - 1)]
-        state_code = np.where(assumed, self._state[np.minimum(first, len(self._state) - 1)], state_code)
+        c = np.where(has, code, 0)  # rows without history are overwritten below
+        state_code = np.where(now_state[c] >= 0, now_state[c], self._before[c])
         labels = np.asarray(self._states, dtype=object)
         state = np.where(state_code >= 0, labels[np.maximum(state_code, 0)], None)
         state[~has] = sites["state"].to_numpy(dtype=object)[~has]  # no history at all: today's
         sites["state"] = state
         for col, values in (("state_since", since), ("on_air_since", on_air)):
             then = pd.Series(pd.to_datetime(values[c], utc=True), index=sites.index)
-            then[~has | assumed] = pd.NaT
-            if not has.all():
-                then[~has] = pd.to_datetime(sites.loc[~has, col], utc=True)
+            then[~has] = pd.to_datetime(sites.loc[~has, col], utc=True)
             sites[col] = then
         return Facts(sites=sites, reservations=facts.reservations, tariffs=facts.tariffs, bills=facts.bills)
 

@@ -91,7 +91,8 @@ class Engine:
         # The rules' window data is fetched ahead, ``concurrency`` rules at a time (InfluxDB
         # works while Python evaluates); evaluation and flag changes stay in rule order here.
         workers = min(self.concurrency, len(rules))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rules-fetch") if workers > 1 else None
+        pool = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rules-fetch")
+                if workers > 1 else None)
         try:
             pending = [pool.submit(self._fetch, rule, now, facts) if pool is not None else None
                        for rule in rules]

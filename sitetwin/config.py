@@ -158,6 +158,11 @@ class TwinSettings(_Section):
     reporting_period: Duration = 60.0
     online_periods: int = Field(default=3, ge=1)
 
+    @property
+    def online_window_s(self) -> float:
+        """A site is online if seen within this many seconds."""
+        return self.reporting_period * self.online_periods
+
 
 class ServicesSettings(_Section):
     """Local Mosquitto and InfluxDB started by ``sitetwin services up``."""

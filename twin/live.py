@@ -91,8 +91,8 @@ class LiveState:
 
     def __init__(self, settings=None, *, online_window_s: float | None = None) -> None:
         if online_window_s is None:
-            online_window_s = (settings.twin.reporting_period * settings.twin.online_periods
-                               if settings is not None else DEFAULT_ONLINE_WINDOW_S)
+            online_window_s = (settings.twin.online_window_s if settings is not None
+                               else DEFAULT_ONLINE_WINDOW_S)
         self.online_window_s = online_window_s
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()

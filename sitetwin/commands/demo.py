@@ -209,7 +209,7 @@ def _online_count(settings: Settings) -> int:
     try:
         with store.session() as session:
             return len(list_sites(session, now=datetime.now(UTC), online=True,
-                                  window_s=settings.twin.reporting_period * settings.twin.online_periods))
+                                  window_s=settings.twin.online_window_s))
     finally:
         store.engine.dispose()
 

@@ -81,10 +81,6 @@ def _import_parser(sub: argparse._SubParsersAction, kind: str) -> None:
     p.set_defaults(handler=run_import, kind=kind)
 
 
-def _window(settings: Settings) -> float:
-    return settings.twin.reporting_period * settings.twin.online_periods
-
-
 def _actor(args: argparse.Namespace) -> str:
     if getattr(args, "by", None):
         return args.by
@@ -192,13 +188,13 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with store.session() as s:
             if args.unregistered:
-                rows = list_unregistered(s, now=now, window_s=_window(settings))
+                rows = list_unregistered(s, now=now, window_s=settings.twin.online_window_s)
                 cols = ["site_id", "online", "last_seen", "mains_ok", "on_battery",
                         "battery_soc_pct", "power_kw"]
             else:
-                rows = list_sites(s, now=now, window_s=_window(settings), county=args.county,
-                                  state=args.state, kind=args.kind, supply=args.supply,
-                                  online=args.online)
+                rows = list_sites(s, now=now, window_s=settings.twin.online_window_s,
+                                  county=args.county, state=args.state, kind=args.kind,
+                                  supply=args.supply, online=args.online)
                 cols = ["site_id", "name", "county", "kind", "supply", "state", "online",
                         "last_seen", "on_battery", "battery_soc_pct", "power_kw"]
     finally:
@@ -250,8 +246,8 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings.twin_url)
     try:
         with store.session() as s:
-            data = show_site(s, args.site_id, now=datetime.now(UTC), window_s=_window(settings),
-                             at=at)
+            data = show_site(s, args.site_id, now=datetime.now(UTC),
+                             window_s=settings.twin.online_window_s, at=at)
     finally:
         store.close()
     emit(args, data, _show_text)

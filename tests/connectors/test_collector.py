@@ -196,18 +196,30 @@ def test_two_collectors_share_the_load_and_the_union_is_complete(tmp_path, mosqu
     assert sum(shares.values()) == len(messages)
 
 
-def test_a_batch_queued_just_after_stops_end_marker_is_still_made_durable(tmp_path):
-    """A message callback running as stop() began may queue its batch after the end marker."""
+def test_nothing_is_queued_behind_stops_end_marker(tmp_path):
+    """A message callback or the sealer still running as stop() closes the queue adds no batch
+    after the end marker: the message is left un-acked (the broker redelivers it)."""
+    import paho.mqtt.client as mqtt
+
     settings = _settings(tmp_path, type("M", (), {"url": "mqtt://127.0.0.1:1"})(),
                          "http://127.0.0.1:1", "unused")
     collector = Collector(settings)
     done = []
     collector._make_durable = done.append
+
+    def message(mid: int):
+        topic, payload = tower_messages(sites=1, per_site=mid)[-1]
+        msg = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
+        msg.payload, msg.qos = payload, 1
+        return msg
+
     try:
-        collector._queue.put("first")
-        collector._queue.put(None)
-        collector._queue.put("late")
-        collector._write_loop()
+        collector._on_message(None, None, message(1))
+        collector._close_queue()  # what stop() does once on_message is detached
+        collector._on_message(None, None, message(2))  # a callback that was already running
+        collector._seal_loop()  # the sealer too ends at once and queues nothing
+        collector._write_loop()  # returns at the end marker
     finally:
         collector.dead_letters.close()
-    assert done == ["first", "late"]
+    assert [[mid for mid, _ in b.acks] for b in done] == [[1]]
+    assert collector._queue.empty() and collector._batch is None
