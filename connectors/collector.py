@@ -41,7 +41,7 @@ from connectors.lineprotocol import encode_reading
 from connectors.metrics import PipelineMetrics
 from connectors.reading import Parsed, Reading, Rejection, parse_message
 from connectors.spool import Spool
-from sitetwin.config import Settings
+from core.settings import Settings
 
 __all__ = ["Collector", "LiveSink", "mqtt_client"]
 

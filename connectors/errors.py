@@ -17,7 +17,7 @@ the one place each is used; none leaks out of the package.
 
 from __future__ import annotations
 
-from sitetwin.errors import SitetwinError
+from core.errors import SitetwinError
 
 __all__ = [
     "ConnectorError",

@@ -27,7 +27,7 @@ from urllib3.util.retry import Retry
 from typing import TYPE_CHECKING
 
 from connectors.errors import QueryError, WriteRejected, WriteRetryable
-from sitetwin.config import InfluxSettings
+from core.settings import InfluxSettings
 
 if TYPE_CHECKING:
     import pandas as pd

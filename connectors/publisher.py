@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 
 from connectors.collector import _server, mqtt_client
 from connectors.errors import PublishError
-from sitetwin.config import Settings
+from core.settings import Settings
 
 __all__ = ["PublishError", "PublishStats", "Publisher", "WirePublisher"]
 

@@ -11,7 +11,7 @@ never leave this package.
 
 from __future__ import annotations
 
-from sitetwin.errors import SitetwinError
+from core.errors import SitetwinError
 
 __all__ = ["DashboardError", "DefinitionError", "GrafanaClientMissing", "PushError"]
 

@@ -23,7 +23,7 @@ from rules.flag import FlagBook
 from rules.registry import RULES
 from rules.rule import Facts, Rule, Thresholds
 from rules.sink import publish_flags, write_flags
-from sitetwin.config import Settings
+from core.settings import Settings
 
 __all__ = ["Engine", "Outcome", "summarise", "thresholds_for"]
 

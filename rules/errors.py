@@ -15,7 +15,7 @@ exception that stops the other rules.
 
 from __future__ import annotations
 
-from sitetwin.errors import SitetwinError
+from core.errors import SitetwinError
 
 __all__ = [
     "ReviewError",

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from rules.finding import Finding, Severity, iso_utc, subject_key
 from rules.rule import Facts, Frames, Rule, Thresholds
-from sitetwin.config import Duration
+from core.settings import Duration
 
 __all__ = [
     "INTERFERENCE",

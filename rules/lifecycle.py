@@ -18,7 +18,7 @@ from pydantic import Field
 
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
-from sitetwin.config import Duration
+from core.settings import Duration
 
 __all__ = ["LIFECYCLE", "LifecycleThresholds", "evaluate_lifecycle", "last_seen_map"]
 

@@ -22,7 +22,7 @@ from pydantic import Field
 from rules.finding import Finding, Severity, iso_utc
 from rules.lifecycle import last_seen_map
 from rules.rule import Facts, Frames, Rule, Thresholds
-from sitetwin.config import Duration
+from core.settings import Duration
 
 __all__ = [
     "MAINS_FAILURE",

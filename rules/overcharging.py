@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
-from sitetwin.config import Duration
+from core.settings import Duration
 
 __all__ = [
     "OVERBILLING",

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
-from sitetwin.config import Duration
+from core.settings import Duration
 
 __all__ = ["RESERVATIONS", "ReservationThresholds", "evaluate_reservations", "peak_candidates", "site_peaks"]
 

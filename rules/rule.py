@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rules.errors import ThresholdError
 from rules.finding import Finding
-from sitetwin.config import Duration
+from core.settings import Duration
 
 __all__ = ["Facts", "Frames", "Rule", "Thresholds"]
 

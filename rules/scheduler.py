@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rules.registry import RULES, get_rule
-from sitetwin.config import Settings
+from core.settings import Settings
 
 __all__ = ["JOB_TABLE", "run_scheduled", "start"]
 

@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from connectors.lineprotocol import line
-from sitetwin.config import Settings
-from sitetwin.output import to_json
+from core.settings import Settings
+from core.jsonout import to_json
 
 __all__ = ["flag_lines", "flag_topic", "publish_flags", "write_flags"]
 

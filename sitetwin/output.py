@@ -7,19 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
+from core.jsonout import to_json
 
 __all__ = ["Progress", "emit", "to_json"]
-
-
-def to_json(data: Any) -> str:
-    """JSON for machines: UTC datetimes as ISO 8601, anything else by ``str``."""
-    return orjson.dumps(
-        data,
-        default=str,
-        option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-        | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC,
-    ).decode()
 
 
 def emit(args: Any, data: Any, text: Callable[[Any], str] | str | None = None) -> None:

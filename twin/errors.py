@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sitetwin.errors import SitetwinError
+from core.errors import SitetwinError
 
 __all__ = [
     "ImportFailed",

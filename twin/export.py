@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from sitetwin.errors import UserError
+from core.errors import UserError
 
 __all__ = ["FORMULA_PREFIXES", "neutralise", "write_table"]
 

@@ -29,6 +29,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from core.timeutil import utcnow
+
 __all__ = [
     "Base",
     "Bill",
@@ -47,10 +49,6 @@ __all__ = [
 ]
 
 ID = String(64)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):

@@ -1,0 +1,12 @@
+"""The kernel every sitetwin package shares: error root, units, time, settings.
+
+It imports nothing of the project, so ``connectors``, ``twin``, ``rules`` and
+``dashboards`` can depend on it without depending on the shell (``sitetwin``,
+the CLI and its wiring), which only the shell itself imports.
+
+    core.errors    SitetwinError, UserError (the root of every package's error tree)
+    core.units     durations ("1h30m") and sizes ("64MiB")
+    core.timeutil  UTC inside, local time at the edges
+    core.settings  the settings models and their loader
+    core.jsonout   JSON for machines
+"""
