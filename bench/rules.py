@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/rules.py [--sites 1000,10000] [--days 7] [--json]
 
-For each N: a seeded fleet (``connectors.fleet.Fleet.build``: ~3 cells on
+For each N: a seeded fleet (``simulator.fleet.Fleet.build``: ~3 cells on
 macro sites, reservations, tariffs, bills for the transfer sites) is imported
 into a fresh SQLite twin through the CSV importers; 7 days of tower, power and
 interference readings at 15-minute steps are written as line protocol straight
@@ -38,8 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.csvimport import BILLS, RESERVATIONS, SITES, TARIFFS, import_csv  # noqa: E402
-from connectors.fleet import LOAD_PEAK_LOCAL_HOUR, LOCAL_UTC_OFFSET_H, Fleet  # noqa: E402
+from twin.imports import BILLS, RESERVATIONS, SITES, TARIFFS, import_csv  # noqa: E402
+from simulator.fleet import LOAD_PEAK_LOCAL_HOUR, LOCAL_UTC_OFFSET_H, Fleet  # noqa: E402
 from connectors.influx import InfluxWriter  # noqa: E402
 from sitetwin.config import load_settings  # noqa: E402
 from sitetwin.services import InfluxDB, free_port  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connectors.csvimport import SITES, import_csv  # noqa: E402
+from twin.imports import SITES, import_csv  # noqa: E402
 from twin.store import open_store  # noqa: E402
 
 COUNTIES = ["Jinjiang", "Qingyang", "Jinniu", "Wuhou", "Chenghua", "Longquanyi", "Xindu",

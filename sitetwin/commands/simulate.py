@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from connectors.fleet import SCENARIOS, Fleet
+from simulator.fleet import SCENARIOS, Fleet
 from sitetwin.config import Settings, parse_duration
 from sitetwin.errors import UserError
 from sitetwin.output import emit
@@ -167,7 +167,7 @@ class Simulation:
 def simulate(settings: Settings, sim: Simulation, *, progress: bool = True) -> dict[str, Any]:
     """Build the fleet, write its CSVs if asked, publish history then live readings; a summary."""
     from connectors.publisher import Publisher, WirePublisher
-    from connectors.simulator import ANOMALY_MAX_S, chunks, malformed, onset
+    from simulator.telemetry import ANOMALY_MAX_S, chunks, malformed, onset
 
     if not sim.duration_s and sim.history_from is None and sim.publish:
         raise UserError("give --duration (live), --backfill/--start (history), or both")

@@ -91,7 +91,7 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def _ts(value: str | None, what: str) -> datetime | None:
-    from connectors.csvimport import timestamp
+    from twin.imports import timestamp
 
     if value is None:
         return None
@@ -111,7 +111,7 @@ def _lines(path: Path) -> int | None:
 
 
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
-    from connectors.csvimport import SCHEMAS, import_csv
+    from twin.imports import SCHEMAS, import_csv
 
     path = Path(args.file)
     store = open_store(settings.twin_url)
@@ -270,7 +270,7 @@ def run_transition(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _targets(path: str | None, year: int) -> dict[str, int]:
-    from connectors.csvimport import TARGETS, read_rows
+    from twin.imports import TARGETS, read_rows
 
     if path is None:
         return {}

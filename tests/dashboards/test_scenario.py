@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.csvimport import import_csv
-from connectors.fleet import Fleet
+from twin.imports import import_csv
+from simulator.fleet import Fleet
 from connectors.influx import InfluxWriter
 from connectors.lineprotocol import encode
 from connectors.metrics import PipelineMetrics
 from connectors.reading import parse_message
-from connectors.simulator import chunks, onset, readings
+from simulator.telemetry import chunks, onset, readings
 from rules.engine import Engine
 from sitetwin.config import load_settings
 from tests.dashboards.checks import all_queries, check_query, records, schema, substitute

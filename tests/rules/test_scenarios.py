@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.csvimport import import_csv
-from connectors.fleet import Fleet
+from twin.imports import import_csv
+from simulator.fleet import Fleet
 from connectors.influx import InfluxWriter
 from connectors.lineprotocol import encode
 from connectors.reading import parse_message
-from connectors.simulator import onset, readings
+from simulator.telemetry import onset, readings
 from rules.engine import Engine
 from sitetwin.config import load_settings
 

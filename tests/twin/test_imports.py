@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from connectors.csvimport import BILLS, RESERVATIONS, SITES, TARIFFS, import_csv
+from twin.imports import BILLS, RESERVATIONS, SITES, TARIFFS, import_csv
 from twin.errors import ImportFailed
 from twin.lifecycle import history, state_at
 from twin.models import Bill, LifecycleEvent, Reservation, Site, Tariff

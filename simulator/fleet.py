@@ -15,7 +15,7 @@ reservations exceeded, missing or far too large; overcharging and
 over-billing bills; a meter swapped during the bill month.  Telemetry
 anomalies (jammer, narrowband interferer, mains failure, silent site,
 outage) depend on the scenario and are planned here, played by
-``connectors.simulator``.
+``simulator.telemetry``.
 """
 
 from __future__ import annotations
@@ -409,7 +409,7 @@ class Fleet:
 
         Registry anomalies (reservations, bills, meter swaps) are part of every
         scenario; telemetry anomalies start in the last part of the simulated
-        run (see ``connectors.simulator.onset``), which lasts ``window_s``
+        run (see ``simulator.telemetry.onset``), which lasts ``window_s``
         (6 h unless the run is shorter than 12 h).
         """
         out: dict[str, Anomaly] = {}

@@ -28,9 +28,9 @@ from datetime import datetime
 import numpy as np
 import orjson
 
-from connectors.fleet import BATTERY_EMPTY_PCT as _BATTERY_EMPTY_PCT
-from connectors.fleet import NARROWBAND_PRBS as _NARROWBAND_PRBS
-from connectors.fleet import Cell, Fleet, ScenarioPlan, Site, daily_phase
+from simulator.fleet import BATTERY_EMPTY_PCT as _BATTERY_EMPTY_PCT
+from simulator.fleet import NARROWBAND_PRBS as _NARROWBAND_PRBS
+from simulator.fleet import Cell, Fleet, ScenarioPlan, Site, daily_phase
 
 __all__ = [
     "ANOMALY_MAX_S",

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from connectors.csvimport import SCHEMAS, TARGETS, import_csv, read_rows
-from connectors.fleet import SCENARIOS, TOU_HOURS, Fleet, tou_period
+from twin.imports import SCHEMAS, TARGETS, import_csv, read_rows
+from simulator.fleet import SCENARIOS, TOU_HOURS, Fleet, tou_period
 from connectors.reading import InterferenceReading, PowerReading, TowerReading, check_id, parse_message
-from connectors.simulator import chunks, malformed, onset, readings
+from simulator.telemetry import chunks, malformed, onset, readings
 from tests.support import ROOT, collector_process, count, wait_for
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
