@@ -1,74 +1,100 @@
-"""Versioned schema migrations (an Alembic-like mechanism without the dependency).
+"""Schema migrations with Alembic, run inside the caller's transaction.
 
-The ``schema_version`` table holds one row per applied migration.  A new
-registry is created from the current models and stamped with the latest
-version (as Alembic's "create_all, then stamp head"); an existing one gets
-every migration above its version, in order, each in the open transaction.
-To change the schema: edit ``twin.models`` and append a ``Migration`` whose
-``upgrade`` brings a registry of the previous version to the new one.
+Revisions live in ``twin/alembic/versions`` and are numbered ``0001``,
+``0002``, ... (the revision id is the number, so ``Store.version`` reads as
+one).  A new registry is created from the current models and stamped with the
+head revision (Alembic's "create_all, then stamp head"); an existing one gets
+every revision above its own, in order.  A registry made by sitetwin before
+Alembic (a ``schema_version`` table at version 1) is stamped ``0001`` first.
+A registry whose revision this sitetwin does not know was written by a newer
+one and is refused rather than touched.
+
+To change the schema: edit ``twin.models``, then add a revision
+(``.venv/bin/alembic -c twin/alembic.ini revision -m "what"``, rename it to the
+next number and set ``revision``/``down_revision`` to numbers) whose
+``upgrade`` brings a registry of the previous revision to the new one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import Connection, inspect, select, text
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, inspect, text
 
 from twin.errors import StoreError
-from twin.models import Base, SchemaVersion, utcnow
+from twin.models import Base
 
-__all__ = ["MIGRATIONS", "Migration", "current_version", "latest_version", "upgrade"]
+__all__ = ["LEGACY_TABLE", "current_version", "latest_version", "script_directory", "upgrade"]
 
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    description: str
-    upgrade: Callable[[Connection], None]
+LOCATION = Path(__file__).with_name("alembic")
+LEGACY_TABLE = "schema_version"
 
 
-def _baseline(conn: Connection) -> None:
-    Base.metadata.create_all(conn)
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(LOCATION))
+    return cfg
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "registry, lifecycle, live state, reservations, tariffs, bills, flags", _baseline),
-)
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
 
 
-def latest_version() -> int:
-    return MIGRATIONS[-1].version
+def latest_version() -> str:
+    head = script_directory().get_current_head()
+    assert head is not None, "twin/alembic/versions has no revision"
+    return head
 
 
-def current_version(conn: Connection) -> int | None:
-    """The registry's schema version, or ``None`` if it has none yet."""
-    if not inspect(conn).has_table(SchemaVersion.__tablename__):
+def current_version(conn: Connection) -> str | None:
+    """The registry's revision, or ``None`` if it has none yet."""
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _legacy_version(conn: Connection) -> int | None:
+    if not inspect(conn).has_table(LEGACY_TABLE):
         return None
-    return conn.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc())
-                       .limit(1))
+    return conn.scalar(text(f"SELECT max(version) FROM {LEGACY_TABLE}"))
 
 
-def upgrade(conn: Connection) -> int:
-    """Create or upgrade the schema inside the caller's transaction; returns the version."""
+def upgrade(conn: Connection) -> str:
+    """Create or upgrade the schema inside the caller's transaction; returns the revision."""
     if conn.dialect.name == "postgresql":
         # Two processes opening a new registry at once must not both create it.
         conn.execute(text("SELECT pg_advisory_xact_lock(7301931)"))
-    version = current_version(conn)
-    latest = latest_version()
-    if version is not None and version > latest:
-        raise StoreError(f"the registry's schema is version {version}, newer than this"
-                         f" sitetwin understands ({latest}); upgrade sitetwin")
-    if version is None:
-        Base.metadata.create_all(conn)
-        conn.execute(SchemaVersion.__table__.insert(), [
-            {"version": m.version, "description": m.description, "applied_at": utcnow()}
-            for m in MIGRATIONS])
-        return latest
-    for m in MIGRATIONS:
-        if m.version > version:
-            m.upgrade(conn)
-            conn.execute(SchemaVersion.__table__.insert(),
-                         [{"version": m.version, "description": m.description,
-                           "applied_at": utcnow()}])
-    return latest
+    script = script_directory()
+    head = latest_version()
+    context = MigrationContext.configure(conn)
+    current = context.get_current_revision()
+    if current is None:
+        legacy = _legacy_version(conn)
+        if legacy is not None and legacy > 1:
+            raise StoreError(f"the registry's schema is version {legacy}, newer than this"
+                             f" sitetwin understands; upgrade sitetwin")
+        if legacy is None and not inspect(conn).has_table("sites"):
+            Base.metadata.create_all(conn)
+            context.stamp(script, head)
+            return head
+        context.stamp(script, "0001")
+        current = "0001"
+    try:
+        script.get_revision(current)
+    except CommandError:
+        raise StoreError(f"the registry's schema is revision {current}, newer than this"
+                         f" sitetwin understands ({head}); upgrade sitetwin") from None
+    if current == head:
+        return head
+
+    def steps(rev, _context):
+        return script._upgrade_revs(head, rev)
+
+    with EnvironmentContext(_config(), script, fn=steps, destination_rev=head) as env:
+        env.configure(connection=conn, target_metadata=Base.metadata, fn=steps,
+                      render_as_batch=True, transactional_ddl=True)
+        env.run_migrations()
+    return head

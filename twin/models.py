@@ -41,7 +41,6 @@ __all__ = [
     "LiveSiteState",
     "Meter",
     "Reservation",
-    "SchemaVersion",
     "Site",
     "Tariff",
     "UTCDateTime",
@@ -80,15 +79,6 @@ class Base(DeclarativeBase):
     """Declarative base of every registry table."""
 
     type_annotation_map = {datetime: UTCDateTime()}
-
-
-class SchemaVersion(Base):
-    """Applied schema migrations (see ``twin.migrations``)."""
-
-    __tablename__ = "schema_version"
-    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    description: Mapped[str] = mapped_column(String(200))
-    applied_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Site(Base):

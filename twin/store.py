@@ -41,7 +41,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class Store:
     """An open registry: ``engine``, ``sessionmaker`` and the ``session()`` context manager."""
 
-    def __init__(self, engine: Engine, version: int) -> None:
+    def __init__(self, engine: Engine, version: str) -> None:
         self.engine = engine
         self.version = version
         self.sessionmaker = sessionmaker(engine, expire_on_commit=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -21,7 +23,7 @@ def test_open_creates_schema_once_and_reopens(twin_url):
     a.close()
     b = open_store(twin_url)  # a second open finds the schema and changes nothing
     with b.session() as s:
-        versions = s.execute(text("SELECT version FROM schema_version")).scalars().all()
+        versions = s.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     assert versions == [latest_version()]
     b.close()
 
@@ -29,11 +31,27 @@ def test_open_creates_schema_once_and_reopens(twin_url):
 def test_refuses_a_newer_schema(twin_url):
     s = open_store(twin_url)
     with s.session() as ses:
-        ses.execute(text("INSERT INTO schema_version (version, description, applied_at)"
-                         " VALUES (999, 'from the future', CURRENT_TIMESTAMP)"))
+        ses.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     s.close()
     with pytest.raises(StoreError, match="newer"):
         open_store(twin_url)
+
+
+def test_a_registry_from_before_alembic_is_stamped_and_kept(twin_url):
+    s = open_store(twin_url)
+    with s.session() as ses:
+        ses.add(Tariff(region="R", customer_class="C", price_cny_per_kwh=0.6,
+                       effective_from=datetime(2026, 1, 1, tzinfo=UTC)))
+        ses.execute(text("DROP TABLE alembic_version"))
+        ses.execute(text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY,"
+                         " description VARCHAR(200), applied_at TIMESTAMP)"))
+        ses.execute(text("INSERT INTO schema_version VALUES (1, 'baseline', CURRENT_TIMESTAMP)"))
+    s.close()
+    again = open_store(twin_url)
+    assert again.version == latest_version()
+    with again.session() as ses:
+        assert ses.scalars(select(Tariff)).one().price_cny_per_kwh == 0.6
+    again.close()
 
 
 def test_datetimes_come_back_utc_aware(store):
@@ -80,28 +98,38 @@ def test_errors_never_show_the_password(tmp_path):
     assert "s3cret" not in str(err.value) and "***" in str(err.value)
 
 
-def test_an_older_registry_is_upgraded_in_order(twin_url, monkeypatch):
+def test_an_older_registry_is_upgraded_in_order(twin_url, tmp_path, monkeypatch):
     import twin.migrations as migrations
 
-    open_store(twin_url).close()  # a registry at version 1
-    applied = []
-
-    def add_notes(conn):
-        applied.append(2)
-        conn.execute(text("CREATE TABLE site_notes (site_id VARCHAR(64) PRIMARY KEY, body TEXT)"))
-
-    def fill_notes(conn):
-        applied.append(3)
-        conn.execute(text("INSERT INTO site_notes VALUES ('S1', 'hello')"))
-
-    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + (
-        migrations.Migration(2, "notes", add_notes), migrations.Migration(3, "fill", fill_notes)))
+    open_store(twin_url).close()  # a registry at today's head
+    head = latest_version()
+    versions = tmp_path / "alembic" / "versions"
+    shutil.copytree(migrations.LOCATION, tmp_path / "alembic")
+    n = int(head)
+    (versions / f"{n + 1:04d}_notes.py").write_text(textwrap.dedent(f"""
+        import sqlalchemy as sa
+        from alembic import op
+        revision = "{n + 1:04d}"
+        down_revision = "{head}"
+        def upgrade():
+            op.create_table("site_notes", sa.Column("site_id", sa.String(64), primary_key=True),
+                            sa.Column("body", sa.Text))
+        """))
+    (versions / f"{n + 2:04d}_fill.py").write_text(textwrap.dedent(f"""
+        from alembic import op
+        revision = "{n + 2:04d}"
+        down_revision = "{n + 1:04d}"
+        def upgrade():
+            op.execute("INSERT INTO site_notes VALUES ('S1', 'hello')")
+        """))
+    monkeypatch.setattr(migrations, "LOCATION", tmp_path / "alembic")
     s = open_store(twin_url)
-    assert s.version == 3 and applied == [2, 3]
+    assert s.version == f"{n + 2:04d}"
     with s.session() as ses:
-        assert ses.execute(text("SELECT version FROM schema_version ORDER BY version")) \
-            .scalars().all() == [1, 2, 3]
+        assert ses.execute(text("SELECT version_num FROM alembic_version")).scalars().all() \
+            == [f"{n + 2:04d}"]
         assert ses.execute(text("SELECT body FROM site_notes")).scalar() == "hello"
     s.close()
     open_store(twin_url).close()  # nothing left to apply
-    assert applied == [2, 3]
+    with open_store(twin_url).session() as ses:
+        assert ses.execute(text("SELECT count(*) FROM site_notes")).scalar() == 1
