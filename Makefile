@@ -40,6 +40,7 @@ demo: setup
 	$(VENV)/bin/sitetwin demo
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest
 
 bench: setup

@@ -1,7 +1,7 @@
 """Errors of the connectors package (MQTT, InfluxDB, spool, dead letter).
 
     ConnectorError
-    ├── InvalidIdentifier       an id does not match CONTRACTS.md's pattern
+    ├── InvalidIdentifier       an id does not match docs/contracts.md's pattern
     ├── LineProtocolError       a value cannot be written as line protocol
     ├── WriteError              InfluxDB did not take a batch
     │   ├── WriteRetryable      down, timed out, 5xx, 429, auth: spool and retry later

@@ -1,4 +1,4 @@
-"""Telemetry readings: the payloads of CONTRACTS.md section 1, validated once at the edge.
+"""Telemetry readings: the payloads of docs/contracts.md section 1, validated once at the edge.
 
 A message on ``sites/{site_id}/{stream}`` carries one reading object or a JSON
 array of them.  ``parse_message`` turns the raw bytes into frozen reading

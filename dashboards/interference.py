@@ -10,7 +10,7 @@ from dashboards.variables import BAND, CELL, COUNTY, SITE, by_band, by_cell, by_
 
 __all__ = ["DASHBOARD", "PRB_COUNT"]
 
-PRB_COUNT = 275  # NR maximum; CONTRACTS.md section 1 caps prb_dbm at 275 entries
+PRB_COUNT = 275  # NR maximum; docs/contracts.md section 1 caps prb_dbm at 275 entries
 
 _CELLS = f"$timeFilter AND {by_site} AND {by_cell} AND {by_band}"
 

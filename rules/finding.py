@@ -15,7 +15,7 @@ __all__ = ["KINDS", "SEVERITIES", "Finding", "Severity", "iso_utc", "subject_key
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 
-# CONTRACTS.md section 4: the flag kinds, fixed.
+# docs/contracts.md section 4: the flag kinds, fixed.
 KINDS: tuple[str, ...] = (
     "overcharging",
     "overbilling",
@@ -71,7 +71,7 @@ def subject_key(kind: str, site_id: str, cell_id: str | None = None, bill_id: st
 
 
 def iso_utc(ts: datetime) -> str:
-    """A time as CONTRACTS.md writes it: ISO 8601 in UTC with ``Z`` (``2026-11-24T08:15:00Z``)."""
+    """A time as docs/contracts.md writes it: ISO 8601 in UTC with ``Z`` (``2026-11-24T08:15:00Z``)."""
     if ts.tzinfo is None:
         raise ValueError("a naive time has no place in evidence: times are UTC-aware")
     text = ts.astimezone(timezone.utc).isoformat()

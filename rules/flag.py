@@ -35,7 +35,7 @@ def _models():
 
 
 def flag_dict(flag: Any) -> dict[str, Any]:
-    """A flag as CONTRACTS.md section 4 describes it."""
+    """A flag as docs/contracts.md section 4 describes it."""
     return {
         "id": flag.id, "kind": flag.kind, "rule": flag.rule, "site_id": flag.site_id,
         "cell_id": flag.cell_id, "bill_id": flag.bill_id, "supplier_id": flag.supplier_id,

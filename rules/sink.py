@@ -3,7 +3,7 @@
 Both are best effort: the registry is the record, so a failure here is logged
 and the next change writes the flag again.  MQTT: topic
 ``sitetwin/flags/{kind}/{site_id}``, QoS 1, payload the flag JSON of
-CONTRACTS.md section 4.
+docs/contracts.md section 4.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Synthetic telemetry for a ``Fleet``: CONTRACTS.md section 1 payloads, deterministic.
+"""Synthetic telemetry for a ``Fleet``: docs/contracts.md section 1 payloads, deterministic.
 
 ``readings(fleet, start, end, period_s, scenario)`` is a pure generator of
 ``(topic, payload_bytes)``: no clock, no socket.  Every value is a function

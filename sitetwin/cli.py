@@ -3,7 +3,7 @@
 Each command group lives in its own module under ``sitetwin/commands`` and
 exposes ``register(commands, reports)``: it adds its subparsers and sets
 ``handler=fn`` where ``fn(args, settings) -> int | None``.  Conventions
-(CONTRACTS.md section 3): ``--config`` and ``--json`` on every command, exit 0
+(docs/contracts.md section 3): ``--config`` and ``--json`` on every command, exit 0
 on success, 1 on a user error with one line on stderr, 2 on a usage error.
 """
 

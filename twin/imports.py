@@ -1,4 +1,4 @@
-"""CSV imports (CONTRACTS.md section 2): read, validate every row, upsert all or nothing.
+"""CSV imports (docs/contracts.md section 2): read, validate every row, upsert all or nothing.
 
 Used by ``sitetwin sites|reservations|tariffs|bills import``; rows go into the
 twin's tables (``twin.models``).  A file is UTF-8 (a BOM is tolerated) with a

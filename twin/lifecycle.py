@@ -1,6 +1,6 @@
 """The site lifecycle: states, transitions named as verbs, guards, history.
 
-Declared in one place (DESIGN.md, "The twin")::
+Declared in one place (docs/architecture.md, "The twin")::
 
     planned -> site_secured -> approved -> under_construction -> power_connected -> on_air
     on_air -> relocating -> decommissioned

@@ -3,7 +3,7 @@
 Every datetime is timezone-aware UTC in Python.  PostgreSQL stores
 ``timestamptz``; SQLite has no time zones, so ``UTCDateTime`` stores naive UTC
 there and hands back aware values.  Identifiers are at most 64 characters
-(CONTRACTS.md).  ``sites.state`` duplicates the last lifecycle event's
+(docs/contracts.md).  ``sites.state`` duplicates the last lifecycle event's
 ``to_state`` so that lists and filters need no history scan; only
 ``twin.lifecycle`` and the importer write it.
 """
@@ -82,7 +82,7 @@ class Base(DeclarativeBase):
 
 
 class Site(Base):
-    """A base-station site: identity, attributes (CONTRACTS.md section 2) and current state."""
+    """A base-station site: identity, attributes (docs/contracts.md section 2) and current state."""
 
     __tablename__ = "sites"
     site_id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -214,7 +214,7 @@ class LiveSiteState(Base):
 
 
 class Flag(Base):
-    """A finding of a rule, with its evidence (CONTRACTS.md section 4); written by ``rules``."""
+    """A finding of a rule, with its evidence (docs/contracts.md section 4); written by ``rules``."""
 
     __tablename__ = "flags"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -1,4 +1,4 @@
-"""``sitetwin simulate``: publish realistic telemetry for a seeded fleet (CONTRACTS.md section 3).
+"""``sitetwin simulate``: publish realistic telemetry for a seeded fleet (docs/contracts.md section 3).
 
 Two phases, either or both:
 
@@ -62,7 +62,7 @@ def _positive_int(text: str) -> int:
 def register(commands: argparse._SubParsersAction, reports: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "simulate", help="publish realistic telemetry for a synthetic fleet",
-        description="Publish CONTRACTS.md section 1 telemetry for N synthetic sites over MQTT "
+        description="Publish docs/contracts.md section 1 telemetry for N synthetic sites over MQTT "
                     "(QoS 1). See docs/simulator.md.")
     p.add_argument("--sites", type=_positive_int, required=True, metavar="N",
                    help="sites in the fleet (those with power publish, about 3 in 4)")

@@ -1,6 +1,6 @@
 """``sitetwin sites|reservations|tariffs|bills ...`` and ``sitetwin report progress``.
 
-The registry commands of the twin (CONTRACTS.md sections 2 and 3): CSV
+The registry commands of the twin (docs/contracts.md sections 2 and 3): CSV
 imports, the site list and detail, lifecycle moves, and the build-progress
 report per county.
 """

@@ -1,4 +1,4 @@
-"""Payload schemas of CONTRACTS.md section 1: what is accepted, what is rejected and why."""
+"""Payload schemas of docs/contracts.md section 1: what is accepted, what is rejected and why."""
 
 from __future__ import annotations
 

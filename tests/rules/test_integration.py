@@ -1,5 +1,5 @@
 """End to end on real services: readings in InfluxDB, registry in SQL (SQLite and PostgreSQL),
-``sitetwin rules run`` finds exactly the injected anomalies, flags are listed per CONTRACTS.md
+``sitetwin rules run`` finds exactly the injected anomalies, flags are listed per docs/contracts.md
 section 4, written to InfluxDB and published over MQTT, and the reports are written."""
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
         flags = json.loads(out)
         assert {(f["kind"], f["site_id"]) for f in flags} == EXPECTED
         assert not [f for f in flags if f["site_id"] == "S-CLEAN"]
-        for f in flags:  # CONTRACTS.md section 4
+        for f in flags:  # docs/contracts.md section 4
             assert {"id", "kind", "rule", "site_id", "severity", "status", "opened_at", "updated_at",
                     "window_start", "window_end", "summary", "evidence", "cell_id", "supplier_id",
                     "bill_id"} <= set(f)
