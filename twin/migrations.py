@@ -59,7 +59,7 @@ def current_version(conn: Connection) -> str | None:
 def _legacy_version(conn: Connection) -> int | None:
     if not inspect(conn).has_table(LEGACY_TABLE):
         return None
-    return conn.scalar(text(f"SELECT max(version) FROM {LEGACY_TABLE}"))
+    return conn.scalar(text("SELECT max(version) FROM schema_version"))
 
 
 def upgrade(conn: Connection) -> str:
