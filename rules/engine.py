@@ -59,6 +59,9 @@ class Engine:
 
     def __init__(self, settings: Settings, store: Any, *, data: WindowData | None = None,
                  write_influx: bool = True, publish_mqtt: bool = True) -> None:
+        from rules.registry import check_rule_tables
+
+        check_rule_tables(settings.rules.model_extra)
         self.settings = settings
         self.store = store
         self.flags = FlagBook(store)

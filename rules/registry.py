@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from rules.errors import UnknownRule
+from collections.abc import Mapping
+from typing import Any
+
+from rules.errors import ThresholdError, UnknownRule
 from rules.interference import INTERFERENCE
 from rules.lifecycle import LIFECYCLE
 from rules.operations import MAINS_FAILURE, SITE_OFFLINE
@@ -10,7 +13,7 @@ from rules.overcharging import OVERBILLING, OVERCHARGING
 from rules.reservations import RESERVATIONS
 from rules.rule import Rule
 
-__all__ = ["RULES", "get_rule"]
+__all__ = ["RULES", "check_rule_tables", "get_rule"]
 
 RULES: tuple[Rule, ...] = (
     OVERCHARGING, OVERBILLING, INTERFERENCE, RESERVATIONS, LIFECYCLE, SITE_OFFLINE, MAINS_FAILURE,
@@ -23,3 +26,16 @@ def get_rule(name: str) -> Rule:
         if rule.name == name:
             return rule
     raise UnknownRule(name, [r.name for r in RULES])
+
+
+def check_rule_tables(tables: Mapping[str, Any] | None) -> None:
+    """Refuse a ``[rules.<name>]`` table whose name is not a rule (a misspelling would
+    otherwise leave that rule silently on its defaults), and any bad key in a known one."""
+    known = {r.name: r for r in RULES}
+    for name, table in (tables or {}).items():
+        if name not in known:
+            raise ThresholdError(f"unknown rule table 'rules.{name}' in the configuration"
+                                 f" (known rules: {', '.join(sorted(known))})")
+        if not isinstance(table, Mapping):
+            raise ThresholdError(f"configuration key 'rules.{name}' must be a table")
+        known[name].configure(table)

@@ -64,7 +64,9 @@ def start(settings: Settings, *, paused: bool = False):
     from apscheduler.triggers.interval import IntervalTrigger
 
     from rules.engine import thresholds_for
+    from rules.registry import check_rule_tables
 
+    check_rule_tables(settings.rules.model_extra)  # before anything starts
     _state.clear()
     _state["settings"] = settings
     scheduler = BackgroundScheduler(

@@ -6,6 +6,7 @@ the tests that need it error out, in CI as on a laptop.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,15 @@ import pytest
 
 from sitetwin.config import Settings, load_settings
 from sitetwin.services import InfluxDB, Mosquitto, PostgreSQL, VictoriaMetrics, free_port, temp_root
+
+
+@pytest.fixture(autouse=True)
+def _no_developer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's ``SITETWIN_*`` variables (a config file, a password, a URL) must not
+    reach the tests: each test starts from the defaults plus what it sets itself."""
+    for name in list(os.environ):
+        if name.startswith("SITETWIN_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
 
 
+# CI (which sets CI=true) runs the long tests at full length; a developer's default run
+# shortens them (SITETWIN_FULL_TESTS=1 gives the full length locally too).
+FULL_LENGTH = os.environ.get("CI") == "true" or os.environ.get("SITETWIN_FULL_TESTS") == "1"
+
+
+def full_or_short(full: float, short: float) -> float:
+    """``full`` in CI (or with SITETWIN_FULL_TESTS=1), ``short`` on a developer's run."""
+    return full if FULL_LENGTH else short
+
+
 SUBSCRIBED = b"MQTT subscribed"
 
 

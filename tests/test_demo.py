@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, full_or_short
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_demo_runs_end_to_end_and_finds_every_planted_anomaly(tmp_path: Path):
     out = subprocess.run(
-        [sys.executable, "-m", "sitetwin", "demo", "--dir", str(tmp_path / "demo"), "--sites", "40",
-         "--live", "5s", "--json"],
+        [sys.executable, "-m", "sitetwin", "demo", "--dir", str(tmp_path / "demo"), "--sites",
+         str(int(full_or_short(40, 20))), "--live", "5s", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]

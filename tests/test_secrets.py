@@ -81,6 +81,20 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
+def _live_sites(url: str) -> int:
+    from sqlalchemy import func, select
+
+    from twin.models import LiveSiteState
+    from twin.store import open_store
+
+    store = open_store(url)
+    try:
+        with store.session() as s:
+            return s.scalar(select(func.count()).select_from(LiveSiteState)) or 0
+    finally:
+        store.close()
+
+
 def _with_password(url: str) -> str:
     scheme, rest = url.split("://", 1)
     user, host = rest.split("@", 1)
@@ -115,7 +129,8 @@ def test_a_full_run_at_debug_level_prints_no_secret(tmp_path, mosquitto, influxd
                  message="ingest")
         wait_for(lambda: count(influxdb, influx_db, "SELECT count(received_msgs) FROM sitetwin_pipeline"),
                  message="pipeline metrics")
-        time.sleep(1.5)  # let the twin flush its live state a few times (every 0.5 s here)
+        # the twin has flushed the live state of all 5 sites (a flush every 0.5 s here)
+        wait_for(lambda: _live_sites(postgresql_url) >= 5, message="the twin's live state")
     finally:
         _stop(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
@@ -124,10 +139,10 @@ def test_a_full_run_at_debug_level_prints_no_secret(tmp_path, mosquitto, influxd
     dead = f"http://127.0.0.1:{free_port()}"
     log = tmp_path / "influx-down.log"
     logs.append(log)
-    proc = collector_process(_env(tmp_path, mosquitto.url, dead, influx_db), log_path=log)
+    proc = collector_process(_env(tmp_path, mosquitto.url, dead, influx_db), log_path=log,
+                             wait_subscribed=True)
     try:
         spool = tmp_path / "state" / "spool"
-        time.sleep(1.5)
         publish(mosquitto.host, mosquitto.port, tower_messages(3, 10, start_s=1_791_000_000))
         try:
             wait_for(lambda: any(spool.rglob("*.lp")), timeout=60, message="spooled batches")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from connectors.deadletter import DeadLetterStore
+from sitetwin.arguments import positive_int
 from sitetwin.config import Settings
 from sitetwin.output import emit
 
@@ -15,7 +16,7 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     ls = sub.add_parser("list", help="list rejected messages (newest first)")
     ls.add_argument("--reason", help="only this reason code")
     ls.add_argument("--source", choices=["mqtt", "influxdb"], help="only from this source")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=positive_int, default=50, metavar="N")
     ls.set_defaults(handler=run)
     counts = sub.add_parser("counts", help="number of rejected messages per reason")
     counts.set_defaults(handler=run_counts)

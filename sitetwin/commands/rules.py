@@ -6,6 +6,7 @@ import argparse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sitetwin.arguments import cli_time, positive_int
 from sitetwin.config import Settings
 from sitetwin.errors import UserError
 from sitetwin.output import emit
@@ -32,7 +33,7 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     fl.add_argument("--kind", choices=KINDS)
     fl.add_argument("--status", choices=STATUSES)
     fl.add_argument("--site", metavar="SITE_ID")
-    fl.add_argument("--limit", type=int)
+    fl.add_argument("--limit", type=positive_int, metavar="N")
     fl.set_defaults(handler=list_flags)
     fs = fsub.add_parser("show", help="one flag with its evidence and review history")
     fs.add_argument("id", type=int)
@@ -60,19 +61,6 @@ def iso_utc(value):
     return _iso_utc(value)
 
 
-def _time(value: str | None, what: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        import pandas as pd
-
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise UserError(f"{what} {value!r} is not an ISO 8601 time (e.g. 2026-11-24T08:15:00Z)") from None
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
-
-
 def _store(settings: Settings):
     from twin.store import open_store
 
@@ -95,8 +83,8 @@ def run_rules(args: argparse.Namespace, settings: Settings) -> int:
     from rules.engine import Engine, summarise
 
     selected = _rules(args.rule)
-    until = _time(args.until, "--until") or datetime.now(UTC)
-    since = _time(args.since, "--since")
+    until = cli_time(args.until, "--until", settings) or datetime.now(UTC)
+    since = cli_time(args.since, "--since", settings)
     if since is not None and since >= until:
         raise UserError("--since must be before --until")
     store = _store(settings)
@@ -251,7 +239,7 @@ def report_reservations(args: argparse.Namespace, settings: Settings) -> int:
     from rules.report import reservations_table
     from twin.export import write_table
 
-    until = _time(args.until, "--until") or datetime.now(UTC)
+    until = cli_time(args.until, "--until", settings) or datetime.now(UTC)
     t = thresholds_for(settings, get_rule("reservations"))
     store = _store(settings)
     try:

@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sitetwin.arguments import cli_time
 from sitetwin.config import Settings
 from sitetwin.errors import UserError
 from sitetwin.output import Progress, emit
@@ -88,17 +89,6 @@ def _actor(args: argparse.Namespace) -> str:
         return getpass.getuser()
     except Exception:
         return os.environ.get("USER", "sitetwin")
-
-
-def _ts(value: str | None, what: str) -> datetime | None:
-    from twin.imports import timestamp
-
-    if value is None:
-        return None
-    try:
-        return timestamp(value)
-    except ValueError as exc:
-        raise UserError(f"{what}: {exc}") from None
 
 
 def _lines(path: Path) -> int | None:
@@ -242,7 +232,7 @@ def _show_text(d: dict) -> str:
 def run_show(args: argparse.Namespace, settings: Settings) -> int:
     from twin.sites import show_site
 
-    at = _ts(args.at, "--at")
+    at = cli_time(args.at, "--at", settings)
     store = open_store(settings.twin_url)
     try:
         with store.session() as s:
@@ -255,7 +245,7 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_transition(args: argparse.Namespace, settings: Settings) -> int:
-    at = _ts(args.at, "--at")
+    at = cli_time(args.at, "--at", settings)
     store = open_store(settings.twin_url)
     try:
         with store.session() as s:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import tomllib
 
+import pytest
+
 from rules.registry import RULES
 from sitetwin.config import SAMPLE_CONFIG, load_settings
 
@@ -32,3 +34,14 @@ def test_uncommented_tables_load_through_settings(tmp_path):
     rule = next(r for r in RULES if r.name == "interference")
     assert rule.configure(s.rules.model_extra["interference"]).warning_dbm == -108
     assert s.rules.hold_off == 600
+
+
+def test_a_misspelled_rule_table_is_refused_with_the_known_rules():
+    from rules.errors import ThresholdError
+    from rules.registry import check_rule_tables
+
+    check_rule_tables({"overcharging": {"enabled": False}})
+    with pytest.raises(ThresholdError, match=r"rules\.overcharge.*known rules: .*overcharging"):
+        check_rule_tables({"overcharge": {"enabled": False}})
+    with pytest.raises(ThresholdError, match="rules.interference"):
+        check_rule_tables({"interference": {"no_such_threshold": 1}})
