@@ -280,7 +280,8 @@ class OverchargingReport:
         label = _translator(lang)
         frame = self.combined()
         for col in _LABELLED:
-            frame[col] = frame[col].astype(object).map(label)
+            if col in frame.columns:
+                frame[col] = frame[col].astype(object).map(label)
         labels = {} if lang == "en" else {k: _(v) for k, v in BILL_COLUMNS.items()}
         return Sheet(_(SHEETS["bills"]), frame, labels, _FORMATS)
 
