@@ -14,7 +14,8 @@ key ends in         XLSX number format           CSV
 ==================  ===========================  ==========================
 
 "Shortest exact decimal" is the float rounded to 9 decimals and printed
-without exponent or trailing zeros: ``12.1``, not ``12.100000000000001``.
+without exponent or trailing zeros: ``12.1``, not ``12.100000000000001`` (a
+whole number keeps one ``.0``, as pandas writes it).
 
 Times: with a ``zone`` a timezone-aware value is written in local time there —
 a real date-time cell (``yyyy-mm-dd hh:mm``) in XLSX, ISO 8601 with its offset
@@ -22,7 +23,8 @@ a real date-time cell (``yyyy-mm-dd hh:mm``) in XLSX, ISO 8601 with its offset
 a zone (the old call) times are UTC: naive UTC cells in XLSX, ``...Z`` in CSV.
 
 Every XLSX sheet has a bold, frozen header row, an autofilter over the table,
-and column widths from the longest value (CJK characters count double).  CSV
+and column widths from the longest value (CJK characters count double, at most
+60; longer text wraps).  CSV
 is UTF-8 with a BOM so that Excel shows Chinese text correctly.
 
 A text cell that starts with ``=``, ``+``, ``-``, ``@`` (or a tab or carriage
@@ -247,6 +249,8 @@ def _fill_sheet(ws: Any, sheet: Sheet, zone: tzinfo | None, zone_name: str | Non
             cell = ws.cell(row=r, column=j + 1)
             if isinstance(value, str):
                 cell.data_type = "s"  # never a formula, whatever the text
+                if _width(value) > _MAX_WIDTH:
+                    cell.alignment = Alignment(vertical="top", wrap_text=True)
             elif isinstance(value, datetime):
                 cell.number_format = FORMATS["datetime"]
             elif isinstance(value, (int, float)) and not isinstance(value, bool) and unit:
