@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import openpyxl
 import pytest
@@ -96,6 +96,12 @@ def test_online_filters_and_unregistered(cli, tmp_path, twin_url):
     store.close()
     code, out, _ = cli("sites", "list", "--online", "--json")
     assert [s["site_id"] for s in json.loads(out)] == ["A1"]
+    assert json.loads(out)[0]["last_seen"].endswith("Z")  # --json stays UTC
+    code, out, _ = cli("sites", "list", "--online")
+    header, row = out.splitlines()[:2]
+    seen = (now - timedelta(seconds=10)).astimezone(timezone(timedelta(hours=8)))
+    assert "last_seen (Asia/Shanghai)" in header
+    assert seen.strftime("%Y-%m-%d %H:%M:%S +08:00") in row  # local, its offset shown
     code, out, _ = cli("sites", "list", "--offline", "--json")
     assert [s["site_id"] for s in json.loads(out)] == ["A2", "A3", "A4"]
     code, out, _ = cli("sites", "list", "--unregistered", "--json")
