@@ -1,4 +1,4 @@
-"""The unified social credit code (统一社会信用代码) of a Chinese organisation, GB 32100-2015.
+"""The unified social credit code (统一社会信用代码) of an organisation, GB 32100-2015.
 
 Eighteen characters from a 31-character alphabet (digits and capital letters
 without I, O, Z, S, V): the registering authority, the kind of organisation,

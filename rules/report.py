@@ -30,13 +30,15 @@ from rules.rule import Facts
 
 __all__ = [
     "BILL_COLUMNS",
+    "CAP_COLUMNS",
     "CAP_STEPS",
     "EVIDENCE_COLUMNS",
-    "OverchargingReport",
+    "PARTIAL_BASIS",
     "REVIEW_COLUMNS",
     "SHEETS",
     "TOTAL_COLUMNS",
     "VALUE_LABELS",
+    "OverchargingReport",
     "month_bounds",
     "overcharging_report",
     "overcharging_table",
@@ -121,29 +123,29 @@ _PARTIAL_BASIS = re.compile(r"^highest period price \(meter data covers (.+) of 
 PARTIAL_BASIS = "highest period price (meter data covers {coverage} of the period)"
 
 CAP_STEPS = (
-    "The report lists the transfer-power bills flagged by the rules whose period starts in"
-    " {period} (a local month in {zone}).",
-    "Times are local time in {zone}. A period runs from its start up to, not including, its"
-    " end: 2026-10-01 00:00 .. 2026-11-01 00:00 is the whole of October.",
-    "The cap is the regulated catalogue price (tariffs.csv) of the site's tariff region and"
-    " customer class, in force in each hour of the bill period.",
-    "Flat tariff: each hour's price weighted by the site's metered energy in that hour.",
-    "Time-of-use tariff: each hour's metered energy is priced at the period (sharp, peak,"
-    " flat, valley) in force at that local hour; the cap is the total cost divided by the"
-    " metered energy (the energy mix, listed per bill in the evidence sheet).",
-    "When the meters cover too little of the period for a fair mix, the cap of a"
-    " time-of-use tariff is its highest period price, so that nothing is flagged on a guess.",
-    "Allowed price = cap x (1 + allowed loss share). A bill is flagged as overcharging when"
-    " its unit price (amount / billed energy) exceeds the allowed price by more than the"
-    " tolerance; excess amount = (unit price - allowed price) x billed energy.",
-    "A bill is flagged as over-billing when its billed energy exceeds the metered energy by"
-    " more than the tolerance; excess amount = (billed - metered energy) x unit price.",
-    "Totals leave out dismissed flags; the review trail lists every decision on a flag.",
+    ('The report lists the transfer-power bills flagged by the rules whose period starts in '
+     '{period} (a local month in {zone}).'),
+    ('Times are local time in {zone}. A period runs from its start up to, not including, its'
+     ' end: 2026-10-01 00:00 .. 2026-11-01 00:00 is the whole of October.'),
+    ("The cap is the regulated catalogue price (tariffs.csv) of the site's tariff region and"
+     ' customer class, in force in each hour of the bill period.'),
+    ("Flat tariff: each hour's price weighted by the site's metered energy in that hour."),
+    ("Time-of-use tariff: each hour's metered energy is priced at the period (sharp, peak, "
+     'flat, valley) in force at that local hour; the cap is the total cost divided by the '
+     'metered energy (the energy mix, listed per bill in the evidence sheet).'),
+    ('When the meters cover too little of the period for a fair mix, the cap of a '
+     'time-of-use tariff is its highest period price, so that nothing is flagged on a guess.'),
+    ('Allowed price = cap x (1 + allowed loss share). A bill is flagged as overcharging when'
+     ' its unit price (amount / billed energy) exceeds the allowed price by more than the '
+     'tolerance; excess amount = (unit price - allowed price) x billed energy.'),
+    ('A bill is flagged as over-billing when its billed energy exceeds the metered energy by'
+     ' more than the tolerance; excess amount = (billed - metered energy) x unit price.'),
+    ('Totals leave out dismissed flags; the review trail lists every decision on a flag.'),
 )
 
 
 def month_bounds(period: str, zone: str = DEFAULT_ZONE) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """``"2026-11"`` -> the UTC bounds ``[start, end)`` of that local month; ValueError otherwise."""
+    """``"2026-11"`` -> the UTC bounds ``[start, end)`` of that local month (ValueError if not)."""
     start, end = local_month(period, zone)
     return pd.Timestamp(start), pd.Timestamp(end)
 

@@ -37,9 +37,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connectors.errors import InvalidIdentifier
+from connectors.reading import check_id
 from core.creditcode import check_credit_code
 from core.timeutil import DEFAULT_ZONE, parse_instant
-from connectors.reading import check_id
 from twin.errors import ImportFailed, RowError
 from twin.lifecycle import UNDATED_IMPORT_NOTE
 from twin.models import Bill, LifecycleEvent, LiveSiteState, Reservation, Site, Tariff, utcnow

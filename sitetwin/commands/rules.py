@@ -194,7 +194,8 @@ def _show_text(f: dict[str, Any], zone: str) -> str:
              + f"  [times in {zone}]",
              "evidence: " + to_json(f["evidence"])]
     for r in f.get("reviews", []):
-        lines.append(f"review: {r['decision']} by {r['reviewed_by']} at {_local(r['reviewed_at'], zone)}"
+        lines.append(f"review: {r['decision']} by {r['reviewed_by']} at"
+                     f" {_local(r['reviewed_at'], zone)}"
                      + (f" - {r['note']}" if r.get("note") else ""))
     return "\n".join(lines)
 

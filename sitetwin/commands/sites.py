@@ -243,7 +243,8 @@ def _show_text(d: dict, zone: str) -> str:
     lines.append("  history:")
     for e in d["history"]:
         extra = "".join(f"  {k}: {e[k]}" for k in ("reason", "note") if e[k])
-        lines.append(f"    {_fmt(e['at'], zone)}  {e['from_state'] or '-':>18} -> {e['to_state']:<18}"
+        lines.append(f"    {_fmt(e['at'], zone)}  {e['from_state'] or '-':>18} ->"
+                     f" {e['to_state']:<18}"
                      f" {e['verb']:<18} by {e['actor']}{extra}")
     return "\n".join(lines)
 

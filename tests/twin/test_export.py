@@ -4,7 +4,7 @@ formatted XLSX cells from the column keys' units, local times with the zone name
 from __future__ import annotations
 
 import csv
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import openpyxl
 import pandas as pd
