@@ -164,6 +164,21 @@ class FlagBook:
                 {"decision": r.decision, "reviewed_by": r.reviewed_by, "reviewed_at": r.reviewed_at,
                  "note": r.note} for r in reviews]}
 
+    def reviews(self, flag_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """The review history (oldest first) of each of ``flag_ids`` that has one."""
+        _, FlagReview = _models()
+        out: dict[int, list[dict[str, Any]]] = {}
+        ids = sorted(set(flag_ids))
+        with self._session() as s:
+            for i in range(0, len(ids), 1000):
+                q = (select(FlagReview).where(FlagReview.flag_id.in_(ids[i:i + 1000]))
+                     .order_by(FlagReview.flag_id, FlagReview.reviewed_at, FlagReview.id))
+                for r in s.scalars(q):
+                    out.setdefault(r.flag_id, []).append(
+                        {"decision": r.decision, "reviewed_by": r.reviewed_by,
+                         "reviewed_at": r.reviewed_at, "note": r.note})
+        return out
+
     def review(self, flag_id: int, decision: str, reviewed_by: str, at: datetime,
                note: str | None = None) -> dict[str, Any]:
         """Record a person's decision; the flag takes it as its status. Reviews may be revised."""

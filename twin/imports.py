@@ -11,6 +11,12 @@ written, with their reasons, to a rejects file.  Rows are upserted by their
 key (``site_id``, ``bill_id``, ...), in bulk, in one transaction, so a
 re-import of the same file changes nothing.
 
+Dates and times are read as people write them (CONTRACTS.md section 5): a date
+without a time (``2026-10-01``) or a time without an offset is local time in the
+configured zone (``[time] zone``, passed in as ``zone``), so ``2026-10-01`` in
+Asia/Shanghai is stored as ``2026-09-30T16:00:00Z``; ``Z`` or an offset keeps its
+instant.  A bill's ``period_end`` is exclusive.
+
 Text cells are stored exactly as given, even ones that start with ``=``,
 ``+``, ``-`` or ``@``; exports neutralise them (``twin.export``).
 """
@@ -22,7 +28,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,8 @@ from sqlalchemy.orm import Session
 
 from connectors.errors import InvalidIdentifier
 from connectors.reading import check_id
+from core.creditcode import check_credit_code
+from core.timeutil import DEFAULT_ZONE, parse_instant
 from twin.errors import ImportFailed, RowError
 from twin.lifecycle import UNDATED_IMPORT_NOTE
 from twin.models import Bill, LifecycleEvent, LiveSiteState, Reservation, Site, Tariff, utcnow
@@ -112,18 +120,18 @@ def choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def timestamp(cell: str) -> datetime:
-    """ISO 8601 date or date-time; a date is midnight UTC, a time without offset is UTC."""
-    value = cell.strip()
+def timestamp(cell: str, zone: str | tzinfo = DEFAULT_ZONE) -> datetime:
+    """ISO 8601 date or date-time as UTC: a date, or a time without an offset, is local in
+    ``zone``; ``Z`` or an offset keeps its instant (CONTRACTS.md section 5)."""
     try:
-        if len(value) == 10:
-            d = date.fromisoformat(value)
-            return datetime(d.year, d.month, d.day, tzinfo=UTC)
-        parsed = datetime.fromisoformat(value)
+        return parse_instant(cell, zone)
     except ValueError:
-        raise ValueError(f"{value!r} is not an ISO 8601 date (2026-11-24 or"
-                         " 2026-11-24T08:15:00Z)") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        raise ValueError(f"{cell.strip()!r} is not an ISO 8601 date (2026-11-24, 2026-11-24T08:15"
+                         " local, or 2026-11-24T00:15:00Z)") from None
+
+
+def credit_code(cell: str) -> str:
+    return check_credit_code(cell)
 
 
 def operators(cell: str) -> str:
@@ -157,9 +165,14 @@ class Column:
     """One CSV column: its parser, whether it is required, and its default when empty."""
 
     name: str
-    parse: Callable[[str], Any]
+    parse: Callable[..., Any]
     required: bool = True
     default: Any = None
+
+    @property
+    def zoned(self) -> bool:
+        """A date or time column: its parser is told the zone of local times."""
+        return self.parse is timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +243,7 @@ SITES = Schema(
         Column("planned_year", integer(2000, 2100), required=False),
         Column("state", choice(*_STATES), required=False, default="planned"),
         Column("replaces_site_id", identifier, required=False),
+        Column("address", text(300), required=False),
         # An extension: when a new site reached its imported state (default: the import time).
         Column("state_since", timestamp, required=False),
     ),
@@ -286,6 +300,9 @@ BILLS = Schema(
         Column("amount_cny", number(0, 1e10)),
         Column("supplier_name", text(200), required=False),
         Column("meter_id", identifier, required=False),
+        Column("supplier_credit_code", credit_code, required=False),
+        Column("supplier_address", text(300), required=False),
+        Column("supplier_contact", text(200), required=False),
     ),
     check=_check_bill,
     references=(("site_id", Site.__table__, "site_id"),),
@@ -324,8 +341,12 @@ class ParsedFile:
 
 
 def read_rows(path: str | Path, schema: Schema,
-              progress: Callable[[int], None] | None = None) -> ParsedFile:
-    """Parse and validate every row of ``path``; raises ``ImportFailed`` only for a bad file."""
+              progress: Callable[[int], None] | None = None, *,
+              zone: str | tzinfo = DEFAULT_ZONE) -> ParsedFile:
+    """Parse and validate every row of ``path``; raises ``ImportFailed`` only for a bad file.
+
+    Dates and times without an offset are local time in ``zone`` (``[time] zone``).
+    """
     path = Path(path)
     try:
         fh = path.open(encoding="utf-8-sig", newline="")
@@ -343,6 +364,8 @@ def read_rows(path: str | Path, schema: Schema,
             _check_header(path, schema, header, result)
             names = schema.by_name
             positions = [(i, names[h]) for i, h in enumerate(header) if h in names]
+            parsers = {c.name: (lambda cell, p=c.parse: p(cell, zone)) if c.zoned else c.parse
+                       for _, c in positions}
             present = {c.name for _, c in positions}
             absent_optional = [c for c in schema.columns if c.name not in present]
             first_line_of: dict[tuple, int] = {}
@@ -369,7 +392,7 @@ def read_rows(path: str | Path, schema: Schema,
                                 row[col.name] = col.default
                             continue
                         try:
-                            row[col.name] = col.parse(cell)
+                            row[col.name] = parsers[col.name](cell)
                         except ValueError as exc:
                             errors.append(RowError(line_no, col.name, str(exc)))
                     if not errors:
@@ -508,18 +531,20 @@ def _write_rejects(path: Path, parsed: ParsedFile) -> None:
 def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: bool = False,
                rejects: str | Path | None = None, actor: str = "import",
                progress: Callable[[int], None] | None = None,
-               write_progress: Callable[[int], None] | None = None) -> ImportResult:
+               write_progress: Callable[[int], None] | None = None,
+               zone: str | tzinfo = DEFAULT_ZONE) -> ImportResult:
     """Import ``path`` into the registry: all or nothing, or the valid rows with ``skip_invalid``.
 
     Raises ``ImportFailed`` (nothing imported) when the file is unreadable or,
     without ``skip_invalid``, when any row is bad.  With ``skip_invalid`` the
     rejected rows go to ``rejects`` (default ``<file>.rejects.csv``).
     ``progress(n)`` is told of rows read, ``write_progress(n)`` of rows written.
+    Dates and times without an offset are local time in ``zone``.
     """
     if isinstance(schema, str):
         schema = SCHEMAS[schema]
     path = Path(path)
-    parsed = read_rows(path, schema, progress)
+    parsed = read_rows(path, schema, progress, zone=zone)
     now = utcnow()
     with store.session() as session:
         _check_references(session, schema, parsed)

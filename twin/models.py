@@ -100,6 +100,7 @@ class Site(Base):
     planned_year: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(32), index=True, default="planned")
     replaces_site_id: Mapped[str | None] = mapped_column(ID, index=True)
+    address: Mapped[str | None] = mapped_column(String(300))  # postal address, for reports
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -187,6 +188,10 @@ class Bill(Base):
                                          index=True)
     supplier_id: Mapped[str] = mapped_column(ID, index=True)
     supplier_name: Mapped[str | None] = mapped_column(String(200))
+    # The landlord's identity for a report handed to the regulator (revision 0002).
+    supplier_credit_code: Mapped[str | None] = mapped_column(String(18))  # 统一社会信用代码
+    supplier_address: Mapped[str | None] = mapped_column(String(300))
+    supplier_contact: Mapped[str | None] = mapped_column(String(200))
     meter_id: Mapped[str | None] = mapped_column(ID)
     period_start: Mapped[datetime]
     period_end: Mapped[datetime]

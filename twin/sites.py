@@ -20,6 +20,7 @@ __all__ = ["list_sites", "list_unregistered", "show_site"]
 
 _ATTRS = ("site_id", "name", "lat", "lon", "county", "district", "kind", "supply", "region",
           "customer_class", "owner", "operators", "planned_year", "state", "replaces_site_id",
+          "address",
           "created_at", "updated_at")
 
 

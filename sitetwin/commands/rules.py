@@ -46,8 +46,12 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     fr.set_defaults(handler=review_flag)
 
     oc = reports.add_parser("overcharging", help="flagged bills per supplier with evidence and excess totals")
-    oc.add_argument("--period", required=True, metavar="YYYY-MM", help="bills whose period starts in this month")
-    oc.add_argument("--out", required=True, metavar="FILE", help=".csv or .xlsx")
+    oc.add_argument("--period", required=True, metavar="YYYY-MM",
+                    help="bills whose period starts in this local month ([time] zone)")
+    oc.add_argument("--out", required=True, metavar="FILE",
+                    help=".xlsx (every table) or .csv (flagged bills and totals)")
+    oc.add_argument("--lang", default="en", metavar="LANG",
+                    help="headers and labels: en (default) or zh-CN")
     oc.set_defaults(handler=report_overcharging)
     rr = reports.add_parser("reservations", help="reserved vs declared vs peak per site, feeder, substation")
     rr.add_argument("--out", required=True, metavar="FILE", help=".csv or .xlsx")
@@ -55,10 +59,10 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     rr.set_defaults(handler=report_reservations)
 
 
-def iso_utc(value):
-    from rules.finding import iso_utc as _iso_utc
+def _local(value: Any, zone: str) -> str:
+    from core.timeutil import format_local
 
-    return _iso_utc(value)
+    return format_local(value, zone) if value is not None else "-"
 
 
 def _store(settings: Settings):
@@ -165,16 +169,20 @@ def list_flags(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _show_text(f: dict[str, Any]) -> str:
+def _show_text(f: dict[str, Any], zone: str) -> str:
+    """A flag for people: times local in ``zone`` (named once); ``--json`` stays UTC."""
     from sitetwin.output import to_json
 
     lines = [_flag_line(f),
-             f"window {iso_utc(f['window_start'])} .. {iso_utc(f['window_end'])}; opened "
-             f"{iso_utc(f['opened_at'])}, updated {iso_utc(f['updated_at'])}"
-             + (f", resolved {iso_utc(f['resolved_at'])}" if f.get("resolved_at") else ""),
+             f"window {_local(f['window_start'], zone)} .. {_local(f['window_end'], zone)}"
+             " (end exclusive); opened "
+             f"{_local(f['opened_at'], zone)}, updated {_local(f['updated_at'], zone)}"
+             + (f", resolved {_local(f['resolved_at'], zone)}" if f.get("resolved_at") else "")
+             + f"  [times in {zone}]",
              "evidence: " + to_json(f["evidence"])]
     for r in f.get("reviews", []):
-        lines.append(f"review: {r['decision']} by {r['reviewed_by']} at {iso_utc(r['reviewed_at'])}"
+        lines.append(f"review: {r['decision']} by {r['reviewed_by']} at"
+                     f" {_local(r['reviewed_at'], zone)}"
                      + (f" - {r['note']}" if r.get("note") else ""))
     return "\n".join(lines)
 
@@ -187,7 +195,7 @@ def show_flag(args: argparse.Namespace, settings: Settings) -> int:
         flag = FlagBook(store).show(args.id)
     finally:
         store.close()
-    emit(args, flag, _show_text)
+    emit(args, flag, lambda f: _show_text(f, settings.time.zone))
     return 0
 
 
@@ -204,30 +212,48 @@ def review_flag(args: argparse.Namespace, settings: Settings) -> int:
     change = {k: v for k, v in flag.items() if k != "reviews"}
     write_flags(settings, [change])
     publish_flags(settings, [change])
-    emit(args, flag, _show_text)
+    emit(args, flag, lambda f: _show_text(f, settings.time.zone))
     return 0
 
 
 def report_overcharging(args: argparse.Namespace, settings: Settings) -> int:
+    from core.i18n import normalise_lang
+    from core.timeutil import local_month
     from rules.flag import FlagBook
-    from rules.report import overcharging_table
-    from twin.export import write_table
+    from rules.report import overcharging_report
+    from twin.bills import bill_parties
+    from twin.export import write_workbook
 
+    zone = settings.time.zone
+    try:
+        lang = normalise_lang(args.lang)
+        start, end = local_month(args.period, zone)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     store = _store(settings)
     try:
         book = FlagBook(store)
         flags = book.list(kind="overcharging") + book.list(kind="overbilling")
+        reviews = book.reviews([f["id"] for f in flags])
+        with store.session() as s:
+            parties = bill_parties(s, [f["bill_id"] for f in flags if f.get("bill_id")])
     finally:
         store.close()
-    try:
-        table = overcharging_table(flags, args.period)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    path = write_table(table, args.out, sheet_name=f"overcharging {args.period}")
-    bills = table[table["row"] == "bill"]
-    data = {"path": str(path), "bills": int(bills["bill_id"].nunique()),
-            "excess_cny": float(bills.loc[bills["status"] != "dismissed", "excess_cny"].fillna(0).sum())}
-    emit(args, data, f"{data['bills']} flagged bill(s), {data['excess_cny']:.2f} CNY excess -> {path}")
+    report = overcharging_report(flags, args.period, zone=zone, parties=parties, reviews=reviews)
+    sheets = report.sheets(lang) if args.out.lower().endswith(".xlsx") else [report.csv_sheet(lang)]
+    path = write_workbook(sheets, args.out, zone=zone)
+    bills = report.bills
+    counted = bills[bills["status"] != "dismissed"] if len(bills) else bills
+    data = {"path": str(path), "period": args.period, "zone": zone,
+            "period_start": start, "period_end": end, "lang": lang,
+            "bills": int(bills["bill_id"].nunique()) if len(bills) else 0,
+            "reviewed": int(bills["review_decision"].notna().sum()) if len(bills) else 0,
+            "excess_cny": round(float(counted["excess_cny"].astype(float).fillna(0).sum()), 2)
+            if len(counted) else 0.0}
+    emit(args, data, lambda d: (
+        f"{d['bills']} flagged bill(s) starting in {d['period']} ({_local(start, zone)} .."
+        f" {_local(end, zone)}, {zone}, end exclusive), {d['reviewed']} reviewed,"
+        f" {d['excess_cny']:.2f} CNY excess -> {path}"))
     return 0
 
 

@@ -120,7 +120,7 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = import_csv(store, path, SCHEMAS[args.kind], skip_invalid=args.skip_invalid,
                             rejects=args.rejects, actor=_actor(args), progress=reading.advance,
-                            write_progress=wrote)
+                            write_progress=wrote, zone=settings.time.zone)
     except ImportFailed as exc:
         if args.json:
             emit(args, {"kind": args.kind, "path": str(path), "imported": 0,
@@ -148,23 +148,28 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def _table(rows: list[dict], columns: list[str], zone: str) -> str:
     if not rows:
         return "no sites"
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    cells = [[_fmt(r.get(c), zone) for c in columns] for r in rows]
+    # Time columns are local: the header names the zone once.
+    heads = [f"{c} ({zone})" if any(isinstance(r.get(c), datetime) for r in rows) else c
+             for c in columns]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(heads, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(line.rstrip() for line in lines) + f"\n{len(rows)} site(s)"
 
 
-def _fmt(value) -> str:
+def _fmt(value, zone: str | None = None) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+        from core.timeutil import format_local
+
+        return format_local(value, zone or "UTC", seconds=True)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -189,17 +194,20 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
                         "last_seen", "on_battery", "battery_soc_pct", "power_kw"]
     finally:
         store.close()
-    emit(args, rows, lambda r: _table(r, cols))
+    emit(args, rows, lambda r: _table(r, cols, settings.time.zone))
     return 0
 
 
-def _show_text(d: dict) -> str:
+def _show_text(d: dict, zone: str) -> str:
+    """One site for people: times local in ``zone``, named on the first line."""
     lines = [f"{d['site_id']}  {d['name']}  ({d['county']}, {d['kind']}, {d['supply']} supply)",
-             f"  state: {d['state']}"]
+             f"  state: {d['state']}   (times in {zone})"]
     if "at" in d:
-        lines.append(f"  state at {_fmt(d['at'])}: {d['state_at'] or '(not yet registered)'}")
+        lines.append(f"  state at {_fmt(d['at'], zone)}: {d['state_at'] or '(not yet registered)'}")
     lines.append(f"  location: {d['lat']}, {d['lon']}   region/class: {d['region']} /"
                  f" {d['customer_class']}   operators: {', '.join(d['operators']) or '-'}")
+    if d.get("address"):
+        lines.append(f"  address: {d['address']}")
     if d["replaces_site_id"]:
         lines.append(f"  replaces: {d['replaces_site_id']}")
     if d["replaced_by"]:
@@ -207,7 +215,7 @@ def _show_text(d: dict) -> str:
     live = d["live"]
     if live:
         lines.append(f"  live: {'online' if live['online'] else 'OFFLINE'}, last seen"
-                     f" {_fmt(live['last_seen'])} ({live['age_s']:.0f}s ago), mains"
+                     f" {_fmt(live['last_seen'], zone)} ({live['age_s']:.0f}s ago), mains"
                      f" {_fmt(live['mains_ok'])}, on battery {_fmt(live['on_battery'])}, SOC"
                      f" {_fmt(live['battery_soc_pct'])}%, {_fmt(live['power_kw'])} kW,"
                      f" {_fmt(live['cabinet_temp_c'])} °C")
@@ -224,7 +232,8 @@ def _show_text(d: dict) -> str:
     lines.append("  history:")
     for e in d["history"]:
         extra = "".join(f"  {k}: {e[k]}" for k in ("reason", "note") if e[k])
-        lines.append(f"    {_fmt(e['at'])}  {e['from_state'] or '-':>18} -> {e['to_state']:<18}"
+        lines.append(f"    {_fmt(e['at'], zone)}  {e['from_state'] or '-':>18} ->"
+                     f" {e['to_state']:<18}"
                      f" {e['verb']:<18} by {e['actor']}{extra}")
     return "\n".join(lines)
 
@@ -240,11 +249,12 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
                              window_s=settings.twin.online_window_s, at=at)
     finally:
         store.close()
-    emit(args, data, _show_text)
+    emit(args, data, lambda d: _show_text(d, settings.time.zone))
     return 0
 
 
 def run_transition(args: argparse.Namespace, settings: Settings) -> int:
+    zone = settings.time.zone
     at = cli_time(args.at, "--at", settings)
     store = open_store(settings.twin_url)
     try:
@@ -255,7 +265,7 @@ def run_transition(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     emit(args, data, lambda d: f"{d['site_id']}: {d['from_state']} -> {d['to_state']}"
-                               f" ({d['verb']}) at {_fmt(d['at'])} by {d['actor']}")
+                               f" ({d['verb']}) at {_fmt(d['at'], zone)} ({zone}) by {d['actor']}")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import openpyxl
 import pytest
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 SITES = """site_id,name,lat,lon,county,kind,supply,region,customer_class,planned_year,state,replaces_site_id,state_since
 A1,=cmd|' /C calc'!A0,30.1,104.1,Xinjin,macro,direct,Sichuan,industrial,2026,power_connected,,2026-01-10
-A2,Two,30.2,104.2,Xinjin,pole,transfer,Sichuan,commercial,2026,planned,,2026-01-01
+A2,Two,30.2,104.2,Xinjin,pole,transfer,Sichuan,commercial,2026,planned,,2026-01-01T00:00:00Z
 A3,Three,30.3,104.3,Pi,micro,direct,Sichuan,industrial,2025,on_air,,2025-06-30
 A4,Four,30.4,104.4,Pi,indoor,transfer,Sichuan,industrial,2026,under_construction,A3,2026-02-01
 """
@@ -69,6 +69,14 @@ def test_import_list_show_transition(cli, tmp_path, twin_url):
     assert d["reservation"]["reserved_kw"] == 8.0 and d["live"] is None
     code, out, _ = cli("sites", "show", "A3")
     assert "replaced by: A4" in out and "history:" in out and "relocating" in out
+    # People read local times, the zone named; --json stays UTC.  A date typed with --at
+    # is local midnight: 2026-04-01 in Shanghai is 2026-03-31T16:00Z.
+    assert "(times in Asia/Shanghai)" in out and "2026-04-01 00:00:00 +08:00" in out
+    code, out, _ = cli("sites", "show", "A3", "--json")
+    relocated = next(e for e in json.loads(out)["history"] if e["to_state"] == "relocating")
+    assert relocated["at"] == "2026-03-31T16:00:00Z"
+    code, out, _ = cli("sites", "show", "A1")
+    assert "2026-03-01 08:00:00 +08:00" in out  # --at 2026-03-01T00:00:00Z kept its instant
     code, _, err = cli("sites", "show", "NOPE")
     assert code == 1 and "unknown site 'NOPE'" in err
     code, _, err = cli("sites", "show", "A1", "--at", "yesterday")
@@ -88,6 +96,12 @@ def test_online_filters_and_unregistered(cli, tmp_path, twin_url):
     store.close()
     code, out, _ = cli("sites", "list", "--online", "--json")
     assert [s["site_id"] for s in json.loads(out)] == ["A1"]
+    assert json.loads(out)[0]["last_seen"].endswith("Z")  # --json stays UTC
+    code, out, _ = cli("sites", "list", "--online")
+    header, row = out.splitlines()[:2]
+    seen = (now - timedelta(seconds=10)).astimezone(timezone(timedelta(hours=8)))
+    assert "last_seen (Asia/Shanghai)" in header
+    assert seen.strftime("%Y-%m-%d %H:%M:%S +08:00") in row  # local, its offset shown
     code, out, _ = cli("sites", "list", "--offline", "--json")
     assert [s["site_id"] for s in json.loads(out)] == ["A2", "A3", "A4"]
     code, out, _ = cli("sites", "list", "--unregistered", "--json")

@@ -150,9 +150,10 @@ def test_tariffs_keyed_by_region_class_period_and_date(store, tmp_path):
     assert count(store, Tariff) == 3
     with store.session() as s:
         rows = s.scalars(select(Tariff).order_by(Tariff.effective_from, Tariff.period)).all()
+    # A date is local midnight in the default zone (Asia/Shanghai): 16:00Z the day before.
     assert [(t.period, t.hours, t.effective_from) for t in rows] == [
-        ("flat", None, datetime(2026, 1, 1, tzinfo=UTC)),
-        ("peak", "8-11;18-21", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("flat", None, datetime(2025, 12, 31, 16, tzinfo=UTC)),
+        ("peak", "8-11;18-21", datetime(2025, 12, 31, 16, tzinfo=UTC)),
         ("flat", None, datetime(2026, 6, 30, 16, tzinfo=UTC))]
     bad = ("region,customer_class,effective_from,price_cny_per_kwh,period,hours\n"
            "R,C,2026-13-01,0,valley,\n"
@@ -176,5 +177,48 @@ def test_bills(store, tmp_path):
     assert (r.inserted, r.rejected) == (1, 1)
     with store.session() as s:
         b = s.get(Bill, "B1")
-    assert (b.supplier_name, b.meter_id, b.billed_kwh, b.period_end) == (
-        "+Landlord Co", "M-2", 1200.0, datetime(2026, 11, 1, tzinfo=UTC))
+    assert (b.supplier_name, b.meter_id, b.billed_kwh, b.period_start, b.period_end) == (
+        "+Landlord Co", "M-2", 1200.0, datetime(2026, 9, 30, 16, tzinfo=UTC),
+        datetime(2026, 10, 31, 16, tzinfo=UTC))
+    assert b.supplier_credit_code is None  # optional columns absent from the file
+
+
+def test_dates_are_local_in_the_given_zone_and_offsets_keep_their_instant(store, tmp_path):
+    import_csv(store, write(tmp_path, "sites.csv", SITES_CSV), SITES)
+    body = ("bill_id,site_id,supplier_id,period_start,period_end,billed_kwh,amount_cny\n"
+            "B1,S001,LL,2026-10-01,2026-11-01T00:00,1,1\n"
+            "B2,S001,LL,2026-10-01T00:00:00Z,2026-11-01T00:00:00+08:00,1,1\n")
+    import_csv(store, write(tmp_path, "bills.csv", body), BILLS, zone="Europe/Berlin")
+    with store.session() as s:
+        b1, b2 = s.get(Bill, "B1"), s.get(Bill, "B2")
+    # Berlin: CEST (+02:00) on 1 October, CET (+01:00) on 1 November.
+    assert (b1.period_start, b1.period_end) == (datetime(2026, 9, 30, 22, tzinfo=UTC),
+                                                datetime(2026, 10, 31, 23, tzinfo=UTC))
+    assert (b2.period_start, b2.period_end) == (datetime(2026, 10, 1, tzinfo=UTC),
+                                                datetime(2026, 10, 31, 16, tzinfo=UTC))
+
+
+def test_supplier_identity_columns_and_the_credit_code_check(store, tmp_path):
+    import_csv(store, write(tmp_path, "sites.csv", "site_id,name,lat,lon,county,kind,supply,region,"
+                            "customer_class,address\nS9,Tower,30,104,Pi,macro,transfer,SC,C,"
+                            "四川省成都市郫都区犀浦镇1号\n"), SITES)
+    head = ("bill_id,site_id,supplier_id,period_start,period_end,billed_kwh,amount_cny,"
+            "supplier_credit_code,supplier_address,supplier_contact\n")
+    good = head + "B1,S9,LL,2026-10-01,2026-11-01,10,8,91350100M000100Y43,成都市一环路 8 号,张三 138-0000-0000\n"
+    bad = head + ("B2,S9,LL,2026-10-01,2026-11-01,10,8,91350100M000100Y44,,\n"  # check fails
+                  "B3,S9,LL,2026-10-01,2026-11-01,10,8,91350100M000100Y4,,\n"   # 17 characters
+                  "B4,S9,LL,2026-10-01,2026-11-01,10,8,91350100M000100I43,,\n"  # I is not used
+                  "B5,S9,LL,2026-10-01,2026-11-01,10,8,91350100m000100y43,,\n")  # lower case
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "bad.csv", bad), BILLS)
+    reasons = {e.line: e.reason for e in err.value.errors}
+    assert {e.column for e in err.value.errors} == {"supplier_credit_code"}
+    assert "check character" in reasons[2] and "18 characters" in reasons[3]
+    assert "not used" in reasons[4] and "capitals" in reasons[5]
+    assert count(store, Bill) == 0
+    import_csv(store, write(tmp_path, "good.csv", good), BILLS)
+    with store.session() as s:
+        b, site = s.get(Bill, "B1"), s.get(Site, "S9")
+    assert (b.supplier_credit_code, b.supplier_address, b.supplier_contact) == (
+        "91350100M000100Y43", "成都市一环路 8 号", "张三 138-0000-0000")
+    assert site.address == "四川省成都市郫都区犀浦镇1号"

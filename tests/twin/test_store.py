@@ -133,3 +133,34 @@ def test_an_older_registry_is_upgraded_in_order(twin_url, tmp_path, monkeypatch)
     open_store(twin_url).close()  # nothing left to apply
     with open_store(twin_url).session() as ses:
         assert ses.execute(text("SELECT count(*) FROM site_notes")).scalar() == 1
+
+
+def test_revision_0002_adds_the_supplier_identity_to_a_0001_registry(twin_url):
+    # A registry as revision 0001 left it: bills and sites without the new columns.
+    s = open_store(twin_url)
+    with s.session() as ses:
+        for table, column in (("bills", "supplier_credit_code"), ("bills", "supplier_address"),
+                              ("bills", "supplier_contact"), ("sites", "address")):
+            ses.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        ses.execute(text("INSERT INTO sites (site_id, name, lat, lon, county, kind, supply, region,"
+                         " customer_class, state, created_at, updated_at) VALUES ('S1', 'One', 30, 104,"
+                         " 'Pi', 'macro', 'transfer', 'SC', 'C', 'on_air', '2026-01-01 00:00:00',"
+                         " '2026-01-01 00:00:00')"))
+        ses.execute(text("INSERT INTO bills (bill_id, site_id, supplier_id, period_start, period_end,"
+                         " billed_kwh, amount_cny) VALUES ('B1', 'S1', 'LL', '2026-10-01 00:00:00',"
+                         " '2026-11-01 00:00:00', 10, 8)"))
+        ses.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    s.close()
+    again = open_store(twin_url)
+    assert again.version == latest_version()
+    from twin.models import Bill, Site
+
+    with again.session() as ses:
+        bill = ses.get(Bill, "B1")
+        assert (bill.billed_kwh, bill.supplier_credit_code) == (10.0, None)
+        bill.supplier_credit_code = "91350100M000100Y43"
+        ses.get(Site, "S1").address = "成都市"
+    with again.session() as ses:
+        assert ses.get(Bill, "B1").supplier_credit_code == "91350100M000100Y43"
+        assert ses.get(Site, "S1").address == "成都市"
+    again.close()
