@@ -22,7 +22,7 @@ from rules.errors import RuleError
 from rules.flag import FlagBook
 from rules.registry import RULES
 from rules.rule import Facts, Rule, Thresholds
-from rules.sink import publish_flags, write_flags
+from rules.sink import publish_flags, publish_site_alarms, write_flags
 from core.settings import Settings
 
 __all__ = ["Engine", "Outcome", "summarise", "thresholds_for"]
@@ -112,6 +112,8 @@ class Engine:
             write_flags(self.settings, changed)
         if self.publish_mqtt and announced:
             publish_flags(self.settings, announced)
+        if self.publish_mqtt and changed:
+            publish_site_alarms(self.settings, self.store, [f["site_id"] for f in changed])
         return outcomes
 
     def _fetch(self, rule: Rule, now: datetime, facts: Facts) -> tuple[Thresholds, dict | None, float]:

@@ -1,0 +1,205 @@
+"""The notifier against real receivers (an HTTP webhook and an SMTP server), on SQLite and
+PostgreSQL: each message arrives once, outages are retried then dead-lettered, acknowledged
+flags are not reminded, quiet hours hold warnings, digests group events."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from core.settings import load_settings
+from notify import Notifier, Outbox
+from rules.finding import Finding
+from rules.flag import FlagBook
+from tests.notify.conftest import T0, add_flag
+
+pytestmark = pytest.mark.integration
+
+HOLD = 1800.0
+
+
+def settings(tmp_path, channels: list[dict[str, Any]], **notify: Any):
+    return load_settings(None, services={"state_dir": str(tmp_path / "state")},
+                         notify={"channels": channels, "retry_backoff": "30s", **notify})
+
+
+def finding(site: str = "S1", severity: str = "warning", kind: str = "site_offline",
+            end=T0) -> Finding:
+    return Finding(kind=kind, rule=kind, site_id=site, severity=severity,
+                   window_start=T0 - timedelta(minutes=20), window_end=end,
+                   summary=f"{site} silent for a while", evidence={})
+
+
+def test_each_event_arrives_once_on_a_webhook_and_by_mail(store, webhook, mailbox, tmp_path):
+    cfg = settings(tmp_path, [{"name": "hook", "url": webhook.url()},
+                              {"name": "mail", "url": mailbox.url}])
+    notifier = Notifier(cfg, store)
+    book = FlagBook(store)
+    book.sync("site_offline", [finding()], T0, HOLD)
+    assert notifier.tick(T0).sent == 2
+    # The condition goes on: updates every run, but no new message.
+    for i in range(1, 4):
+        book.sync("site_offline", [finding(end=T0 + timedelta(minutes=5 * i))],
+                  T0 + timedelta(minutes=5 * i), HOLD)
+        assert notifier.tick(T0 + timedelta(minutes=5 * i)).sent == 0
+    book.sync("site_offline", [finding(severity="critical", end=T0 + timedelta(minutes=20))],
+              T0 + timedelta(minutes=20), HOLD)
+    notifier.tick(T0 + timedelta(minutes=20))
+    book.sync("site_offline", [], T0 + timedelta(minutes=25), HOLD)
+    book.sync("site_offline", [], T0 + timedelta(minutes=60), HOLD)
+    notifier.tick(T0 + timedelta(minutes=60))
+    notifier.tick(T0 + timedelta(minutes=61))
+    expected = ["[WARNING] site_offline opened - S1 Site S1 (Xinjin)",
+                "[CRITICAL] site_offline escalated - S1 Site S1 (Xinjin)",
+                "[CRITICAL] site_offline resolved - S1 Site S1 (Xinjin)"]
+    assert webhook.titles() == expected
+    assert mailbox.subjects() == expected
+    assert "S1 silent for a while" in webhook.bodies()[0]
+    assert "2026-11-20 12:00 +08:00" in webhook.bodies()[0]  # local time, [time] zone
+    rows = Outbox(store).list()
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"sent"}
+
+
+def test_a_review_is_announced_and_a_first_seen_resolved_flag_is_not(store, webhook, tmp_path):
+    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store)
+    book = FlagBook(store)
+    add_flag(store, status="resolved")  # e.g. opened and resolved inside a backfill
+    live = add_flag(store, site="S2")
+    notifier.tick(T0)
+    book.review(live, "dismissed", "li.wei", T0 + timedelta(minutes=1))
+    notifier.tick(T0 + timedelta(minutes=1))
+    assert webhook.titles() == ["[WARNING] site_offline opened - S2 Site S2 (Pixian)",
+                                "[WARNING] site_offline reviewed: dismissed - S2 Site S2 (Pixian)"]
+
+
+def test_routes_by_kind_severity_and_county(store, webhook, tmp_path):
+    cfg = settings(tmp_path, [
+        {"name": "power", "url": webhook.url("power"), "kinds": ["mains_failure"],
+         "min_severity": "info"},
+        {"name": "pixian", "url": webhook.url("pixian"), "counties": ["Pixian"]},
+        {"name": "pager", "url": webhook.url("pager"), "min_severity": "critical"},
+        {"name": "opens", "url": webhook.url("opens"), "events": ["open"]},
+    ])
+    add_flag(store, site="S1", kind="mains_failure", severity="info")
+    add_flag(store, site="S2", kind="site_offline", severity="warning")
+    add_flag(store, site="S1", kind="site_offline", severity="critical")
+    Notifier(cfg, store).tick(T0)
+    assert webhook.titles("power") == ["[INFO] mains_failure opened - S1 Site S1 (Xinjin)"]
+    assert webhook.titles("pixian") == ["[WARNING] site_offline opened - S2 Site S2 (Pixian)"]
+    assert webhook.titles("pager") == ["[CRITICAL] site_offline opened - S1 Site S1 (Xinjin)"]
+    # min_severity defaults to warning: the info flag is not sent where no one asked for it.
+    assert len(webhook.titles("opens")) == 2
+
+
+def test_a_channel_that_is_down_gets_the_message_after_a_retry(store, webhook, tmp_path):
+    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store)
+    add_flag(store)
+    webhook.down()
+    r = notifier.tick(T0)
+    assert (r.sent, r.failed, r.dead) == (0, 1, 0)
+    (row,) = Outbox(store).list()
+    assert row["status"] == "pending" and row["attempts"] == 1 and row["last_error"]
+    assert row["due_at"] == T0 + timedelta(seconds=30)
+    webhook.up()
+    assert notifier.tick(T0 + timedelta(seconds=29)).sent == 0  # backing off
+    assert notifier.tick(T0 + timedelta(seconds=30)).sent == 1
+    assert notifier.tick(T0 + timedelta(seconds=90)).sent == 0
+    assert len(webhook.titles()) == 1
+
+
+def test_a_channel_that_stays_down_dead_letters_visibly_and_can_be_retried(
+        store, webhook, tmp_path, twin_url, capsys, caplog):
+    from sitetwin.cli import main
+
+    secret = "hookPass-4f19c2"
+    url = webhook.url().replace("json://", f"json://ops:{secret}@")
+    cfg = settings(tmp_path, [{"name": "hook", "url": url}], retries=2)
+    notifier = Notifier(cfg, store)
+    add_flag(store)
+    add_flag(store, site="S2")
+    webhook.down()
+    caplog.set_level(logging.DEBUG)
+    at = T0
+    for _ in range(3):  # attempts at 0, +30 s, +60 s after that
+        notifier.tick(at)
+        at += timedelta(minutes=10)
+    rows = Outbox(store).list()
+    assert [r["status"] for r in rows] == ["dead", "dead"] and rows[0]["attempts"] == 3
+    assert secret not in caplog.text and secret not in (rows[0]["last_error"] or "")
+    assert "json://ops:****@127.0.0.1" in caplog.text
+    toml = tmp_path / "sitetwin.toml"
+    toml.write_text(f'[twin]\nurl = "{twin_url}"\n[[notify.channels]]\nname = "hook"\n'
+                    f'url = "{url}"\n')
+    assert main(["--config", str(toml), "notify", "list", "--failed"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("dead") == 2 and "hook" in out and secret not in out
+    webhook.up()
+    assert main(["--config", str(toml), "notify", "retry"]) == 0
+    assert "2 dead-lettered message(s) queued again" in capsys.readouterr().out
+    assert notifier.tick().sent == 2  # retry makes them due now (the clock), after T0
+    assert len(webhook.titles()) == 2
+
+
+def test_acknowledged_flags_are_not_reminded_but_escalations_still_go_out(store, webhook, tmp_path):
+    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}], repeat="10m"),
+                        store)
+    book = FlagBook(store)
+    book.sync("site_offline", [finding()], T0, HOLD)
+    notifier.tick(T0)
+    notifier.tick(T0 + timedelta(minutes=5))
+    notifier.tick(T0 + timedelta(minutes=10))  # nobody acknowledged it: reminded
+    (flag,) = book.list()
+    book.ack(flag["id"], "zhang.san", T0 + timedelta(minutes=11))
+    for minutes in (20, 30, 45):
+        notifier.tick(T0 + timedelta(minutes=minutes))
+    assert webhook.titles() == ["[WARNING] site_offline opened - S1 Site S1 (Xinjin)",
+                                "[WARNING] site_offline still open - S1 Site S1 (Xinjin)"]
+    book.sync("site_offline", [finding(severity="critical", end=T0 + timedelta(minutes=50))],
+              T0 + timedelta(minutes=50), HOLD)
+    notifier.tick(T0 + timedelta(minutes=50))
+    assert webhook.titles()[-1] == "[CRITICAL] site_offline escalated - S1 Site S1 (Xinjin)"
+    assert "acknowledged by zhang.san" in webhook.bodies()[-1]
+    assert len(webhook.titles()) == 3
+
+
+def test_quiet_hours_hold_a_warning_but_not_a_critical(store, webhook, tmp_path):
+    # T0 is 12:00 in Asia/Shanghai, inside 11:00-13:00.
+    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url(),
+                                             "quiet_hours": "11:00-13:00"}]), store)
+    add_flag(store, site="S1", severity="warning")
+    add_flag(store, site="S2", severity="critical")
+    notifier.tick(T0)
+    assert webhook.titles() == ["[CRITICAL] site_offline opened - S2 Site S2 (Pixian)"]
+    assert notifier.tick(T0 + timedelta(minutes=59)).sent == 0
+    assert notifier.tick(T0 + timedelta(hours=1)).sent == 1  # 13:00 local
+    assert webhook.titles()[-1] == "[WARNING] site_offline opened - S1 Site S1 (Xinjin)"
+
+
+def test_a_digest_channel_sends_one_message_per_interval(store, webhook, tmp_path):
+    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url(), "digest": "1h"},
+                                            {"name": "now", "url": webhook.url("now")}]), store)
+    add_flag(store, site="S1", severity="warning")
+    add_flag(store, site="S2", severity="critical")
+    add_flag(store, site="S1", kind="mains_failure", severity="warning")
+    notifier.tick(T0 + timedelta(minutes=1))
+    assert webhook.titles() == [] and len(webhook.titles("now")) == 3
+    assert notifier.tick(T0 + timedelta(minutes=59)).sent == 0
+    assert notifier.tick(T0 + timedelta(minutes=60)).sent == 3  # three rows, one message
+    (title,) = webhook.titles()
+    assert title == "sitetwin: 3 alarm event(s), worst critical"
+    lines = webhook.bodies()[0].splitlines()
+    assert len(lines) == 3 and lines[0].startswith("[CRITICAL] site_offline opened - S2")
+
+
+def test_a_bad_channel_is_refused_by_name_without_its_url(store, tmp_path):
+    from notify import ChannelError
+
+    with pytest.raises(ChannelError, match="'pager'") as err:
+        Notifier(settings(tmp_path, [{"name": "pager", "url": "nosuchscheme://tok3n-secret"}]), store)
+    assert "tok3n" not in str(err.value)
+    with pytest.raises(ChannelError, match="unknown flag kind"):
+        Notifier(settings(tmp_path, [{"name": "x", "url": "json://127.0.0.1/x",
+                                      "kinds": ["site_offlne"]}]), store)
