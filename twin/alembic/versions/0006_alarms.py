@@ -2,7 +2,9 @@
 notifications go through an outbox (``notify_state``, ``notify_outbox``).
 
 Flags that exist when this runs are marked as already announced, so that turning
-notifications on does not send the whole history.
+notifications on does not send the whole history.  Each step is skipped if what it
+adds is there already (a registry made by ``create_all`` of a newer model and stamped
+older, as a pre-Alembic registry is), so the revision can run on either.
 """
 
 from __future__ import annotations
@@ -21,10 +23,30 @@ JSONType = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("flags") as batch:
-        batch.add_column(sa.Column("acknowledged_by", sa.String(100), nullable=True))
-        batch.add_column(sa.Column("acknowledged_at", UTCDateTime(), nullable=True))
-        batch.add_column(sa.Column("assignee", sa.String(100), nullable=True))
+    found = sa.inspect(op.get_bind())
+    tables = set(found.get_table_names())
+    columns = {c["name"] for c in found.get_columns("flags")}
+    new_columns = [c for c in (sa.Column("acknowledged_by", sa.String(100), nullable=True),
+                               sa.Column("acknowledged_at", UTCDateTime(), nullable=True),
+                               sa.Column("assignee", sa.String(100), nullable=True))
+                   if c.name not in columns]
+    if new_columns:
+        with op.batch_alter_table("flags") as batch:
+            for column in new_columns:
+                batch.add_column(column)
+    if "flag_actions" not in tables:
+        _flag_actions()
+    if "notify_state" not in tables:
+        _notify_state()
+    if "notify_outbox" not in tables:
+        _notify_outbox()
+    # What exists now counts as announced: enabling notifications must not replay history.
+    op.execute(sa.text("INSERT INTO notify_state (flag_id, status, severity, seq, notified_at)"
+                       " SELECT id, status, severity, 0, updated_at FROM flags"
+                       " WHERE id NOT IN (SELECT flag_id FROM notify_state)"))
+
+
+def _flag_actions() -> None:
     op.create_table(
         "flag_actions",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -36,6 +58,9 @@ def upgrade() -> None:
         sa.Column("note", sa.Text, nullable=True),
     )
     op.create_index("ix_flag_actions_flag_id", "flag_actions", ["flag_id"])
+
+
+def _notify_state() -> None:
     op.create_table(
         "notify_state",
         sa.Column("flag_id", sa.Integer, sa.ForeignKey("flags.id", ondelete="CASCADE"), primary_key=True),
@@ -44,6 +69,9 @@ def upgrade() -> None:
         sa.Column("seq", sa.Integer, nullable=False),
         sa.Column("notified_at", UTCDateTime(), nullable=False),
     )
+
+
+def _notify_outbox() -> None:
     op.create_table(
         "notify_outbox",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -65,9 +93,6 @@ def upgrade() -> None:
     )
     op.create_index("ix_notify_outbox_flag_id", "notify_outbox", ["flag_id"])
     op.create_index("ix_notify_outbox_due", "notify_outbox", ["status", "due_at"])
-    # What exists now counts as announced: enabling notifications must not replay history.
-    op.execute(sa.text("INSERT INTO notify_state (flag_id, status, severity, seq, notified_at)"
-                       " SELECT id, status, severity, 0, updated_at FROM flags"))
 
 
 def downgrade() -> None:
