@@ -203,3 +203,42 @@ def test_a_bad_channel_is_refused_by_name_without_its_url(store, tmp_path):
     with pytest.raises(ChannelError, match="unknown flag kind"):
         Notifier(settings(tmp_path, [{"name": "x", "url": "json://127.0.0.1/x",
                                       "kinds": ["site_offlne"]}]), store)
+
+
+def test_sitetwin_run_notifies_from_its_own_thread(tmp_path, mosquitto, influxdb, influx_db,
+                                                  webhook):
+    """``sitetwin run``'s pipeline starts the notifier beside the rules; a bad channel stops
+    start-up with the channel's name."""
+    from notify import ChannelError
+    from sitetwin.wiring import Pipeline
+    from tests.support import wait_for
+    from twin.store import open_store
+
+    twin_url = f"sqlite:///{tmp_path / 'twin.sqlite'}"
+
+    def pipeline(url: str) -> Pipeline:
+        cfg = load_settings(None, **{
+            "mqtt": {"servers": [mosquitto.url], "client_id": f"notify-run-{tmp_path.name}",
+                     "shared_group": f"nr{abs(hash(str(tmp_path))) % 10**8}"},
+            "influxdb": {"url": influxdb.url, "database": influx_db},
+            "services": {"state_dir": str(tmp_path / "state")}, "spool": {"fsync": False},
+            "twin": {"url": twin_url}, "rules": {"enabled": False},
+            "notify": {"interval": "200ms", "channels": [{"name": "hook", "url": url}]}})
+        return Pipeline(cfg, twin=True, rules=True)
+
+    bad = pipeline("nosuchscheme://x")
+    with pytest.raises(ChannelError, match="'hook'"):
+        bad.start()
+    bad.stop()
+    store = open_store(twin_url)
+    add_flag(store, kind="mains_failure", severity="critical")
+    store.close()
+    run = pipeline(webhook.url())
+    run.start()
+    try:
+        wait_for(lambda: webhook.titles(), timeout=20, message="the notification")
+        wait_for(lambda: Outbox(run.notifier.outbox.store).list()[0]["status"] == "sent",
+                 message="the row marked sent")
+    finally:
+        run.stop()
+    assert webhook.titles() == ["[CRITICAL] mains_failure opened - S1"]  # S1 is not registered
