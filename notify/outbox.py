@@ -11,9 +11,14 @@ each time (``retry_backoff`` x 2^(attempts-1)); a row that has failed
 reason, until a person retries it (``sitetwin notify retry``).
 
 Delivery is at least once: a message is sent, then marked sent; a crash in
-between (or a lease that ran out) sends it again.  Measured on SQLite, a pass
-over 2,000 open flags with nothing to announce takes about 0.1 s, so
-``collect`` runs on every dispatcher tick.
+between (or a lease that ran out) sends it again.
+
+Measured on SQLite (a shared 2-core machine), with 2,000 open and 20,000 resolved
+flags: a pass with nothing to announce takes 0.17-0.35 s (resolved flags already
+announced are not read; open ones are read as plain columns, without their
+evidence: loading Flag objects took 0.32-0.53 s), so ``collect`` runs on every
+dispatcher tick (15 s).  The first pass after 22,000 flags appeared at once took
+4.5 s, once.
 """
 
 from __future__ import annotations
@@ -87,13 +92,18 @@ class Outbox:
             if s.get_bind().dialect.name == "postgresql":
                 # Two collectors at once would both see the same difference: one waits.
                 s.execute(text("SELECT pg_advisory_xact_lock(7301932)"))
-            pairs = s.execute(
-                select(Flag, NotifyState).outerjoin(NotifyState, NotifyState.flag_id == Flag.id)
+            # Plain columns, not Flag objects: the evidence is not needed and costs the most.
+            columns = [Flag.id, Flag.kind, Flag.site_id, Flag.cell_id, Flag.bill_id, Flag.severity,
+                       Flag.status, Flag.summary, Flag.opened_at, Flag.resolved_at,
+                       Flag.acknowledged_by, Flag.acknowledged_at, Flag.assignee]
+            rows = s.execute(
+                select(*columns, NotifyState).outerjoin(NotifyState, NotifyState.flag_id == Flag.id)
                 .where(or_(NotifyState.flag_id.is_(None), NotifyState.status != Flag.status,
                            Flag.status.in_(LIVE)))
                 .order_by(Flag.id)).all()
             todo = []
-            for flag, state in pairs:
+            for row in rows:
+                flag, state = row, row.NotifyState
                 announced = (Announced(state.status, state.severity, state.notified_at)
                              if state is not None else None)
                 todo.append((flag, state, events_for(flag, announced, now, repeat_s)))
