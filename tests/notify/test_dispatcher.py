@@ -128,6 +128,7 @@ def test_a_channel_that_stays_down_dead_letters_visibly_and_can_be_retried(
         at += timedelta(minutes=10)
     rows = Outbox(store).list()
     assert [r["status"] for r in rows] == ["dead", "dead"] and rows[0]["attempts"] == 3
+    # caplog also holds Apprise's own records (pytest attaches to non-propagating loggers).
     assert secret not in caplog.text and secret not in (rows[0]["last_error"] or "")
     assert "json://ops:****@127.0.0.1" in caplog.text
     toml = tmp_path / "sitetwin.toml"
