@@ -168,6 +168,14 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
 
         wait_for(lambda: len(received) >= len(EXPECTED), timeout=15, message="flags over MQTT")
         assert {t for t, _ in received} == {f"sitetwin/flags/{k}/{s}" for k, s in EXPECTED}
+        # A subscriber that connects now sees the open alarms, retained per site and in sum.
+        from tests.rules.test_sink import late_subscriber
+
+        sites = {f"sitetwin/alarms/{s}" for _, s in EXPECTED}
+        retained = late_subscriber(mosquitto, sites | {"sitetwin/alarms"})
+        assert retained["sitetwin/alarms"]["open"] == len(EXPECTED)
+        assert sorted(f["kind"] for t in sites for f in retained[t]["flags"]) == \
+            sorted(k for k, _ in EXPECTED)
         # `rules run` sent one message per new flag before it returned.
         opened = hook.titles()
         assert len(opened) == len(EXPECTED) and all(" opened - " in t for t in opened)
