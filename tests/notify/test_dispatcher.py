@@ -243,3 +243,42 @@ def test_sitetwin_run_notifies_from_its_own_thread(tmp_path, mosquitto, influxdb
     finally:
         run.stop()
     assert webhook.titles() == ["[CRITICAL] mains_failure opened - S1"]  # S1 is not registered
+
+
+def test_two_senders_at_once_send_each_message_once(store, webhook, tmp_path, twin_url):
+    """``sitetwin run`` and a ``sitetwin rules run`` may pass over one outbox at the same time:
+    the claim gives each row to one of them."""
+    import re
+    import threading
+
+    from core.timeutil import get_zone
+    from notify import OutboxError
+    from twin.store import open_store
+
+    cfg = settings(tmp_path, [{"name": "hook", "url": webhook.url()}])
+    for i in range(12):
+        add_flag(store, site="S1" if i % 2 else "S2", kind=("site_offline", "mains_failure")[i % 2],
+                 severity="critical", at=T0 + timedelta(seconds=i))
+    Outbox(store).collect(T0, cfg.notify, get_zone("UTC"))
+    other = open_store(twin_url)
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def sender(s) -> None:
+        notifier = Notifier(cfg, s)
+        start.wait()
+        for _ in range(5):
+            try:
+                notifier.tick(T0 + timedelta(seconds=1))
+            except OutboxError as exc:  # SQLite: one writer at a time; the next pass goes on
+                errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(s,)) for s in (store, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    other.close()
+    ids = [int(re.search(r"flag #(\d+)", body).group(1)) for body in webhook.bodies()]
+    assert len(ids) == 12 and len(set(ids)) == 12  # every flag's message, each once
+    assert {r["status"] for r in Outbox(store).list()} == {"sent"}
