@@ -36,13 +36,13 @@ def _store(settings: Settings):
     return open_store(settings.twin_url)
 
 
-def _line(r: dict[str, Any]) -> str:
+def _line(r: dict[str, Any], zone: str) -> str:
     from core.timeutil import format_local
 
     when = r["sent_at"] or r["due_at"]
     text = (f"#{r['id']:<5} {r['status']:<8} {r['channel']:<14} {r['event']:<9} {r['severity']:<8} "
             f"flag #{r['flag_id']:<5} {r['kind'] or '':<20} {r['site_id'] or '':<10} "
-            f"{format_local(when)}  attempts {r['attempts']}")
+            f"{format_local(when, zone)}  attempts {r['attempts']}")
     if r["last_error"]:
         text += f"\n       last error: {r['last_error']}"
     return text
@@ -59,7 +59,7 @@ def list_outbox(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     empty = {"dead": "no dead-lettered notifications", "pending": "nothing pending"}.get(
         status or "", "no notifications")
-    emit(args, rows, lambda rs: "\n".join(_line(r) for r in rs) or empty)
+    emit(args, rows, lambda rs: "\n".join(_line(r, settings.time.zone) for r in rs) or empty)
     return 0
 
 

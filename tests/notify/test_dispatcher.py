@@ -282,3 +282,15 @@ def test_two_senders_at_once_send_each_message_once(store, webhook, tmp_path, tw
     ids = [int(re.search(r"flag #(\d+)", body).group(1)) for body in webhook.bodies()]
     assert len(ids) == 12 and len(set(ids)) == 12  # every flag's message, each once
     assert {r["status"] for r in Outbox(store).list()} == {"sent"}
+
+
+def test_rows_of_a_removed_channel_are_dead_lettered_not_dropped(store, webhook, tmp_path):
+    quiet = settings(tmp_path, [{"name": "old", "url": webhook.url("old"),
+                                 "quiet_hours": "11:00-13:00"}])
+    add_flag(store)
+    Notifier(quiet, store).tick(T0)  # held by the quiet hours
+    Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store) \
+        .tick(T0 + timedelta(hours=2))
+    (row,) = Outbox(store).list(channel="old")
+    assert row["status"] == "dead" and row["last_error"] == "channel no longer configured"
+    assert webhook.titles("old") == []
