@@ -7,6 +7,7 @@
     ├── connectors.errors.ConnectorError MQTT, InfluxDB, spool, dead letter, CSV
     ├── twin.errors.TwinError            registry, lifecycle, imports
     ├── rules.errors.RuleError           rule engine, flags
+    ├── notify.errors.NotifyError        notification channels and the outbox
     └── dashboards.errors.DashboardError building and pushing dashboards
 
 The CLI turns any of these into a one-line message on stderr and exit code 1.

@@ -165,6 +165,67 @@ class RulesSettings(_Section):
     query_concurrency: int = Field(default=2, ge=1, le=32)
 
 
+SEVERITIES = ("info", "warning", "critical")
+EVENTS = ("open", "escalate", "resolve", "review", "remind")
+
+
+class ChannelSettings(_Section):
+    """One notification channel: an Apprise URL and the flags routed to it.
+
+    The URL usually holds a token or a password, so it is a secret: it is never
+    logged or printed (Apprise's privacy form is shown instead).
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: SecretStr
+    kinds: list[str] = []
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    counties: list[str] = []
+    events: list[Literal["open", "escalate", "resolve", "review", "remind"]] = list(EVENTS)
+    digest: Duration = 0.0
+    quiet_hours: str = ""
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        if value.strip():
+            quiet_window(value)
+        return value.strip()
+
+
+def quiet_window(text: str) -> tuple[int, int]:
+    """``"22:00-07:00"`` as minutes after local midnight (start, end); the end may be earlier."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if not m:
+        raise ValueError(f"quiet_hours must look like 22:00-07:00, not {text!r}")
+    h1, m1, h2, m2 = (int(x) for x in m.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59 or (h1, m1) == (h2, m2):
+        raise ValueError(f"quiet_hours {text!r}: times are HH:MM and start differs from end")
+    return h1 * 60 + m1, h2 * 60 + m2
+
+
+class NotifySettings(_Section):
+    """Flag changes sent to people through Apprise channels (docs/notifications.md)."""
+
+    enabled: bool = True
+    interval: Duration = 15.0
+    retries: int = Field(default=5, ge=0, le=100)
+    retry_backoff: Duration = 30.0
+    repeat: Duration = 0.0
+    channels: list[ChannelSettings] = []
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_names(cls, value: list[ChannelSettings]) -> list[ChannelSettings]:
+        names = [c.name for c in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"channel names must be unique: {', '.join(dupes)}")
+        return value
+
+
 class Settings(BaseSettings):
     """All of sitetwin's configuration."""
 
@@ -185,6 +246,7 @@ class Settings(BaseSettings):
     grafana: GrafanaSettings = GrafanaSettings()
     rules: RulesSettings = RulesSettings()
     time: TimeSettings = TimeSettings()
+    notify: NotifySettings = NotifySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,6 +1,8 @@
 """Runs rules at a given ``now``: fetch window data, evaluate, sync flags, fan the changes out.
 
-Each rule yields an ``Outcome``; a rule that fails (bad threshold, query
+The retained alarms on MQTT (``sitetwin/alarms/...``) are republished after a run
+that changed flags; a backfill republishes them once, at its end, not at every
+step.  Each rule yields an ``Outcome``; a rule that fails (bad threshold, query
 error, a bug) is an ``error`` outcome with the message, logged, and the others
 still run — and its flags are left untouched, so a failing rule never
 resolves anything.  Backfill steps each rule through history at its own
@@ -22,7 +24,7 @@ from rules.errors import RuleError
 from rules.flag import FlagBook
 from rules.registry import RULES
 from rules.rule import Facts, Rule, Thresholds
-from rules.sink import publish_flags, write_flags
+from rules.sink import publish_flags, publish_site_alarms, write_flags
 from core.settings import Settings
 
 __all__ = ["Engine", "Outcome", "summarise", "thresholds_for"]
@@ -74,6 +76,7 @@ class Engine:
         self.concurrency = settings.rules.query_concurrency
         self.write_influx = write_influx
         self.publish_mqtt = publish_mqtt
+        self._alarm_sites: set[str] | None = None
 
     def thresholds(self, rule: Rule) -> Thresholds:
         return thresholds_for(self.settings, rule)
@@ -112,6 +115,12 @@ class Engine:
             write_flags(self.settings, changed)
         if self.publish_mqtt and announced:
             publish_flags(self.settings, announced)
+        if self.publish_mqtt and changed:
+            sites = {f["site_id"] for f in changed}
+            if self._alarm_sites is not None:  # a backfill republishes once, at its end
+                self._alarm_sites |= sites
+            else:
+                publish_site_alarms(self.settings, self.store, sorted(sites))
         return outcomes
 
     def _fetch(self, rule: Rule, now: datetime, facts: Facts) -> tuple[Thresholds, dict | None, float]:
@@ -170,8 +179,14 @@ class Engine:
                 t += interval
             steps.setdefault(until, []).append(rule)
         outcomes: list[Outcome] = []
-        for now in sorted(steps):
-            outcomes.extend(self.run(now, steps[now], facts=history.facts_at(facts, now)))
+        self._alarm_sites = set()
+        try:
+            for now in sorted(steps):
+                outcomes.extend(self.run(now, steps[now], facts=history.facts_at(facts, now)))
+        finally:
+            sites, self._alarm_sites = self._alarm_sites, None
+            if self.publish_mqtt and sites:
+                publish_site_alarms(self.settings, self.store, sorted(sites))
         return outcomes
 
 

@@ -5,7 +5,7 @@
     ├── ThresholdError             a bad threshold in ``[rules.<name>]``: names the key
     ├── RuleDataError              window data or registry facts could not be read
     ├── UnknownFlag                a flag id that is not in the flag store
-    └── ReviewError                a review that cannot be recorded (bad decision, resolved flag)
+    └── ReviewError                a review, ack or assignment that cannot be recorded
 
 InfluxDB, SQLAlchemy and paho exceptions never leave the package: the data
 and flag modules translate them at one seam each.  A rule that raises

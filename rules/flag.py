@@ -8,6 +8,11 @@ than the hold-off it is resolved.  A reviewed flag (``confirmed`` or
 ``dismissed``) keeps its decision: findings still refresh its evidence, but
 it is never resolved or reopened by the engine.  Every review is a row of
 ``flag_reviews``, so the history is kept.
+
+A person takes an alarm on with ``ack`` (acknowledged: someone is on it) and
+``assign`` (whose it is); both are columns of the flag, and every such action is
+a row of ``flag_actions`` beside the reviews.  Neither changes the status: an
+acknowledged flag still resolves when its condition ends.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sqlalchemy import select
 from rules.errors import ReviewError, RuleDataError, UnknownFlag
 from rules.finding import Finding, iso_utc
 
-__all__ = ["DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
+__all__ = ["ACTIONS", "DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
 
 STATUSES = ("open", "confirmed", "dismissed", "resolved")
 DECISIONS = ("confirmed", "dismissed")
@@ -34,6 +39,9 @@ def _models():
     return Flag, FlagReview
 
 
+ACTIONS = ("ack", "assign")
+
+
 def flag_dict(flag: Any) -> dict[str, Any]:
     """A flag as docs/contracts.md section 4 describes it."""
     return {
@@ -43,6 +51,8 @@ def flag_dict(flag: Any) -> dict[str, Any]:
         "opened_at": flag.opened_at, "updated_at": flag.updated_at, "resolved_at": flag.resolved_at,
         "window_start": flag.window_start, "window_end": flag.window_end,
         "summary": flag.summary, "evidence": flag.evidence or {},
+        "acknowledged_by": flag.acknowledged_by, "acknowledged_at": flag.acknowledged_at,
+        "assignee": flag.assignee,
     }
 
 
@@ -152,7 +162,9 @@ class FlagBook:
             return [flag_dict(f) for f in s.scalars(q).all()]
 
     def show(self, flag_id: int) -> dict[str, Any]:
-        """One flag with its review history (oldest first)."""
+        """One flag with its review history and its acks and assignments (oldest first)."""
+        from twin.models import FlagAction
+
         Flag, FlagReview = _models()
         with self._session() as s:
             flag = s.get(Flag, flag_id)
@@ -160,9 +172,51 @@ class FlagBook:
                 raise UnknownFlag(flag_id)
             reviews = s.scalars(select(FlagReview).where(FlagReview.flag_id == flag_id)
                                 .order_by(FlagReview.reviewed_at, FlagReview.id)).all()
+            actions = s.scalars(select(FlagAction).where(FlagAction.flag_id == flag_id)
+                                .order_by(FlagAction.at, FlagAction.id)).all()
             return {**flag_dict(flag), "reviews": [
                 {"decision": r.decision, "reviewed_by": r.reviewed_by, "reviewed_at": r.reviewed_at,
-                 "note": r.note} for r in reviews]}
+                 "note": r.note} for r in reviews], "actions": [
+                {"action": a.action, "by": a.actor, "value": a.value, "at": a.at, "note": a.note}
+                for a in actions]}
+
+    def ack(self, flag_id: int, by: str, at: datetime, note: str | None = None) -> dict[str, Any]:
+        """``by`` acknowledges the flag: someone is on it, so reminders stop (escalations do not).
+
+        Acknowledging again records the new person and time; a resolved flag cannot be
+        acknowledged (there is nothing left to own).
+        """
+        return self._act(flag_id, "ack", by, None, at, note)
+
+    def assign(self, flag_id: int, to: str, by: str, at: datetime,
+               note: str | None = None) -> dict[str, Any]:
+        """Make ``to`` the flag's owner (``by`` did it); assigning again hands it over."""
+        if not to or not to.strip():
+            raise ReviewError("an assignment needs the assignee's name (--to)")
+        return self._act(flag_id, "assign", by, to.strip(), at, note)
+
+    def _act(self, flag_id: int, action: str, by: str, value: str | None, at: datetime,
+             note: str | None) -> dict[str, Any]:
+        from twin.models import FlagAction
+
+        Flag, _ = _models()
+        if not by or not by.strip():
+            raise ReviewError(f"{'an acknowledgement' if action == 'ack' else 'an assignment'}"
+                              " needs the person's name (--by)")
+        with self._session() as s:
+            flag = s.get(Flag, flag_id)
+            if flag is None:
+                raise UnknownFlag(flag_id)
+            if action == "ack" and flag.status == "resolved":
+                raise ReviewError(f"flag {flag_id} is resolved; there is nothing to acknowledge")
+            s.add(FlagAction(flag_id=flag_id, action=action, actor=by.strip(), value=value, at=at,
+                             note=note))
+            if action == "ack":
+                flag.acknowledged_by = by.strip()
+                flag.acknowledged_at = at
+            else:
+                flag.assignee = value
+        return self.show(flag_id)
 
     def reviews(self, flag_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         """The review history (oldest first) of each of ``flag_ids`` that has one."""

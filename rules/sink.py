@@ -3,7 +3,17 @@
 Both are best effort: the registry is the record, so a failure here is logged
 and the next change writes the flag again.  MQTT: topic
 ``sitetwin/flags/{kind}/{site_id}``, QoS 1, payload the flag JSON of
-docs/contracts.md section 4.
+docs/contracts.md section 4 (an event stream: a subscriber sees changes from
+when it connected).
+
+The current alarms are also *retained*, so that a subscriber that connects
+later (a NOC screen, a gateway) sees what is open now without asking the
+registry: ``sitetwin/alarms/{site_id}`` holds the site's open and confirmed
+flags (an empty retained message clears a site with none, as MQTT brokers
+expect), and ``sitetwin/alarms`` a summary of the whole fleet (open flags by
+severity and kind, and the sites that have any).  Both are republished from
+the registry after every change, so they are the registry's view, never a sum
+of events that a lost message could skew.
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ from connectors.lineprotocol import line
 from core.settings import Settings
 from core.jsonout import to_json
 
-__all__ = ["flag_lines", "flag_topic", "publish_flags", "write_flags"]
+__all__ = ["ALARMS_TOPIC", "alarm_messages", "flag_lines", "flag_topic", "publish_flags",
+           "publish_site_alarms", "write_flags"]
 
 log = logging.getLogger(__name__)
 
 _OPEN = ("open", "confirmed")
+ALARMS_TOPIC = "sitetwin/alarms"
 
 
 def flag_topic(flag: dict[str, Any]) -> str:
@@ -76,6 +88,55 @@ def publish_flags(settings: Settings, flags: Sequence[dict[str, Any]], *, timeou
     """Publish the flags over MQTT (QoS 1) and wait for the broker's acks; returns how many."""
     if not flags:
         return 0
+    return _publish(settings, [(flag_topic(f), to_json(f).encode(), False) for f in flags],
+                    timeout_s=timeout_s)
+
+
+def alarm_messages(open_flags: Sequence[dict[str, Any]], site_ids: Sequence[str], now: datetime
+                   ) -> list[tuple[str, bytes, bool]]:
+    """The retained messages for ``site_ids`` and the fleet summary, given every open flag."""
+    by_site: dict[str, list[dict[str, Any]]] = {}
+    for f in open_flags:
+        by_site.setdefault(f["site_id"], []).append(f)
+    out = []
+    for site_id in sorted({s for s in site_ids if s}):
+        flags = by_site.get(site_id)
+        payload = to_json({"site_id": site_id, "updated_at": now, "flags": flags}).encode() \
+            if flags else b""
+        out.append((f"{ALARMS_TOPIC}/{site_id}", payload, True))
+    severities: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    for f in open_flags:
+        severities[f["severity"]] = severities.get(f["severity"], 0) + 1
+        kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+    summary = {"updated_at": now, "open": len(open_flags), "by_severity": severities,
+               "by_kind": kinds, "sites": sorted(by_site)}
+    out.append((ALARMS_TOPIC, to_json(summary).encode(), True))
+    return out
+
+
+def publish_site_alarms(settings: Settings, store: Any, site_ids: Sequence[str], *,
+                        timeout_s: float = 10.0) -> int:
+    """Republish the retained alarms of ``site_ids`` and the summary from the registry."""
+    if not site_ids:
+        return 0
+    from rules.flag import FlagBook
+
+    try:
+        book = FlagBook(store)
+        open_flags = [f for status in _OPEN for f in book.list(status=status)]
+    except Exception as exc:  # noqa: BLE001 - best effort, as every publication here
+        log.warning("reading the open flags for MQTT failed: %s", exc)
+        return 0
+    open_flags.sort(key=lambda f: f["id"])
+    from core.timeutil import utcnow
+
+    return _publish(settings, alarm_messages(open_flags, site_ids, utcnow()), timeout_s=timeout_s)
+
+
+def _publish(settings: Settings, messages: Sequence[tuple[str, bytes, bool]], *,
+             timeout_s: float) -> int:
+    """Publish (topic, payload, retain) at QoS 1 and wait for the broker's acks; how many."""
     from connectors.collector import mqtt_client
 
     url = settings.mqtt.servers[0]
@@ -91,14 +152,15 @@ def publish_flags(settings: Settings, flags: Sequence[dict[str, Any]], *, timeou
         if not connected.wait(timeout_s):
             log.warning("MQTT broker %s did not accept the flag publisher", parts.hostname)
             return 0
-        infos = [client.publish(flag_topic(f), to_json(f).encode(), qos=1) for f in flags]
+        infos = [client.publish(topic, payload, qos=1, retain=retain)
+                 for topic, payload, retain in messages]
         done = 0
         for info in infos:
             info.wait_for_publish(timeout=timeout_s)
             done += info.is_published()
         return done
     except (OSError, ValueError, RuntimeError) as exc:
-        log.warning("publishing %d flag(s) over MQTT failed: %s", len(flags), exc)
+        log.warning("publishing %d flag message(s) over MQTT failed: %s", len(messages), exc)
         return 0
     finally:
         try:

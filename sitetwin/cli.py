@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "sitetwin.commands.rejected",
     "sitetwin.commands.sites",
     "sitetwin.commands.rules",
+    "sitetwin.commands.notify",
     "sitetwin.commands.dashboards",
     "sitetwin.commands.broker",
     "sitetwin.commands.demo",

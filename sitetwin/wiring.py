@@ -1,4 +1,5 @@
-"""Wiring of ``sitetwin run``: the collector, the twin's live state, the rule scheduler.
+"""Wiring of ``sitetwin run``: the collector, the twin's live state, the rule scheduler and
+the notifier (in the process that runs the rules).
 
 Each part is optional so that one process can be a pure collector (scale out
 with several) while another runs the rules.  The twin and the rules must
@@ -28,6 +29,7 @@ class Pipeline:
         self.live = None
         self.store = None
         self.scheduler = None
+        self.notifier = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._want_twin = twin
@@ -50,6 +52,8 @@ class Pipeline:
             log.error("twin registry unavailable (%s); live state will catch up when it returns", exc)
 
     def start(self) -> None:
+        if self._want_rules and self.settings.notify.enabled:
+            self._start_notifier()  # first: a bad channel stops start-up with its name
         self.collector.start()
         if self.live is not None:
             t = threading.Thread(target=self._live_loop, name="twin-live", daemon=True)
@@ -62,6 +66,18 @@ class Pipeline:
                 log.warning("rules package not available; no rules scheduled")
             else:
                 self.scheduler = start_rules(self.settings)
+
+    def _start_notifier(self) -> None:
+        from notify import Notifier
+        from twin.store import open_store
+
+        store = open_store(self.settings.twin_url)
+        try:
+            self.notifier = Notifier(self.settings, store)
+        except Exception:
+            store.close()
+            raise
+        self.notifier.start()
 
     def _live_loop(self) -> None:
         interval = self.settings.collector.live_flush_interval
@@ -105,6 +121,9 @@ class Pipeline:
                 self.scheduler.shutdown(wait=False)
             except Exception:
                 log.exception("stopping the rule scheduler failed")
+        if self.notifier is not None:
+            self.notifier.stop()
+            self.notifier.outbox.store.close()
         self.collector.stop()
         self._stop.set()
         for t in self._threads:

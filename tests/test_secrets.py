@@ -33,6 +33,8 @@ SECRETS = {
     "SITETWIN_GRAFANA__TOKEN": "grafanaToken-99ab1263",
 }
 PG_PASSWORD = "pgSecret-3e7d61aa"
+# A notification channel whose URL holds a password and a token (Apprise json:// webhook).
+NOTIFY_SECRETS = ("notifyPass-2c8e51", "notifyToken-6a0f93d7")
 
 
 def _forms(secret: str, user: str | None = None) -> list[str]:
@@ -44,7 +46,7 @@ def _forms(secret: str, user: str | None = None) -> list[str]:
 
 
 def _all_forms() -> list[str]:
-    forms = _forms(PG_PASSWORD)
+    forms = _forms(PG_PASSWORD) + [f for secret in NOTIFY_SECRETS for f in _forms(secret, "ops")]
     for key, secret in SECRETS.items():
         forms += _forms(secret, "collector" if "MQTT" in key else "writer")
     return forms
@@ -95,6 +97,24 @@ def _live_sites(url: str) -> int:
         store.close()
 
 
+def _open_flag(url: str) -> None:
+    from datetime import UTC, datetime
+
+    from twin.models import Flag
+    from twin.store import open_store
+
+    store = open_store(url)
+    now = datetime.now(UTC)
+    try:
+        with store.session() as s:
+            s.add(Flag(kind="mains_failure", rule="mains_failure", site_id="S0001",
+                       severity="critical", status="open", opened_at=now, updated_at=now,
+                       window_start=now, window_end=now, summary="on battery", evidence={},
+                       dedup_key="mains_failure:S0001"))
+    finally:
+        store.close()
+
+
 def _with_password(url: str) -> str:
     scheme, rest = url.split("://", 1)
     user, host = rest.split("@", 1)
@@ -105,10 +125,16 @@ def _with_password(url: str) -> str:
 def test_a_full_run_at_debug_level_prints_no_secret(tmp_path, mosquitto, influxdb, influx_db,
                                                      postgresql_url):
     logs = []
-    # 1. a full run: collector, twin (PostgreSQL, password in the URL), rules; good and bad input
+    # 1. a full run: collector, twin (PostgreSQL, password in the URL), rules, and a
+    # notification channel that is down (an open flag waits for it); good and bad input
+    _open_flag(postgresql_url)
+    channel = (f"json://ops:{NOTIFY_SECRETS[0]}@127.0.0.1:{free_port()}/hook/{NOTIFY_SECRETS[1]}"
+               f"?token={NOTIFY_SECRETS[1]}")
     env = _env(tmp_path, mosquitto.url, influxdb.url, influx_db,
                SITETWIN_TWIN__URL=_with_password(postgresql_url),
-               SITETWIN_COLLECTOR__LIVE_FLUSH_INTERVAL="0.5")
+               SITETWIN_COLLECTOR__LIVE_FLUSH_INTERVAL="0.5",
+               SITETWIN_NOTIFY__INTERVAL="0.5s", SITETWIN_NOTIFY__RETRY_BACKOFF="0.2s",
+               SITETWIN_NOTIFY__CHANNELS=orjson.dumps([{"name": "hook", "url": channel}]).decode())
     log = tmp_path / "full.log"
     logs.append(log)
     proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "-vv", "run"], env={**os.environ, **env},
@@ -131,6 +157,9 @@ def test_a_full_run_at_debug_level_prints_no_secret(tmp_path, mosquitto, influxd
                  message="pipeline metrics")
         # the twin has flushed the live state of all 5 sites (a flush every 0.5 s here)
         wait_for(lambda: _live_sites(postgresql_url) >= 5, message="the twin's live state")
+        # the notifier tried the channel that is down, and said so
+        wait_for(lambda: "notify: channel hook (json://ops:****@127.0.0.1" in log.read_text(),
+                 message="the failing channel in the log")
     finally:
         _stop(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]

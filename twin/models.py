@@ -36,10 +36,13 @@ __all__ = [
     "Bill",
     "Cell",
     "Flag",
+    "FlagAction",
     "FlagReview",
     "LifecycleEvent",
     "LiveSiteState",
     "Meter",
+    "NotifyOutbox",
+    "NotifyState",
     "Reservation",
     "Site",
     "Tariff",
@@ -240,6 +243,9 @@ class Flag(Base):
     summary: Mapped[str] = mapped_column(Text)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     dedup_key: Mapped[str] = mapped_column(String(300), index=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100))
+    acknowledged_at: Mapped[datetime | None]
+    assignee: Mapped[str | None] = mapped_column(String(100))
 
 
 class FlagReview(Base):
@@ -252,3 +258,50 @@ class FlagReview(Base):
     reviewed_by: Mapped[str] = mapped_column(String(100))
     reviewed_at: Mapped[datetime]
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class FlagAction(Base):
+    """A person taking a flag on: ``ack`` (acknowledged, ``actor``) or ``assign`` (``value``)."""
+
+    __tablename__ = "flag_actions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(100))
+    value: Mapped[str | None] = mapped_column(String(100))
+    at: Mapped[datetime]
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class NotifyState(Base):
+    """What the notifier last announced of a flag, so each change is announced once."""
+
+    __tablename__ = "notify_state"
+    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[str] = mapped_column(String(16))  # the highest announced while it was open
+    seq: Mapped[int] = mapped_column(Integer, default=0)  # events announced so far
+    notified_at: Mapped[datetime]
+
+
+class NotifyOutbox(Base):
+    """One notification of one flag event on one channel: pending, sent or dead (dead-lettered)."""
+
+    __tablename__ = "notify_outbox"
+    __table_args__ = (UniqueConstraint("flag_id", "seq", "channel", name="uq_notify_outbox_event"),
+                      Index("ix_notify_outbox_due", "status", "due_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None]

@@ -12,7 +12,8 @@ touches a developer's services or data:
      simulator publishes the bill month's history and a live phase of the
      ``demo`` scenario (jammer, narrowband interferer, mains failure, a silent
      site), plus some malformed messages; every reading is counted in InfluxDB;
-  4. the rules, the flags, a regulator's review; the reports; the dashboards.
+  4. the rules, the flags, a regulator's review, an alarm acknowledged and assigned; the
+     reports; the dashboards.
 """
 
 from __future__ import annotations
@@ -294,7 +295,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if sim["expected"].get("mains_failure", {}).get("site_ids"):
             demo.sitetwin("sites", "show", sim["expected"]["mains_failure"]["site_ids"][0])
 
-        demo.step("5. Rules: evaluate now, list the flags, a regulator reviews one")
+        demo.step("5. Rules: evaluate now, list the flags, a regulator reviews one, the NOC"
+                  " acknowledges and assigns a mains failure")
         demo.sitetwin("rules", "run")
         flags = demo.sitetwin("flags", "list", capture_json=True)
         by_kind: dict[str, int] = {}
@@ -312,6 +314,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             demo.sitetwin("flags", "show", str(over[0]["id"]))
             demo.sitetwin("flags", "review", str(over[0]["id"]), "--decision", "confirmed",
                           "--by", "regulator.demo", "--note", "bill and meter agree with the evidence")
+        mains = [f for f in flags if f["kind"] == "mains_failure" and f["status"] == "open"]
+        if mains:  # the NOC takes the alarm on: no more reminders, and it has an owner
+            demo.sitetwin("flags", "ack", str(mains[0]["id"]), "--by", "noc.demo",
+                          "--note", "crew dispatched with a generator")
+            demo.sitetwin("flags", "assign", str(mains[0]["id"]), "--to", "field.engineer",
+                          "--by", "noc.demo")
 
         demo.step("6. Reports for the regulator, the grid company and the counties")
         reports.mkdir()

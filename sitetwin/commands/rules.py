@@ -23,6 +23,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     run.add_argument("--since", metavar="TS", help="backfill: step each rule from TS at its interval")
     run.add_argument("--until", metavar="TS", help="evaluate at TS instead of now (end of a backfill)")
     run.add_argument("--no-publish", action="store_true", help="do not publish flag changes over MQTT")
+    run.add_argument("--no-notify", action="store_true",
+                     help="do not send notifications now (they stay queued for `sitetwin run`)")
     run.set_defaults(handler=run_rules)
     ls = sub.add_parser("list", help="the rules with their kinds, schedule and thresholds")
     ls.set_defaults(handler=list_rules)
@@ -44,6 +46,17 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     fr.add_argument("--by", required=True, metavar="NAME")
     fr.add_argument("--note")
     fr.set_defaults(handler=review_flag)
+    fa = fsub.add_parser("ack", help="acknowledge a flag: someone is on it (no more reminders)")
+    fa.add_argument("id", type=int)
+    fa.add_argument("--by", required=True, metavar="NAME")
+    fa.add_argument("--note")
+    fa.set_defaults(handler=ack_flag)
+    fg = fsub.add_parser("assign", help="make someone the owner of a flag")
+    fg.add_argument("id", type=int)
+    fg.add_argument("--to", required=True, metavar="NAME")
+    fg.add_argument("--by", metavar="NAME", help="who assigns it (default: $USER)")
+    fg.add_argument("--note")
+    fg.set_defaults(handler=assign_flag)
 
     oc = reports.add_parser("overcharging", help="flagged bills per supplier with evidence and excess totals")
     oc.add_argument("--period", required=True, metavar="YYYY-MM",
@@ -98,6 +111,10 @@ def run_rules(args: argparse.Namespace, settings: Settings) -> int:
                     else engine.run(until, selected))
         summary = summarise(outcomes)
         open_flags = len(engine.flags.list(status="open"))
+        if not args.no_notify and settings.notify.enabled:
+            from sitetwin.commands.notify import notify_pass
+
+            notify_pass(settings, store)
     finally:
         store.close()
 
@@ -184,6 +201,10 @@ def _show_text(f: dict[str, Any], zone: str) -> str:
         lines.append(f"review: {r['decision']} by {r['reviewed_by']} at"
                      f" {_local(r['reviewed_at'], zone)}"
                      + (f" - {r['note']}" if r.get("note") else ""))
+    for a in f.get("actions", []):
+        what = "acknowledged" if a["action"] == "ack" else f"assigned to {a['value']}"
+        lines.append(f"{what} by {a['by']} at {_local(a['at'], zone)}"
+                     + (f" - {a['note']}" if a.get("note") else ""))
     return "\n".join(lines)
 
 
@@ -201,19 +222,57 @@ def show_flag(args: argparse.Namespace, settings: Settings) -> int:
 
 def review_flag(args: argparse.Namespace, settings: Settings) -> int:
     from rules.flag import FlagBook
-    from rules.sink import publish_flags, write_flags
 
     store = _store(settings)
     try:
         flag = FlagBook(store).review(args.id, args.decision, args.by, datetime.now(UTC), note=args.note)
+        _announce(settings, store, flag)
     finally:
         store.close()
-    # Grafana and MQTT subscribers see the decision; best effort, the registry has it.
-    change = {k: v for k, v in flag.items() if k != "reviews"}
-    write_flags(settings, [change])
-    publish_flags(settings, [change])
     emit(args, flag, lambda f: _show_text(f, settings.time.zone))
     return 0
+
+
+def _announce(settings: Settings, store: Any, flag: dict[str, Any]) -> None:
+    """Grafana and MQTT subscribers see a person's change; best effort, the registry has it."""
+    from rules.sink import publish_flags, publish_site_alarms, write_flags
+
+    change = {k: v for k, v in flag.items() if k not in ("reviews", "actions")}
+    write_flags(settings, [change])
+    publish_flags(settings, [change])
+    publish_site_alarms(settings, store, [change["site_id"]])
+
+
+def _take_on(args: argparse.Namespace, settings: Settings, action: str) -> int:
+    import getpass
+
+    from rules.errors import ReviewError, UnknownFlag
+    from rules.flag import FlagBook
+
+    store = _store(settings)
+    try:
+        book = FlagBook(store)
+        try:
+            if action == "ack":
+                flag = book.ack(args.id, args.by, datetime.now(UTC), note=args.note)
+            else:
+                flag = book.assign(args.id, args.to, args.by or getpass.getuser(), datetime.now(UTC),
+                                   note=args.note)
+        except (ReviewError, UnknownFlag) as exc:
+            raise UserError(str(exc)) from None
+        _announce(settings, store, flag)
+    finally:
+        store.close()
+    emit(args, flag, lambda f: _show_text(f, settings.time.zone))
+    return 0
+
+
+def ack_flag(args: argparse.Namespace, settings: Settings) -> int:
+    return _take_on(args, settings, "ack")
+
+
+def assign_flag(args: argparse.Namespace, settings: Settings) -> int:
+    return _take_on(args, settings, "assign")
 
 
 def report_overcharging(args: argparse.Namespace, settings: Settings) -> int:

@@ -118,3 +118,30 @@ def test_an_incident_stays_one_flag_when_its_strongest_cell_changes(sqlite_store
     r = book.sync("interference", [alone], T0 + timedelta(minutes=90), HOLD)
     assert not r.opened and r.updated[0]["id"] == first["id"]
     assert [f["id"] for f in book.list()] == [first["id"]]
+
+
+def test_ack_and_assign_are_kept_with_their_history(sqlite_store):
+    book = FlagBook(sqlite_store)
+    book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=20))], T0 + timedelta(minutes=20), HOLD)
+    (flag,) = book.list()
+    assert (flag["acknowledged_by"], flag["acknowledged_at"], flag["assignee"]) == (None, None, None)
+    book.ack(flag["id"], " zhang.san ", T0 + timedelta(minutes=21), note="driving there")
+    book.assign(flag["id"], "wang.wu", "lead", T0 + timedelta(minutes=22))
+    shown = book.assign(flag["id"], "li.si", "lead", T0 + timedelta(minutes=23), note="handover")
+    assert shown["acknowledged_by"] == "zhang.san" and shown["assignee"] == "li.si"
+    assert shown["acknowledged_at"] == T0 + timedelta(minutes=21)
+    assert [(a["action"], a["by"], a["value"], a["note"]) for a in shown["actions"]] == [
+        ("ack", "zhang.san", None, "driving there"), ("assign", "lead", "wang.wu", None),
+        ("assign", "lead", "li.si", "handover")]
+    assert shown["status"] == "open"  # taking a flag on is not a decision on it
+    with pytest.raises(ReviewError, match="--by"):
+        book.ack(flag["id"], " ", T0)
+    with pytest.raises(ReviewError, match="--to"):
+        book.assign(flag["id"], "", "lead", T0)
+    with pytest.raises(UnknownFlag):
+        book.ack(999, "x", T0)
+    # A resolved flag has nothing left to acknowledge.
+    book.sync("site_offline", [], T0 + timedelta(minutes=25), HOLD)
+    book.sync("site_offline", [], T0 + timedelta(hours=2), HOLD)
+    with pytest.raises(ReviewError, match="resolved"):
+        book.ack(flag["id"], "zhang.san", T0 + timedelta(hours=2))

@@ -118,10 +118,15 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
     assert not writer.write("\n".join(_points()).encode()).rejected
     writer.close()
     _registry(twin_url)
+    from tests.notify.conftest import Webhook
+
+    hook = Webhook()
+    hook.up()
     cfg = tmp_path / "sitetwin.toml"
     cfg.write_text(f'[influxdb]\nurl = "{influxdb.url}"\ndatabase = "{influx_db}"\n'
                    f'[twin]\nurl = "{twin_url}"\n[mqtt]\nservers = ["{mosquitto.url}"]\n'
-                   f'client_id = "rules-{influx_db}"\n[services]\nstate_dir = "{tmp_path / "state"}"\n')
+                   f'client_id = "rules-{influx_db}"\n[services]\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'[[notify.channels]]\nname = "noc"\nurl = "{hook.url()}"\nmin_severity = "info"\n')
 
     received: list[tuple[str, dict]] = []
     subscribed = threading.Event()
@@ -163,6 +168,17 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
 
         wait_for(lambda: len(received) >= len(EXPECTED), timeout=15, message="flags over MQTT")
         assert {t for t, _ in received} == {f"sitetwin/flags/{k}/{s}" for k, s in EXPECTED}
+        # A subscriber that connects now sees the open alarms, retained per site and in sum.
+        from tests.rules.test_sink import late_subscriber
+
+        sites = {f"sitetwin/alarms/{s}" for _, s in EXPECTED}
+        retained = late_subscriber(mosquitto, sites | {"sitetwin/alarms"})
+        assert retained["sitetwin/alarms"]["open"] == len(EXPECTED)
+        assert sorted(f["kind"] for t in sites for f in retained[t]["flags"]) == \
+            sorted(k for k, _ in EXPECTED)
+        # `rules run` sent one message per new flag before it returned.
+        opened = hook.titles()
+        assert len(opened) == len(EXPECTED) and all(" opened - " in t for t in opened)
 
         # A second evaluation updates the same flags: no duplicates.
         code, out = _cli(capsys, "rules", "run", "--until", (NOW + timedelta(minutes=5)).isoformat(),
@@ -170,7 +186,16 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
         again = {r["rule"]: r for r in json.loads(out)}
         assert sum(r["opened"] for r in again.values()) == 0
         code, out = _cli(capsys, "flags", "list", "--json", "--config", str(cfg))
-        assert len(json.loads(out)) == len(EXPECTED)
+        later = json.loads(out)
+        assert len(later) == len(EXPECTED)
+        # Updates are not announced again; a severity that rose is, once.
+        rank = ("info", "warning", "critical").index
+        before = {f["id"]: f["severity"] for f in flags}
+        rose = [f for f in later if rank(f["severity"]) > rank(before[f["id"]])]
+        assert [t.split(" - ")[0] for t in hook.titles()[len(EXPECTED):]] == [
+            f"[{f['severity'].upper()}] {f['kind']} escalated" for f in rose]
+        assert rose, "the silent site's flag was expected to escalate as its silence grew"
+        announced = len(hook.titles())
 
         # A review is recorded, and announced like any other change.
         code, out = _cli(capsys, "flags", "review", str(oc["id"]), "--decision", "confirmed", "--by",
@@ -179,9 +204,28 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
         assert shown["status"] == "confirmed" and shown["reviews"][0]["reviewed_by"] == "inspector"
         wait_for(lambda: any(m["status"] == "confirmed" for _, m in received), timeout=15,
                  message="the review over MQTT")
+        # Acknowledged and assigned, from the command line; the history keeps both.
+        mains_id = str(by_kind["mains_failure"]["id"])
+        code, out = _cli(capsys, "flags", "ack", mains_id, "--by", "zhang.san", "--json",
+                         "--config", str(cfg))
+        assert code == 0 and json.loads(out)["acknowledged_by"] == "zhang.san"
+        code, out = _cli(capsys, "flags", "assign", mains_id, "--to", "wang.wu", "--by", "lead",
+                         "--json", "--config", str(cfg))
+        shown = json.loads(out)
+        assert shown["assignee"] == "wang.wu" and shown["acknowledged_at"].endswith("Z")
+        assert [(a["action"], a["by"], a["value"]) for a in shown["actions"]] == [
+            ("ack", "zhang.san", None), ("assign", "lead", "wang.wu")]
+        code, out = _cli(capsys, "flags", "show", mains_id, "--config", str(cfg))
+        assert "acknowledged by zhang.san" in out and "assigned to wang.wu by lead" in out
+        # The review goes out on the next pass; the ack and the assignment are no events.
+        code, out = _cli(capsys, "notify", "send", "--json", "--config", str(cfg))
+        assert json.loads(out)["sent"] == 1
+        assert "overcharging reviewed: confirmed - S-OC" in hook.titles()[-1]
+        assert len(hook.titles()) == announced + 1
     finally:
         sub.loop_stop()
         sub.disconnect()
+        hook.down()
 
     points = influxdb.query('SELECT count("flag_id") FROM "flags"', db=influx_db)
     assert points["results"][0]["series"][0]["values"][0][1] >= 2 * len(EXPECTED) + 1
