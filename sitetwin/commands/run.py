@@ -18,6 +18,9 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
                    help="collector number, appended to mqtt.client_id (one per process)")
     p.add_argument("--no-rules", action="store_true", help="do not schedule the rules in this process")
     p.add_argument("--no-twin", action="store_true", help="do not update the twin's live state")
+    p.add_argument("--retire", action="store_true",
+                   help="on SIGTERM/Ctrl-C leave for good: drain, then end the broker session "
+                        "(expiry 0) so this instance takes no further share of the stream")
     p.set_defaults(handler=run, default_verbosity=1)
 
 
@@ -33,6 +36,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         log.info("signal %s: finishing the pending batches and stopping", signal.Signals(signum).name)
         stop.set()
 
+    if args.instance is not None and not settings.mqtt.shared_group:
+        log.warning("--instance %s without mqtt.shared_group: every instance receives every message "
+                    "(set mqtt.shared_group to split the stream)", args.instance)
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
     pipeline = Pipeline(settings, client_id=client_id, twin=not args.no_twin, rules=not args.no_rules)
@@ -42,5 +48,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         while not stop.wait(1.0):
             pass
     finally:
-        pipeline.stop()
+        pipeline.stop(retire=args.retire)
     return 0
