@@ -116,6 +116,9 @@ class DeadLetterStore:
                 db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+                # Checkpoint often and truncate the WAL after: it must not outgrow the cap.
+                db.execute("PRAGMA wal_autocheckpoint=256")
+                db.execute(f"PRAGMA journal_size_limit={max(256 * 1024, self.max_bytes // 8)}")
                 db.executescript(_SCHEMA)
             except (sqlite3.Error, OSError) as exc:
                 if db is not None:
@@ -164,15 +167,21 @@ class DeadLetterStore:
         ]
         if not rows:
             return 0
+        room = sum(len(r[5]) + len(r[4]) + 200 for r in rows)
+        if self.max_bytes and room > self.max_bytes // 2:
+            # A batch that alone would take half the store keeps no bodies.
+            rows = [(*r[:5], None, *r[6:]) for r in rows]
+            room = sum(len(r[4]) + 200 for r in rows)
 
         def insert(db: sqlite3.Connection) -> None:
+            # Make room first, so the file never grows past the cap, then insert.
+            self._prune_locked(db, now, room)
             with db:
                 db.executemany(
                     "INSERT INTO rejected (received_at, source, topic, reason, detail, payload,"
                     " payload_bytes, truncated, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-            self._prune_locked(db, now)
 
         self._run("write", insert)
         return len(rows)
@@ -193,14 +202,15 @@ class DeadLetterStore:
         size = db.execute("PRAGMA page_size").fetchone()[0]
         return (pages - free) * size
 
-    def _prune_locked(self, db: sqlite3.Connection, now: float) -> None:
+    def _prune_locked(self, db: sqlite3.Connection, now: float, room: int = 0) -> None:
+        """Age cap, then size cap leaving ``room`` bytes for rows about to be inserted."""
         if self.max_age and now - self._last_age_prune >= 60.0:
             self._last_age_prune = now
             with db:
                 self._forget(db, "received_at < ?", (now - self.max_age,))
-        if not self.max_bytes or self._used(db) <= self.max_bytes:
+        if not self.max_bytes or self._used(db) + room <= self.max_bytes:
             return
-        target = self.max_bytes * 0.8  # hysteresis: not a prune after every batch
+        target = self.max_bytes * 0.8 - room  # hysteresis: not a prune after every batch
         # Payload bodies first, oldest first: the reason and counts stay.
         while self._used(db) > target:
             with db:
