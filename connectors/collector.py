@@ -12,6 +12,22 @@ InfluxDB nor the spool can take a batch, the writer keeps it and retries: no
 acknowledgement goes out, the queue fills, reading pauses and the broker holds
 the backlog.  Nothing is dropped.
 
+Membership (issue 11).  The session outlives the process (``mqtt.session_expiry``,
+7 days) so that a restarted collector gets what was queued for it.  A short
+expiry would not make a dead member leave a shared group safely on Mosquitto:
+the messages in flight to it would go with the session (the broker does not
+hand them to another member; MQTT 5 section 4.8.2 only says it SHOULD).
+Instead a member leaves explicitly - ``retire``: unsubscribe, take what is
+still queued, make it durable, acknowledge, disconnect with Session Expiry
+Interval 0 - and a member that died is retired by a live peer that finds its
+instance lock free (``adopt``: the same steps, connected under the dead
+member's client id).  Both are plain MQTT 5, so they work on any broker.
+
+Robustness.  The writer thread survives any error (it retries the same batch);
+the dead-letter store failing never holds back a batch's valid readings; a
+watchdog ends the process (status 3) when nothing was made durable for
+``collector.watchdog`` while messages wait - the broker redelivers them.
+
 Packet ids only mean the same message within one session.  Acknowledgements
 for messages received before a reconnect are sent only if the broker resumed
 the session; otherwise the broker redelivers them and they are written again,
@@ -280,7 +296,11 @@ class Collector:
         pending batches could not be made durable within ``timeout``."""
         quiet = quiet if quiet is not None else max(2.0, 3 * self.batch_age)
         deadline = time.monotonic() + timeout
-        if self.connected.is_set() and (self._subscribe or self.session_present):
+        # Our session may hold messages if we subscribed or resumed one.  From now on a
+        # reconnect drops the subscriptions instead of making them (see _on_connect).
+        may_hold = self._subscribe or self.session_present
+        self._subscribe = False
+        if self.connected.is_set() and may_hold:
             self._unsubscribe()
             self._unsubscribed.wait(min(10.0, timeout))
         # After UNSUBACK the broker routes nothing new here; what it queued for this session
@@ -288,8 +308,7 @@ class Collector:
         # seconds with nothing pending = all delivered.
         while time.monotonic() < deadline:
             if self.connected.is_set() and not self._pending() and (
-                    not self.session_present and not self._subscribe
-                    or time.monotonic() - self._last_message >= quiet):
+                    not may_hold or time.monotonic() - self._last_message >= quiet):
                 self.stop(end_session=True)
                 log.info("%s retired: session ended, spool %s", self.client_id,
                          "empty" if not self.spool or not self.spool.batches else "left for adoption")

@@ -11,7 +11,9 @@ cap the payload bodies of the oldest rows go first (reason, detail, topic and
 length stay), then the oldest rows themselves; rows past the age go whole.  A
 removed row is still counted: ``counts()`` adds the pruned per reason, so the
 totals never go down.  The check is two PRAGMAs after each batch (used pages x
-page size); freed pages are reused, so the file stays near the cap.
+page size); room for a batch is made before it is inserted and freed pages are
+reused, so the file stays under the cap, and the WAL is checkpointed and
+truncated after each batch.
 
 Every SQLite or OS error becomes ``DeadLetterError``.  The store opens lazily
 and reopens after a failure, so a store that cannot be opened at start-up (a
@@ -60,6 +62,13 @@ CREATE TABLE IF NOT EXISTS pruned (
     count INTEGER NOT NULL
 );
 """
+
+
+# (count per reason, delete) pairs for the rows that pruning removes
+_OLDER_THAN = ("SELECT reason, COUNT(*) FROM rejected WHERE received_at < ? GROUP BY reason",
+               "DELETE FROM rejected WHERE received_at < ?")
+_OLDEST = ("SELECT reason, COUNT(*) FROM (SELECT reason FROM rejected ORDER BY id LIMIT ?) GROUP BY reason",
+           "DELETE FROM rejected WHERE id IN (SELECT id FROM rejected ORDER BY id LIMIT ?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +125,9 @@ class DeadLetterStore:
                 db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
-                # Checkpoint often and truncate the WAL after: it must not outgrow the cap.
-                db.execute("PRAGMA wal_autocheckpoint=256")
-                db.execute(f"PRAGMA journal_size_limit={max(256 * 1024, self.max_bytes // 8)}")
+                # add_many checkpoints and truncates the WAL after each batch (below), so the
+                # WAL holds one batch at most; this bounds what a checkpoint leaves behind.
+                db.execute("PRAGMA journal_size_limit=" + str(int(max(64 * 1024, self.max_bytes // 16))))
                 db.executescript(_SCHEMA)
             except (sqlite3.Error, OSError) as exc:
                 if db is not None:
@@ -182,6 +191,9 @@ class DeadLetterStore:
                     " payload_bytes, truncated, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+            # Batches of rejects are rare; without this the WAL grew to a few MiB before
+            # SQLite's own checkpoint (1000 pages) and filled a 1 MiB disk under the cap.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
         self._run("write", insert)
         return len(rows)
@@ -207,7 +219,7 @@ class DeadLetterStore:
         if self.max_age and now - self._last_age_prune >= 60.0:
             self._last_age_prune = now
             with db:
-                self._forget(db, "received_at < ?", (now - self.max_age,))
+                self._forget(db, _OLDER_THAN, (now - self.max_age,))
         if not self.max_bytes or self._used(db) + room <= self.max_bytes:
             return
         target = self.max_bytes * 0.8 - room  # hysteresis: not a prune after every batch
@@ -222,18 +234,19 @@ class DeadLetterStore:
         # Then whole rows, oldest first, counted in ``pruned``.
         while self._used(db) > target:
             with db:
-                if not self._forget(db, "id IN (SELECT id FROM rejected ORDER BY id LIMIT 2000)", ()):
+                if not self._forget(db, _OLDEST, (2000,)):
                     break
 
     @staticmethod
-    def _forget(db: sqlite3.Connection, where: str, args: tuple) -> int:
-        counts = db.execute(f"SELECT reason, COUNT(*) FROM rejected WHERE {where} GROUP BY reason",
-                            args).fetchall()
+    def _forget(db: sqlite3.Connection, which: tuple[str, str], args: tuple) -> int:
+        """Delete the rows ``which`` selects, adding their counts to ``pruned``."""
+        count_sql, delete_sql = which
+        counts = db.execute(count_sql, args).fetchall()
         if not counts:
             return 0
         db.executemany("INSERT INTO pruned (reason, count) VALUES (?, ?)"
                        " ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count", counts)
-        return db.execute(f"DELETE FROM rejected WHERE {where}", args).rowcount
+        return db.execute(delete_sql, args).rowcount
 
     def add(self, letter: DeadLetter) -> None:
         self.add_many([letter])

@@ -256,6 +256,8 @@ def test_junk_filling_the_dead_letter_disk_never_stops_valid_readings(
     assert rc == 0, log.read_text()[-2000:]
     assert_exactly_once(influxdb, influx_db, "J", good)
     if cap == "256KiB":
+        assert not _log_has(log, "dead-letter store failed")
+        assert sum(f.stat().st_size for f in small_fs.glob("rejected.sqlite*")) <= 512 * 1024
         store = DeadLetterStore(small_fs / "rejected.sqlite")
         try:
             assert store.counts().get("bad_json") == len(junk)
