@@ -161,6 +161,7 @@ class Collector:
         self._last_message = time.monotonic()  # when the last message arrived
         self._last_durable = time.monotonic()  # when a batch was last made durable (or nothing waited)
         self._writing: _Batch | None = None
+        self._cancel = threading.Event()
         self.metrics = PipelineMetrics(collector=self.client_id)
         self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=c.max_pending_batches)
         self._lock = threading.Lock()
@@ -192,6 +193,9 @@ class Collector:
         start the worker threads.  Waits while another process holds the instance's lock
         (a peer adopting it), up to ``lock_timeout`` seconds (None: for ever)."""
         self._take_instance_lock(lock_timeout)
+        if self._cancel.is_set():
+            self._instance_lock.release()
+            raise SpoolLocked(f"start of {self.client_id} cancelled while waiting for its lock")
         s = self.settings
         self.spool = Spool(self._instance_lock.directory, max_bytes=s.spool.max_bytes, fsync=s.spool.fsync)
         if self._subscribe:
@@ -229,13 +233,19 @@ class Collector:
             except SpoolLocked:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
+                if self._cancel.is_set():
+                    return
                 now = time.monotonic()
                 if now - warned >= 10.0:
                     warned = now
                     log.warning("%s is held by another live process (a peer adopting it, or a second "
                                 "collector with client id %s); waiting", self._instance_lock.directory,
                                 self.client_id)
-                time.sleep(0.5)
+                self._cancel.wait(0.5)
+
+    def cancel_start(self) -> None:
+        """Make a ``start`` that waits for the instance lock give up (a signal meanwhile)."""
+        self._cancel.set()
 
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
@@ -578,7 +588,10 @@ class Collector:
     def _drain_loop(self) -> None:
         interval = self.settings.spool.drain_interval
         while not self._stop.wait(interval):
-            self.drain_once()
+            try:
+                self.drain_once()
+            except Exception:  # a spool file that cannot be deleted, a bug: log, go on
+                log.exception("draining the spool failed; will try again")
 
     def drain_once(self) -> int:
         """Replay spooled batches, oldest first, until the spool is empty or InfluxDB fails."""

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 
+from connectors.errors import SpoolLocked
 from sitetwin.config import Settings
 
 log = logging.getLogger("sitetwin.run")
@@ -31,10 +32,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.instance is not None:
         client_id = f"{client_id}-{args.instance}"
     stop = threading.Event()
+    pipeline = None
 
     def _graceful(signum, frame):
         log.info("signal %s: finishing the pending batches and stopping", signal.Signals(signum).name)
         stop.set()
+        if pipeline is not None:
+            pipeline.collector.cancel_start()  # if still waiting for its instance lock
 
     if args.instance is not None and not settings.mqtt.shared_group:
         log.warning("--instance %s without mqtt.shared_group: every instance receives every message "
@@ -42,7 +46,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _graceful)
     signal.signal(signal.SIGINT, _graceful)
     pipeline = Pipeline(settings, client_id=client_id, twin=not args.no_twin, rules=not args.no_rules)
-    pipeline.start()
+    try:
+        pipeline.start()
+    except SpoolLocked as exc:
+        log.error("%s", exc)
+        return 0 if stop.is_set() else 1
     log.info("sitetwin running as %s; Ctrl-C or SIGTERM stops it", client_id)
     try:
         while not stop.wait(1.0):

@@ -292,3 +292,24 @@ def test_watchdog_exits_non_zero_and_the_broker_keeps_everything_for_the_success
         rc = _stop(proc)
     assert rc == 0, log.read_text()[-2000:]
     assert_exactly_once(private_influxdb, db, "W", good)
+
+
+def test_a_second_process_of_one_instance_waits_for_the_lock_and_still_stops_on_sigterm(
+        tmp_path, mosquitto, influxdb, influx_db):
+    from connectors.spool import InstanceLock
+
+    env = collector_env(tmp_path, mosquitto, influxdb.url, influx_db)
+    held = InstanceLock(tmp_path / "state" / "spool" / f"{env['SITETWIN_MQTT__CLIENT_ID']}-7")
+    held.acquire()  # a peer adopting instance 7, or instance 7 itself still running
+    log = tmp_path / "collector.log"
+    proc = collector_process(env, instance=7, log_path=log)
+    try:
+        wait_for(lambda: _log_has(log, "is held by another live process"), message="the wait logged")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        held.release()
+        if proc.poll() is None:
+            proc.kill()
+    assert not _log_has(log, "MQTT connected")
