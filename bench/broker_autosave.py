@@ -36,7 +36,7 @@ from sitetwin.services import Mosquitto, free_port  # noqa: E402
 from tests.support import publish  # noqa: E402
 
 
-def _session(port: int, *, count: threading.Event | None = None, got: list | None = None) -> mqtt.Client:
+def _session(port: int, *, got: list | None = None) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-backlog", protocol=mqtt.MQTTv5)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
