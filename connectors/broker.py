@@ -44,6 +44,10 @@ __all__ = [
     "write_bundle",
 ]
 
+# Mosquitto saves its in-memory state after this many changes (``autosave_on_changes``):
+# a message queued for an offline or busy subscriber, a subscription, a persistent
+# client's connect.  A broker crash loses at most the changes since the last save.
+AUTOSAVE_CHANGES = 1000
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$
 _SALT_BYTES = 12
 _HASH_BYTES = 64
@@ -97,6 +101,7 @@ class BrokerConfig:
     persistence_location: str = "/var/lib/mosquitto/"
     collector_user: str = "collector"
     shared_group: str = "sitetwin"
+    autosave_changes: int = AUTOSAVE_CHANGES
     local_port: int | None = None  # an optional plain listener on 127.0.0.1 (still authenticated)
     extra: tuple[str, ...] = field(default_factory=tuple)
 
@@ -115,7 +120,8 @@ def mosquitto_conf(cfg: BrokerConfig) -> str:
         "# hold its backlog (InfluxDB or spool trouble, restarts): keep it all, on disk.",
         "persistence true",
         f"persistence_location {_safe_path(cfg.persistence_location, 'persistence_location')}",
-        "autosave_interval 30",
+        "autosave_on_changes true",
+        f"autosave_interval {int(cfg.autosave_changes)}",
         "max_queued_messages 0",
         "max_inflight_messages 0",
         "",
@@ -166,7 +172,7 @@ def acl_text(site_ids: Iterable[str], *, collector_user: str = "collector",
         "# Mosquitto denies whatever is not granted here.",
         "",
         "# The collector: read all telemetry (directly or through the shared",
-        f"# subscription $share/{shared_group}/...), publish flags, nothing else.",
+        f"# subscription $share/{shared_group or '<group>'}/...), publish flags, nothing else.",
         f"user {collector_user}",
         "topic read sites/#",
         "topic write sitetwin/flags/#",

@@ -12,6 +12,22 @@ InfluxDB nor the spool can take a batch, the writer keeps it and retries: no
 acknowledgement goes out, the queue fills, reading pauses and the broker holds
 the backlog.  Nothing is dropped.
 
+Membership (issue 11).  The session outlives the process (``mqtt.session_expiry``,
+7 days) so that a restarted collector gets what was queued for it.  A short
+expiry would not make a dead member leave a shared group safely on Mosquitto:
+the messages in flight to it would go with the session (the broker does not
+hand them to another member; MQTT 5 section 4.8.2 only says it SHOULD).
+Instead a member leaves explicitly - ``retire``: unsubscribe, take what is
+still queued, make it durable, acknowledge, disconnect with Session Expiry
+Interval 0 - and a member that died is retired by a live peer that finds its
+instance lock free (``adopt``: the same steps, connected under the dead
+member's client id).  Both are plain MQTT 5, so they work on any broker.
+
+Robustness.  The writer thread survives any error (it retries the same batch);
+the dead-letter store failing never holds back a batch's valid readings; a
+watchdog ends the process (status 3) when nothing was made durable for
+``collector.watchdog`` while messages wait - the broker redelivers them.
+
 Packet ids only mean the same message within one session.  Acknowledgements
 for messages received before a reconnect are sent only if the broker resumed
 the session; otherwise the broker redelivers them and they are written again,
@@ -21,6 +37,7 @@ which InfluxDB absorbs (an identical point overwrites itself).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -35,15 +52,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from connectors.deadletter import DeadLetter, DeadLetterStore
-from connectors.errors import ConnectorError, SpoolError, WriteRetryable
+from connectors.errors import ConnectorError, SpoolError, SpoolLocked, WriteRetryable
 from connectors.influx import InfluxWriter
 from connectors.lineprotocol import encode_reading
 from connectors.metrics import PipelineMetrics
 from connectors.reading import Parsed, Reading, Rejection, parse_message
-from connectors.spool import Spool
+from connectors.spool import RETIRED_MARK, InstanceLock, Spool, peer_directories
 from core.settings import Settings
 
-__all__ = ["Collector", "LiveSink", "mqtt_client"]
+__all__ = ["EXIT_STALLED", "Collector", "LiveSink", "mqtt_client"]
+
+EXIT_STALLED = 3  # process exit status when the watchdog fires
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +129,11 @@ class Collector:
         live: LiveSink | None = None,
         writer: InfluxWriter | None = None,
         clock: Callable[[], float] = time.time,
+        subscribe: bool = True,
+        adopt: bool = True,
+        watchdog: float | None = None,
+        on_stall: Callable[[str], None] | None = None,
+        instance_lock: InstanceLock | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = client_id or settings.mqtt.client_id
@@ -119,10 +143,25 @@ class Collector:
         self.batch_size = c.batch_size
         self.batch_age = c.batch_age
         self.writer = writer or InfluxWriter.from_settings(settings.influxdb)
-        self.spool = Spool(settings.spool_path / self.client_id, max_bytes=settings.spool.max_bytes,
-                           fsync=settings.spool.fsync)
-        self.dead_letters = DeadLetterStore(settings.dead_letter_path,
-                                            max_payload_bytes=settings.dead_letter.max_payload_bytes)
+        # The spool is opened by start(), once this instance holds its directory's lock.
+        self.spool: Spool | None = None
+        self._instance_lock = instance_lock or InstanceLock(settings.spool_path / self.client_id)
+        d = settings.dead_letter
+        self.dead_letters = DeadLetterStore(settings.dead_letter_path, max_payload_bytes=d.max_payload_bytes,
+                                            max_bytes=d.max_bytes, max_age=d.max_age)
+        # False: a peer's session is being emptied (adoption) - no subscription, and the
+        # session's own subscriptions are dropped on connect.
+        self._subscribe = subscribe
+        self._adopt = adopt and c.adopt_after > 0
+        self._watchdog = c.watchdog if watchdog is None else watchdog
+        self._on_stall = on_stall or _exit_stalled
+        self.session_present = False
+        self._unsubscribed = threading.Event()
+        self._disconnected = threading.Event()
+        self._last_message = time.monotonic()  # when the last message arrived
+        self._last_durable = time.monotonic()  # when a batch was last made durable (or nothing waited)
+        self._writing: _Batch | None = None
+        self._cancel = threading.Event()
         self.metrics = PipelineMetrics(collector=self.client_id)
         self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=c.max_pending_batches)
         self._lock = threading.Lock()
@@ -144,20 +183,37 @@ class Collector:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_unsubscribe = self._on_unsubscribe
         self._max_payload = settings.mqtt.max_payload_bytes
         self._qos = settings.mqtt.qos
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        """Connect (retrying forever in the background) and start the worker threads."""
+    def start(self, lock_timeout: float | None = None) -> None:
+        """Take this instance's spool, connect (retrying forever in the background) and
+        start the worker threads.  Waits while another process holds the instance's lock
+        (a peer adopting it), up to ``lock_timeout`` seconds (None: for ever)."""
+        self._take_instance_lock(lock_timeout)
+        if self._cancel.is_set():
+            self._instance_lock.release()
+            raise SpoolLocked(f"start of {self.client_id} cancelled while waiting for its lock")
+        s = self.settings
+        self.spool = Spool(self._instance_lock.directory, max_bytes=s.spool.max_bytes, fsync=s.spool.fsync)
+        if self._subscribe:
+            (self._instance_lock.directory / RETIRED_MARK).unlink(missing_ok=True)
         if self.settings.influxdb.create_database:
             try:
                 self.writer.ensure_database()
             except WriteRetryable as exc:
                 log.warning("cannot create the InfluxDB database yet (%s); spooling until it answers", exc)
                 self._influx_down.set()
-        for name, target in (("writer", self._write_loop), ("sealer", self._seal_loop),
-                             ("drain", self._drain_loop), ("metrics", self._metrics_loop)):
+        loops = [("writer", self._write_loop), ("sealer", self._seal_loop), ("drain", self._drain_loop)]
+        if self._subscribe:
+            loops.append(("metrics", self._metrics_loop))
+        if self._watchdog > 0:
+            loops.append(("watchdog", self._watchdog_loop))
+        if self._adopt and self._subscribe:
+            loops.append(("adopt", self._adopt_loop))
+        for name, target in loops:
             t = threading.Thread(target=target, name=f"{self.client_id}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -167,6 +223,30 @@ class Collector:
                                    properties=self._connect_properties())
         self._client.loop_start()
 
+    def _take_instance_lock(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        warned = 0.0
+        while True:
+            try:
+                self._instance_lock.acquire()
+                return
+            except SpoolLocked:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if self._cancel.is_set():
+                    return
+                now = time.monotonic()
+                if now - warned >= 10.0:
+                    warned = now
+                    log.warning("%s is held by another live process (a peer adopting it, or a second "
+                                "collector with client id %s); waiting", self._instance_lock.directory,
+                                self.client_id)
+                self._cancel.wait(0.5)
+
+    def cancel_start(self) -> None:
+        """Make a ``start`` that waits for the instance lock give up (a signal meanwhile)."""
+        self._cancel.set()
+
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
         if self.settings.mqtt.persistent_session:
@@ -174,25 +254,86 @@ class Collector:
         props.ReceiveMaximum = self.settings.mqtt.receive_maximum
         return props
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish: seal the open batch, make every pending batch durable, ack, disconnect."""
+    def stop(self, timeout: float = 30.0, *, end_session: bool = False) -> None:
+        """Finish: seal the open batch, make every pending batch durable, ack, disconnect.
+
+        ``end_session``: disconnect with Session Expiry Interval 0, so the broker drops the
+        session and its place in the shared group (``retire`` calls it once nothing is left
+        to receive), then drain the spool if InfluxDB answers; what stays is adopted later.
+        """
         if self._stop.is_set():
             return
         # Stop taking new messages first, so nothing arrives after the last batch.
         self._client.on_message = None
-        self._write_metrics()
+        if self._subscribe:
+            self._write_metrics()
         self._close_queue()
         deadline = time.monotonic() + timeout
         writer = self._threads[0] if self._threads else None
         if writer is not None:
             writer.join(max(0.0, deadline - time.monotonic()))
+        durable = writer is None or not writer.is_alive()
         self._stop.set()
         for t in self._threads[1:]:
             t.join(max(0.1, deadline - time.monotonic()))
-        self._client.disconnect()
+        if end_session and durable:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
+        else:
+            if end_session:
+                log.error("%s: batches still not durable at shutdown; keeping the broker session "
+                          "so that they are redelivered", self.client_id)
+            self._client.disconnect()
+        if self.connected.is_set():
+            self._disconnected.wait(5.0)
         self._client.loop_stop()
+        if end_session and durable and self.spool is not None:
+            try:
+                (self._instance_lock.directory / RETIRED_MARK).touch()
+            except OSError as exc:
+                log.warning("cannot mark %s retired: %s", self._instance_lock.directory, exc)
+            if self.spool.batches and not self._influx_down.is_set():
+                self.drain_once()
         self.writer.close()
         self.dead_letters.close()
+        self._instance_lock.release()
+
+    def retire(self, *, quiet: float | None = None, timeout: float = 120.0) -> bool:
+        """Leave for good: unsubscribe, make everything already sent to us durable and
+        acknowledged, then end the session (expiry 0) so the broker drops this member from
+        the shared group.  Returns False (and keeps the session, so nothing is lost) if the
+        pending batches could not be made durable within ``timeout``."""
+        quiet = quiet if quiet is not None else max(2.0, 3 * self.batch_age)
+        deadline = time.monotonic() + timeout
+        # Our session may hold messages if we subscribed or resumed one.  From now on a
+        # reconnect drops the subscriptions instead of making them (see _on_connect).
+        may_hold = self._subscribe or self.session_present
+        self._subscribe = False
+        if self.connected.is_set() and may_hold:
+            self._unsubscribe()
+            self._unsubscribed.wait(min(10.0, timeout))
+        # After UNSUBACK the broker routes nothing new here; what it queued for this session
+        # still arrives as acknowledgements free its in-flight window.  Quiet for ``quiet``
+        # seconds with nothing pending = all delivered.
+        while time.monotonic() < deadline:
+            if self.connected.is_set() and not self._pending() and (
+                    not may_hold or time.monotonic() - self._last_message >= quiet):
+                self.stop(end_session=True)
+                log.info("%s retired: session ended, spool %s", self.client_id,
+                         "empty" if not self.spool or not self.spool.batches else "left for adoption")
+                return True
+            time.sleep(0.1)
+        log.error("%s could not retire within %.0fs (not connected, or batches not durable); "
+                  "stopping with its session kept", self.client_id, timeout)
+        self.stop()
+        return False
+
+    def _pending(self) -> bool:
+        """Messages received and not yet made durable and acknowledged."""
+        batch = self._batch
+        return (self._writing is not None or not self._queue.empty()
+                or (batch is not None and bool(batch.acks)))
 
     def _close_queue(self) -> None:
         """Queue the open batch and then the end marker; a message callback still running
@@ -222,10 +363,27 @@ class Collector:
         host, port, _ = self._servers[self._server_index]
         log.info("MQTT connected to %s:%s as %s (session %s)", host, port, self.client_id,
                  "resumed" if resumed else "new")
-        group = self.settings.mqtt.shared_group
-        topics = [(f"$share/{group}/{t}" if group else t, self._qos) for t in self.settings.mqtt.topics]
-        client.subscribe([(t, mqtt.SubscribeOptions(qos=q)) for t, q in topics])
+        self.session_present = resumed
+        self._disconnected.clear()
+        if self._subscribe:
+            # At every connect, resumed or not: a broker that lost the session's
+            # subscriptions (Mosquitto keeps no shared subscription across a restart)
+            # gets them back, and subscribing again to a filter is harmless.
+            client.subscribe([(t, mqtt.SubscribeOptions(qos=self._qos)) for t in self._filters()])
+        elif resumed:
+            self._unsubscribe()
         self.connected.set()
+
+    def _filters(self) -> list[str]:
+        group = self.settings.mqtt.shared_group
+        return [f"$share/{group}/{t}" if group else t for t in self.settings.mqtt.topics]
+
+    def _unsubscribe(self) -> None:
+        self._unsubscribed.clear()
+        self._client.unsubscribe(self._filters())
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._unsubscribed.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [rc for rc in reason_codes if rc.is_failure]
@@ -239,6 +397,7 @@ class Collector:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        self._disconnected.set()
         if not self._stop.is_set():
             log.warning("MQTT disconnected (%s); reconnecting", reason_code)
 
@@ -255,6 +414,7 @@ class Collector:
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         now = self.clock()
+        self._last_message = time.monotonic()
         payload = msg.payload
         try:
             parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload)
@@ -325,27 +485,46 @@ class Collector:
             batch = self._queue.get()
             if batch is None:
                 return
-            self._make_durable(batch)
+            self._writing = batch
+            delay = 0.5
+            while True:
+                try:
+                    self._make_durable(batch)
+                    break
+                except Exception:
+                    # Anything unforeseen (a bug, a library's surprise): this thread must
+                    # not end, or the queue fills, paho's callback blocks and ingest stops
+                    # while the process looks alive.  Retry the same batch; nothing was acked.
+                    self.metrics.writer_errors += 1
+                    log.exception("unexpected error making a batch of %d lines durable; "
+                                  "retrying it in %.1fs", len(batch.lines), delay)
+                    if self._stop.wait(delay):
+                        return
+                    delay = min(delay * 2, 10.0)
+            self._writing = None
 
     def _make_durable(self, batch: _Batch) -> None:
         body = "\n".join(batch.lines).encode() if batch.lines else b""
         delay = 0.5
         self.metrics.pending_acks = len(batch.acks)
-        while True:
+        # Rejected messages first, best effort: the store failing must not hold back
+        # the valid readings of the batch (issue 11: a full disk there stopped all sites).
+        self._store_letters(batch.letters)
+        while body:
             try:
-                self._store_letters(batch.letters)
-                if body:
-                    self._persist(body)
+                self._persist(body)
                 break
-            except (SpoolError, ConnectorError) as exc:
-                # Neither InfluxDB nor the spool (nor the dead-letter store) took it:
-                # hold the acks and retry, so the broker keeps the messages.
+            except ConnectorError as exc:
+                # Neither InfluxDB nor the spool took it: hold the acks and retry, so the
+                # broker keeps the messages.
                 log.error("batch of %d lines not durable (%s); holding acknowledgements, retrying in %.1fs",
                           len(batch.lines), exc, delay)
                 if self._stop.wait(delay):
                     return  # shutting down: the unacknowledged messages will be redelivered
                 delay = min(delay * 2, 10.0)
         self._ack(batch.acks)
+        batch.acks.clear()
+        self._last_durable = time.monotonic()
         self.metrics.pending_acks = 0
         self.metrics.batch_done(time.monotonic() - batch.opened)
         if self.live is not None and batch.digests:
@@ -353,6 +532,7 @@ class Collector:
                 self.live.observe_digests(batch.digests)
             except Exception:  # the twin must never stop ingest
                 log.exception("live-state update failed; ingest continues")
+            batch.digests = []
 
     def _persist(self, body: bytes) -> None:
         points = body.count(b"\n") + 1
@@ -384,12 +564,19 @@ class Collector:
         ])
 
     def _store_letters(self, letters: list[tuple[DeadLetter, bool]]) -> None:
+        """Store rejected messages; never raises.  A failure is counted and logged and the
+        letters are let go: valid readings must flow whatever the dead-letter store does."""
         if not letters:
             return
-        fresh = [letter for letter, dup in letters
-                 if not (dup and self.dead_letters.contains(letter.topic, letter.payload))]
-        self.dead_letters.add_many(fresh)
-        letters.clear()  # stored: a retry of this batch must not store them twice
+        try:
+            fresh = [letter for letter, dup in letters
+                     if not (dup and self.dead_letters.contains(letter.topic, letter.payload))]
+            self.dead_letters.add_many(fresh)
+        except Exception as exc:
+            self.metrics.dead_letter_failed += len(letters)
+            log.error("dead-letter store failed (%s); %d rejected message(s) counted, not kept "
+                      "(%d so far); valid readings go on", exc, len(letters), self.metrics.dead_letter_failed)
+        letters.clear()  # stored or given up: a retry of this batch must not store them twice
 
     def _ack(self, acks: list[tuple[int, int]]) -> None:
         epoch = self._epoch
@@ -401,7 +588,10 @@ class Collector:
     def _drain_loop(self) -> None:
         interval = self.settings.spool.drain_interval
         while not self._stop.wait(interval):
-            self.drain_once()
+            try:
+                self.drain_once()
+            except Exception:  # a spool file that cannot be deleted, a bug: log, go on
+                log.exception("draining the spool failed; will try again")
 
     def drain_once(self) -> int:
         """Replay spooled batches, oldest first, until the spool is empty or InfluxDB fails."""
@@ -436,13 +626,88 @@ class Collector:
                 log.info("draining the spool (%d batches, %d bytes)", len(self.spool) + 1,
                          self.spool.bytes + len(body))
 
+    # -- watchdog ------------------------------------------------------------------------------
+    def _watchdog_loop(self) -> None:
+        limit = self._watchdog
+        while not self._stop.wait(min(1.0, limit / 4)):
+            if not self._pending():
+                self._last_durable = time.monotonic()
+                continue
+            stalled = time.monotonic() - self._last_durable
+            if stalled >= limit and not self._closing.is_set():
+                reason = (f"watchdog: {self.client_id} has made nothing durable for {stalled:.0f}s "
+                          f"with messages waiting (InfluxDB down: {self._influx_down.is_set()}, "
+                          f"spool {self.spool.bytes if self.spool else 0} bytes); exiting so that the "
+                          f"broker hands the unacknowledged messages to the next process")
+                log.critical(reason)
+                self._on_stall(reason)
+                return
+
+    # -- adoption of peers' spools and sessions --------------------------------------------------
+    def _adopt_loop(self) -> None:
+        after = self.settings.collector.adopt_after
+        free_since: dict[str, float] = {}
+        while not self._stop.wait(max(0.5, min(10.0, after / 3))):
+            try:
+                peers = peer_directories(self.settings.spool_path, self.client_id)
+            except SpoolError as exc:
+                log.warning("cannot look for peers' spools: %s", exc)
+                continue
+            for directory in peers:
+                if self._stop.is_set():
+                    return
+                if (directory / RETIRED_MARK).exists() and not any(directory.glob("*.lp")):
+                    free_since.pop(directory.name, None)
+                    continue  # retired and drained: nothing to adopt
+                lock = InstanceLock(directory)
+                try:
+                    if not lock.try_acquire():
+                        free_since.pop(directory.name, None)
+                        continue
+                except SpoolError as exc:
+                    log.warning("cannot probe %s: %s", directory, exc)
+                    continue
+                first = free_since.setdefault(directory.name, time.monotonic())
+                if time.monotonic() - first < after:
+                    lock.release()
+                    continue
+                free_since.pop(directory.name, None)
+                try:
+                    self.adopt(directory.name, lock)
+                except Exception:
+                    log.exception("adopting %s failed; will try again", directory.name)
+                finally:
+                    lock.release()
+
+    def adopt(self, peer: str, lock: InstanceLock) -> bool:
+        """Empty and end the broker session of ``peer`` and drain its spool, holding its lock.
+
+        Standard MQTT 5 only: connect with the peer's client id without clean start,
+        drop its subscriptions, take what the broker had queued for it (made durable
+        and acknowledged like our own), disconnect with Session Expiry Interval 0."""
+        log.warning("adopting %s: its lock has been free for %.0fs; draining its spool and ending "
+                    "its broker session", peer, self.settings.collector.adopt_after)
+        other = Collector(self.settings, client_id=peer, writer=None, subscribe=False, adopt=False,
+                          watchdog=0, instance_lock=lock)
+        other.start(lock_timeout=0)
+        if not other.connected.wait(max(10.0, self.settings.mqtt.connection_timeout)):
+            log.warning("adopting %s: broker not reachable; will try again", peer)
+            other.stop()
+            return False
+        done = other.retire()
+        log.info("adopted %s: session %s, %d points drained from its spool", peer,
+                 "ended" if done else "kept", other.metrics.drained_points)
+        return done
+
     # -- self-metrics ----------------------------------------------------------------------------
     def _metrics_loop(self) -> None:
         while not self._stop.wait(self.settings.collector.metrics_interval):
             self._write_metrics()
 
     def _write_metrics(self) -> None:
-        point = self.metrics.point(spool_bytes=self.spool.bytes, spool_batches=len(self.spool))
+        spool = self.spool
+        point = self.metrics.point(spool_bytes=spool.bytes if spool else 0,
+                                   spool_batches=len(spool) if spool else 0)
         with self._lock:
             batch = self._batch
             if batch is None:
@@ -455,6 +720,14 @@ class Collector:
             "collector": self.client_id,
             "connected": self.connected.is_set(),
             "influxdb_down": self._influx_down.is_set(),
-            **self.metrics.snapshot(spool_bytes=self.spool.bytes, spool_batches=len(self.spool),
-                                    reset=False),
+            **self.metrics.snapshot(spool_bytes=self.spool.bytes if self.spool else 0,
+                                    spool_batches=len(self.spool) if self.spool else 0, reset=False),
         }
+
+
+def _exit_stalled(reason: str) -> None:
+    """The watchdog's default: end the process at once, status ``EXIT_STALLED``.  A stuck
+    thread could make a graceful stop hang; nothing unacknowledged is lost, the broker
+    redelivers it to the next process (systemd's ``Restart=on-failure``)."""
+    logging.shutdown()
+    os._exit(EXIT_STALLED)

@@ -8,10 +8,12 @@
     │   └── WriteRejected       400/413 for these lines: retrying cannot help
     ├── QueryError              an InfluxQL query failed
     ├── PublishError            the broker could not be reached or did not acknowledge
-    └── SpoolError              the spool cannot take or give back a batch
-        └── SpoolFull           the spool reached its size cap
+    ├── SpoolError              the spool cannot take or give back a batch
+    │   ├── SpoolFull           the spool reached its size cap
+    │   └── SpoolLocked         another live process holds this instance's spool
+    └── DeadLetterError         the dead-letter store cannot be opened, read or written
 
-paho, requests and influxdb-client exceptions are translated into these at
+paho, requests, influxdb-client, sqlite3 and OS exceptions are translated into these at
 the one place each is used; none leaks out of the package.
 """
 
@@ -21,12 +23,14 @@ from core.errors import SitetwinError
 
 __all__ = [
     "ConnectorError",
+    "DeadLetterError",
     "InvalidIdentifier",
     "LineProtocolError",
     "PublishError",
     "QueryError",
     "SpoolError",
     "SpoolFull",
+    "SpoolLocked",
     "WriteError",
     "WriteRejected",
     "WriteRetryable",
@@ -75,3 +79,13 @@ class SpoolError(ConnectorError):
 
 class SpoolFull(SpoolError):
     """The spool reached ``spool.max_bytes``; the collector stops acknowledging."""
+
+
+class SpoolLocked(SpoolError):
+    """Another live process holds the lock of this instance's spool (a duplicate
+    ``--instance`` or a peer adopting it); the caller waits or skips it."""
+
+
+class DeadLetterError(ConnectorError):
+    """The dead-letter store failed (disk full, corrupt file).  The collector counts and
+    logs it and goes on: a rejected message must never hold back valid readings."""

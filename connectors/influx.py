@@ -83,18 +83,14 @@ class InfluxWriter:
         self.timeout = timeout
         self._send: Callable[[bytes], None]
         if mode == "v1":
-            self._session = requests.Session()
-            # After an InfluxDB restart the pooled keep-alive connections are dead; the
-            # first request on one fails although the server is up.  Retry such
-            # connection-level failures at once (a write is idempotent: the same points),
-            # never an HTTP status: those are ours to judge.
-            retry = Retry(total=2, connect=2, read=1, status=0, other=0, redirect=0,
-                          allowed_methods=None, backoff_factor=0.05, raise_on_status=False)
-            self._session.mount("http://", HTTPAdapter(max_retries=retry))
-            self._session.mount("https://", HTTPAdapter(max_retries=retry))
-            self._session.headers.update(_auth_headers(token))
-            if username:
-                self._session.auth = (username, password or "")
+            # One HTTP session per thread (the writer, the spool drain and the twin's
+            # site-state writer all write): requests does not promise a Session is
+            # thread-safe.  Each lives as long as its thread; ``close`` closes the rest.
+            self._token = token
+            self._auth = (username, password or "") if username else None
+            self._local = threading.local()
+            self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
+            self._sessions_lock = threading.Lock()
             self._params = {"db": database, "precision": "ns"}
             if retention_policy:
                 self._params["rp"] = retention_policy
@@ -108,6 +104,7 @@ class InfluxWriter:
             self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
             self._org = org
             self._bucket = bucket or database
+            self._v2_lock = threading.Lock()  # influxdb-client's write API, one call at a time
             self._send = self._send_v2
 
     @classmethod
@@ -125,6 +122,26 @@ class InfluxWriter:
             timeout=s.timeout,
         )
 
+    @property
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            # After an InfluxDB restart the pooled keep-alive connections are dead; the
+            # first request on one fails although the server is up.  Retry such
+            # connection-level failures at once (a write is idempotent: the same points),
+            # never an HTTP status: those are ours to judge.
+            retry = Retry(total=2, connect=2, read=1, status=0, other=0, redirect=0,
+                          allowed_methods=None, backoff_factor=0.05, raise_on_status=False)
+            session.mount("http://", HTTPAdapter(max_retries=retry))
+            session.mount("https://", HTTPAdapter(max_retries=retry))
+            session.headers.update(_auth_headers(self._token))
+            if self._auth:
+                session.auth = self._auth
+            with self._sessions_lock:
+                self._sessions.add(session)
+        return session
+
     # -- one HTTP request -------------------------------------------------------------------
     def _send_v1(self, body: bytes) -> None:
         try:
@@ -139,8 +156,9 @@ class InfluxWriter:
         from urllib3.exceptions import HTTPError
 
         try:
-            self._write_api.write(bucket=self._bucket, org=self._org, record=body,
-                                  write_precision="ns")
+            with self._v2_lock:
+                self._write_api.write(bucket=self._bucket, org=self._org, record=body,
+                                      write_precision="ns")
         except ApiException as exc:
             self._check(exc.status or 0, exc.body if isinstance(exc.body, str) else str(exc.body))
         except (HTTPError, OSError) as exc:
@@ -207,7 +225,12 @@ class InfluxWriter:
 
     def close(self) -> None:
         if self.mode == "v1":
-            self._session.close()
+            with self._sessions_lock:
+                sessions = list(self._sessions)
+                self._sessions = weakref.WeakSet()
+            for session in sessions:
+                session.close()
+            self._local = threading.local()
         else:
             self._client.close()
 
@@ -277,7 +300,13 @@ class InfluxReader:
             raise QueryError(f"InfluxDB unreachable at {self.url}: {type(exc).__name__}") from exc
         if resp.status_code != 200:
             raise QueryError(f"query failed with HTTP {resp.status_code}: {_error_text(resp.text)}")
-        doc = orjson.loads(resp.content)
+        try:
+            doc = orjson.loads(resp.content)
+        except orjson.JSONDecodeError as exc:
+            raise QueryError(f"InfluxDB answered HTTP 200 with something that is not JSON: "
+                             f"{resp.text[:200]!r}") from exc
+        if not isinstance(doc, dict):
+            raise QueryError(f"InfluxDB answered HTTP 200 with unexpected JSON: {resp.text[:200]!r}")
         if "error" in doc:
             raise QueryError(f"query failed: {doc['error']}")
         results = doc.get("results", [])

@@ -30,6 +30,8 @@ class PipelineMetrics:
     drained_points: int = 0
     write_rejected_points: int = 0
     pending_acks: int = 0
+    dead_letter_failed: int = 0  # rejected messages the dead-letter store could not take
+    writer_errors: int = 0  # unexpected errors in the writer loop (the batch is retried)
     rejected_by_reason: Counter = field(default_factory=Counter)
     _latencies_ms: list[float] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -57,6 +59,8 @@ class PipelineMetrics:
             "spool_bytes": spool_bytes,
             "spool_batches": spool_batches,
             "pending_acks": self.pending_acks,
+            "dead_letter_failed": self.dead_letter_failed,
+            "writer_errors": self.writer_errors,
             "batch_latency_ms_avg": (sum(lat) / len(lat)) if lat else 0.0,
             "batch_latency_ms_max": max(lat) if lat else 0.0,
         }

@@ -49,7 +49,10 @@ class MqttSettings(_Section):
 
     servers: list[str] = ["tcp://127.0.0.1:1883"]
     topics: list[str] = ["sites/+/+"]
-    shared_group: str = "sitetwin"
+    # Empty = a plain subscription (one collector): Mosquitto restores it after a restart.
+    # A group ($share/<group>/...) splits the stream between collectors; see
+    # docs/operations.md for which broker keeps a group's messages while no member is on.
+    shared_group: str = ""
     qos: Literal[0, 1] = 1
     client_id: str = "sitetwin-collector"
     persistent_session: bool = True
@@ -92,6 +95,11 @@ class CollectorSettings(_Section):
     metrics_interval: Duration = 10.0
     live_flush_interval: Duration = 5.0
     max_pending_batches: int = Field(default=4, ge=1)
+    # Exit non-zero when nothing was made durable for this long while messages wait (0 = off).
+    watchdog: Duration = 600.0
+    # A peer instance whose lock has been free this long is adopted: its spool drained,
+    # its broker session emptied and ended (0 = never adopt).
+    adopt_after: Duration = 30.0
 
 
 class SpoolSettings(_Section):
@@ -108,6 +116,8 @@ class DeadLetterSettings(_Section):
 
     path: str = ""
     max_payload_bytes: Size = 16 * 1024
+    max_bytes: Size = 256 * 1024**2
+    max_age: Duration = 30 * 86400.0
 
 
 class TwinSettings(_Section):

@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connectors.broker import AUTOSAVE_CHANGES
+
 __all__ = [
     "InfluxDB",
     "Mosquitto",
@@ -239,6 +241,9 @@ class Mosquitto(ServiceProcess):
     name: str = "mosquitto"
     extra_config: str = ""
     persistence: bool = True
+    # Save after this many changes (queued messages, subscriptions, persistent
+    # connects), not every 30 s: see connectors/broker.py for the window and its cost.
+    autosave_changes: int = AUTOSAVE_CHANGES
 
     @property
     def url(self) -> str:
@@ -262,7 +267,8 @@ class Mosquitto(ServiceProcess):
             f"{listener}"
             f"persistence {'true' if self.persistence else 'false'}\n"
             f"persistence_location {data}/\n"
-            "autosave_interval 30\n"
+            "autosave_on_changes true\n"
+            f"autosave_interval {int(self.autosave_changes)}\n"
             "max_queued_messages 0\n"
             "max_inflight_messages 0\n"
             "log_dest stdout\n"

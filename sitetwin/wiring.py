@@ -115,7 +115,8 @@ class Pipeline:
         except Exception as exc:
             log.warning("writing site_state failed (%s); will retry", exc)
 
-    def stop(self) -> None:
+    def stop(self, *, retire: bool = False) -> None:
+        """Stop everything; ``retire`` ends the collector's broker session too."""
         if self.scheduler is not None:
             try:
                 self.scheduler.shutdown(wait=False)
@@ -124,7 +125,10 @@ class Pipeline:
         if self.notifier is not None:
             self.notifier.stop()
             self.notifier.outbox.store.close()
-        self.collector.stop()
+        if retire:
+            self.collector.retire()
+        else:
+            self.collector.stop()
         self._stop.set()
         for t in self._threads:
             t.join(10)

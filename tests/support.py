@@ -94,7 +94,7 @@ SUBSCRIBED = b"MQTT subscribed"
 
 def collector_process(env: dict[str, str], *, instance: int | None = None,
                       log_path: Path | None = None, wait_subscribed: bool = False,
-                      timeout: float = 60.0) -> subprocess.Popen:
+                      timeout: float = 60.0, args: tuple[str, ...] = ()) -> subprocess.Popen:
     """``sitetwin run`` as a child process (pure collector: no rules, no twin).
 
     With ``wait_subscribed`` (needs ``log_path``), return only once this process has
@@ -104,6 +104,7 @@ def collector_process(env: dict[str, str], *, instance: int | None = None,
     argv = [sys.executable, "-m", "sitetwin", "run", "--no-rules", "--no-twin"]
     if instance is not None:
         argv += ["--instance", str(instance)]
+    argv += list(args)
     before = log_path.read_bytes().count(SUBSCRIBED) if log_path and log_path.exists() else 0
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,

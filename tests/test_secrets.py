@@ -232,6 +232,8 @@ SQL_CALLS = {"execute", "executemany", "executescript", "exec_driver_sql", "text
 REVIEWED = {
     # a module constant integer; PRAGMAs cannot take parameters
     ("twin/store.py", "PRAGMA busy_timeout="),
+    # int() of a validated Size setting; PRAGMAs cannot take parameters
+    ("connectors/deadletter.py", "PRAGMA journal_size_limit="),
     # InfluxQL has no parameters for identifiers: quoted by connectors.influx.quote_identifier()
     ("sitetwin/services.py", "CREATE DATABASE "),
 }

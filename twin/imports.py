@@ -11,7 +11,7 @@ written, with their reasons, to a rejects file.  Rows are upserted by their
 key (``site_id``, ``bill_id``, ...), in bulk, in one transaction, so a
 re-import of the same file changes nothing.
 
-Dates and times are read as people write them (CONTRACTS.md section 5): a date
+Dates and times are read as people write them (docs/contracts.md, "Identifiers and times"): a date
 without a time (``2026-10-01``) or a time without an offset is local time in the
 configured zone (``[time] zone``, passed in as ``zone``), so ``2026-10-01`` in
 Asia/Shanghai is stored as ``2026-09-30T16:00:00Z``; ``Z`` or an offset keeps its
@@ -122,7 +122,7 @@ def choice(*options: str) -> Callable[[str], str]:
 
 def timestamp(cell: str, zone: str | tzinfo = DEFAULT_ZONE) -> datetime:
     """ISO 8601 date or date-time as UTC: a date, or a time without an offset, is local in
-    ``zone``; ``Z`` or an offset keeps its instant (CONTRACTS.md section 5)."""
+    ``zone``; ``Z`` or an offset keeps its instant (docs/contracts.md, "Identifiers and times")."""
     try:
         return parse_instant(cell, zone)
     except ValueError:

@@ -73,9 +73,26 @@ def test_conf_refuses_anonymous_and_can_require_client_certificates():
     lines = conf.splitlines()
     for expected in ("allow_anonymous false", "password_file /b/passwd", "acl_file /b/acl",
                      "listener 8883 0.0.0.0", "cafile /b/ca.crt", "require_certificate true",
-                     "listener 1883 127.0.0.1", "persistence true", "max_queued_messages 0"):
+                     "listener 1883 127.0.0.1", "persistence true", "max_queued_messages 0",
+                     "autosave_on_changes true", "autosave_interval 1000"):
         assert expected in lines, expected
     assert "allow_anonymous true" not in conf
+
+
+def test_both_generated_configs_save_after_changes_not_every_30_seconds(tmp_path):
+    """Issue 11: saving every 30 s lost up to 12 029 of 20 000 acknowledged readings on a crash."""
+    from connectors.broker import AUTOSAVE_CHANGES
+    from sitetwin.services import Mosquitto
+
+    services_up = Mosquitto(root=tmp_path, port=1)
+    services_up.prepare()
+    for conf in (services_up.config_file.read_text(),
+                 mosquitto_conf(BrokerConfig(tls_ca="/b/ca.crt", tls_cert="/b/s.crt", tls_key="/b/s.key",
+                                             password_file="/b/passwd", acl_file="/b/acl"))):
+        lines = conf.splitlines()
+        assert "autosave_on_changes true" in lines
+        assert f"autosave_interval {AUTOSAVE_CHANGES}" in lines
+        assert "persistence true" in lines and "max_queued_messages 0" in lines
 
 
 def test_a_site_named_like_the_collector_is_refused():

@@ -223,3 +223,91 @@ def test_nothing_is_queued_behind_stops_end_marker(tmp_path):
         collector.dead_letters.close()
     assert [[mid for mid, _ in b.acks] for b in done] == [[1]]
     assert collector._queue.empty() and collector._batch is None
+
+
+class _Flaky:
+    """A real InfluxWriter whose first ``failures`` writes raise what no handler expects."""
+
+    def __init__(self, real, failures: int) -> None:
+        self.real, self.failures = real, failures
+
+    def write(self, body):
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("surprise from a library")
+        return self.real.write(body)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_the_writer_survives_an_unexpected_error_and_retries_the_same_batch(
+        tmp_path, mosquitto, influxdb, influx_db):
+    from connectors.influx import InfluxWriter
+
+    settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db,
+                         collector={"metrics_interval": "1h"})
+    collector = Collector(settings, writer=_Flaky(InfluxWriter(influxdb.url, database=influx_db), 3))
+    collector.start()
+    good = tower_messages(sites=10, per_site=20)
+    try:
+        wait_for(collector.subscribed.is_set, message="subscription")
+        publish(*_host_port(mosquitto), good)
+        wait_for(lambda: count(influxdb, influx_db, "SELECT count(mains_ok) FROM tower") == len(good),
+                 message="every reading despite the errors")
+        assert collector.metrics.writer_errors == 3
+        assert collector._threads[0].is_alive()
+    finally:
+        collector.stop()
+
+
+def test_a_failing_dead_letter_store_holds_back_no_valid_reading(tmp_path, mosquitto, influxdb, influx_db):
+    from connectors.errors import DeadLetterError
+
+    settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db,
+                         collector={"metrics_interval": "1h"})
+    collector = Collector(settings)
+
+    def broken(*args, **kwargs):
+        raise DeadLetterError("cannot write the dead-letter store: database or disk is full")
+
+    collector.dead_letters.add_many = broken
+    collector.dead_letters.contains = broken
+    collector.start()
+    good = tower_messages(sites=10, per_site=20)
+    bad = [("sites/JUNK/tower", orjson.dumps({"ts": 1_790_000_000 + i, "mains_ok": "junk"})) for i in range(30)]
+    try:
+        wait_for(collector.subscribed.is_set, message="subscription")
+        publish(*_host_port(mosquitto), [m for pair in zip(good, bad * 7) for m in pair] + good[len(bad) * 7:])
+        wait_for(lambda: count(influxdb, influx_db, "SELECT count(mains_ok) FROM tower") == len(good),
+                 message="every valid reading")
+        wait_for(lambda: collector.metrics.dead_letter_failed == min(len(bad) * 7, len(good)),
+                 message="the failures counted")
+    finally:
+        collector.stop()
+
+
+def test_the_watchdog_reports_a_collector_that_makes_nothing_durable(tmp_path, mosquitto, influxdb, influx_db):
+    import threading
+
+    from connectors.influx import InfluxWriter
+
+    class Hung(_Flaky):
+        def write(self, body):
+            release.wait(60)  # a write that never returns (no timeout would save us)
+            return self.real.write(body)
+
+    release = threading.Event()
+    stalls: list[str] = []
+    settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db, collector={"metrics_interval": "1h"})
+    collector = Collector(settings, writer=Hung(InfluxWriter(influxdb.url, database=influx_db), 0),
+                          watchdog=1.5, on_stall=stalls.append)
+    collector.start()
+    try:
+        wait_for(collector.subscribed.is_set, message="subscription")
+        publish(*_host_port(mosquitto), tower_messages(sites=2, per_site=5))
+        wait_for(lambda: stalls, timeout=15, message="the watchdog")
+        assert "made nothing durable" in stalls[0]
+    finally:
+        release.set()
+        collector.stop()

@@ -165,3 +165,50 @@ def test_reader_keeps_one_session_per_live_thread_and_answers_from_each(influxdb
     finally:
         reader.close()
     assert len(reader._sessions) == 0
+
+
+def test_writer_keeps_one_session_per_thread(influxdb, influx_db):
+    """The writer, the spool drain and the twin's state writer write from three threads."""
+    import threading
+
+    writer = InfluxWriter(influxdb.url, database=influx_db)
+    seen: dict[str, object] = {}
+
+    def write(name: str) -> None:
+        writer.write(line("m", {"t": name}, {"v": 1}, 1_790_000_000_000_000_000).encode())
+        seen[name] = writer._session
+
+    threads = [threading.Thread(target=write, args=(f"t{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    write("main")
+    assert len({id(s) for s in seen.values()}) == 4
+    writer.close()
+
+
+def test_a_200_that_is_not_json_is_a_query_error():
+    import http.server
+    import threading
+
+    from connectors.errors import QueryError
+
+    class NotJson(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>proxy says hello</html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotJson)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reader = InfluxReader(f"http://127.0.0.1:{server.server_port}", "db")
+        with pytest.raises(QueryError, match="not JSON"):
+            reader.raw("SHOW MEASUREMENTS")
+        reader.close()
+    finally:
+        server.shutdown()

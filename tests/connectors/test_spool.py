@@ -35,3 +35,33 @@ def test_the_cap_refuses_a_batch_and_keeps_what_is_there(tmp_path):
     with pytest.raises(SpoolFull):
         spool.put(b"y" * 41)
     assert len(spool) == 1 and spool.bytes == 60
+
+
+def test_instance_lock_is_exclusive_and_freed_when_its_process_dies(tmp_path):
+    import subprocess
+    import sys
+
+    from connectors.errors import SpoolLocked
+    from connectors.spool import InstanceLock, peer_directories
+
+    mine = InstanceLock(tmp_path / "c-1")
+    mine.acquire()
+    with pytest.raises(SpoolLocked):
+        InstanceLock(tmp_path / "c-1").acquire()  # another open file: refused, even in-process
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from connectors.spool import InstanceLock;"
+                               f"InstanceLock({str(tmp_path / 'c-2')!r}).acquire(); print('held', flush=True);"
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not InstanceLock(tmp_path / "c-2").try_acquire()
+        holder.kill()  # SIGKILL: the kernel drops the flock
+        holder.wait(10)
+        peer = InstanceLock(tmp_path / "c-2")
+        assert peer.try_acquire()
+        peer.release()
+    finally:
+        holder.kill()
+    assert [d.name for d in peer_directories(tmp_path, "c-1")] == ["c-2"]
+    mine.release()
+    assert InstanceLock(tmp_path / "c-1").try_acquire()
