@@ -1,8 +1,14 @@
 """Wiring of ``sitetwin run``: the collector, the twin's live state, the rule scheduler.
 
 Each part is optional so that one process can be a pure collector (scale out
-with several) while another runs the rules.  The twin and the rules must
-never stop ingest: their failures are logged and retried.
+with several) while another runs the rules.  Ingest never depends on the
+registry: nothing here touches it before the collector has started.  The live
+state opens the registry in its own thread at its first flush and retries each
+interval; the rule scheduler (whose job store is a table of the registry) is
+started by a thread that retries with a back-off of 1 s doubling to
+``RULES_RETRY_MAX_S``, logging each failure.  A locked SQLite file (a person's
+long transaction, ``locking_mode=EXCLUSIVE``) or a stopped PostgreSQL at
+start-up used to make ``sitetwin run`` exit before it collected anything.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import time
 from connectors.collector import Collector
 from sitetwin.config import Settings
 
-__all__ = ["Pipeline"]
+__all__ = ["RULES_RETRY_MAX_S", "Pipeline"]
 
 log = logging.getLogger(__name__)
+
+RULES_RETRY_MAX_S = 60.0
 
 
 class Pipeline:
@@ -32,6 +40,7 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._want_twin = twin
         self._want_rules = rules
+        self._rules_lock = threading.Lock()
         if twin:
             self._setup_twin()
         self.collector = Collector(settings, client_id=client_id, live=self.live)
@@ -43,11 +52,8 @@ class Pipeline:
         except ImportError:  # the twin package is optional for a pure collector
             log.warning("twin package not available; live state disabled")
             return
+        del open_store  # imported only to learn the twin package is there: opened at first flush
         self.live = LiveState(self.settings)
-        try:
-            self.store = open_store(self.settings.twin_url)
-        except Exception as exc:  # a locked or absent registry must not stop ingest
-            log.error("twin registry unavailable (%s); live state will catch up when it returns", exc)
 
     def start(self) -> None:
         self.collector.start()
@@ -61,7 +67,30 @@ class Pipeline:
             except ImportError:
                 log.warning("rules package not available; no rules scheduled")
             else:
-                self.scheduler = start_rules(self.settings)
+                t = threading.Thread(target=self._rules_starter, args=(start_rules,),
+                                     name="rules-start", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _rules_starter(self, start_rules) -> None:
+        """Start the rule scheduler, retrying while the registry is unavailable."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                scheduler = start_rules(self.settings)
+            except Exception as exc:  # noqa: BLE001 - reported and retried; ingest goes on
+                log.warning("rule scheduler not started (%s); retrying in %.0fs", exc, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, RULES_RETRY_MAX_S)
+                continue
+            with self._rules_lock:
+                if self._stop.is_set():  # stopped while starting
+                    scheduler.shutdown(wait=False)
+                    return
+                self.scheduler = scheduler
+            log.info("rule scheduler started")
+            return
 
     def _live_loop(self) -> None:
         interval = self.settings.collector.live_flush_interval
@@ -100,13 +129,14 @@ class Pipeline:
             log.warning("writing site_state failed (%s); will retry", exc)
 
     def stop(self) -> None:
-        if self.scheduler is not None:
-            try:
-                self.scheduler.shutdown(wait=False)
-            except Exception:
-                log.exception("stopping the rule scheduler failed")
+        with self._rules_lock:
+            self._stop.set()
+            if self.scheduler is not None:
+                try:
+                    self.scheduler.shutdown(wait=False)
+                except Exception:
+                    log.exception("stopping the rule scheduler failed")
         self.collector.stop()
-        self._stop.set()
         for t in self._threads:
             t.join(10)
         if self.live is not None:

@@ -118,3 +118,74 @@ def test_an_incident_stays_one_flag_when_its_strongest_cell_changes(sqlite_store
     r = book.sync("interference", [alone], T0 + timedelta(minutes=90), HOLD)
     assert not r.opened and r.updated[0]["id"] == first["id"]
     assert [f["id"] for f in book.list()] == [first["id"]]
+
+
+def test_a_finding_apart_from_the_open_flag_by_more_than_the_hold_off_resolves_it_and_opens_one(
+        sqlite_store):
+    """At most one open flag per condition: the earlier occurrence ends where the new one opens."""
+    book = FlagBook(sqlite_store)
+    book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=20))], T0 + timedelta(minutes=20), HOLD)
+    later = offline(T0 + timedelta(hours=3), T0 + timedelta(hours=4))
+    r = book.sync("site_offline", [later], T0 + timedelta(hours=4), HOLD)
+    assert len(r.opened) == 1 and len(r.resolved) == 1
+    assert [f["status"] for f in book.list()] == ["resolved", "open"]
+    # Two findings of one condition in one evaluation: one flag, its window covering both.
+    r = book.sync("site_offline", [offline(T0 + timedelta(hours=3), T0 + timedelta(hours=4)),
+                                   offline(T0 + timedelta(hours=8), T0 + timedelta(hours=9))],
+                  T0 + timedelta(hours=9), HOLD)
+    assert [f["status"] for f in book.list()] == ["resolved", "open"]
+    assert book.list(status="open")[0]["window_end"] == T0 + timedelta(hours=9)
+
+
+# -- concurrent evaluations --------------------------------------------------------------------
+
+SITES = 50
+
+
+def _sync_in_process(url: str, barrier, results, now_min: int) -> None:
+    from twin.store import open_store
+
+    store = open_store(url)
+    try:
+        findings = [offline(T0, T0 + timedelta(minutes=now_min), site=f"S{i:03d}")
+                    for i in range(SITES)]
+        barrier.wait(60)
+        r = FlagBook(store).sync("site_offline", findings, T0 + timedelta(minutes=now_min), HOLD)
+        results.put((len(r.opened), len(r.updated)))
+    except BaseException as exc:  # reported to the test
+        results.put(repr(exc))
+    finally:
+        store.close()
+
+
+@pytest.mark.integration
+def test_two_rule_runs_at_once_open_one_flag_per_condition(twin_url):
+    """Two processes evaluate the same rule over 50 sites at the same moment, five times:
+    the database keeps one open flag per site (the loser of each race updates it)."""
+    import multiprocessing as mp
+
+    from twin.store import open_store
+
+    open_store(twin_url).close()
+    ctx = mp.get_context("spawn")
+    for round_ in range(5):
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_sync_in_process, args=(twin_url, barrier, results, 20 + round_))
+                 for _ in range(2)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(60)
+        assert all(isinstance(g, tuple) for g in got), got
+        assert sum(opened + updated for opened, updated in got) == 2 * SITES
+        if round_ == 0:
+            assert sum(opened for opened, _ in got) == SITES
+    store = open_store(twin_url)
+    try:
+        flags = FlagBook(store).list()
+    finally:
+        store.close()
+    assert len(flags) == SITES
+    assert sorted(f["site_id"] for f in flags) == [f"S{i:03d}" for i in range(SITES)]
+    assert all(f["status"] == "open" and f["window_end"] == T0 + timedelta(minutes=24) for f in flags)
