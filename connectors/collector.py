@@ -145,6 +145,7 @@ class Collector:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._max_payload = settings.mqtt.max_payload_bytes
+        self._max_age_s = settings.collector.max_reading_age
         self._qos = settings.mqtt.qos
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -257,7 +258,8 @@ class Collector:
         now = self.clock()
         payload = msg.payload
         try:
-            parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload)
+            parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload,
+                                   max_age_s=self._max_age_s)
         except Exception as exc:
             # parse_message must not raise; if it ever does, an exception escaping this
             # callback would end paho's network thread and with it all ingest.

@@ -92,6 +92,8 @@ class CollectorSettings(_Section):
     metrics_interval: Duration = 10.0
     live_flush_interval: Duration = 5.0
     max_pending_batches: int = Field(default=4, ge=1)
+    # Readings older than this are dead-lettered as ``too_old`` (see connectors.reading).
+    max_reading_age: Duration = Field(default=400 * 86400.0, gt=0)
 
 
 class SpoolSettings(_Section):
