@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
+from core.settings import Duration
+from core.tariff import parse_hours  # one parser for import and rule (re-exported)
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
-from core.settings import Duration
 
 __all__ = [
     "OVERBILLING",
@@ -63,33 +64,6 @@ class BillThresholds(Thresholds):
         if self.loss_share > self.max_loss_share:
             raise ValueError(f"loss_share {self.loss_share} exceeds max_loss_share {self.max_loss_share}")
         return self
-
-
-def parse_hours(spec: Any) -> frozenset[int]:
-    """``"8-11;18-21"`` -> hours {8, 9, 10, 18, 19, 20}; ``"22-6"`` wraps midnight; empty = all."""
-    if spec is None or (isinstance(spec, float) and np.isnan(spec)) or not str(spec).strip():
-        return frozenset(range(24))
-    hours: set[int] = set()
-    for part in str(spec).replace(",", ";").split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            a, b = (int(x) for x in part.split("-", 1))
-            if not (0 <= a <= 24 and 0 <= b <= 24):
-                raise ValueError(f"hour range {part!r} outside 0-24")
-            h = a
-            while h % 24 != b % 24:
-                hours.add(h % 24)
-                h += 1
-            if a == b:
-                hours.update(range(24))
-        else:
-            h = int(part)
-            if not 0 <= h < 24:
-                raise ValueError(f"hour {h} outside 0-23")
-            hours.add(h)
-    return frozenset(hours)
 
 
 def _severity(excess_cny: float, t: BillThresholds) -> Severity:
