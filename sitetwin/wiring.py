@@ -48,12 +48,10 @@ class Pipeline:
     def _setup_twin(self) -> None:
         try:
             from twin.live import LiveState
-            from twin.store import open_store
         except ImportError:  # the twin package is optional for a pure collector
             log.warning("twin package not available; live state disabled")
             return
-        del open_store  # imported only to learn the twin package is there: opened at first flush
-        self.live = LiveState(self.settings)
+        self.live = LiveState(self.settings)  # the registry is opened at the first flush
 
     def start(self) -> None:
         self.collector.start()
