@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from core.text import control_character
 from rules.errors import ReviewError, RuleDataError, UnknownFlag
 from rules.finding import Finding, iso_utc
 
@@ -225,6 +226,10 @@ class FlagBook:
             raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
         if not reviewed_by or not reviewed_by.strip():
             raise ReviewError("a review needs the reviewer's name (--by)")
+        for what, text in (("the reviewer's name", reviewed_by), ("the note", note)):
+            found = control_character(text or "")
+            if found:
+                raise ReviewError(f"{what} contains {found}")
         with self._session() as s:
             flag = s.get(Flag, flag_id)
             if flag is None:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from connectors.errors import InvalidIdentifier
 from connectors.reading import check_id
 from core.tariff import HOURS_EXAMPLE, format_hours, normalise_hours, parse_hours
+from core.text import control_character
 from twin.errors import ImportFailed, RowError
 from twin.lifecycle import UNDATED_IMPORT_NOTE
 from twin.models import Bill, LifecycleEvent, LiveSiteState, Reservation, Site, Tariff, utcnow
@@ -57,9 +58,6 @@ CHUNK_ROWS = 5000
 
 # --- cell parsers: str -> value, or ValueError with a reason for a person ---------------------
 
-# C0 and C1 controls (NUL, ESC, ...), DEL and the non-characters U+FFFE/U+FFFF: stored, they
-# broke the XLSX reports later (XML 1.0 cannot carry them) and hide in terminals.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
 # Numbers as a spreadsheet writes them: ASCII digits, '.' for decimals, an exponent.  float()
 # and int() also read '3_0' (as 30), full-width and other Unicode digits, 'nan' and 'inf'.
 _NUMBER = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
@@ -67,10 +65,9 @@ _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 
 def _no_control(value: str) -> str:
-    m = _CONTROL.search(value)
-    if m:
-        raise ValueError(f"contains the control character U+{ord(m.group()):04X}"
-                         f" at position {m.start() + 1}")
+    found = control_character(value)  # a NUL in a name used to crash the XLSX reports
+    if found:
+        raise ValueError(f"contains {found}")
     return value
 
 

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
+from core.text import control_character
 from twin.errors import StateChanged, TransitionNotAllowed, UnknownSite
 
 __all__ = [
@@ -221,6 +222,10 @@ def transition(session: Session, site_id: str, target: State | str, at: datetime
             if replacement_state is None:
                 replacement_state = State.PLANNED
     why = reason if reason is not None else note
+    for what, text in (("the actor", actor), ("the note", note), ("the reason", reason)):
+        found = control_character(text or "")
+        if found:
+            raise TransitionNotAllowed(site_id, state.value, target.value, f"{what} contains {found}")
     move = check_move(site_id, state, target, interrupted=interrupted,
                       was_power_connected=was_power_connected,
                       replacement_state=replacement_state, reason=why)

@@ -189,3 +189,14 @@ def test_two_rule_runs_at_once_open_one_flag_per_condition(twin_url):
     assert len(flags) == SITES
     assert sorted(f["site_id"] for f in flags) == [f"S{i:03d}" for i in range(SITES)]
     assert all(f["status"] == "open" and f["window_end"] == T0 + timedelta(minutes=24) for f in flags)
+
+
+def test_a_review_with_a_control_character_is_refused(sqlite_store):
+    book = FlagBook(sqlite_store)
+    book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=20))], T0 + timedelta(minutes=20), HOLD)
+    (flag,) = book.list()
+    with pytest.raises(ReviewError, match="the reviewer's name contains the control character U\\+0000"):
+        book.review(flag["id"], "confirmed", "ali\x00ce", T0 + timedelta(hours=1))
+    with pytest.raises(ReviewError, match="the note contains the control character U\\+0007"):
+        book.review(flag["id"], "confirmed", "alice", T0 + timedelta(hours=1), note="\a")
+    assert book.show(flag["id"])["reviews"] == [] and book.list()[0]["status"] == "open"

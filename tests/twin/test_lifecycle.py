@@ -350,3 +350,15 @@ def test_a_move_checked_against_a_state_that_changed_meanwhile_is_refused(tmp_pa
     finally:
         store.close()
         other.close()
+
+
+def test_a_note_or_reason_with_a_control_character_is_refused(store):
+    add_site(store, "N1")
+    with pytest.raises(TransitionNotAllowed, match="the note contains the control character U\\+0000"):
+        with store.session() as s:
+            transition(s, "N1", State.SITE_SECURED, at=T0 + timedelta(hours=1), note="ok\x00")
+    with pytest.raises(TransitionNotAllowed, match="the reason contains the control character U\\+001B"):
+        with store.session() as s:
+            transition(s, "N1", State.BLOCKED, at=T0 + timedelta(hours=1), reason="\x1b[2J")
+    with store.session() as s:
+        assert s.get(Site, "N1").state == "planned" and len(history(s, "N1")) == 1
