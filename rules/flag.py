@@ -20,6 +20,7 @@ that flag and opens a new one (before the index, it opened a second).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +34,8 @@ from rules.errors import ReviewError, RuleDataError, UnknownFlag
 from rules.finding import Finding, iso_utc
 
 __all__ = ["DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("open", "confirmed", "dismissed", "resolved")
 DECISIONS = ("confirmed", "dismissed")
@@ -117,6 +120,8 @@ class FlagBook:
                 if attempt == SYNC_ATTEMPTS:
                     raise RuleDataError(f"flags of {rule} kept changing underneath"
                                         f" ({SYNC_ATTEMPTS} attempts): {exc}") from None
+                log.info("flags of %s: %s by another evaluation; applying this one again",
+                         rule, exc)
             except TwinError as exc:
                 raise RuleDataError(f"flag store unavailable: {exc}") from exc
         raise AssertionError("unreachable")
@@ -161,7 +166,7 @@ class FlagBook:
                     try:
                         s.flush()
                     except IntegrityError as exc:
-                        raise _OpenedMeanwhile(f"an open flag {f.dedup_key!r} appeared") from exc
+                        raise _OpenedMeanwhile(f"open flag {f.dedup_key!r} opened meanwhile") from exc
                     for key in _keys(match):
                         by_key.setdefault(key, []).append(match)
                     open_by_key[match.dedup_key] = match
