@@ -200,3 +200,62 @@ def test_a_review_with_a_control_character_is_refused(sqlite_store):
     with pytest.raises(ReviewError, match="the note contains the control character U\\+0007"):
         book.review(flag["id"], "confirmed", "alice", T0 + timedelta(hours=1), note="\a")
     assert book.show(flag["id"])["reviews"] == [] and book.list()[0]["status"] == "open"
+
+
+@pytest.mark.integration
+def test_two_rules_run_commands_racing_on_postgresql_leave_one_open_flag_per_site(
+        postgresql_url, influxdb, influx_db, tmp_path):
+    """Two ``sitetwin rules run`` processes, held at their first flag write until both are
+    there (the test locks the flags table), then released together: 50 silent sites, 50
+    open flags (the old code opened 100)."""
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.support import ROOT, wait_for
+    from twin.models import LifecycleEvent, Site
+    from twin.store import open_store
+
+    store = open_store(postgresql_url)
+    with store.session() as s:
+        for i in range(SITES):
+            s.add(Site(site_id=f"S{i:03d}", name=f"S{i:03d}", lat=30.0, lon=104.0, county="Pi",
+                       kind="macro", supply="direct", region="R", customer_class="C",
+                       state="on_air"))
+            s.flush()
+            s.add(LifecycleEvent(site_id=f"S{i:03d}", from_state=None, to_state="on_air",
+                                 verb="import", at=T0 - timedelta(days=30), actor="test"))
+    store.close()
+    cfg = tmp_path / "sitetwin.toml"
+    cfg.write_text(f'[influxdb]\nurl = "{influxdb.url}"\ndatabase = "{influx_db}"\n'
+                   f'[twin]\nurl = "{postgresql_url}"\n'
+                   f'[services]\nstate_dir = "{tmp_path / "state"}"\n')
+    url = make_url(postgresql_url)
+    conninfo = dict(host=url.host, port=url.port, user=url.username, dbname=url.database)
+    argv = [sys.executable, "-m", "sitetwin", "rules", "run", "--rule", "site_offline",
+            "--no-publish", "--json", "--config", str(cfg)]
+    with psycopg.connect(**conninfo) as lock, psycopg.connect(**conninfo, autocommit=True) as probe:
+        lock.execute("LOCK TABLE flags IN EXCLUSIVE MODE")  # reads pass, writes wait
+        procs = [subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for _ in range(2)]
+        try:
+            def waiting() -> int:
+                assert all(p.poll() is None for p in procs), "a rules run ended while the table was locked"
+                return probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                    " AND wait_event_type = 'Lock'", (url.database,)).fetchone()[0]
+
+            wait_for(lambda: waiting() >= 2, timeout=120, message="both rules runs at their flag write")
+        finally:
+            lock.rollback()  # releases the lock: both go at once
+        outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1].decode()[-1000:] for o in outs]
+    store = open_store(postgresql_url)
+    try:
+        flags = FlagBook(store).list(status="open")
+    finally:
+        store.close()
+    assert sorted(f["site_id"] for f in flags) == [f"S{i:03d}" for i in range(SITES)]
