@@ -175,8 +175,11 @@ def _tariff_prices(tariffs: pd.DataFrame, t_ns: np.ndarray, local_hours: np.ndar
     if tariffs.empty or len(t_ns) == 0:
         return prices, periods, row_ids
     rows = tariffs.assign(period=tariffs["period"].fillna("flat").replace("", "flat"))
-    # Time-of-use periods first, then the flat row fills any hour they leave.
-    for period in sorted(rows["period"].unique(), key=lambda p: p == "flat"):
+    # Time-of-use periods first, then the flat row fills any hour they leave.  An hour that two
+    # periods claim (a registry from before the import refused overlaps) takes the higher price:
+    # the benefit of the doubt goes to the landlord, and the cap no longer depends on the order
+    # the periods are read in (it was the alphabetical one).
+    for period in sorted(rows["period"].unique(), key=lambda p: (p == "flat", p)):
         group = rows[rows["period"] == period].copy()
         group["_from"] = pd.to_datetime(group["effective_from"], utc=True).dt.as_unit("ns").astype("int64")
         group = group.sort_values("_from")
@@ -186,11 +189,19 @@ def _tariff_prices(tariffs: pd.DataFrame, t_ns: np.ndarray, local_hours: np.ndar
         else:
             mask = np.array([[h in parse_hours(spec) for h in range(24)] for spec in group["hours"]],
                             dtype=bool).reshape(len(group), 24)
-        member = (idx >= 0) & (periods == "")
+        member = idx >= 0
         member[member] = mask[idx[member], local_hours[member]]
+        candidate = np.full(len(t_ns), np.nan)
+        candidate[member] = group["price_cny_per_kwh"].astype(float).to_numpy()[idx[member]]
+        free = periods == ""
+        if period == "flat":
+            member &= free
+        else:
+            with np.errstate(invalid="ignore"):
+                member &= free | (candidate > prices)
         if not member.any():
             continue
-        prices[member] = group["price_cny_per_kwh"].astype(float).to_numpy()[idx[member]]
+        prices[member] = candidate[member]
         periods[member] = period
         row_ids[member] = group.index.to_numpy()[idx[member]]
     return prices, periods, row_ids
