@@ -185,6 +185,7 @@ class Collector:
         self._client.on_message = self._on_message
         self._client.on_unsubscribe = self._on_unsubscribe
         self._max_payload = settings.mqtt.max_payload_bytes
+        self._max_age_s = settings.collector.max_reading_age
         self._qos = settings.mqtt.qos
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -417,7 +418,8 @@ class Collector:
         self._last_message = time.monotonic()
         payload = msg.payload
         try:
-            parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload)
+            parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload,
+                                   max_age_s=self._max_age_s)
         except Exception as exc:
             # parse_message must not raise; if it ever does, an exception escaping this
             # callback would end paho's network thread and with it all ingest.

@@ -9,4 +9,6 @@ the CLI and its wiring), which only the shell itself imports.
     core.timeutil  UTC inside, local time at the edges
     core.settings  the settings models and their loader
     core.jsonout   JSON for machines
+    core.text      free text typed by people: control characters refused
+    core.tariff    time-of-use tariff hours ("8-11;18-21"), read alike by import and rules
 """

@@ -100,6 +100,8 @@ class CollectorSettings(_Section):
     # A peer instance whose lock has been free this long is adopted: its spool drained,
     # its broker session emptied and ended (0 = never adopt).
     adopt_after: Duration = 30.0
+    # Readings older than this are dead-lettered as ``too_old`` (see connectors.reading).
+    max_reading_age: Duration = Field(default=400 * 86400.0, gt=0)
 
 
 class SpoolSettings(_Section):

@@ -13,24 +13,49 @@ A person takes an alarm on with ``ack`` (acknowledged: someone is on it) and
 ``assign`` (whose it is); both are columns of the flag, and every such action is
 a row of ``flag_actions`` beside the reviews.  Neither changes the status: an
 acknowledged flag still resolves when its condition ends.
+Concurrency: the registry holds at most one *open* flag per rule and
+``dedup_key`` (a partial unique index, revision 0004), so two evaluations of a
+rule at once (two ``rules run``, or ``rules run`` beside the scheduler) cannot
+both open one: the later insert is refused and that evaluation is applied again
+from a fresh read, updating the flag the other one opened.  A finding whose
+window is apart from an open flag of its key by more than the hold-off resolves
+that flag and opens a new one (before the index, it opened a second).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from core.text import control_character
 from rules.errors import ReviewError, RuleDataError, UnknownFlag
 from rules.finding import Finding, iso_utc
 
 __all__ = ["ACTIONS", "DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
 
+log = logging.getLogger(__name__)
+
 STATUSES = ("open", "confirmed", "dismissed", "resolved")
 DECISIONS = ("confirmed", "dismissed")
+
+# Evaluations of one rule racing each other: each retry sees the flags the others committed.
+SYNC_ATTEMPTS = 5
+
+
+class _OpenedMeanwhile(Exception):
+    """Another evaluation opened a flag for the same condition first (unique index refused ours)."""
+
+
+def _resolve(flag: Any, now: datetime) -> None:
+    flag.status = "resolved"
+    flag.resolved_at = now
+    flag.updated_at = now
 
 
 def _models():
@@ -89,61 +114,94 @@ class FlagBook:
 
         ``in_scope(flag)`` says whether this evaluation looked at a flag's subject at all
         (a bill rule only re-checks recent bills); flags out of scope are left alone.
+
+        The registry holds at most one open flag per (rule, dedup_key) (a partial unique
+        index).  When another evaluation of the same rule (a second ``rules run``) opened
+        one between our read and our write, the database refuses ours; the whole
+        evaluation is then applied again, so it updates the flag the other one opened.
         """
+        from twin.errors import TwinError
+
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            try:
+                return self._sync_once(rule, findings, now, hold_off_s, in_scope)
+            except _OpenedMeanwhile as exc:
+                if attempt == SYNC_ATTEMPTS:
+                    raise RuleDataError(f"flags of {rule} kept changing underneath"
+                                        f" ({SYNC_ATTEMPTS} attempts): {exc}") from None
+                log.info("flags of %s: %s by another evaluation; applying this one again",
+                         rule, exc)
+            except TwinError as exc:
+                raise RuleDataError(f"flag store unavailable: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _sync_once(self, rule: str, findings: Sequence[Finding], now: datetime, hold_off_s: float,
+                   in_scope: Callable[[Any], bool]) -> SyncResult:
         Flag, _ = _models()
         slack = timedelta(seconds=hold_off_s)
         out = SyncResult()
-        from twin.errors import TwinError
-
-        try:
-            with self._session() as s:
-                live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != "resolved")
-                                 .order_by(Flag.id)).all()
-                by_key: dict[str, list[Any]] = {}
-                for flag in live:
-                    for key in _keys(flag):
-                        by_key.setdefault(key, []).append(flag)
-                seen: set[int] = set()
-                for f in findings:
-                    candidates = [x for key in (f.dedup_key, *f.member_keys) for x in by_key.get(key, ())]
-                    match = next((x for x in candidates if x.id not in seen and _overlaps(x, f, slack)), None)
-                    if match is None:
-                        match = Flag(kind=f.kind, rule=f.rule, site_id=f.site_id, cell_id=f.cell_id,
-                                     bill_id=f.bill_id, supplier_id=f.supplier_id, severity=f.severity,
-                                     status="open", opened_at=now, updated_at=now,
-                                     window_start=f.window_start, window_end=f.window_end,
-                                     summary=f.summary, evidence=_evidence(f),
-                                     dedup_key=f.dedup_key)
-                        s.add(match)
+        with self._session() as s:
+            live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != "resolved")
+                             .order_by(Flag.id)).all()
+            by_key: dict[str, list[Any]] = {}
+            open_by_key: dict[str, Any] = {}
+            for flag in live:
+                for key in _keys(flag):
+                    by_key.setdefault(key, []).append(flag)
+                if flag.status == "open":
+                    open_by_key.setdefault(flag.dedup_key, flag)
+            seen: set[int] = set()
+            for f in findings:
+                candidates = [x for key in (f.dedup_key, *f.member_keys) for x in by_key.get(key, ())]
+                match = next((x for x in candidates if x.id not in seen and _overlaps(x, f, slack)), None)
+                if match is None:
+                    same = open_by_key.get(f.dedup_key)
+                    if same is not None and same.status == "open" and same.id in seen:
+                        match = same  # a second finding of a condition this evaluation already has
+                    elif same is not None and same.status == "open":
+                        # An earlier occurrence, apart by more than the hold-off: it ends here.
+                        _resolve(same, now)
+                        s.flush()  # before the new one is inserted: the index allows one open
+                        out.resolved.append(flag_dict(same))
+                        seen.add(same.id)
+                if match is None:
+                    match = Flag(kind=f.kind, rule=f.rule, site_id=f.site_id, cell_id=f.cell_id,
+                                 bill_id=f.bill_id, supplier_id=f.supplier_id, severity=f.severity,
+                                 status="open", opened_at=now, updated_at=now,
+                                 window_start=f.window_start, window_end=f.window_end,
+                                 summary=f.summary, evidence=_evidence(f),
+                                 dedup_key=f.dedup_key)
+                    s.add(match)
+                    try:
                         s.flush()
-                        for key in _keys(match):
-                            by_key.setdefault(key, []).append(match)
-                        out.opened.append(flag_dict(match))
-                    else:
-                        match.window_start = min(match.window_start, f.window_start)
-                        match.window_end = max(match.window_end, f.window_end)
-                        match.severity = f.severity
-                        match.summary = f.summary
-                        match.evidence = _evidence(f, also=_keys(match))
-                        match.supplier_id = f.supplier_id
-                        match.updated_at = now
-                        match.clear_since = None
+                    except IntegrityError as exc:
+                        raise _OpenedMeanwhile(f"open flag {f.dedup_key!r} opened meanwhile") from exc
+                    for key in _keys(match):
+                        by_key.setdefault(key, []).append(match)
+                    open_by_key[match.dedup_key] = match
+                    out.opened.append(flag_dict(match))
+                else:
+                    match.window_start = min(match.window_start, f.window_start)
+                    match.window_end = max(match.window_end, f.window_end)
+                    match.severity = f.severity
+                    match.summary = f.summary
+                    match.evidence = _evidence(f, also=_keys(match))
+                    match.supplier_id = f.supplier_id
+                    match.updated_at = now
+                    match.clear_since = None
+                    if match.id not in seen:
                         out.updated.append(flag_dict(match))
-                    seen.add(match.id)
-                for flag in live:
-                    if flag.id in seen or flag.status != "open" or not in_scope(flag):
-                        continue
-                    if flag.clear_since is None:
-                        flag.clear_since = now
-                    if now - flag.clear_since >= slack:
-                        flag.status = "resolved"
-                        flag.resolved_at = now
-                        flag.updated_at = now
-                        out.resolved.append(flag_dict(flag))
-                    else:
-                        out.clearing += 1
-        except TwinError as exc:
-            raise RuleDataError(f"flag store unavailable: {exc}") from exc
+                seen.add(match.id)
+            for flag in live:
+                if flag.id in seen or flag.status != "open" or not in_scope(flag):
+                    continue
+                if flag.clear_since is None:
+                    flag.clear_since = now
+                if now - flag.clear_since >= slack:
+                    _resolve(flag, now)
+                    out.resolved.append(flag_dict(flag))
+                else:
+                    out.clearing += 1
         return out
 
     def list(self, *, kind: str | None = None, status: str | None = None, site_id: str | None = None,
@@ -241,6 +299,10 @@ class FlagBook:
             raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
         if not reviewed_by or not reviewed_by.strip():
             raise ReviewError("a review needs the reviewer's name (--by)")
+        for what, text in (("the reviewer's name", reviewed_by), ("the note", note)):
+            found = control_character(text or "")
+            if found:
+                raise ReviewError(f"{what} contains {found}")
         with self._session() as s:
             flag = s.get(Flag, flag_id)
             if flag is None:

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
+from core.settings import Duration
+from core.tariff import parse_hours  # one parser for import and rule (re-exported)
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
-from core.settings import Duration
 
 __all__ = [
     "OVERBILLING",
@@ -63,33 +64,6 @@ class BillThresholds(Thresholds):
         if self.loss_share > self.max_loss_share:
             raise ValueError(f"loss_share {self.loss_share} exceeds max_loss_share {self.max_loss_share}")
         return self
-
-
-def parse_hours(spec: Any) -> frozenset[int]:
-    """``"8-11;18-21"`` -> hours {8, 9, 10, 18, 19, 20}; ``"22-6"`` wraps midnight; empty = all."""
-    if spec is None or (isinstance(spec, float) and np.isnan(spec)) or not str(spec).strip():
-        return frozenset(range(24))
-    hours: set[int] = set()
-    for part in str(spec).replace(",", ";").split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            a, b = (int(x) for x in part.split("-", 1))
-            if not (0 <= a <= 24 and 0 <= b <= 24):
-                raise ValueError(f"hour range {part!r} outside 0-24")
-            h = a
-            while h % 24 != b % 24:
-                hours.add(h % 24)
-                h += 1
-            if a == b:
-                hours.update(range(24))
-        else:
-            h = int(part)
-            if not 0 <= h < 24:
-                raise ValueError(f"hour {h} outside 0-23")
-            hours.add(h)
-    return frozenset(hours)
 
 
 def _severity(excess_cny: float, t: BillThresholds) -> Severity:
@@ -201,8 +175,11 @@ def _tariff_prices(tariffs: pd.DataFrame, t_ns: np.ndarray, local_hours: np.ndar
     if tariffs.empty or len(t_ns) == 0:
         return prices, periods, row_ids
     rows = tariffs.assign(period=tariffs["period"].fillna("flat").replace("", "flat"))
-    # Time-of-use periods first, then the flat row fills any hour they leave.
-    for period in sorted(rows["period"].unique(), key=lambda p: p == "flat"):
+    # Time-of-use periods first, then the flat row fills any hour they leave.  An hour that two
+    # periods claim (a registry from before the import refused overlaps) takes the higher price:
+    # the benefit of the doubt goes to the landlord, and the cap no longer depends on the order
+    # the periods are read in (it was the alphabetical one).
+    for period in sorted(rows["period"].unique(), key=lambda p: (p == "flat", p)):
         group = rows[rows["period"] == period].copy()
         group["_from"] = pd.to_datetime(group["effective_from"], utc=True).dt.as_unit("ns").astype("int64")
         group = group.sort_values("_from")
@@ -212,11 +189,19 @@ def _tariff_prices(tariffs: pd.DataFrame, t_ns: np.ndarray, local_hours: np.ndar
         else:
             mask = np.array([[h in parse_hours(spec) for h in range(24)] for spec in group["hours"]],
                             dtype=bool).reshape(len(group), 24)
-        member = (idx >= 0) & (periods == "")
+        member = idx >= 0
         member[member] = mask[idx[member], local_hours[member]]
+        candidate = np.full(len(t_ns), np.nan)
+        candidate[member] = group["price_cny_per_kwh"].astype(float).to_numpy()[idx[member]]
+        free = periods == ""
+        if period == "flat":
+            member &= free
+        else:
+            with np.errstate(invalid="ignore"):
+                member &= free | (candidate > prices)
         if not member.any():
             continue
-        prices[member] = group["price_cny_per_kwh"].astype(float).to_numpy()[idx[member]]
+        prices[member] = candidate[member]
         periods[member] = period
         row_ids[member] = group.index.to_numpy()[idx[member]]
     return prices, periods, row_ids

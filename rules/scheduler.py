@@ -6,6 +6,11 @@ due while the process was down runs once on start-up (``coalesce``) if it is
 within its ``misfire_grace_time`` (one interval), and never twice at once
 (``max_instances=1``).  Jobs store only the rule name; the settings (and any
 secrets in them) stay in memory.
+
+``start`` needs the registry (it reads and writes the job table); when the
+registry is locked or down it raises ``RuleDataError`` and leaves nothing
+running, so its caller can retry (``sitetwin run`` does, without ever holding
+up ingest: see ``sitetwin.wiring``).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from rules.registry import RULES, get_rule
 from core.settings import Settings
+from rules.errors import RuleDataError
+from rules.registry import RULES, get_rule
 
 __all__ = ["JOB_TABLE", "run_scheduled", "start"]
 
@@ -58,12 +64,14 @@ def run_scheduled(rule_name: str) -> None:
 
 
 def start(settings: Settings, *, paused: bool = False):
-    """Start a ``BackgroundScheduler`` with a job per enabled rule; returns the scheduler."""
+    """Start a ``BackgroundScheduler`` with a job per enabled rule; returns the scheduler.
+
+    Raises ``RuleDataError`` (nothing left running) if the registry cannot be used.
+    """
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.triggers.interval import IntervalTrigger
+    from sqlalchemy.exc import SQLAlchemyError
 
-    from rules.engine import thresholds_for
     from rules.registry import check_rule_tables
 
     check_rule_tables(settings.rules.model_extra)  # before anything starts
@@ -73,7 +81,34 @@ def start(settings: Settings, *, paused: bool = False):
         jobstores={"default": SQLAlchemyJobStore(url=settings.twin_url, tablename=JOB_TABLE)},
         timezone=UTC,
     )
-    scheduler.start(paused=True)
+    try:
+        scheduler.start(paused=True)
+        _schedule(scheduler, settings)
+    except SQLAlchemyError as exc:
+        _shutdown_quietly(scheduler)
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise RuleDataError(f"registry unavailable for the rule schedule: {detail}") from exc
+    except BaseException:
+        _shutdown_quietly(scheduler)
+        raise
+    if not paused:
+        scheduler.resume()
+    return scheduler
+
+
+def _shutdown_quietly(scheduler) -> None:
+    try:
+        scheduler.shutdown(wait=False)
+    except Exception:  # noqa: BLE001 - not started, or its job store is the thing that failed
+        pass
+
+
+def _schedule(scheduler, settings: Settings) -> None:
+    """Add, update or remove each rule's job."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from rules.engine import thresholds_for
+
     for rule in RULES:
         t = thresholds_for(settings, rule)
         job = scheduler.get_job(rule.name)
@@ -90,6 +125,3 @@ def start(settings: Settings, *, paused: bool = False):
                           id=rule.name, name=f"rule {rule.name}", args=[rule.name],
                           coalesce=True, max_instances=1, misfire_grace_time=grace,
                           replace_existing=True)
-    if not paused:
-        scheduler.resume()
-    return scheduler

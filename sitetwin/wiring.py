@@ -2,8 +2,14 @@
 the notifier (in the process that runs the rules).
 
 Each part is optional so that one process can be a pure collector (scale out
-with several) while another runs the rules.  The twin and the rules must
-never stop ingest: their failures are logged and retried.
+with several) while another runs the rules.  Ingest never depends on the
+registry: nothing here touches it before the collector has started.  The live
+state opens the registry in its own thread at its first flush and retries each
+interval; the rule scheduler (whose job store is a table of the registry) is
+started by a thread that retries with a back-off of 1 s doubling to
+``RULES_RETRY_MAX_S``, logging each failure.  A locked SQLite file (a person's
+long transaction, ``locking_mode=EXCLUSIVE``) or a stopped PostgreSQL at
+start-up used to make ``sitetwin run`` exit before it collected anything.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import time
 from connectors.collector import Collector
 from sitetwin.config import Settings
 
-__all__ = ["Pipeline"]
+__all__ = ["RULES_RETRY_MAX_S", "Pipeline"]
 
 log = logging.getLogger(__name__)
+
+RULES_RETRY_MAX_S = 60.0
 
 
 class Pipeline:
@@ -34,6 +42,7 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._want_twin = twin
         self._want_rules = rules
+        self._rules_lock = threading.Lock()
         if twin:
             self._setup_twin()
         self.collector = Collector(settings, client_id=client_id, live=self.live)
@@ -41,19 +50,18 @@ class Pipeline:
     def _setup_twin(self) -> None:
         try:
             from twin.live import LiveState
-            from twin.store import open_store
         except ImportError:  # the twin package is optional for a pure collector
             log.warning("twin package not available; live state disabled")
             return
-        self.live = LiveState(self.settings)
-        try:
-            self.store = open_store(self.settings.twin_url)
-        except Exception as exc:  # a locked or absent registry must not stop ingest
-            log.error("twin registry unavailable (%s); live state will catch up when it returns", exc)
+        self.live = LiveState(self.settings)  # the registry is opened at the first flush
 
     def start(self) -> None:
-        if self._want_rules and self.settings.notify.enabled:
-            self._start_notifier()  # first: a bad channel stops start-up with its name
+        if self._want_rules:
+            from rules.registry import check_rule_tables
+
+            check_rule_tables(self.settings.rules.model_extra)  # a misspelled rule table stops start-up
+            if self.settings.notify.enabled:
+                self._prepare_notifier()  # a bad channel stops start-up with its name
         self.collector.start()
         if self.live is not None:
             t = threading.Thread(target=self._live_loop, name="twin-live", daemon=True)
@@ -65,18 +73,48 @@ class Pipeline:
             except ImportError:
                 log.warning("rules package not available; no rules scheduled")
             else:
-                self.scheduler = start_rules(self.settings)
+                t = threading.Thread(target=self._rules_starter, args=(start_rules,),
+                                     name="rules-start", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _rules_starter(self, start_rules) -> None:
+        """Start the rule scheduler, retrying while the registry is unavailable."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                scheduler = start_rules(self.settings)
+                if self.notifier is not None and self.notifier.outbox.store is None:
+                    try:
+                        self._start_notifier()
+                    except Exception:
+                        scheduler.shutdown(wait=False)
+                        raise
+            except Exception as exc:  # noqa: BLE001 - reported and retried; ingest goes on
+                log.warning("rule scheduler not started (%s); retrying in %.0fs", exc, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, RULES_RETRY_MAX_S)
+                continue
+            with self._rules_lock:
+                if self._stop.is_set():  # stopped while starting
+                    scheduler.shutdown(wait=False)
+                    return
+                self.scheduler = scheduler
+            log.info("rule scheduler started")
+            return
+
+    def _prepare_notifier(self) -> None:
+        """Check the channels now; the notifier starts once the registry answers."""
+        from notify import Notifier
+
+        self.notifier = Notifier(self.settings, None)
 
     def _start_notifier(self) -> None:
-        from notify import Notifier
         from twin.store import open_store
 
-        store = open_store(self.settings.twin_url)
-        try:
-            self.notifier = Notifier(self.settings, store)
-        except Exception:
-            store.close()
-            raise
+        assert self.notifier is not None
+        self.notifier.outbox.store = open_store(self.settings.twin_url)
         self.notifier.start()
 
     def _live_loop(self) -> None:
@@ -117,19 +155,21 @@ class Pipeline:
 
     def stop(self, *, retire: bool = False) -> None:
         """Stop everything; ``retire`` ends the collector's broker session too."""
-        if self.scheduler is not None:
-            try:
-                self.scheduler.shutdown(wait=False)
-            except Exception:
-                log.exception("stopping the rule scheduler failed")
+        with self._rules_lock:
+            self._stop.set()
+            if self.scheduler is not None:
+                try:
+                    self.scheduler.shutdown(wait=False)
+                except Exception:
+                    log.exception("stopping the rule scheduler failed")
         if self.notifier is not None:
             self.notifier.stop()
-            self.notifier.outbox.store.close()
+            if self.notifier.outbox.store is not None:
+                self.notifier.outbox.store.close()
         if retire:
             self.collector.retire()
         else:
             self.collector.stop()
-        self._stop.set()
         for t in self._threads:
             t.join(10)
         if self.live is not None:

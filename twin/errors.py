@@ -4,6 +4,7 @@
     ├── StoreError                 the registry database is unreachable or its schema is unusable
     ├── UnknownSite                a site id that is not in the registry
     ├── TransitionNotAllowed       a lifecycle move refused: names site, state, move and reason
+    │   └── StateChanged           another move of the site was committed while this one was checked
     └── ImportFailed               a CSV import refused: carries every bad row (line, column, reason)
 
 SQLAlchemy and driver exceptions never leave the package: the store turns
@@ -20,6 +21,7 @@ from core.errors import SitetwinError
 __all__ = [
     "ImportFailed",
     "RowError",
+    "StateChanged",
     "StoreError",
     "TransitionNotAllowed",
     "TwinError",
@@ -52,6 +54,16 @@ class TransitionNotAllowed(TwinError):
         self.state = state
         self.target = target
         self.reason = reason
+
+
+class StateChanged(TransitionNotAllowed):
+    """The site's state or history changed between reading it and writing the move."""
+
+    def __init__(self, site_id: str, state: str, target: str) -> None:
+        super().__init__(site_id, state, target,
+                         f"another move of the site was recorded meanwhile (it is no longer"
+                         f" {state} as this move was checked against); nothing changed: look at"
+                         f" its history and try again")
 
 
 @dataclass(frozen=True, slots=True)

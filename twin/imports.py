@@ -39,7 +39,9 @@ from sqlalchemy.orm import Session
 from connectors.errors import InvalidIdentifier
 from connectors.reading import check_id
 from core.creditcode import check_credit_code
-from core.timeutil import DEFAULT_ZONE, parse_instant
+from core.timeutil import DEFAULT_ZONE, as_utc, format_local, get_zone, parse_instant
+from core.tariff import HOURS_EXAMPLE, format_hours, normalise_hours, parse_hours
+from core.text import control_character
 from twin.errors import ImportFailed, RowError
 from twin.lifecycle import UNDATED_IMPORT_NOTE
 from twin.models import Bill, LifecycleEvent, LiveSiteState, Reservation, Site, Tariff, utcnow
@@ -64,9 +66,22 @@ CHUNK_ROWS = 5000
 
 # --- cell parsers: str -> value, or ValueError with a reason for a person ---------------------
 
+# Numbers as a spreadsheet writes them: ASCII digits, '.' for decimals, an exponent.  float()
+# and int() also read '3_0' (as 30), full-width and other Unicode digits, 'nan' and 'inf'.
+_NUMBER = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+
+
+def _no_control(value: str) -> str:
+    found = control_character(value)  # a NUL in a name used to crash the XLSX reports
+    if found:
+        raise ValueError(f"contains {found}")
+    return value
+
+
 def text(max_len: int = 200) -> Callable[[str], str]:
     def parse(cell: str) -> str:
-        value = cell.strip()
+        value = _no_control(cell.strip())
         if len(value) > max_len:
             raise ValueError(f"longer than {max_len} characters")
         return value
@@ -83,10 +98,10 @@ def identifier(cell: str) -> str:
 
 def number(lo: float | None = None, hi: float | None = None, *, above: float | None = None):
     def parse(cell: str) -> float:
-        try:
-            value = float(cell)
-        except ValueError:
-            raise ValueError(f"{cell!r} is not a number") from None
+        if not _NUMBER.match(cell.strip()):
+            raise ValueError(f"{cell!r} is not a number (ASCII digits, '.' for decimals,"
+                             " no separators)")
+        value = float(cell)
         if not math.isfinite(value):
             raise ValueError(f"{cell!r} is not a finite number")
         if lo is not None and value < lo:
@@ -101,10 +116,9 @@ def number(lo: float | None = None, hi: float | None = None, *, above: float | N
 
 def integer(lo: int, hi: int) -> Callable[[str], int]:
     def parse(cell: str) -> int:
-        try:
-            value = int(cell.strip())
-        except ValueError:
-            raise ValueError(f"{cell!r} is not a whole number") from None
+        if not _INTEGER.match(cell.strip()):
+            raise ValueError(f"{cell!r} is not a whole number (ASCII digits)")
+        value = int(cell.strip())
         if not lo <= value <= hi:
             raise ValueError(f"{value} is not within {lo}-{hi}")
         return value
@@ -135,7 +149,7 @@ def credit_code(cell: str) -> str:
 
 
 def operators(cell: str) -> str:
-    items = [o.strip() for o in cell.split(";")]
+    items = [o.strip() for o in _no_control(cell).split(";")]
     if any(not o for o in items):
         raise ValueError("operators is a ';'-separated list without empty entries")
     joined = ";".join(items)
@@ -144,18 +158,9 @@ def operators(cell: str) -> str:
     return joined
 
 
-_HOURS = re.compile(r"^\d{1,2}-\d{1,2}(;\d{1,2}-\d{1,2})*$")
-
-
 def hours(cell: str) -> str:
-    value = cell.strip().replace(" ", "")
-    if not _HOURS.match(value):
-        raise ValueError(f"{cell!r} is not a list of hour ranges like 8-11;18-21")
-    for part in value.split(";"):
-        start, end = (int(x) for x in part.split("-"))
-        if not 0 <= start < end <= 24:
-            raise ValueError(f"hour range {part!r} must satisfy 0 <= start < end <= 24")
-    return value
+    """Time-of-use hours, read by ``core.tariff`` exactly as the overcharging rule reads them."""
+    return normalise_hours(cell)
 
 
 # --- schemas ----------------------------------------------------------------------------------
@@ -210,8 +215,87 @@ def _check_site(row: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _check_tariff(row: dict[str, Any]) -> list[tuple[str, str]]:
     if row.get("period", "flat") != "flat" and not row.get("hours"):
-        return [("hours", f"a {row['period']} tariff needs its hours (e.g. 8-11;18-21)")]
+        return [("hours", f"a {row['period']} tariff needs its hours (e.g. {HOURS_EXAMPLE})")]
     return []
+
+
+def _local_when(value: datetime, zone: str | tzinfo) -> str:
+    """A registered time as people typed it: a local date, or a local time with its offset."""
+    local = as_utc(value).astimezone(get_zone(zone) if isinstance(zone, str) else zone)
+    if (local.hour, local.minute, local.second) == (0, 0, 0):
+        return local.date().isoformat()
+    return format_local(value, zone)
+
+
+def _check_tariff_overlaps(session: Session, parsed: ParsedFile,
+                           zone: str | tzinfo = DEFAULT_ZONE) -> None:
+    """Refuse time-of-use rows whose hours overlap another period's in force at the same time.
+
+    An hour in two periods (peak 8-12 and sharp 10-11 of one region and class)
+    made the overcharging cap depend on the order the periods were read in.  The
+    periods in force at each ``effective_from`` of a region and class, from the
+    file and the registry (a file row replaces the registered one of its key),
+    must not share an hour.  Each file row involved is refused, naming the other.
+    """
+    tou = [(line, row) for line, row in parsed.rows if row.get("period", "flat") != "flat"]
+    if not tou:
+        return
+    pairs = {(row["region"], row["customer_class"]) for _, row in tou}
+    key = ("region", "customer_class", "period", "effective_from")
+    entries: dict[tuple, tuple[int | None, dict[str, Any]]] = {}
+    t = Tariff.__table__
+    for chunk in _chunks(sorted(pairs), 500):
+        for r in session.execute(select(t.c.region, t.c.customer_class, t.c.period,
+                                        t.c.effective_from, t.c.hours)
+                                 .where(tuple_(t.c.region, t.c.customer_class).in_(chunk),
+                                        t.c.period != "flat")):
+            row = dict(r._mapping)
+            entries[tuple(row[k] for k in key)] = (None, row)
+    for line, row in tou:
+        entries[tuple(row[k] for k in key)] = (line, row)
+    groups: dict[tuple, list[tuple[int | None, dict[str, Any], frozenset[int]]]] = {}
+    for line, row in entries.values():
+        try:
+            hrs = parse_hours(row.get("hours"))
+        except ValueError:
+            continue  # a registered row from before the parser was strict: not ours to judge
+        groups.setdefault((row["region"], row["customer_class"]), []).append((line, row, hrs))
+    refused: dict[int, list[str]] = {}
+    for (region, klass), items in groups.items():
+        for when in sorted({row["effective_from"] for _, row, _ in items}):
+            in_force: dict[str, tuple] = {}
+            for item in items:
+                frm = item[1]["effective_from"]
+                current = in_force.get(item[1]["period"])
+                if frm <= when and (current is None or frm > current[1]["effective_from"]):
+                    in_force[item[1]["period"]] = item
+            chosen = sorted(in_force.values(), key=lambda i: i[1]["period"])
+            for i, a in enumerate(chosen):
+                for b in chosen[i + 1:]:
+                    common = a[2] & b[2]
+                    if not common or (a[0] is None and b[0] is None):
+                        continue
+                    for mine, other in ((a, b), (b, a)):
+                        if mine[0] is None:
+                            continue
+                        where = (f"line {other[0]}" if other[0] is not None else
+                                 f"the registered tariff from {_local_when(other[1]['effective_from'], zone)}")
+                        reason = (f"{mine[1]['period']} hours overlap {other[1]['period']} hours"
+                                  f" {other[1]['hours']} of {where} at {format_hours(common)}"
+                                  f" (region {region}, class {klass}, from {_local_when(when, zone)}):"
+                                  " an hour belongs to one period")
+                        if reason not in refused.setdefault(mine[0], []):
+                            refused[mine[0]].append(reason)
+    if not refused:
+        return
+    kept = []
+    for line, row in parsed.rows:
+        if line in refused:
+            parsed.errors += [RowError(line, "hours", r) for r in refused[line]]
+            parsed.raw[line] = [_cell(row.get(h)) for h in parsed.header]
+        else:
+            kept.append((line, row))
+    parsed.rows = kept
 
 
 def _check_bill(row: dict[str, Any]) -> list[tuple[str, str]]:
@@ -548,6 +632,8 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
     now = utcnow()
     with store.session() as session:
         _check_references(session, schema, parsed)
+        if schema is TARIFFS:
+            _check_tariff_overlaps(session, parsed, zone)
         if parsed.errors and not skip_invalid:
             raise ImportFailed(str(path), sorted(parsed.errors, key=lambda e: e.line))
         rows = [row for _, row in parsed.rows]

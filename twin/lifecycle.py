@@ -17,6 +17,14 @@ Guards, checked on every move:
 The current state (``sites.state``) is always the last event's ``to_state``; the
 history answers ``state_at(site, ts)``.  A refused move raises
 ``TransitionNotAllowed`` and changes nothing.
+
+Moves of one site are serialised by a compare-and-set: the move is written as
+``UPDATE sites SET state = :new WHERE site_id = :id AND state = :checked`` and
+no event newer than the last one read, before its event is inserted.  If
+another move committed in between, nothing is written and ``StateChanged`` is
+raised.  ``SELECT ... FOR UPDATE`` alone serialised PostgreSQL but not SQLite
+(which ignores it): two moves at once there left two events from the same
+state and a current state that was not the last event's.
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from twin.errors import TransitionNotAllowed, UnknownSite
+from core.text import control_character
+from twin.errors import StateChanged, TransitionNotAllowed, UnknownSite
 
 __all__ = [
     "PRE_ON_AIR",
@@ -213,14 +222,27 @@ def transition(session: Session, site_id: str, target: State | str, at: datetime
             if replacement_state is None:
                 replacement_state = State.PLANNED
     why = reason if reason is not None else note
+    for what, text in (("the actor", actor), ("the note", note), ("the reason", reason)):
+        found = control_character(text or "")
+        if found:
+            raise TransitionNotAllowed(site_id, state.value, target.value, f"{what} contains {found}")
     move = check_move(site_id, state, target, interrupted=interrupted,
                       was_power_connected=was_power_connected,
                       replacement_state=replacement_state, reason=why)
+    # Compare-and-set before the event is added (an autoflush of it would count as newer).
+    newer = select(LifecycleEvent.id).where(LifecycleEvent.site_id == site_id)
+    if events:
+        newer = newer.where(LifecycleEvent.id > events[-1].id)
+    moved = session.execute(
+        update(Site)
+        .where(Site.site_id == site_id, Site.state == state.value, ~exists(newer))
+        .values(state=target.value, updated_at=datetime.now(UTC))
+        .execution_options(synchronize_session="fetch"))
+    if moved.rowcount != 1:
+        raise StateChanged(site_id, state.value, target.value)
     event = LifecycleEvent(site_id=site_id, from_state=state.value, to_state=target.value,
                            verb=move.verb, at=at, actor=actor, note=note,
                            reason=why if move.verb == "block" else None)
     session.add(event)
-    site.state = target.value
-    site.updated_at = datetime.now(UTC)
     session.flush()
     return event

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -40,6 +41,7 @@ __all__ = [
     "FlagReview",
     "LifecycleEvent",
     "LiveSiteState",
+    "OPEN_FLAG_INDEX",
     "Meter",
     "NotifyOutbox",
     "NotifyState",
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 ID = String(64)
+OPEN_FLAG_INDEX = "uq_flags_open_condition"
 
 
 class UTCDateTime(TypeDecorator):
@@ -225,6 +228,11 @@ class Flag(Base):
     """A finding of a rule, with its evidence (docs/contracts.md section 4); written by ``rules``."""
 
     __tablename__ = "flags"
+    # At most one open flag per rule and condition, whoever writes (revision 0004): two
+    # ``rules run`` at once used to open one flag each for the same condition.
+    __table_args__ = (Index(OPEN_FLAG_INDEX, "rule", "dedup_key", unique=True,
+                            postgresql_where=text("status = 'open'"),
+                            sqlite_where=text("status = 'open'")),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     rule: Mapped[str] = mapped_column(String(64))

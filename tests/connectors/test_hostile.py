@@ -36,7 +36,7 @@ from tests.support import collector_process, publish, tower_messages, wait_for
 
 REASONS = {"oversize", "bad_topic", "unknown_stream", "bad_site_id", "bad_encoding", "bad_json",
            "not_a_reading", "empty", "too_many_readings", "site_mismatch", "schema", "future_ts",
-           "ancient_ts"}
+           "ancient_ts", "too_old"}
 NOW = 1_795_000_000
 _ID = re.compile(ID_PATTERN)
 

@@ -257,7 +257,7 @@ def test_two_senders_at_once_send_each_message_once(store, webhook, tmp_path, tw
 
     cfg = settings(tmp_path, [{"name": "hook", "url": webhook.url()}])
     for i in range(12):
-        add_flag(store, site="S1" if i % 2 else "S2", kind=("site_offline", "mains_failure")[i % 2],
+        add_flag(store, site=f"S{i}", kind=("site_offline", "mains_failure")[i % 2],
                  severity="critical", at=T0 + timedelta(seconds=i))
     Outbox(store).collect(T0, cfg.notify, get_zone("UTC"))
     other = open_store(twin_url)

@@ -145,3 +145,142 @@ def test_ack_and_assign_are_kept_with_their_history(sqlite_store):
     book.sync("site_offline", [], T0 + timedelta(hours=2), HOLD)
     with pytest.raises(ReviewError, match="resolved"):
         book.ack(flag["id"], "zhang.san", T0 + timedelta(hours=2))
+def test_a_finding_apart_from_the_open_flag_by_more_than_the_hold_off_resolves_it_and_opens_one(
+        sqlite_store):
+    """At most one open flag per condition: the earlier occurrence ends where the new one opens."""
+    book = FlagBook(sqlite_store)
+    book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=20))], T0 + timedelta(minutes=20), HOLD)
+    later = offline(T0 + timedelta(hours=3), T0 + timedelta(hours=4))
+    r = book.sync("site_offline", [later], T0 + timedelta(hours=4), HOLD)
+    assert len(r.opened) == 1 and len(r.resolved) == 1
+    assert [f["status"] for f in book.list()] == ["resolved", "open"]
+    # Two findings of one condition in one evaluation: one flag, its window covering both.
+    r = book.sync("site_offline", [offline(T0 + timedelta(hours=3), T0 + timedelta(hours=4)),
+                                   offline(T0 + timedelta(hours=8), T0 + timedelta(hours=9))],
+                  T0 + timedelta(hours=9), HOLD)
+    assert [f["status"] for f in book.list()] == ["resolved", "open"]
+    assert book.list(status="open")[0]["window_end"] == T0 + timedelta(hours=9)
+
+
+# -- concurrent evaluations --------------------------------------------------------------------
+
+SITES = 50
+
+
+def _sync_in_process(url: str, barrier, results, now_min: int) -> None:
+    from twin.store import open_store
+
+    store = open_store(url)
+    try:
+        findings = [offline(T0, T0 + timedelta(minutes=now_min), site=f"S{i:03d}")
+                    for i in range(SITES)]
+        barrier.wait(60)
+        r = FlagBook(store).sync("site_offline", findings, T0 + timedelta(minutes=now_min), HOLD)
+        results.put((len(r.opened), len(r.updated)))
+    except BaseException as exc:  # reported to the test
+        results.put(repr(exc))
+    finally:
+        store.close()
+
+
+@pytest.mark.integration
+def test_two_rule_runs_at_once_open_one_flag_per_condition(twin_url):
+    """Two processes evaluate the same rule over 50 sites at the same moment, five times:
+    the database keeps one open flag per site (the loser of each race updates it)."""
+    import multiprocessing as mp
+
+    from twin.store import open_store
+
+    open_store(twin_url).close()
+    ctx = mp.get_context("spawn")
+    for round_ in range(5):
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_sync_in_process, args=(twin_url, barrier, results, 20 + round_))
+                 for _ in range(2)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(60)
+        assert all(isinstance(g, tuple) for g in got), got
+        assert sum(opened + updated for opened, updated in got) == 2 * SITES
+        if round_ == 0:
+            assert sum(opened for opened, _ in got) == SITES
+    store = open_store(twin_url)
+    try:
+        flags = FlagBook(store).list()
+    finally:
+        store.close()
+    assert len(flags) == SITES
+    assert sorted(f["site_id"] for f in flags) == [f"S{i:03d}" for i in range(SITES)]
+    assert all(f["status"] == "open" and f["window_end"] == T0 + timedelta(minutes=24) for f in flags)
+
+
+def test_a_review_with_a_control_character_is_refused(sqlite_store):
+    book = FlagBook(sqlite_store)
+    book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=20))], T0 + timedelta(minutes=20), HOLD)
+    (flag,) = book.list()
+    with pytest.raises(ReviewError, match="the reviewer's name contains the control character U\\+0000"):
+        book.review(flag["id"], "confirmed", "ali\x00ce", T0 + timedelta(hours=1))
+    with pytest.raises(ReviewError, match="the note contains the control character U\\+0007"):
+        book.review(flag["id"], "confirmed", "alice", T0 + timedelta(hours=1), note="\a")
+    assert book.show(flag["id"])["reviews"] == [] and book.list()[0]["status"] == "open"
+
+
+@pytest.mark.integration
+def test_two_rules_run_commands_racing_on_postgresql_leave_one_open_flag_per_site(
+        postgresql_url, influxdb, influx_db, tmp_path):
+    """Two ``sitetwin rules run`` processes, held at their first flag write until both are
+    there (the test locks the flags table), then released together: 50 silent sites, 50
+    open flags (the old code opened 100)."""
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.support import ROOT, wait_for
+    from twin.models import LifecycleEvent, Site
+    from twin.store import open_store
+
+    store = open_store(postgresql_url)
+    with store.session() as s:
+        for i in range(SITES):
+            s.add(Site(site_id=f"S{i:03d}", name=f"S{i:03d}", lat=30.0, lon=104.0, county="Pi",
+                       kind="macro", supply="direct", region="R", customer_class="C",
+                       state="on_air"))
+            s.flush()
+            s.add(LifecycleEvent(site_id=f"S{i:03d}", from_state=None, to_state="on_air",
+                                 verb="import", at=T0 - timedelta(days=30), actor="test"))
+    store.close()
+    cfg = tmp_path / "sitetwin.toml"
+    cfg.write_text(f'[influxdb]\nurl = "{influxdb.url}"\ndatabase = "{influx_db}"\n'
+                   f'[twin]\nurl = "{postgresql_url}"\n'
+                   f'[services]\nstate_dir = "{tmp_path / "state"}"\n')
+    url = make_url(postgresql_url)
+    conninfo = dict(host=url.host, port=url.port, user=url.username, dbname=url.database)
+    argv = [sys.executable, "-m", "sitetwin", "rules", "run", "--rule", "site_offline",
+            "--no-publish", "--json", "--config", str(cfg)]
+    with psycopg.connect(**conninfo) as lock, psycopg.connect(**conninfo, autocommit=True) as probe:
+        lock.execute("LOCK TABLE flags IN EXCLUSIVE MODE")  # reads pass, writes wait
+        procs = [subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for _ in range(2)]
+        try:
+            def waiting() -> int:
+                assert all(p.poll() is None for p in procs), "a rules run ended while the table was locked"
+                return probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                    " AND wait_event_type = 'Lock'", (url.database,)).fetchone()[0]
+
+            wait_for(lambda: waiting() >= 2, timeout=120, message="both rules runs at their flag write")
+        finally:
+            lock.rollback()  # releases the lock: both go at once
+        outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1].decode()[-1000:] for o in outs]
+    store = open_store(postgresql_url)
+    try:
+        flags = FlagBook(store).list(status="open")
+    finally:
+        store.close()
+    assert sorted(f["site_id"] for f in flags) == [f"S{i:03d}" for i in range(SITES)]

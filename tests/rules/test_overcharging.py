@@ -173,3 +173,21 @@ def test_time_of_use_cap_needs_meter_data_over_most_of_the_period():
     (x,) = evaluate_overcharging(frames, facts(sites=sites({"site_id": "S1"}), tariffs=tou,
                                                bills=bill(amount_cny=1.5 * 240)), NOW, t)
     assert x.evidence["cap_cny_per_kwh"] == 1.2 and x.evidence["cap_basis"].startswith("highest")
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]])
+def test_an_hour_in_two_periods_takes_the_higher_price_whatever_the_order(order):
+    """Overlapping periods are refused at import, but a registry from before may hold them:
+    the cap of such an hour no longer depends on the order (or names) of the periods."""
+    base = FLAT.iloc[0].to_dict()
+    rows = pd.DataFrame([
+        base,
+        {**base, "period": "peak", "hours": "0-24", "price_cny_per_kwh": 0.30},
+        {**base, "period": "valley", "hours": "0-24", "price_cny_per_kwh": 1.20},
+    ]).iloc[order].reset_index(drop=True)
+    frames = {"energy_hourly": energy("S1", "M1", [100.0 + 10 * i for i in range(25)])}
+    f = facts(sites=sites({"site_id": "S1"}), tariffs=rows, bills=bill(amount_cny=240.0))
+    assert evaluate_overcharging(frames, f, NOW, BillThresholds()) == []  # 1.00 is under 1.20
+    f = facts(sites=sites({"site_id": "S1"}), tariffs=rows, bills=bill(amount_cny=1.5 * 240))
+    (x,) = evaluate_overcharging(frames, f, NOW, BillThresholds())
+    assert x.evidence["cap_cny_per_kwh"] == pytest.approx(1.2)

@@ -55,6 +55,8 @@ def test_sitetwin_run_schedules_the_rules(tmp_path, mosquitto, influxdb, influx_
     pipeline.start()
     try:
         wait_for(pipeline.collector.subscribed.is_set, message="subscription")
+        # Started by its own thread, so that a registry that is not there cannot hold up ingest.
+        wait_for(lambda: pipeline.scheduler is not None, message="the rule scheduler")
         assert pipeline.scheduler.running
         assert {j.id for j in pipeline.scheduler.get_jobs()} == {r.name for r in RULES}
     finally:

@@ -157,7 +157,7 @@ def test_tariffs_keyed_by_region_class_period_and_date(store, tmp_path):
         ("flat", None, datetime(2026, 6, 30, 16, tzinfo=UTC))]
     bad = ("region,customer_class,effective_from,price_cny_per_kwh,period,hours\n"
            "R,C,2026-13-01,0,valley,\n"
-           "R,C,2026-01-01,0.3,valley,22-6\n")
+           "R,C,2026-01-01,0.3,valley,8-8\n")
     with pytest.raises(ImportFailed) as err:
         import_csv(store, write(tmp_path, "bad.csv", bad), TARIFFS)
     assert {(e.line, e.column) for e in err.value.errors} == {
@@ -222,3 +222,115 @@ def test_supplier_identity_columns_and_the_credit_code_check(store, tmp_path):
     assert (b.supplier_credit_code, b.supplier_address, b.supplier_contact) == (
         "91350100M000100Y43", "成都市一环路 8 号", "张三 138-0000-0000")
     assert site.address == "四川省成都市郫都区犀浦镇1号"
+
+
+# -- strict cells ------------------------------------------------------------------------------
+
+SITE_HEADER = "site_id,name,lat,lon,county,kind,supply,region,customer_class,planned_year\n"
+
+
+@pytest.mark.parametrize(("column", "cell", "reason"), [
+    ("lat", "3_0", "not a number"),            # float() reads it as 30
+    ("lat", "３０.5", "not a number"),          # full-width digits
+    ("lat", "٣٠", "not a number"),              # Arabic-Indic digits
+    ("lat", "nan", "not a number"),
+    ("lat", "1,5", "not a number"),
+    ("planned_year", "2_026", "not a whole number"),
+    ("planned_year", "２０２６", "not a whole number"),
+    ("name", "Huayuan\x00Rd", "control character U+0000 at position 8"),
+    ("name", "A\x1b[31mred", "control character U+001B"),
+    ("county", "Xin\x85jin", "control character U+0085"),
+])
+def test_numbers_are_ascii_and_text_has_no_control_characters(store, tmp_path, column, cell, reason):
+    row = {"site_id": "S9", "name": "ok", "lat": "30.5", "lon": "104", "county": "Pi",
+           "kind": "macro", "supply": "direct", "region": "R", "customer_class": "C",
+           "planned_year": "2026", column: cell}
+    path = tmp_path / "sites.csv"
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        fh.write(SITE_HEADER)
+        csv.writer(fh).writerow([row[h] for h in SITE_HEADER.strip().split(",")])
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, path, SITES)
+    (e,) = err.value.errors
+    assert (e.line, e.column) == (2, column) and reason in e.reason
+    assert count(store, Site) == 0
+
+
+def test_plain_numbers_still_read(store, tmp_path):
+    body = SITE_HEADER + "S9,ok, -30.5e0 ,+104.,Pi,macro,direct,R,C, 2026 \n"
+    assert import_csv(store, write(tmp_path, "sites.csv", body), SITES).inserted == 1
+    with store.session() as s:
+        site = s.get(Site, "S9")
+    assert (site.lat, site.lon, site.planned_year) == (-30.5, 104.0, 2026)
+
+
+# -- tariff hours: one parser, no overlaps -------------------------------------------------------
+
+TARIFF_HEADER = "region,customer_class,effective_from,price_cny_per_kwh,period,hours\n"
+
+
+def test_tariff_hours_wrap_midnight_and_are_read_as_the_rule_reads_them(store, tmp_path):
+    from rules.overcharging import parse_hours
+
+    body = TARIFF_HEADER + ("R,C,2026-01-01,0.3,valley, 22-6 ; 12 \n"
+                            "R,C,2026-01-01,0.9,peak,8-11;18-21\n")
+    assert import_csv(store, write(tmp_path, "t.csv", body), TARIFFS).inserted == 2
+    with store.session() as s:
+        stored = {t.period: t.hours for t in s.scalars(select(Tariff))}
+    assert stored == {"valley": "22-6;12", "peak": "8-11;18-21"}
+    assert parse_hours(stored["valley"]) == {22, 23, 0, 1, 2, 3, 4, 5, 12}
+
+
+@pytest.mark.parametrize("cell", ["8-8", "25", "24-3", "8-25", "8-11,18-21", "８-11", "8-1_1", "8-"])
+def test_tariff_hours_that_either_reader_would_misread_are_refused(store, tmp_path, cell):
+    from rules.overcharging import parse_hours
+
+    body = TARIFF_HEADER + f'R,C,2026-01-01,0.3,valley,"{cell}"\n'
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "t.csv", body), TARIFFS)
+    assert [(e.line, e.column) for e in err.value.errors] == [(2, "hours")]
+    with pytest.raises(ValueError):
+        parse_hours(cell)
+
+
+def test_overlapping_periods_of_one_region_class_and_date_are_refused_naming_both_rows(
+        store, tmp_path):
+    body = TARIFF_HEADER + ("R,C,2026-01-01,0.5,,\n"
+                            "R,C,2026-01-01,0.9,peak,8-12;18-21\n"
+                            "R,C,2026-01-01,1.2,sharp,10-11\n"
+                            "R,C,2026-01-01,0.3,valley,22-8\n"
+                            "R,D,2026-01-01,1.2,sharp,10-11\n")  # another class: no overlap
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "t.csv", body), TARIFFS)
+    by_line = {e.line: e.reason for e in err.value.errors}
+    assert sorted(by_line) == [3, 4]
+    assert "peak hours overlap sharp hours 10-11 of line 4 at 10-11" in by_line[3]
+    assert "sharp hours overlap peak hours 8-12;18-21 of line 3 at 10-11" in by_line[4]
+    assert "region R, class C" in by_line[3]
+    assert count(store, Tariff) == 0
+    # With --skip-invalid the others go in and the two are written to the rejects file.
+    r = import_csv(store, write(tmp_path, "t.csv", body), TARIFFS, skip_invalid=True)
+    assert (r.inserted, r.rejected) == (3, 2)
+    rejects = Path(r.rejects_path).read_text()
+    assert "line 4" in rejects and "line 3" in rejects
+
+
+def test_a_period_overlapping_a_registered_one_in_force_is_refused(store, tmp_path):
+    first = TARIFF_HEADER + "R,C,2026-01-01,0.9,peak,8-12\n"
+    import_csv(store, write(tmp_path, "t1.csv", first), TARIFFS)
+    # A later valley row overlapping the peak still in force then; and a row that replaces the
+    # registered peak (same key) with hours that no longer overlap is fine.
+    later = TARIFF_HEADER + "R,C,2026-07-01,0.3,valley,11-14\n"
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "t2.csv", later), TARIFFS)
+    (e,) = err.value.errors
+    assert e.line == 2 and "the registered tariff from 2026-01-01" in e.reason
+    assert "at 11-12" in e.reason
+    fixed = TARIFF_HEADER + ("R,C,2026-01-01,0.9,peak,8-11\n"
+                             "R,C,2026-07-01,0.3,valley,11-14\n")
+    r = import_csv(store, write(tmp_path, "t3.csv", fixed), TARIFFS)
+    assert (r.inserted, r.updated) == (1, 1)
+    # A new peak from 2026-09 replaces the old one in force, so it may take the old hours.
+    moved = TARIFF_HEADER + ("R,C,2026-09-01,0.9,peak,16-20\n"
+                             "R,C,2026-09-01,0.3,valley,8-12\n")
+    assert import_csv(store, write(tmp_path, "t4.csv", moved), TARIFFS).inserted == 2

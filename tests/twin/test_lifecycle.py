@@ -250,3 +250,115 @@ def test_a_site_imported_as_blocked_can_be_unblocked(store):
             transition(s, "IB", State.ON_AIR, at=T0 + timedelta(hours=1))
         assert transition(s, "IB", State.UNDER_CONSTRUCTION, at=T0 + timedelta(hours=1)).verb \
             == "unblock"
+
+
+# -- moves of one site at once -------------------------------------------------------------------
+
+RACED_SITES = 25
+
+
+def _move_in_process(url: str, barrier, results, target: str, reason: str | None) -> None:
+    """Move each raced site to ``target``, in step with the other process (a barrier per site)."""
+    from twin.errors import StateChanged
+
+    store = open_store(url)
+    outcome = []
+    try:
+        for i in range(RACED_SITES):
+            barrier.wait(60)
+            try:
+                with store.session() as s:
+                    transition(s, f"R{i:02d}", target, at=T0 + timedelta(hours=1), actor=target,
+                               reason=reason)
+                outcome.append("moved")
+            except StateChanged:
+                outcome.append("changed")
+            except TransitionNotAllowed:
+                outcome.append("refused")
+        results.put(outcome)
+    except BaseException as exc:  # reported to the test
+        results.put(repr(exc))
+    finally:
+        store.close()
+
+
+@pytest.mark.integration
+def test_two_moves_of_one_site_at_once_keep_one_chain(store, twin_url):
+    """Two processes move the same planned sites to site_secured at the same moment: for each
+    site exactly one move is recorded (the other is refused: already there, or the state
+    changed underneath), the history is a chain and the current state is its last event's."""
+    import multiprocessing as mp
+
+    for i in range(RACED_SITES):
+        add_site(store, f"R{i:02d}")
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_move_in_process, args=(twin_url, barrier, results, target, reason))
+             for target, reason in (("site_secured", None), ("site_secured", None))]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert all(isinstance(g, list) for g in got), got
+    for i in range(RACED_SITES):
+        outcomes = sorted(g[i] for g in got)
+        assert outcomes.count("moved") == 1, (i, outcomes)
+    with store.session() as s:
+        for i in range(RACED_SITES):
+            site_id = f"R{i:02d}"
+            events = history(s, site_id)
+            assert len(events) == 2, [(e.from_state, e.to_state) for e in events]
+            for before, after in zip(events, events[1:]):
+                assert after.from_state == before.to_state
+            assert s.get(Site, site_id).state == events[-1].to_state
+
+
+def test_a_move_checked_against_a_state_that_changed_meanwhile_is_refused(tmp_path, monkeypatch):
+    """Another process's move lands between this move's check and its write (SQLite, where
+    nothing locks the row): ``StateChanged``, and nothing of this move is written."""
+    import twin.lifecycle as lifecycle
+    from twin.errors import StateChanged
+
+    store = open_store(f"sqlite:///{tmp_path / 'twin.sqlite'}")
+    other = open_store(f"sqlite:///{tmp_path / 'twin.sqlite'}")
+    try:
+        add_site(store, "C1")
+        real_check = lifecycle.check_move
+        raced = []
+
+        def check_then_race(*args, **kwargs):
+            move = real_check(*args, **kwargs)
+            if not raced:
+                raced.append(True)
+                with other.session() as s:
+                    transition(s, "C1", State.BLOCKED, at=T0 + timedelta(hours=1), actor="bob",
+                               reason="permit")
+                    transition(s, "C1", State.PLANNED, at=T0 + timedelta(hours=2), actor="bob")
+            return move
+
+        monkeypatch.setattr(lifecycle, "check_move", check_then_race)
+        # Checked against planned, and planned it is again: only the history shows the change.
+        with pytest.raises(StateChanged, match="another move of the site was recorded"):
+            with store.session() as s:
+                transition(s, "C1", State.SITE_SECURED, at=T0 + timedelta(hours=4), actor="alice")
+        with store.session() as s:
+            events = history(s, "C1")
+            assert [(e.actor, e.to_state) for e in events] == [
+                ("test", "planned"), ("bob", "blocked"), ("bob", "planned")]
+            assert s.get(Site, "C1").state == "planned"
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_note_or_reason_with_a_control_character_is_refused(store):
+    add_site(store, "N1")
+    with pytest.raises(TransitionNotAllowed, match="the note contains the control character U\\+0000"):
+        with store.session() as s:
+            transition(s, "N1", State.SITE_SECURED, at=T0 + timedelta(hours=1), note="ok\x00")
+    with pytest.raises(TransitionNotAllowed, match="the reason contains the control character U\\+001B"):
+        with store.session() as s:
+            transition(s, "N1", State.BLOCKED, at=T0 + timedelta(hours=1), reason="\x1b[2J")
+    with store.session() as s:
+        assert s.get(Site, "N1").state == "planned" and len(history(s, "N1")) == 1

@@ -164,3 +164,47 @@ def test_revision_0002_adds_the_supplier_identity_to_a_0001_registry(twin_url):
         assert ses.get(Bill, "B1").supplier_credit_code == "91350100M000100Y43"
         assert ses.get(Site, "S1").address == "成都市"
     again.close()
+def test_upgrade_to_0004_merges_duplicate_open_flags_then_enforces_one(twin_url):
+    """A registry of revision 0001 may hold two open flags of one condition (two ``rules run``
+    at once): the upgrade keeps the oldest, resolves the other with a note, adds the index."""
+    from twin.models import OPEN_FLAG_INDEX
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+    def flag(opened_h: int, status: str = "open", key: str = "site_offline|S1||") -> Flag:
+        at = t0 + timedelta(hours=opened_h)
+        return Flag(kind="site_offline", rule="site_offline", site_id="S1", severity="warning",
+                    status=status, opened_at=at, updated_at=at, window_start=at,
+                    window_end=at + timedelta(hours=1), summary="offline", evidence={"n": opened_h},
+                    dedup_key=key)
+
+    s = open_store(twin_url)
+    with s.session() as ses:
+        ses.execute(text(f"DROP INDEX {OPEN_FLAG_INDEX}"))
+        ses.add_all([flag(2), flag(0), flag(1), flag(0, "resolved"), flag(0, key="site_offline|S2||")])
+        ses.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    s.close()
+
+    s = open_store(twin_url)
+    try:
+        assert s.version == latest_version()
+        with s.session() as ses:
+            rows = ses.scalars(select(Flag).order_by(Flag.opened_at, Flag.id)).all()
+            open_s1 = [f for f in rows if f.status == "open" and f.site_id == "S1"
+                       and f.dedup_key.endswith("S1||")]
+            assert len(open_s1) == 1
+            keep = open_s1[0]
+            assert keep.opened_at == t0  # the oldest
+            assert keep.window_end == t0 + timedelta(hours=3)  # widened over the merged ones
+            merged = [f for f in rows if f.evidence.get("merged_into") == keep.id]
+            assert sorted(f.evidence["n"] for f in merged) == [1, 2]
+            assert all(f.status == "resolved" and f.resolved_at and "0004" in f.evidence["note"]
+                       for f in merged)
+            assert sorted(keep.evidence["merged_flags"]) == sorted(f.id for f in merged)
+            assert sum(f.status == "open" for f in rows) == 2  # S1's and S2's
+        with pytest.raises(StoreError, match="IntegrityError"), s.session() as ses:
+            ses.add(flag(5))
+        with s.session() as ses:  # a resolved duplicate is fine
+            ses.add(flag(5, "resolved"))
+    finally:
+        s.close()
