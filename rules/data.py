@@ -1,9 +1,11 @@
 """The I/O side of the rules: window aggregates from InfluxDB, registry facts from the twin.
 
-Every query aggregates in InfluxDB (``GROUP BY time(...)`` with ``last``,
-``mean``, ``max``), so what crosses the wire grows with sites x windows, not
-with raw points.  Errors from InfluxDB or the registry become
-``RuleDataError`` here and nowhere else.
+Every query but one aggregates in InfluxDB (``GROUP BY time(...)`` with
+``last``, ``mean``, ``max``), so what crosses the wire grows with sites x
+windows, not with raw points.  The exception is the bills' energy
+(``energy_readings``): interval energy needs each reading's own time.
+Errors from InfluxDB or the registry become ``RuleDataError`` here and
+nowhere else.
 """
 
 from __future__ import annotations
@@ -172,8 +174,14 @@ class WindowData:
         return frames
 
     # -- one method per frame name ---------------------------------------------------------
-    def energy_hourly(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
-        """Last cumulative energy per meter and hour, over the bills whose period ended in the window."""
+    def energy_readings(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """Each meter's cumulative readings around the bills whose period ended in the window.
+
+        Raw readings, not per-hour aggregates: an hour's energy is the counter at its
+        boundaries, interpolated between the readings either side (``rules.energy`` says
+        why aggregates cannot give those).  From ``max_reading_gap`` before the earliest
+        period to as long after the latest: a reading further out can only end a gap.
+        """
         bills = facts.bills
         if bills.empty:
             return pd.DataFrame()
@@ -182,10 +190,11 @@ class WindowData:
         bills = bills[((end > lo) & (end <= pd.Timestamp(now))).to_numpy()]
         if bills.empty:
             return pd.DataFrame()
-        start = pd.to_datetime(bills["period_start"], utc=True).min().floor("h") - pd.Timedelta(hours=1)
-        stop = pd.to_datetime(bills["period_end"], utc=True).max()
-        q = (f'SELECT last("energy_kwh") AS "energy_kwh" FROM "power" WHERE {_between(start, stop)}'
-             '{filter} GROUP BY time(1h), "site_id", "meter_id" fill(none)')
+        gap = pd.Timedelta(seconds=t.max_reading_gap)
+        start = pd.to_datetime(bills["period_start"], utc=True).min() - gap
+        stop = pd.to_datetime(bills["period_end"], utc=True).max() + gap
+        q = (f'SELECT "energy_kwh" FROM "power" WHERE time >= {influx_time(start)} AND '
+             f'time <= {influx_time(stop)}{{filter}} GROUP BY "site_id", "meter_id"')
         # A bill period a day in the past is settled: the same statement later in the run
         # (the other bill rule) or in the next run gets the same answer.
         settled = stop <= pd.Timestamp(now) - pd.Timedelta(days=1)  # late backlogs have arrived
