@@ -130,7 +130,7 @@ def meter_readings(site_id: str, energy: Callable[[float], float], times_s: list
             value = restart_kwh + energy(t) - energy(done[-1])
         else:
             value = start_kwh + energy(t)
-        out.append(Reading(site_id, meter_id, int(round(t * 1e6)) * 1000, round(value, 3)))
+        out.append(Reading(site_id, meter_id, int(round(float(t) * 1e6)) * 1000, round(float(value), 3)))
     return out
 
 
@@ -146,3 +146,20 @@ def smooth_load(base_kw: float, swing: float, peak_local_hour: float, utc_offset
         return base_kw * (t + swing / w * math.sin(phase(t))) / 3600.0
 
     return energy, lambda t0, t1: energy(t1) - energy(t0)
+
+
+def reference_overbilling(readings: list[Reading], site_id: str, start: datetime, end: datetime, tz: str,
+                          max_gap_s: float) -> tuple[float, float, float, float]:
+    """(metered kWh, coverage, unmetered hours, allowance kWh) of one bill: the allowance is the
+    unmetered hours at the highest measured hourly rate."""
+    metered = measured_ns = unmetered_s = 0.0
+    peak = 0.0
+    for a, b in clock_hours(start, end, tz):
+        kwh, measured, unmetered = reference_energy(readings, site_id, a, b, max_gap_s)
+        metered += kwh
+        unmetered_s += unmetered
+        if measured:
+            measured_ns += b - a
+            peak = max(peak, kwh / ((b - a) / NS / 3600.0))
+    total = (end - start).total_seconds() * NS
+    return metered, measured_ns / total, unmetered_s / 3600.0, unmetered_s / 3600.0 * peak

@@ -96,7 +96,8 @@ def scenarios(draw) -> dict:
     gap = float(draw(st.sampled_from([3600, 7200])))
     lo, hi = (start.timestamp() - gap) * NS, (end.timestamp() + gap) * NS
     window = [r for r in rs + other if lo <= r.t_ns <= hi]  # what the rule's query returns
-    return {"tz": tz, "start": start, "end": end, "readings": window, "max_gap_s": gap}
+    return {"tz": tz, "start": start, "end": end, "readings": window, "max_gap_s": gap,
+            "all_readings": rs + other}
 
 
 def _property_settings(n: int):
