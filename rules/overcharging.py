@@ -332,7 +332,7 @@ def evaluate_overbilling(frames: Frames, facts: Facts, now: datetime, t: BillThr
     bounds = np.searchsorted(b, np.arange(nb + 1))
     flagged = np.flatnonzero(hit)
     for i, bill in zip(flagged, bills.iloc[flagged].to_dict("records"), strict=True):
-        price = amount[i] / billed[i] if billed[i] > 0 else 0.0
+        price = float(amount[i] / billed[i]) if billed[i] > 0 else 0.0
         excess_kwh = float(billed[i] - metered[i] - allowance[i])
         excess = excess_kwh * price
         span = slice(bounds[i], bounds[i + 1])
