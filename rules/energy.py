@@ -63,8 +63,10 @@ class IntervalEnergy:
 
 
 def _ns(values: object) -> np.ndarray:
-    """UTC instants as int64 nanoseconds."""
-    return pd.to_datetime(pd.Series(values), utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    """UTC instants as int64 nanoseconds (a Series of aware datetimes is converted without
+    going through Timestamp objects)."""
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    return pd.to_datetime(series, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
 
 
 def bill_intervals(starts: object, ends: object, tz: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,7 +128,7 @@ def interval_energy(readings: pd.DataFrame | None, site_ids: object, starts_ns: 
     r, r_site = r[keep], r_site[keep]
     if r.empty:
         return IntervalEnergy(np.zeros(n), np.zeros(n, dtype=bool), duration / _NS)
-    t = _ns(r["time"].to_numpy())
+    t = _ns(r["time"])
     v = r["energy_kwh"].to_numpy(dtype=float)
     meter_codes, _ = pd.factorize(r["meter_id"].astype(str).to_numpy(dtype=object))
     combined = r_site.astype(np.int64) * np.int64(meter_codes.max() + 1) + meter_codes
