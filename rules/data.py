@@ -57,6 +57,11 @@ def _id_filter(tag: str, ids: Iterable[str]) -> str:
     return f' AND "{tag}" =~ /^({"|".join(re.escape(i) for i in ids)})$/'
 
 
+def _as_utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
 def _floor(ts: datetime, minutes: int) -> pd.Timestamp:
     return pd.Timestamp(ts).floor(f"{minutes}min")
 
@@ -192,7 +197,8 @@ class WindowData:
             return pd.DataFrame()
         gap = pd.Timedelta(seconds=t.max_reading_gap)
         start = pd.to_datetime(bills["period_start"], utc=True).min() - gap
-        stop = pd.to_datetime(bills["period_end"], utc=True).max() + gap
+        # Never past ``now``: a backfill step sees only what had been read by then.
+        stop = min(pd.to_datetime(bills["period_end"], utc=True).max() + gap, _as_utc(now))
         q = (f'SELECT "energy_kwh" FROM "power" WHERE time >= {influx_time(start)} AND '
              f'time <= {influx_time(stop)}{{filter}} GROUP BY "site_id", "meter_id"')
         # A bill period a day in the past is settled: the same statement later in the run

@@ -198,3 +198,30 @@ def test_readings_on_the_hour_price_each_kwh_in_its_own_hour():
     expected = sum(k * prices for k, prices in zip(per_hour, hour_prices(TOU), strict=True)) / 33.0
     assert x.evidence["cap_cny_per_kwh"] == pytest.approx(expected, abs=1e-6)
     assert x.evidence["coverage"] == 1.0 and x.evidence["metered_kwh"] == 33.0
+
+
+class _Recorder:
+    """A reader that records the statements it is asked and answers nothing."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def raw(self, q: str) -> list[dict]:
+        self.statements.append(q)
+        return [{"statement_id": 0}]
+
+
+def test_the_readings_window_is_the_periods_widened_by_the_gap_and_never_past_now():
+    from rules.data import WindowData
+
+    start, end = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)
+    f = facts(sites=sites({"site_id": "S1"}), bills=pd.DataFrame([bill_row("S1", start, end, 1.0, 1.0)]))
+    t = BillThresholds(max_reading_gap="3h")
+    reader = _Recorder()
+    WindowData(reader, concurrency=1).energy_readings(f, end + timedelta(days=2), t, {})
+    (q,) = reader.statements
+    assert "time >= '2026-10-31T21:00:00.000000Z' AND time <= '2026-11-02T03:00:00.000000Z'" in q
+    assert '"site_id" =~ /^(S1)$/' in q and 'GROUP BY "site_id", "meter_id"' in q
+    # A backfill step an hour after the period: nothing later than its ``now`` is read.
+    WindowData(reader, concurrency=1).energy_readings(f, end + timedelta(hours=1), t, {})
+    assert "time <= '2026-11-02T01:00:00.000000Z'" in reader.statements[-1]
