@@ -184,8 +184,10 @@ class WindowData:
 
         Raw readings, not per-hour aggregates: an hour's energy is the counter at its
         boundaries, interpolated between the readings either side (``rules.energy`` says
-        why aggregates cannot give those).  From ``max_reading_gap`` before the earliest
-        period to as long after the latest: a reading further out can only end a gap.
+        why aggregates cannot give those).  From ``max_reading_gap`` before a period to as
+        long after it (a reading further out can only end a gap), one statement per bill
+        period (and 500 sites): a site is read only around its own bills, and a settled
+        month is asked once by a long-lived engine.
         """
         bills = facts.bills
         if bills.empty:
@@ -196,15 +198,28 @@ class WindowData:
         if bills.empty:
             return pd.DataFrame()
         gap = pd.Timedelta(seconds=t.max_reading_gap)
-        start = pd.to_datetime(bills["period_start"], utc=True).min() - gap
-        # Never past ``now``: a backfill step sees only what had been read by then.
-        stop = min(pd.to_datetime(bills["period_end"], utc=True).max() + gap, _as_utc(now))
-        q = (f'SELECT "energy_kwh" FROM "power" WHERE time >= {influx_time(start)} AND '
-             f'time <= {influx_time(stop)}{{filter}} GROUP BY "site_id", "meter_id"')
-        # A bill period a day in the past is settled: the same statement later in the run
-        # (the other bill rule) or in the next run gets the same answer.
-        settled = stop <= pd.Timestamp(now) - pd.Timedelta(days=1)  # late backlogs have arrived
-        return self._frames_by_ids(q, "site_id", bills["site_id"], memo=True if settled else "run")
+        spans = pd.DataFrame({"start": pd.to_datetime(bills["period_start"], utc=True),
+                              "end": pd.to_datetime(bills["period_end"], utc=True),
+                              "site_id": bills["site_id"].to_numpy()})
+        statements: list[str] = []
+        memos: list[bool | str] = []
+        for (a, b), group in spans.groupby(["start", "end"], sort=True):
+            # Never past ``now``: a backfill step sees only what had been read by then.
+            stop = min(b + gap, _as_utc(now))
+            q = (f'SELECT "energy_kwh" FROM "power" WHERE time >= {influx_time(a - gap)} AND '
+                 f'time <= {influx_time(stop)}{{filter}} GROUP BY "site_id", "meter_id"')
+            # A bill period a day in the past is settled: the same statement later in the run
+            # (the other bill rule) or in the next run gets the same answer.
+            settled = stop <= pd.Timestamp(now) - pd.Timedelta(days=1)  # late backlogs have arrived
+            ids = sorted(set(group["site_id"]))
+            for i in range(0, len(ids), _MAX_FILTER_IDS):
+                statements.append(q.format(filter=_id_filter("site_id", ids[i:i + _MAX_FILTER_IDS])))
+                memos.append(True if settled else "run")
+        parts = [p for p in self._frames(statements, memo=memos) if not p.empty]
+        if len(parts) <= 1:
+            return parts[0] if parts else pd.DataFrame()
+        # Periods of one site that touch (a month and the next) share the readings between.
+        return pd.concat(parts, ignore_index=True).drop_duplicates(["site_id", "meter_id", "time"])
 
     def interference_recent(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         start = _floor(now - timedelta(seconds=t.window), 15)

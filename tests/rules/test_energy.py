@@ -225,3 +225,25 @@ def test_the_readings_window_is_the_periods_widened_by_the_gap_and_never_past_no
     # A backfill step an hour after the period: nothing later than its ``now`` is read.
     WindowData(reader, concurrency=1).energy_readings(f, end + timedelta(hours=1), t, {})
     assert "time <= '2026-11-02T01:00:00.000000Z'" in reader.statements[-1]
+
+
+def test_one_statement_per_bill_period_and_shared_readings_once():
+    from rules.data import WindowData
+
+    class Answer(_Recorder):
+        def raw(self, q: str) -> list[dict]:
+            self.statements.append(q)
+            return [{"statement_id": 0, "series": [{"name": "power", "tags": {"site_id": "S1", "meter_id": "M1"},
+                                                     "columns": ["time", "energy_kwh"],
+                                                     "values": [[1793491200000000000, 5.0]]}]}]
+
+    oct_, nov, dec = (datetime(2026, m, 1, tzinfo=UTC) for m in (10, 11, 12))
+    f = facts(sites=sites({"site_id": "S1"}, {"site_id": "S2"}),
+              bills=pd.DataFrame([bill_row("S1", oct_, nov, 1.0, 1.0, "B1"), bill_row("S1", nov, dec, 1.0, 1.0, "B2"),
+                                  bill_row("S2", nov, dec, 1.0, 1.0, "B3")]))
+    reader = Answer()
+    frame = WindowData(reader, concurrency=1).energy_readings(f, dec + timedelta(days=3), BillThresholds(), {})
+    october, november = sorted(reader.statements)
+    assert "'2026-09-30T22:00:00.000000Z'" in october and '/^(S1)$/' in october
+    assert "'2026-10-31T22:00:00.000000Z'" in november and '/^(S1|S2)$/' in november
+    assert len(frame) == 1  # the same reading, answered for both periods, kept once
