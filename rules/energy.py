@@ -15,24 +15,24 @@ How a meter's readings are read (docs/evidence.md explains it for the regulator)
 - Consecutive readings of one meter form a *segment*.  A segment is **normal** when the
   counter did not go down and the readings are at most ``max_gap`` apart; its increase is
   spread linearly over its time.
-- A **gap** (readings more than ``max_gap`` apart, counter not down): its increase is
-  counted (the counter is cumulative, nothing is lost) and spread linearly, but when it
-  was drawn is not known, so every interval the gap overlaps is *not measured*.
-- A **reset** (the counter went down: a meter swap or a rollover): what was drawn between
-  the last reading before and the first after is unknown.  It counts 0 kWh, the intervals
-  it overlaps are not measured and its time is *unmetered*; energy after it counts from
-  the new counter value.
+- A **gap** (readings more than ``max_gap`` apart) or a **reset** (the counter went down:
+  a meter swap or a rollover) is treated alike: when, and for a reset how much, was drawn
+  between the two readings is not known.  It counts 0 kWh, every interval it overlaps is
+  *not measured* and its time is *unmetered*; after a reset energy counts from the new
+  counter value.  (A gap's total is known, but splitting it across the hours - or across
+  a bill's end - would be a guess; the over-billing rule allows for unmetered time
+  instead, at the bill's highest measured hourly rate.)
 - A meter is taken as present from its first to its last reading (a swapped-out meter
-  stops, its successor starts); time no meter of the site spans is *unmetered* and not
+  stops, its successor starts); time no meter of the site spans is unmetered too and not
   measured.  A site's interval energy is the sum over its meters.
 
-So for each interval: ``kwh`` (the counted increase), ``measured`` (meters span all of it
-and no gap or reset overlaps it: its energy's timing is known, the time-of-use mix may use
-it) and ``unmetered_s`` (seconds whose energy is in no counter: spanned by no meter, or
-inside a reset).  The rules read the readings from ``max_gap`` before a bill period to
-``max_gap`` after it (``WindowData.energy_readings``): every normal segment that touches the
-period lies within, and a segment reaching further is a gap or the meter's absence either
-way.
+So for each interval: ``kwh`` (the increase of its normal segments), ``measured`` (meters
+span all of it and no gap or reset overlaps it) and ``unmetered_s`` (seconds whose energy
+is in no count: spanned by no meter, or inside a gap or a reset).  Only normal segments
+carry energy, and they are at most ``max_gap`` long, so the readings from ``max_gap``
+before a bill period to ``max_gap`` after it (``WindowData.energy_readings``) decide
+everything about it: a reading further out can only open or close a gap, which counts
+nothing either way.
 
 Raw readings, not per-bucket aggregates: InfluxDB 1.6 returns the real time of a point only
 for ``top``/``bottom`` under ``GROUP BY time``, and those pick the earliest of equal values
@@ -152,12 +152,11 @@ def interval_energy(readings: pd.DataFrame | None, site_ids: object, starts_ns: 
     dv = np.where(same, np.diff(v, append=v[-1]), 0.0)
     reset = same & (dv < 0)
     gap = same & ~reset & (dt > max_gap_s * _NS)
-    seg_kwh = np.where(reset, 0.0, dv)
-    seg_bad_s = np.where(reset | gap, dt / _NS, 0.0)
-    seg_reset_s = np.where(reset, dt / _NS, 0.0)
+    bad = reset | gap
+    seg_kwh = np.where(bad, 0.0, dv)
+    seg_bad_s = np.where(bad, dt / _NS, 0.0)
     cum_kwh = np.concatenate([[0.0], np.cumsum(seg_kwh)[:-1]])
     cum_bad = np.concatenate([[0.0], np.cumsum(seg_bad_s)[:-1]])
-    cum_reset = np.concatenate([[0.0], np.cumsum(seg_reset_s)[:-1]])
 
     # Every interval with every meter of its site.
     i_site = site_index.get_indexer(sites)
@@ -168,8 +167,8 @@ def interval_energy(readings: pd.DataFrame | None, site_ids: object, starts_ns: 
     width = float(t.max() - t0) / _NS + 1.0
     x = m_of * width + (t - t0) / _NS  # increasing: meters in order, time within
 
-    def at(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The cumulative kWh, bad and reset seconds of meter ``m`` at ``q`` (clamped to its span)."""
+    def at(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The cumulative kWh and gap-or-reset seconds of meter ``m`` at ``q`` (clamped to its span)."""
         qc = np.clip(q, t[m_first[m]], t[m_last[m]])
         j = np.searchsorted(x, m * width + (qc - t0) / _NS, side="right") - 1
         j = np.clip(j, m_first[m], m_last[m])
@@ -177,14 +176,12 @@ def interval_energy(readings: pd.DataFrame | None, site_ids: object, starts_ns: 
         j = np.where((t[j] > qc) & (j > m_first[m]), j - 1, j)
         span = dt[j]
         w = np.where(span > 0, np.clip((qc - t[j]) / np.where(span > 0, span, 1), 0.0, 1.0), 0.0)
-        return (cum_kwh[j] + w * seg_kwh[j], cum_bad[j] + w * seg_bad_s[j],
-                cum_reset[j] + w * seg_reset_s[j])
+        return cum_kwh[j] + w * seg_kwh[j], cum_bad[j] + w * seg_bad_s[j]
 
-    k1, bad1, res1 = at(b[row])
-    k0, bad0, res0 = at(a[row])
+    k1, bad1 = at(b[row])
+    k0, bad0 = at(a[row])
     kwh = np.bincount(row, k1 - k0, minlength=n)
     bad_s = np.bincount(row, bad1 - bad0, minlength=n)
-    reset_s = np.bincount(row, res1 - res0, minlength=n)
 
     # Time the site's meters span: the union of their [first, last] reading spans.
     spans = pd.DataFrame({"site": m_site, "s": t[m_first], "e": t[m_last]}).sort_values(["site", "s"])
@@ -200,4 +197,4 @@ def interval_energy(readings: pd.DataFrame | None, site_ids: object, starts_ns: 
     covered = np.bincount(row_u, overlap.astype(float), minlength=n)
     uncovered_s = np.maximum(duration - covered, 0.0) / _NS
     measured = (uncovered_s <= 0) & (bad_s <= 1e-9) & (duration > 0)
-    return IntervalEnergy(kwh=kwh, measured=measured, unmetered_s=uncovered_s + reset_s)
+    return IntervalEnergy(kwh=kwh, measured=measured, unmetered_s=uncovered_s + np.maximum(bad_s, 0.0))

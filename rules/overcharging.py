@@ -306,8 +306,8 @@ def evaluate_overbilling(frames: Frames, facts: Facts, now: datetime, t: BillThr
     """One finding per bill whose billed kWh exceed the metered kWh by more than the tolerance.
 
     Metered kWh are what the counters counted over the period.  Time whose energy is in no
-    counter (no meter reporting, a reset) is allowed for at the bill's highest measured
-    hourly rate, so a bill is never flagged for energy the meters could not see.
+    count (no meter reporting, a gap, a reset) is allowed for at the bill's highest
+    measured hourly rate, so a bill is never flagged for energy the meters could not see.
     """
     bills = _bills_in_window(facts, now, t)
     if bills.empty:

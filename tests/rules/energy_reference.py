@@ -69,13 +69,11 @@ def reference_energy(readings: list[Reading], site_id: str, a: int, b: int, max_
             if overlap <= 0:
                 continue
             dt = r1.t_ns - r0.t_ns
-            if r1.kwh < r0.kwh:  # reset: unknown, counts nothing
+            if r1.kwh < r0.kwh or dt > max_gap_s * NS:  # a reset or a gap: unknown, counts nothing
                 bad = True
                 unmetered_ns += overlap
                 continue
             kwh += (r1.kwh - r0.kwh) * overlap / dt
-            if dt > max_gap_s * NS:
-                bad = True
     # the union of the meters' spans within [a, b)
     covered, reach = 0, a
     for s, e in sorted(spans):
