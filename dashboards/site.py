@@ -42,13 +42,23 @@ DASHBOARD = Dashboard(
             Query(f'SELECT last("reserved_kw") AS "reserved_kw" FROM "site_state" WHERE {_W} '
                   f'{_BY_TIME}', ref_id="B", alias="reserved")],
               width=12, height=8, unit="kwatt"),
+        # A cumulative reading at T closes the time before it.  The difference of each
+        # interval's *first* reading from the previous interval's is the energy of the
+        # interval that ends at (about) the point's time: exact for a meter reporting on the
+        # interval boundaries, late by the meter's minutes past them otherwise.  The bar is
+        # drawn before its point (barAlignment -1), over the interval it measures.  The
+        # previous query (``last``, bars centred) drew an on-the-hour meter's energy one
+        # interval late.  InfluxQL cannot move a point's time, so the alignment is Grafana's.
         Panel("Energy per interval", "timeseries", [Query(
-            'SELECT non_negative_difference(last("energy_kwh")) AS "energy_kwh" '
+            'SELECT non_negative_difference(first("energy_kwh")) AS "energy_kwh" '
             f'FROM "power" WHERE {_W} GROUP BY time($__interval), "meter_id" fill(none)',
             alias="meter $tag_meter_id")], width=12, height=8, unit="kwatth",
-              description="Difference of the cumulative meter reading per interval; "
-                          "a meter reset (negative step) is dropped.",
-              defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}}),
+              description="Each bar is the energy of the interval it spans: the meter's first "
+                          "reading at or after its right edge minus its first reading at or after "
+                          "its left edge (exact when the meter reports on the interval boundaries, "
+                          "late by the meter's minutes past them otherwise). A meter reset "
+                          "(negative step) is dropped.",
+              defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60, "barAlignment": -1}}),
         Panel("Voltage, current, power factor", "timeseries", [Query(
             'SELECT mean("voltage_v") AS "voltage_v", mean("current_a") AS "current_a", '
             'mean("power_factor") AS "power_factor" '

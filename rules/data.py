@@ -1,9 +1,11 @@
 """The I/O side of the rules: window aggregates from InfluxDB, registry facts from the twin.
 
-Every query aggregates in InfluxDB (``GROUP BY time(...)`` with ``last``,
-``mean``, ``max``), so what crosses the wire grows with sites x windows, not
-with raw points.  Errors from InfluxDB or the registry become
-``RuleDataError`` here and nowhere else.
+Every query but one aggregates in InfluxDB (``GROUP BY time(...)`` with
+``last``, ``mean``, ``max``), so what crosses the wire grows with sites x
+windows, not with raw points.  The exception is the bills' energy
+(``energy_readings``): interval energy needs each reading's own time.
+Errors from InfluxDB or the registry become ``RuleDataError`` here and
+nowhere else.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def _id_filter(tag: str, ids: Iterable[str]) -> str:
     if not ids or len(ids) > _MAX_FILTER_IDS:
         return ""
     return f' AND "{tag}" =~ /^({"|".join(re.escape(i) for i in ids)})$/'
+
+
+def _as_utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 def _floor(ts: datetime, minutes: int) -> pd.Timestamp:
@@ -172,8 +179,16 @@ class WindowData:
         return frames
 
     # -- one method per frame name ---------------------------------------------------------
-    def energy_hourly(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
-        """Last cumulative energy per meter and hour, over the bills whose period ended in the window."""
+    def energy_readings(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """Each meter's cumulative readings around the bills whose period ended in the window.
+
+        Raw readings, not per-hour aggregates: an hour's energy is the counter at its
+        boundaries, interpolated between the readings either side (``rules.energy`` says
+        why aggregates cannot give those).  From ``max_reading_gap`` before a period to as
+        long after it (a reading further out can only end a gap), one statement per bill
+        period (and 500 sites): a site is read only around its own bills, and a settled
+        month is asked once by a long-lived engine.
+        """
         bills = facts.bills
         if bills.empty:
             return pd.DataFrame()
@@ -182,14 +197,29 @@ class WindowData:
         bills = bills[((end > lo) & (end <= pd.Timestamp(now))).to_numpy()]
         if bills.empty:
             return pd.DataFrame()
-        start = pd.to_datetime(bills["period_start"], utc=True).min().floor("h") - pd.Timedelta(hours=1)
-        stop = pd.to_datetime(bills["period_end"], utc=True).max()
-        q = (f'SELECT last("energy_kwh") AS "energy_kwh" FROM "power" WHERE {_between(start, stop)}'
-             '{filter} GROUP BY time(1h), "site_id", "meter_id" fill(none)')
-        # A bill period a day in the past is settled: the same statement later in the run
-        # (the other bill rule) or in the next run gets the same answer.
-        settled = stop <= pd.Timestamp(now) - pd.Timedelta(days=1)  # late backlogs have arrived
-        return self._frames_by_ids(q, "site_id", bills["site_id"], memo=True if settled else "run")
+        gap = pd.Timedelta(seconds=t.max_reading_gap)
+        spans = pd.DataFrame({"start": pd.to_datetime(bills["period_start"], utc=True),
+                              "end": pd.to_datetime(bills["period_end"], utc=True),
+                              "site_id": bills["site_id"].to_numpy()})
+        statements: list[str] = []
+        memos: list[bool | str] = []
+        for (a, b), group in spans.groupby(["start", "end"], sort=True):
+            # Never past ``now``: a backfill step sees only what had been read by then.
+            stop = min(b + gap, _as_utc(now))
+            q = (f'SELECT "energy_kwh" FROM "power" WHERE time >= {influx_time(a - gap)} AND '
+                 f'time <= {influx_time(stop)}{{filter}} GROUP BY "site_id", "meter_id"')
+            # A bill period a day in the past is settled: the same statement later in the run
+            # (the other bill rule) or in the next run gets the same answer.
+            settled = stop <= pd.Timestamp(now) - pd.Timedelta(days=1)  # late backlogs have arrived
+            ids = sorted(set(group["site_id"]))
+            for i in range(0, len(ids), _MAX_FILTER_IDS):
+                statements.append(q.format(filter=_id_filter("site_id", ids[i:i + _MAX_FILTER_IDS])))
+                memos.append(True if settled else "run")
+        parts = [p for p in self._frames(statements, memo=memos) if not p.empty]
+        if len(parts) <= 1:
+            return parts[0] if parts else pd.DataFrame()
+        # Periods of one site that touch (a month and the next) share the readings between.
+        return pd.concat(parts, ignore_index=True).drop_duplicates(["site_id", "meter_id", "time"])
 
     def interference_recent(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         start = _floor(now - timedelta(seconds=t.window), 15)

@@ -1,21 +1,25 @@
 """Transfer-power bills: unit price above the regulated cap, billed kWh above metered kWh.
 
-Both rules read one frame, ``energy_hourly`` (the last cumulative ``energy_kwh``
-of each meter per hour, aggregated in InfluxDB), and the registry's bills,
-tariffs and sites.  Metered energy is the sum of the positive hour-to-hour
-increments per meter, so a meter that resets or is swapped (its counter goes
-down) loses at most the energy of the hour of the reset instead of producing
-a huge negative or positive jump.
+Both rules read one frame, ``energy_readings`` (each meter's cumulative ``energy_kwh``
+readings from ``max_reading_gap`` before the bill periods to as long after them), and
+the registry's bills, tariffs and sites.  A bill period is cut into local clock hours
+and each hour's energy is the counter's increase between the hour's boundaries
+(``rules.energy``: interpolated between readings, never credited to a later hour; gaps
+and resets make an hour *not measured*).  ``coverage`` is the share of the period whose
+hours are measured.
 
 The cap of a bill is the regulated catalogue price of the site's region and
 customer class over the bill period.  For a time-of-use tariff it is the
-site's own metered energy mix: each hour's energy priced at the period
-(sharp/peak/flat/valley) and tariff row in force in that hour.  An allowed
+site's own metered energy mix: each measured hour's energy priced at the period
+(sharp/peak/flat/valley) and tariff row in force in that local hour.  An allowed
 share for losses (default 0 %, at most ``max_loss_share``) raises the cap.
+docs/evidence.md explains every number of the evidence, with a worked example
+that ``tests/rules/test_evidence_doc.py`` recomputes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +29,7 @@ from pydantic import Field, model_validator
 
 from core.settings import Duration
 from core.tariff import parse_hours  # one parser for import and rule (re-exported)
+from rules.energy import HOUR_NS, IntervalEnergy, bill_intervals, interval_energy
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
 
@@ -34,12 +39,8 @@ __all__ = [
     "BillThresholds",
     "evaluate_overbilling",
     "evaluate_overcharging",
-    "hourly_increments",
     "parse_hours",
 ]
-
-HOUR = pd.Timedelta(hours=1)
-
 
 class BillThresholds(Thresholds):
     """Bills whose period ended within ``window`` before now are (re)checked every ``interval``."""
@@ -54,6 +55,9 @@ class BillThresholds(Thresholds):
     warning_excess_cny: float = Field(default=100.0, ge=0)
     critical_excess_cny: float = Field(default=1000.0, ge=0)
     tariff_timezone: str = "Asia/Shanghai"
+    # Readings further apart than this leave the hours between them not measured.  At least
+    # an hour: a meter reporting hourly must not lose every hour to one missed reading.
+    max_reading_gap: Duration = Field(default=2 * 3600.0, ge=3600.0)
 
     @model_validator(mode="after")
     def _loss_share_capped(self) -> BillThresholds:
@@ -74,23 +78,6 @@ def _severity(excess_cny: float, t: BillThresholds) -> Severity:
     return "info"
 
 
-def hourly_increments(energy: pd.DataFrame) -> pd.DataFrame:
-    """Per site, meter and hour: the positive increase of the cumulative counter since the
-    previous hour with data (``kwh``), and whether the counter went down (``reset``)."""
-    if energy is None or energy.empty:
-        return pd.DataFrame({"site_id": pd.Series(dtype=object), "meter_id": pd.Series(dtype=object),
-                             "time": pd.Series(dtype="datetime64[ns, UTC]"), "kwh": pd.Series(dtype=float),
-                             "reset": pd.Series(dtype=bool)})
-    df = energy[["time", "site_id", "meter_id", "energy_kwh"]].dropna(subset=["energy_kwh"])
-    df = df.assign(time=pd.to_datetime(df["time"], utc=True).dt.as_unit("ns"))
-    df = df.sort_values(["site_id", "meter_id", "time"], kind="stable")
-    diff = df.groupby(["site_id", "meter_id"], sort=False)["energy_kwh"].diff()
-    out = df[["site_id", "meter_id", "time"]].copy()
-    out["kwh"] = diff.clip(lower=0).fillna(0.0)
-    out["reset"] = diff < 0
-    return out.reset_index(drop=True)
-
-
 def _as_ts(value: Any) -> pd.Timestamp:
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
@@ -105,65 +92,35 @@ def _bills_in_window(facts: Facts, now: datetime, t: BillThresholds) -> pd.DataF
     return bills[keep.to_numpy()].reset_index(drop=True)
 
 
-def _bill_hours(bills: pd.DataFrame, increments: pd.DataFrame) -> pd.DataFrame:
-    """One row per bill and hour, from the hour before its period to its end: ``bill``
-    (position), ``time``, ``inside`` (within the period) and ``kwh``, the site's metered
-    increase in that hour (NaN where the meters sent nothing)."""
-    start = pd.to_datetime(bills["period_start"], utc=True).dt.floor("h").dt.as_unit("ns")
-    end = pd.to_datetime(bills["period_end"], utc=True).dt.as_unit("ns")
-    hours = np.ceil((end - start) / HOUR).to_numpy(dtype=float)
-    n = np.maximum(np.nan_to_num(hours), 0).astype(np.int64) + 1
-    bill = np.repeat(np.arange(len(bills)), n)
-    offset = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-    time = np.repeat(start.dt.tz_localize(None).to_numpy(), n) + (offset - 1) * np.timedelta64(1, "h")
-    h = pd.DataFrame({"bill": bill, "site_id": np.repeat(bills["site_id"].to_numpy(), n),
-                      "time": pd.DatetimeIndex(time).tz_localize("UTC").as_unit("ns"), "inside": offset > 0})
-    h["kwh"] = _site_hour_kwh(h, bills, n, increments)
-    return h
+@dataclass(frozen=True)
+class _Metering:
+    """The bills' intervals (local clock hours of each period) and what the meters say of them."""
+
+    bill: np.ndarray          # bill position of each interval, grouped by bill in order
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+    energy: IntervalEnergy
+    metered_kwh: np.ndarray   # per bill: counted kWh over the period
+    coverage: np.ndarray      # per bill: share of the period whose intervals are measured
+    unmetered_h: np.ndarray   # per bill: hours whose energy is in no counter
+
+    @property
+    def hours(self) -> np.ndarray:
+        return (self.end_ns - self.start_ns) / HOUR_NS
 
 
-def _site_hour_kwh(h: pd.DataFrame, bills: pd.DataFrame, n: np.ndarray, increments: pd.DataFrame
-                   ) -> np.ndarray:
-    """The sites' metered kWh in each bill-hour of ``h`` (summed over meters; NaN where none).
-
-    A left join of ``h`` on (site, hour), done on one integer key per (site, hour): a join
-    on the string and time columns cost more than the rest of the rule at 10k sites.
-    """
-    out = np.full(len(h), np.nan)
-    if not len(increments) or not len(h):
-        return out
-    sites = pd.Index(pd.unique(bills["site_id"].to_numpy()))
-    t_inc = increments["time"].astype("int64").to_numpy()
-    code_inc = sites.get_indexer(increments["site_id"].to_numpy())
-    keep = (code_inc >= 0) & (t_inc % HOUR.value == 0)  # only whole hours can meet a bill-hour
-    if not keep.any():
-        return out
-    hour_bits = np.int64(1 << 32)
-    key_inc = code_inc[keep].astype(np.int64) * hour_bits + t_inc[keep] // HOUR.value
-    per_key = pd.Series(increments["kwh"].to_numpy(dtype=float)[keep]).groupby(key_inc, sort=False).sum()
-    code_h = np.repeat(sites.get_indexer(bills["site_id"].to_numpy()).astype(np.int64), n)
-    key_h = code_h * hour_bits + h["time"].astype("int64").to_numpy() // HOUR.value
-    pos = per_key.index.get_indexer(key_h)
-    found = pos >= 0
-    out[found] = per_key.to_numpy()[pos[found]]
-    return out
-
-
-def _coverage(h: pd.DataFrame, bills: pd.DataFrame) -> np.ndarray:
-    """Per bill, the share of its period (from the hour before) that the meter data spans."""
+def _metering(bills: pd.DataFrame, readings: pd.DataFrame | None, t: BillThresholds) -> _Metering:
+    bill, a, b = bill_intervals(bills["period_start"], bills["period_end"], t.tariff_timezone)
+    energy = interval_energy(readings, bills["site_id"].to_numpy(dtype=object)[bill], a, b,
+                             max_gap_s=t.max_reading_gap)
     nb = len(bills)
-    b = h["bill"].to_numpy()
-    has = ~np.isnan(h["kwh"].to_numpy(dtype=float))
-    t_ns = h["time"].astype("int64").to_numpy()
-    first = pd.Series(t_ns[has]).groupby(b[has]).min().reindex(range(nb)).to_numpy(dtype=float)
-    last = pd.Series(t_ns[has]).groupby(b[has]).max().reindex(range(nb)).to_numpy(dtype=float)
-    start = pd.to_datetime(bills["period_start"], utc=True).dt.floor("h").dt.as_unit("ns").astype("int64")
-    end = pd.to_datetime(bills["period_end"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
-    hour_ns = HOUR.value
-    lead = start.to_numpy() - hour_ns
+    span = (b - a).astype(float)
+    period = np.bincount(bill, span, nb)
     with np.errstate(invalid="ignore", divide="ignore"):
-        coverage = np.minimum(1.0, (last + hour_ns - np.maximum(first, lead)) / (end - lead))
-    return np.nan_to_num(coverage)
+        coverage = np.nan_to_num(np.bincount(bill, np.where(energy.measured, span, 0.0), nb) / period)
+    return _Metering(bill=bill, start_ns=a, end_ns=b, energy=energy,
+                     metered_kwh=np.bincount(bill, energy.kwh, nb), coverage=coverage,
+                     unmetered_h=np.bincount(bill, energy.unmetered_s, nb) / 3600.0)
 
 
 def _tariff_prices(tariffs: pd.DataFrame, t_ns: np.ndarray, local_hours: np.ndarray
@@ -207,25 +164,26 @@ def _tariff_prices(tariffs: pd.DataFrame, t_ns: np.ndarray, local_hours: np.ndar
     return prices, periods, row_ids
 
 
-def _hour_prices(h: pd.DataFrame, bills: pd.DataFrame, facts: Facts, tz: str
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tariff price, period and row of every bill-hour, from the site's region and class."""
-    prices = np.full(len(h), np.nan)
-    periods = np.full(len(h), "", dtype=object)
-    row_ids = np.full(len(h), -1, dtype=np.int64)
-    if facts.sites.empty or facts.tariffs.empty or h.empty:
+def _interval_prices(bill: np.ndarray, start_ns: np.ndarray, bills: pd.DataFrame, facts: Facts, tz: str
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tariff price, period and row of every interval, from the site's region and class and
+    the local clock hour the interval starts in."""
+    n = len(bill)
+    prices = np.full(n, np.nan)
+    periods = np.full(n, "", dtype=object)
+    row_ids = np.full(n, -1, dtype=np.int64)
+    if facts.sites.empty or facts.tariffs.empty or n == 0:
         return prices, periods, row_ids
     site_rc = facts.sites.drop_duplicates("site_id").set_index("site_id")
     region = bills["site_id"].map(site_rc["region"]).to_numpy()
     klass = bills["site_id"].map(site_rc["customer_class"]).to_numpy()
-    bill = h["bill"].to_numpy()
-    t_ns = h["time"].astype("int64").to_numpy()
-    local_hours = h["time"].dt.tz_convert(tz).dt.hour.to_numpy()
+    local_hours = pd.DatetimeIndex(start_ns.astype("datetime64[ns]")).tz_localize("UTC").tz_convert(tz).hour
+    local_hours = np.asarray(local_hours)
     for (r, c), group in facts.tariffs.groupby(["region", "customer_class"], sort=False):
         sel = np.flatnonzero(((region == r) & (klass == c))[bill])
         if len(sel) == 0:
             continue
-        p, per, rid = _tariff_prices(group, t_ns[sel], local_hours[sel])
+        p, per, rid = _tariff_prices(group, start_ns[sel], local_hours[sel])
         prices[sel], periods[sel], row_ids[sel] = p, per, rid
     return prices, periods, row_ids
 
@@ -243,32 +201,34 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
     bills = _bills_in_window(facts, now, t)
     if bills.empty:
         return []
-    h = _bill_hours(bills, hourly_increments(frames.get("energy_hourly")))
-    prices, periods, row_ids = _hour_prices(h, bills, facts, t.tariff_timezone)
+    mt = _metering(bills, frames.get("energy_readings"), t)
+    prices, periods, row_ids = _interval_prices(mt.bill, mt.start_ns, bills, facts, t.tariff_timezone)
     nb = len(bills)
-    b = h["bill"].to_numpy()
-    w = np.nan_to_num(h["kwh"].to_numpy(dtype=float))
-    priced = h["inside"].to_numpy() & ~np.isnan(prices)
+    b = mt.bill
+    w = mt.energy.kwh
+    priced = ~np.isnan(prices)
+    mixed = priced & mt.energy.measured  # the mix: measured intervals only (their timing is known)
     is_tou = priced & (periods != "flat")
-    metered = np.bincount(b[priced], w[priced], nb)
-    cost = np.bincount(b[priced], (w * np.nan_to_num(prices))[priced], nb)
-    n_priced = np.bincount(b[priced], minlength=nb)
-    mean_price = np.bincount(b[priced], prices[priced], nb) / np.maximum(n_priced, 1)
+    mix_kwh = np.bincount(b[mixed], w[mixed], nb)
+    cost = np.bincount(b[mixed], (w * np.nan_to_num(prices))[mixed], nb)
+    hours = mt.hours
+    priced_h = np.bincount(b[priced], hours[priced], nb)
+    mean_price = np.bincount(b[priced], (prices * hours)[priced], nb) / np.where(priced_h > 0, priced_h, 1)
     max_price = pd.Series(prices[priced]).groupby(b[priced]).max().reindex(range(nb)).to_numpy()
     tou = np.bincount(b[is_tou], minlength=nb) > 0
     billed = bills["billed_kwh"].astype(float).to_numpy()
     amount = bills["amount_cny"].astype(float).to_numpy()
-    coverage = _coverage(h, bills)
+    coverage = mt.coverage
     # A time-of-use mix from a part of the period is biased (a night is all valley): without
-    # enough meter data the cap is the highest period price, so nothing is flagged on a guess.
-    use_mix = (metered > 0) & (~tou | (coverage >= t.min_coverage))
+    # enough measured hours the cap is the highest period price, so nothing is flagged on a guess.
+    use_mix = (mix_kwh > 0) & (~tou | (coverage >= t.min_coverage))
     with np.errstate(divide="ignore", invalid="ignore"):
-        cap = np.where(use_mix, cost / metered, np.where(tou, max_price, mean_price))
+        cap = np.where(use_mix, cost / mix_kwh, np.where(tou, max_price, mean_price))
         price = np.where(billed > 0, amount / billed, np.nan)
     allowed = cap * (1 + t.loss_share)
-    hit = (n_priced > 0) & (billed > 0) & (price > allowed * (1 + t.tolerance))
+    hit = (priced_h > 0) & (billed > 0) & (price > allowed * (1 + t.tolerance))
     out: list[Finding] = []
-    bounds = np.searchsorted(b, np.arange(nb + 1))  # bill-hours are grouped by bill, in order
+    bounds = np.searchsorted(b, np.arange(nb + 1))  # intervals are grouped by bill, in order
     flagged = np.flatnonzero(hit)
     if len(flagged) == 0:
         return out
@@ -278,15 +238,16 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
     records = bills.iloc[flagged].to_dict("records")
     for i, bill in zip(flagged, records, strict=True):
         span = np.arange(bounds[i], bounds[i + 1])
-        rows = span[priced[span]]
+        rows = span[mixed[span]]
         mix: dict[str, float] = {}
         for period in sorted(set(periods[rows])):
             mix[period] = round(float(w[rows][periods[rows] == period].sum()), 3)
-        used = [tariff_rows[int(label)] for label in np.unique(row_ids[rows])]
+        priced_rows = span[priced[span]]
+        used = [tariff_rows[int(label)] for label in np.unique(row_ids[priced_rows])]
         if use_mix[i]:
             basis = "metered energy mix" if tou[i] else "metered-energy-weighted catalogue price"
         else:
-            basis = (f"highest period price (meter data covers {coverage[i]:.0%} of the period)"
+            basis = (f"highest period price (measured hours cover {coverage[i]:.0%} of the period)"
                      if tou[i] else "time-weighted catalogue price")
         excess = float((price[i] - allowed[i]) * billed[i])
         site = site_rc[bill["site_id"]]
@@ -298,50 +259,78 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
                 "loss_share": t.loss_share, "allowed_cny_per_kwh": round(float(allowed[i]), 6),
                 "tolerance": t.tolerance, "billed_kwh": float(billed[i]), "amount_cny": float(amount[i]),
                 "excess_cny": round(excess, 2), "cap_basis": basis, "time_of_use": bool(tou[i]),
-                "metered_kwh": round(float(metered[i]), 3), "coverage": round(float(coverage[i]), 4),
+                "metered_kwh": round(float(mt.metered_kwh[i]), 3), "coverage": round(float(coverage[i]), 4),
                 "energy_mix_kwh": mix, "tariff_rows": used,
                 "region": site["region"], "customer_class": site["customer_class"],
             }))
     return out
 
 
+def _per_meter(readings: pd.DataFrame | None, site_id: str, start_ns: np.ndarray, end_ns: np.ndarray,
+               t: BillThresholds) -> tuple[dict[str, float], int]:
+    """One bill's counted kWh per meter, and the resets (counter going down) within its period."""
+    if readings is None or readings.empty:
+        return {}, 0
+    mine = readings[readings["site_id"] == site_id].dropna(subset=["energy_kwh"])
+    by_meter: dict[str, float] = {}
+    resets = 0
+    lo, hi = start_ns.min(), end_ns.max()
+    for meter, g in mine.groupby("meter_id", sort=True):
+        e = interval_energy(g, np.full(len(start_ns), site_id, dtype=object), start_ns, end_ns,
+                            max_gap_s=t.max_reading_gap)
+        by_meter[str(meter)] = round(float(e.kwh.sum()), 3)
+        g = g.assign(_t=pd.to_datetime(g["time"], utc=True).dt.as_unit("ns").astype("int64")).sort_values("_t")
+        down = np.diff(g["energy_kwh"].to_numpy(dtype=float)) < 0
+        t0, t1 = g["_t"].to_numpy()[:-1], g["_t"].to_numpy()[1:]
+        resets += int((down & (t1 > lo) & (t0 < hi)).sum())
+    return by_meter, resets
+
+
 def evaluate_overbilling(frames: Frames, facts: Facts, now: datetime, t: BillThresholds
                          ) -> list[Finding]:
-    """One finding per bill whose billed kWh exceed the metered kWh by more than the tolerance."""
+    """One finding per bill whose billed kWh exceed the metered kWh by more than the tolerance.
+
+    Metered kWh are what the counters counted over the period.  Time whose energy is in no
+    count (no meter reporting, a gap, a reset) is allowed for at the bill's highest
+    measured hourly rate, so a bill is never flagged for energy the meters could not see.
+    """
     bills = _bills_in_window(facts, now, t)
     if bills.empty:
         return []
-    increments = hourly_increments(frames.get("energy_hourly"))
-    h = _bill_hours(bills, increments)
+    readings = frames.get("energy_readings")
+    mt = _metering(bills, readings, t)
     nb = len(bills)
-    b = h["bill"].to_numpy()
-    kwh = h["kwh"].to_numpy(dtype=float)
-    inside = h["inside"].to_numpy()
-    metered = np.bincount(b[inside], np.nan_to_num(kwh)[inside], nb)
-    coverage = _coverage(h, bills)
-    start = pd.to_datetime(bills["period_start"], utc=True).dt.floor("h").dt.as_unit("ns")
+    b = mt.bill
+    hours = mt.hours
+    measured = mt.energy.measured & (hours > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(measured, mt.energy.kwh / np.where(hours > 0, hours, 1), 0.0)
+    peak_rate = pd.Series(rate[measured]).groupby(b[measured]).max().reindex(range(nb)).fillna(0.0).to_numpy()
+    allowance = mt.unmetered_h * peak_rate
+    metered = mt.metered_kwh
     billed = bills["billed_kwh"].astype(float).to_numpy()
     amount = bills["amount_cny"].astype(float).to_numpy()
+    coverage = mt.coverage
     # Too little meter data to judge: never flag on a gap.
-    hit = (coverage >= t.min_coverage) & (billed > metered * (1 + t.overbilling_tolerance))
+    hit = (coverage >= t.min_coverage) & (billed > (metered + allowance) * (1 + t.overbilling_tolerance))
     out: list[Finding] = []
-    by_site = {site: g for site, g in increments.groupby("site_id", sort=False)} if hit.any() else {}
+    bounds = np.searchsorted(b, np.arange(nb + 1))
     flagged = np.flatnonzero(hit)
     for i, bill in zip(flagged, bills.iloc[flagged].to_dict("records"), strict=True):
-        price = amount[i] / billed[i] if billed[i] > 0 else 0.0
-        excess_kwh = float(billed[i] - metered[i])
+        price = float(amount[i] / billed[i]) if billed[i] > 0 else 0.0
+        excess_kwh = float(billed[i] - metered[i] - allowance[i])
         excess = excess_kwh * price
-        mine = by_site.get(bill["site_id"], increments.iloc[0:0])
-        mine = mine[(mine["time"] >= start.iloc[i])
-                    & (mine["time"] < _as_ts(bill["period_end"]))]
-        per_meter = {str(m): round(float(v), 3) for m, v in mine.groupby("meter_id")["kwh"].sum().items()}
+        span = slice(bounds[i], bounds[i + 1])
+        per_meter, resets = _per_meter(readings, bill["site_id"], mt.start_ns[span], mt.end_ns[span], t)
         out.append(_bill_finding(
             "overbilling", bill, excess, t,
             f"{billed[i]:.1f} kWh billed, {metered[i]:.1f} kWh metered; excess {excess:.2f} CNY",
             {
                 "billed_kwh": float(billed[i]), "metered_kwh": round(float(metered[i]), 3),
-                "metered_kwh_by_meter": per_meter, "meter_resets": int(mine["reset"].sum()),
-                "coverage": round(float(coverage[i]), 4), "tolerance": t.overbilling_tolerance,
+                "metered_kwh_by_meter": per_meter, "meter_resets": resets,
+                "coverage": round(float(coverage[i]), 4), "unmetered_hours": round(float(mt.unmetered_h[i]), 3),
+                "unmetered_allowance_kwh": round(float(allowance[i]), 3),
+                "tolerance": t.overbilling_tolerance,
                 "excess_kwh": round(excess_kwh, 3), "unit_price_cny_per_kwh": round(price, 6),
                 "amount_cny": float(amount[i]), "excess_cny": round(excess, 2),
             }))
@@ -370,12 +359,12 @@ def _text(value: Any) -> str | None:
 
 OVERCHARGING = Rule(
     name="overcharging", kinds=("overcharging",), thresholds=BillThresholds,
-    evaluate=evaluate_overcharging, needs=("energy_hourly",), scoped_by_window=True,
+    evaluate=evaluate_overcharging, needs=("energy_readings",), scoped_by_window=True,
     description="bill unit price above the regulated cap (ToU cap from the metered energy mix)",
 )
 OVERBILLING = Rule(
     name="overbilling", kinds=("overbilling",), thresholds=BillThresholds,
-    evaluate=evaluate_overbilling, needs=("energy_hourly",), scoped_by_window=True,
+    evaluate=evaluate_overbilling, needs=("energy_readings",), scoped_by_window=True,
     description="billed kWh above the metered energy of the bill period",
 )
 

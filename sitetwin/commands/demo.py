@@ -14,6 +14,11 @@ touches a developer's services or data:
      site), plus some malformed messages; every reading is counted in InfluxDB;
   4. the rules, the flags, a regulator's review, an alarm acknowledged and assigned; the
      reports; the dashboards.
+
+The demo checks its own flags: every anomaly the simulator planted must be flagged and
+nothing else, of any kind (the other bills are fair by construction, so a flag on one is a
+false accusation).  Both lists are in the summary (``planted_anomalies``,
+``unexpected_flags``); if either check fails the demo still finishes, then exits 1.
 """
 
 from __future__ import annotations
@@ -232,11 +237,24 @@ def _planted_found(expected: dict, flags: list[dict]) -> dict[str, bool]:
         kind = a.get("kind")
         if kind not in KINDS:
             continue  # not something a flag is for (e.g. a meter swap)
-        bills, sites = set(a.get("bill_ids") or ()), set(a.get("site_ids") or ())
-        found[name] = any(f["kind"] == kind and ((bills and f.get("bill_id") in bills)
-                                                 or (not bills and f["site_id"] in sites))
-                          for f in flags)
+        found[name] = any(_planted_matches(a, f) for f in flags)
     return found
+
+
+def _planted_matches(a: dict, flag: dict) -> bool:
+    """Whether ``flag`` is the planted anomaly ``a``: its kind, on one of its bills (a bill
+    anomaly) or sites."""
+    bills, sites = set(a.get("bill_ids") or ()), set(a.get("site_ids") or ())
+    return flag["kind"] == a.get("kind") and bool((bills and flag.get("bill_id") in bills)
+                                                  or (not bills and flag["site_id"] in sites))
+
+
+def _unexpected_flags(expected: dict, flags: list[dict]) -> list[dict]:
+    """Every flag, of any kind, that no planted anomaly accounts for: a false accusation in
+    the demo (its bills other than the planted ones are fair by construction)."""
+    return [{"id": f.get("id"), "kind": f["kind"], "site_id": f["site_id"], "bill_id": f.get("bill_id"),
+             "severity": f.get("severity"), "summary": f.get("summary")}
+            for f in flags if not any(_planted_matches(a, f) for a in expected.values())]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -309,6 +327,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         missed = [name for name, found in planted.items() if not found]
         demo.say(f"    planted anomalies flagged: {len(planted) - len(missed)} of {len(planted)}"
                  + (f" (not flagged: {', '.join(missed)})" if missed else ""))
+        unexpected = _unexpected_flags(sim["expected"], flags)
+        demo.summary["unexpected_flags"] = unexpected
+        demo.say(f"    flags nothing planted accounts for: {len(unexpected)}")
+        for f in unexpected:
+            demo.say(f"      {f['kind']} {f['site_id']}{' bill ' + f['bill_id'] if f['bill_id'] else ''}"
+                     f" ({f['severity']}): {f['summary']}")
+        failed = bool(missed or unexpected)
         over = [f for f in flags if f["kind"] == "overcharging"]
         if over:
             demo.sitetwin("flags", "show", str(over[0]["id"]))
@@ -349,9 +374,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     seconds = time.monotonic() - t0
     demo.summary["seconds"] = round(seconds, 1)
+    # Every planted anomaly flagged and nothing else: otherwise the demo fails (exit 1).
+    code = 1 if failed else 0
     if args.json:
         print(json.dumps(demo.summary, indent=2))
-        return 0
+        return code
     cfg = demo._rel(demo.config)
     demo.step(f"Done in {seconds:.0f}s")
     demo.say(
@@ -363,4 +390,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
            f"  Explore again with: sitetwin --config {cfg} services up; sitetwin --config {cfg} "
            "sites list")
     )
-    return 0
+    if failed:
+        demo.say("  FAILED: " + ("planted anomalies not flagged: " + ", ".join(missed) + "; " if missed else "")
+                 + (f"{len(unexpected)} flags nothing planted accounts for" if unexpected else ""))
+    return code

@@ -13,16 +13,17 @@ from rules.overcharging import (
     BillThresholds,
     evaluate_overbilling,
     evaluate_overcharging,
-    hourly_increments,
     parse_hours,
 )
+from rules.energy import interval_energy
 from tests.rules.helpers import facts, sites
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
 START, END = "2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"  # a one-day bill keeps numbers small
 
 
-def energy(site: str, meter: str, values: list[float], start: str = "2026-10-31T23:00:00Z") -> pd.DataFrame:
+def energy(site: str, meter: str, values: list[float], start: str = "2026-11-01T00:00:00Z") -> pd.DataFrame:
+    """Hourly cumulative readings on the hour from ``start``: values[k+1] - values[k] is hour k's energy."""
     times = pd.date_range(start, periods=len(values), freq="h")
     return pd.DataFrame({"time": times, "site_id": site, "meter_id": meter, "energy_kwh": values})
 
@@ -42,7 +43,7 @@ FLAT = pd.DataFrame([{"region": "SH", "customer_class": "commercial", "period": 
 def test_flat_tariff_overcharging_exact_numbers():
     f = facts(sites=sites({"site_id": "S1"}), tariffs=FLAT, bills=bill(amount_cny=240.0))
     # 10 kWh per hour for 24 hours: 240 kWh metered.
-    frames = {"energy_hourly": energy("S1", "M1", [100.0 + 10 * i for i in range(25)])}
+    frames = {"energy_readings": energy("S1", "M1", [100.0 + 10 * i for i in range(25)])}
     found = evaluate_overcharging(frames, f, NOW, BillThresholds())
     assert len(found) == 1
     (x,) = found
@@ -81,7 +82,7 @@ def test_time_of_use_cap_is_the_sites_own_energy_mix():
     cumulative = [1000.0]
     for kwh in per_hour:
         cumulative.append(cumulative[-1] + kwh)
-    frames = {"energy_hourly": energy("S1", "M1", cumulative)}
+    frames = {"energy_readings": energy("S1", "M1", cumulative)}
     # cap = (180 * 1.2 + 60 * 0.4) / 240 = 1.0 CNY/kWh; bill at 1.10 is 24 CNY too much.
     f = facts(sites=sites({"site_id": "S1"}), tariffs=tou, bills=bill(amount_cny=264.0))
     utc = BillThresholds(tariff_timezone="UTC")
@@ -92,7 +93,7 @@ def test_time_of_use_cap_is_the_sites_own_energy_mix():
     assert x.evidence["time_of_use"] is True
     # A site that draws mostly at peak has a higher cap: the same bill is then fine.
     peaky = [1000.0 + 10 * i for i in range(25)]
-    peaky_frames = {"energy_hourly": energy("S1", "M1", peaky)}
+    peaky_frames = {"energy_readings": energy("S1", "M1", peaky)}
     f2 = facts(sites=sites({"site_id": "S1"}), tariffs=tou, bills=bill(amount_cny=0.79 * 240))
     assert evaluate_overcharging(peaky_frames, f2, NOW, utc) == []
     # Read in China Standard Time (the default) the peak hours are 00-12 UTC: another mix and cap.
@@ -105,7 +106,7 @@ def test_tariff_change_inside_the_period_applies_from_its_date():
     rows = pd.concat([FLAT, pd.DataFrame([{**FLAT.iloc[0].to_dict(),
                                            "effective_from": pd.Timestamp("2026-11-01T12:00:00Z"),
                                            "price_cny_per_kwh": 1.0}])], ignore_index=True)
-    frames = {"energy_hourly": energy("S1", "M1", [100.0 + 10 * i for i in range(25)])}
+    frames = {"energy_readings": energy("S1", "M1", [100.0 + 10 * i for i in range(25)])}
     f = facts(sites=sites({"site_id": "S1"}), tariffs=rows, bills=bill(amount_cny=0.95 * 240))
     (x,) = evaluate_overcharging(frames, f, NOW, BillThresholds())
     assert x.evidence["cap_cny_per_kwh"] == pytest.approx(0.9)
@@ -124,18 +125,25 @@ def test_parse_hours():
 def test_meter_reset_counts_only_positive_increments():
     # 10 kWh per hour; the meter resets to 0 after hour 10 and continues.
     values = [100.0 + 10 * i for i in range(11)] + [10.0 * i for i in range(1, 15)]
-    inc = hourly_increments(energy("S1", "M1", values))
-    assert inc["reset"].sum() == 1
-    assert inc["kwh"].sum() == pytest.approx(100.0 + 130.0)
-    f = facts(sites=sites({"site_id": "S1"}), tariffs=FLAT, bills=bill(billed_kwh=240.0))
-    # Metered 230 (one hour lost at the reset): within the 5 % tolerance, not over-billing.
-    assert evaluate_overbilling({"energy_hourly": energy("S1", "M1", values)}, f, NOW, BillThresholds()) == []
+    hours = pd.date_range(START, periods=24, freq="h").as_unit("ns").asi8
+    e = interval_energy(energy("S1", "M1", values), ["S1"] * 24, hours, hours + 3_600_000_000_000,
+                        max_gap_s=7200)
+    # Hour 10 holds the reset (200 -> 10): not measured, 0 kWh, its hour unmetered.
+    assert e.kwh[10] == 0 and not e.measured[10] and e.unmetered_s[10] == 3600
+    assert e.measured.sum() == 23 and e.kwh.sum() == pytest.approx(100.0 + 130.0)
+    f = facts(sites=sites({"site_id": "S1"}), tariffs=FLAT, bills=bill(billed_kwh=250.0))
+    # Metered 230 plus the unmetered hour at the highest measured rate (10 kWh/h): 240 x 1.05 = 252.
+    assert evaluate_overbilling({"energy_readings": energy("S1", "M1", values)}, f, NOW, BillThresholds()) == []
+    f = facts(sites=sites({"site_id": "S1"}), tariffs=FLAT, bills=bill(billed_kwh=253.0))
+    (x,) = evaluate_overbilling({"energy_readings": energy("S1", "M1", values)}, f, NOW, BillThresholds())
+    assert x.evidence["meter_resets"] == 1 and x.evidence["unmetered_hours"] == 1.0
+    assert x.evidence["unmetered_allowance_kwh"] == 10.0 and x.evidence["excess_kwh"] == pytest.approx(13.0)
 
 
 def test_overbilling_exact_numbers_and_meter_swap():
     old = energy("S1", "M1", [500.0 + 5 * i for i in range(13)])                 # 60 kWh
-    new = energy("S1", "M2", [0.0 + 5 * i for i in range(13)], "2026-11-01T11:00:00Z")  # 60 kWh
-    frames = {"energy_hourly": pd.concat([old, new], ignore_index=True)}
+    new = energy("S1", "M2", [0.0 + 5 * i for i in range(13)], "2026-11-01T12:00:00Z")  # 60 kWh
+    frames = {"energy_readings": pd.concat([old, new], ignore_index=True)}
     f = facts(sites=sites({"site_id": "S1"}), tariffs=FLAT, bills=bill(billed_kwh=300.0, amount_cny=240.0))
     (x,) = evaluate_overbilling(frames, f, NOW, BillThresholds())
     assert (x.kind, x.bill_id) == ("overbilling", "B1")
@@ -147,7 +155,7 @@ def test_overbilling_exact_numbers_and_meter_swap():
 
 
 def test_overbilling_needs_enough_meter_data():
-    frames = {"energy_hourly": energy("S1", "M1", [100.0, 101.0, 102.0])}  # 3 hours of 24
+    frames = {"energy_readings": energy("S1", "M1", [100.0, 101.0, 102.0])}  # 3 hours of 24
     f = facts(sites=sites({"site_id": "S1"}), tariffs=FLAT, bills=bill(billed_kwh=300.0))
     assert evaluate_overbilling(frames, f, NOW, BillThresholds()) == []
 
@@ -166,7 +174,7 @@ def test_time_of_use_cap_needs_meter_data_over_most_of_the_period():
          "effective_from": pd.Timestamp("2026-01-01T00:00:00Z"), "price_cny_per_kwh": 0.40},
     ])
     # Only the first 6 hours (all valley) metered: that mix would make the cap 0.40.
-    frames = {"energy_hourly": energy("S1", "M1", [100.0 + 10 * i for i in range(7)])}
+    frames = {"energy_readings": energy("S1", "M1", [100.0 + 10 * i for i in range(7)])}
     f = facts(sites=sites({"site_id": "S1"}), tariffs=tou, bills=bill(amount_cny=0.9 * 240))
     t = BillThresholds(tariff_timezone="UTC")
     assert evaluate_overcharging(frames, f, NOW, t) == []

@@ -173,7 +173,7 @@ def test_overcharging_report_end_to_end(cli, twin_url, tmp_path):
         facts = load_facts(store)
         # Dates in the CSV are local: the bill starts at 16:00Z the day before.
         assert facts.bills.iloc[0]["period_start"] == pd.Timestamp(OCT_START)
-        (finding,) = evaluate_overcharging({"energy_hourly": _energy_hourly()}, facts, now,
+        (finding,) = evaluate_overcharging({"energy_readings": _energy_hourly()}, facts, now,
                                            BillThresholds())
         (flag_id,) = [f["id"] for f in FlagBook(store).sync("overcharging", [finding], now, 0).opened]
     finally:
