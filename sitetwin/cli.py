@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "sitetwin.commands.rules",
     "sitetwin.commands.dashboards",
     "sitetwin.commands.broker",
+    "sitetwin.commands.adapters",
     "sitetwin.commands.demo",
 )
 
