@@ -1,7 +1,8 @@
 """``sitetwin adapters ...``: producers for data that does not speak sitetwin's MQTT contract.
 
 - ``adapters pm [--watch DIR] [--once]``: 3GPP PM files dropped into a directory.
-- ``adapters listen [--listen HOST:PORT]``: an InfluxDB-compatible write endpoint.
+- ``adapters listen [--listen HOST:PORT]``: an InfluxDB-compatible write endpoint
+  (``/write``, ``/api/v2/write``) for gateways and Telegraf agents.
 
 Each publishes readings of docs/contracts.md section 1 at QoS 1 and counts a record
 done only once the broker acknowledged it (docs/adapters.md).
@@ -31,6 +32,13 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     pm.add_argument("--once", action="store_true",
                     help="process the files there now and exit (default: watch until stopped)")
     pm.set_defaults(handler=run_pm, default_verbosity=1)
+    listen = sub.add_parser("listen", help="an InfluxDB-compatible write endpoint for line protocol",
+                            description="Serve /write and /api/v2/write (as Telegraf's "
+                                        "influxdb_listener); lines of tower, power and interference "
+                                        "are published as readings, others dead-lettered.")
+    listen.add_argument("--listen", metavar="HOST:PORT",
+                        help="address to serve on (default: adapters.listener.listen)")
+    listen.set_defaults(handler=run_listen, default_verbosity=1)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -68,6 +76,30 @@ def run_pm(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         watcher.close()
         sink.close()
+
+
+def run_listen(args: argparse.Namespace, settings: Settings) -> int:
+    from adapters.listener import Listener
+    from adapters.sink import ReadingSink
+
+    if not settings.adapters.listener.tokens:
+        log.warning("adapters.listener.tokens is empty: every write will be refused (401)")
+    sink = ReadingSink(settings, source="listener")
+    stop = _stop_on_signals()
+    listener = Listener(settings, sink, listen=args.listen)
+    try:
+        _connect_until(sink, stop)
+        listener.start()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        listener.stop()
+        sink.close()
+    emit(args, {"requests": listener.requests, "accepted": listener.accepted,
+                "refused": listener.refused},
+         lambda d: f"{d['requests']} requests: {d['accepted']} readings acknowledged, "
+                   f"{d['refused']} lines refused")
+    return 0
 
 
 def _outcome(o) -> dict:
