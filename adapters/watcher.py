@@ -8,9 +8,10 @@ convention and never read) and, oldest first:
 
 1. hashes the file; a ``(name, sha256)`` already in the ledger is a duplicate:
    moved to ``archive/duplicates`` and nothing is published;
-2. parses it completely (``adapters.pm``; streaming, so memory holds one
-   ``measInfo`` of XML plus the file's readings as compact JSON, ~150 bytes a
-   reading without PRBs) - a file that cannot be read is moved to the rejected
+2. parses it completely before publishing anything (``adapters.pm``; the XML is
+   streamed, one ``measInfo`` at a time, but the file's values are held to join an
+   object's counters spread over several ``measInfo``: memory grows with the
+   number of values, see bench/RESULTS.md) - a file that cannot be read is moved to the rejected
    folder with a ``<name>.reason`` file beside it, counted, and kept in the
    dead-letter store, and nothing of it is published (a file broken half-way
    publishes nothing, not its first half);

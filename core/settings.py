@@ -239,11 +239,26 @@ class ListenerAdapterSettings(_Section):
     ack_timeout: Duration = 30.0
 
 
+class GatewayAdapterSettings(_Section):
+    """``sitetwin adapters gateway``: devices polled over Modbus TCP on a schedule."""
+
+    devices_file: str = ""
+    buffer_dir: str = ""
+    interval: Duration = 60.0
+    timeout: Duration = 2.0
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff_max: Duration = 600.0
+    workers: int = Field(default=16, ge=1, le=256)
+    flush_interval: Duration = 1.0
+    fsync: bool = True
+
+
 class AdaptersSettings(_Section):
     """Producers that turn other systems' data into readings of the MQTT contract."""
 
     pm: PmAdapterSettings = PmAdapterSettings()
     listener: ListenerAdapterSettings = ListenerAdapterSettings()
+    gateway: GatewayAdapterSettings = GatewayAdapterSettings()
 
 
 class Settings(BaseSettings):

@@ -3,6 +3,7 @@
 - ``adapters pm [--watch DIR] [--once]``: 3GPP PM files dropped into a directory.
 - ``adapters listen [--listen HOST:PORT]``: an InfluxDB-compatible write endpoint
   (``/write``, ``/api/v2/write``) for gateways and Telegraf agents.
+- ``adapters gateway [--devices FILE] [--once]``: Modbus TCP meters and power plants.
 
 Each publishes readings of docs/contracts.md section 1 at QoS 1 and counts a record
 done only once the broker acknowledged it (docs/adapters.md).
@@ -39,6 +40,13 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     listen.add_argument("--listen", metavar="HOST:PORT",
                         help="address to serve on (default: adapters.listener.listen)")
     listen.set_defaults(handler=run_listen, default_verbosity=1)
+    gw = sub.add_parser("gateway", help="poll meters and power plants over Modbus TCP",
+                        description="Poll the devices of a devices file on a schedule and publish "
+                                    "their readings; a broker outage is buffered on disk.")
+    gw.add_argument("--devices", metavar="FILE",
+                    help="the devices file (default: adapters.gateway.devices_file)")
+    gw.add_argument("--once", action="store_true", help="poll every device once, publish, exit")
+    gw.set_defaults(handler=run_gateway, default_verbosity=1)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -76,6 +84,43 @@ def run_pm(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         watcher.close()
         sink.close()
+
+
+def run_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from adapters.device import load_devices
+    from adapters.gateway import Gateway
+    from adapters.sink import ReadingSink
+    from core.errors import UserError
+
+    path = args.devices or settings.adapters.gateway.devices_file
+    if not path:
+        raise UserError("no devices file: give --devices FILE or set adapters.gateway.devices_file")
+    devices = load_devices(path)
+    sink = ReadingSink(settings, source="gateway")
+    gateway = Gateway(settings, sink, devices)
+    try:
+        if args.once:
+            sink.connect()
+            gateway.poll_once()
+        else:
+            stop = _stop_on_signals()
+            _connect_until(sink, stop)
+            log.info("polling %d devices from %s", len(devices), path)
+            gateway.run(stop)
+    finally:
+        gateway.close()
+        sink.close()
+    status = gateway.status()
+
+    def text(d: dict) -> str:
+        lines = [f"{s['device']}: {s['polls_ok']} polls ok, {s['polls_failed']} failed"
+                 + (f" ({s['last_error']})" if s["last_error"] else "") for s in d["devices"]]
+        lines.append(f"{d['readings_published']} readings acknowledged, {d['readings_refused']} "
+                     f"refused, {d['buffered_batches']} batches left in the buffer")
+        return "\n".join(lines)
+
+    emit(args, status, text)
+    return 0
 
 
 def run_listen(args: argparse.Namespace, settings: Settings) -> int:

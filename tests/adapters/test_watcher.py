@@ -35,10 +35,10 @@ def _settings(tmp_path, mosquitto, **pm):
                                           "cells_file": str(tmp_path / "cells.csv"), **pm}})
 
 
-def _stored(influx, db: str, measurement: str = "interference") -> list[dict]:
-    """Every point of ``measurement`` with its tags, times in epoch seconds."""
+def _stored(influx, db: str, measurement: str = "interference", epoch: str = "s") -> list[dict]:
+    """Every point of ``measurement`` with its tags, times in epoch ``epoch`` (s, ms, ns)."""
     body = urllib.parse.urlencode({"q": f"SELECT * FROM {measurement} GROUP BY *", "db": db,
-                                   "epoch": "s"}).encode()
+                                   "epoch": epoch}).encode()
     with urllib.request.urlopen(urllib.request.Request(f"{influx.url}/query", data=body),
                                 timeout=30) as r:
         res = orjson.loads(r.read())
