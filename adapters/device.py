@@ -11,11 +11,14 @@ A devices file is TOML with one ``[[device]]`` table per device::
     profile = "eastron-sdm630"    # a built-in profile, or a path relative to this file
     # interval, timeout, retries: per-device overrides of [adapters.gateway]
 
-A profile (``adapters/profiles/*.toml`` are the built-in ones) names the stream
-and one ``[[register]]`` per contract field: ``table`` (holding or input),
+A profile (``adapters/profiles/*.toml`` are the built-in ones) names the stream,
+the protocol (``modbus``, the default, or ``dlt645``) and, for Modbus, one
+``[[register]]`` per contract field: ``table`` (holding or input),
 0-based ``address``, ``type`` (uint16, int16, uint32, int32, float32),
 ``word_order`` of 32-bit values, ``bit`` (a flag in a status word), ``scale``
-and ``offset`` (value = raw x scale + offset).  Both are checked once, when
+and ``offset`` (value = raw x scale + offset); for DL/T 645-2007, one ``[[item]]``
+per field: the data identifier ``di`` as printed (``"00010000"``), the value's
+``size`` in BCD bytes, ``decimals``, ``signed`` and ``scale``.  Both are checked once, when
 loaded: a field the stream does not have, a power profile without
 ``energy_kwh``, a tower profile without ``mains_ok`` or a device without the
 identifiers its stream needs is an error naming the device and the key.
@@ -33,7 +36,8 @@ from adapters.errors import DevicesFileError
 from connectors.reading import ID_PATTERN, MODELS
 from core.units import Duration
 
-__all__ = ["PROFILES_DIR", "Device", "Profile", "Register", "load_devices", "load_profile"]
+__all__ = ["PROFILES_DIR", "DataItem", "Device", "Profile", "Register", "load_devices",
+           "load_profile"]
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
 _WIDTH = {"uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2}
@@ -62,22 +66,41 @@ class Register(_Model):
         return _WIDTH[self.type]
 
 
+class DataItem(_Model):
+    """One contract field read by a DL/T 645-2007 data identifier."""
+
+    field: str
+    di: str = Field(pattern=r"^[0-9A-Fa-f]{8}$")  # DI3 DI2 DI1 DI0, as printed: "00010000"
+    size: int = Field(ge=1, le=8)  # BCD bytes of the value
+    decimals: int = Field(default=0, ge=0, le=8)
+    signed: bool = False  # the top bit of the highest byte is the sign
+    scale: float = 1.0
+
+
 class Profile(_Model):
-    """A device model's register map onto one stream of the contract."""
+    """A device model's register map (Modbus) or data items (DL/T 645) onto one stream."""
 
     name: str
     stream: Literal["power", "tower"]
+    protocol: Literal["modbus", "dlt645"] = "modbus"
     description: str = ""
-    registers: tuple[Register, ...] = Field(alias="register", min_length=1)
+    registers: tuple[Register, ...] = Field(default=(), alias="register")
+    items: tuple[DataItem, ...] = Field(default=(), alias="item")
 
     @model_validator(mode="after")
     def _fields_of_the_stream(self) -> Profile:
         known = set(MODELS[self.stream].model_fields) - {"site_id", "ts", "meter_id"}
-        for reg in self.registers:
+        mapped = self.registers if self.protocol == "modbus" else self.items
+        other = self.items if self.protocol == "modbus" else self.registers
+        table = "[[register]]" if self.protocol == "modbus" else "[[item]]"
+        if not mapped or other:
+            raise ValueError(f"a {self.protocol} profile maps its fields with {table} "
+                             f"(and only with it)")
+        for reg in mapped:
             if reg.field not in known:
-                raise ValueError(f"register field {reg.field!r} is not a {self.stream} field "
+                raise ValueError(f"field {reg.field!r} is not a {self.stream} field "
                                  f"({', '.join(sorted(known))})")
-        names = [r.field for r in self.registers]
+        names = [r.field for r in mapped]
         if len(set(names)) != len(names):
             raise ValueError("a field is mapped twice")
         if _REQUIRED[self.stream] not in names:
@@ -94,7 +117,8 @@ class Device(_Model):
     host: str
     port: int = Field(default=502, ge=1, le=65535)
     unit: int = Field(default=1, ge=0, le=255)
-    protocol: Literal["modbus-tcp"] = "modbus-tcp"
+    protocol: Literal["modbus-tcp", "dlt645-tcp"] = "modbus-tcp"
+    address: str | None = Field(default=None, pattern=r"^\d{12}$")  # DL/T 645 meter address
     profile: str
     interval: Duration | None = None
     timeout: Duration | None = None
@@ -159,6 +183,13 @@ def load_devices(path: str | Path) -> list[tuple[Device, Profile]]:
         if device.profile not in profiles:
             profiles[device.profile] = load_profile(device.profile, path.parent)
         profile = profiles[device.profile]
+        if profile.protocol != device.protocol.removesuffix("-tcp"):
+            raise DevicesFileError(f"devices file {path}, device {i} ({device.name}): profile "
+                                   f"{profile.name!r} is for {profile.protocol}, the device "
+                                   f"speaks {device.protocol}")
+        if device.protocol == "dlt645-tcp" and not device.address:
+            raise DevicesFileError(f"devices file {path}, device {i} ({device.name}): a DL/T 645 "
+                                   "meter needs its 12-digit address")
         if profile.stream == "power" and not device.meter_id:
             raise DevicesFileError(f"devices file {path}, device {i} ({device.name}): profile "
                                    f"{profile.name!r} reads a meter: give meter_id")

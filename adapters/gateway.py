@@ -1,11 +1,13 @@
-"""The device gateway: poll Modbus devices on a schedule, buffer on disk, publish at QoS 1.
+"""The device gateway: poll Modbus and DL/T 645 devices on a schedule, buffer on disk, publish.
 
 Three kinds of thread, so that nothing waits on anything slower than itself:
 
 - **the scheduler** (``run``'s thread) hands every device that is due to a pool
   of ``workers`` threads - never a device whose previous poll is still going -
   and every ``flush_interval`` moves the polled readings to the buffer;
-- **pollers** (the pool) each read one device: one attempt plus ``retries``,
+- **pollers** (the pool) each read one device: one attempt plus ``retries``
+  (DL/T 645 meters behind one serial-to-TCP converter share its connection and
+  are read one at a time: an RS-485 bus is half-duplex),
   each bounded by the device's ``timeout``.  A dead or slow device holds one
   worker for at most ``(retries + 1) x timeout`` and delays no other device
   while fewer devices than ``workers`` are failing at once; after ``n`` failed
@@ -40,6 +42,7 @@ from pathlib import Path
 import orjson
 
 from adapters.device import Device, Profile
+from adapters.dlt645 import Dlt645Bus, Dlt645Reader
 from adapters.errors import DeviceError
 from adapters.modbus import ModbusReader
 from adapters.sink import ReadingSink
@@ -103,14 +106,22 @@ class Gateway:
         self.commit_timeout_s = 5.0
         path = Path(buffer_dir or cfg.buffer_dir or settings.state_dir / "gateway-buffer")
         self.buffer = Spool(path.expanduser(), max_bytes=settings.spool.max_bytes, fsync=cfg.fsync)
-        self._readers: list[ModbusReader] = []
+        self._readers: list[ModbusReader | Dlt645Reader] = []
 
-        def modbus(device: Device, profile: Profile, timeout_s: float) -> Callable[[], dict]:
-            reader = ModbusReader(device, profile, timeout_s=timeout_s)
+        buses: dict[tuple[str, int], Dlt645Bus] = {}
+
+        def connect(device: Device, profile: Profile, timeout_s: float) -> Callable[[], dict]:
+            reader: ModbusReader | Dlt645Reader
+            if device.protocol == "dlt645-tcp":
+                bus = buses.setdefault((device.host, device.port),
+                                       Dlt645Bus(device.host, device.port))
+                reader = Dlt645Reader(device, profile, timeout_s=timeout_s, bus=bus)
+            else:
+                reader = ModbusReader(device, profile, timeout_s=timeout_s)
             self._readers.append(reader)
             return reader.read
 
-        make = reader_factory or modbus
+        make = reader_factory or connect
         self.devices = [
             DeviceStatus(device=d, profile=p,
                          reader=make(d, p, d.timeout if d.timeout is not None else cfg.timeout),

@@ -3,7 +3,7 @@
 - ``adapters pm [--watch DIR] [--once]``: 3GPP PM files dropped into a directory.
 - ``adapters listen [--listen HOST:PORT]``: an InfluxDB-compatible write endpoint
   (``/write``, ``/api/v2/write``) for gateways and Telegraf agents.
-- ``adapters gateway [--devices FILE] [--once]``: Modbus TCP meters and power plants.
+- ``adapters gateway [--devices FILE] [--once]``: Modbus TCP and DL/T 645 meters, power plants.
 
 Each publishes readings of docs/contracts.md section 1 at QoS 1 and counts a record
 done only once the broker acknowledged it (docs/adapters.md).
@@ -23,7 +23,8 @@ log = logging.getLogger("sitetwin.adapters")
 
 
 def register(commands: argparse._SubParsersAction, reports: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("adapters", help="take PM files and line protocol as telemetry",
+    p = commands.add_parser("adapters", help="take PM files, line protocol, Modbus and DL/T 645 "
+                                             "devices as telemetry",
                             description="Adapters publish other systems' data as readings of "
                                         "the MQTT contract. See docs/adapters.md.")
     sub = p.add_subparsers(dest="adapter", metavar="ADAPTER", required=True)
@@ -40,7 +41,7 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     listen.add_argument("--listen", metavar="HOST:PORT",
                         help="address to serve on (default: adapters.listener.listen)")
     listen.set_defaults(handler=run_listen, default_verbosity=1)
-    gw = sub.add_parser("gateway", help="poll meters and power plants over Modbus TCP",
+    gw = sub.add_parser("gateway", help="poll meters and power plants (Modbus TCP, DL/T 645)",
                         description="Poll the devices of a devices file on a schedule and publish "
                                     "their readings; a broker outage is buffered on disk.")
     gw.add_argument("--devices", metavar="FILE",

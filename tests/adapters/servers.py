@@ -176,3 +176,67 @@ class Proxy:
     def close(self) -> None:
         self.cut()
         self.sock.close()
+
+
+class Dlt645Server:
+    """A serial-to-TCP converter with DL/T 645-2007 meters behind it, on loopback.
+
+    ``meters`` maps a 12-digit address to ``{di: value bytes}``.  A request to an
+    address not on the bus gets no answer (as on RS-485); a data identifier the
+    meter does not have gets an abnormal answer (error 0x02, no such data item);
+    ``corrupt`` addresses answer with a wrong checksum.  Energy (DI 00010000) moves
+    by 0.01 kWh on every read.
+    """
+
+    def __init__(self, meters: dict[str, dict[str, bytes]], *, corrupt: frozenset[str] = frozenset()):
+        from adapters.dlt645 import decode_value, encode_value, parse_frame, response_frame
+
+        self._parse, self._answer = parse_frame, response_frame
+        self._decode, self._encode = decode_value, encode_value
+        self.meters = meters
+        self.corrupt = corrupt
+        self.requests = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                try:
+                    chunk = conn.recv(512)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                while (got := self._parse(buf)) is not None:
+                    frame, used = got
+                    buf = buf[used:]
+                    self.requests += 1
+                    meter = self.meters.get(frame.address)
+                    if meter is None:
+                        continue  # not on the bus: silence
+                    di = frame.data[:4][::-1].hex()
+                    value = meter.get(di)
+                    if di == "00010000" and value is not None:
+                        meter[di] = self._encode(self._decode(value, 2) + 0.01, 4, 2)
+                    answer = bytearray(self._answer(frame.address, di, value))
+                    if frame.address in self.corrupt:
+                        answer[-2] ^= 0xFF
+                    conn.sendall(bytes(answer))
+
+    def stop(self) -> None:
+        self.sock.close()

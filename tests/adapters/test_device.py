@@ -10,10 +10,10 @@ from adapters.errors import DevicesFileError
 
 def test_builtin_profiles_load():
     names = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
-    assert names == ["eastron-sdm630", "generic-meter", "generic-rectifier"]
+    assert names == ["dlt645-meter", "eastron-sdm630", "generic-meter", "generic-rectifier"]
     for name in names:
         profile = load_profile(name)
-        assert profile.name == name and profile.registers
+        assert profile.name == name and (profile.registers or profile.items)
 
 
 def test_a_devices_file_with_builtin_and_own_profiles(tmp_path):
@@ -40,6 +40,10 @@ def test_a_devices_file_with_builtin_and_own_profiles(tmp_path):
     ('[[device]]\nsite_id = "S1"\nhost = "h"\nprofile = "generic-rectifier"\n'
      '[[device]]\nsite_id = "S1"\nhost = "h"\nprofile = "generic-rectifier"\n', "twice"),
     ("[[device\n", "devices file"),
+    ('[[device]]\nsite_id = "S1"\nmeter_id = "M"\nhost = "h"\nprofile = "dlt645-meter"\n',
+     "is for dlt645"),
+    ('[[device]]\nsite_id = "S1"\nmeter_id = "M"\nhost = "h"\nprotocol = "dlt645-tcp"\n'
+     'profile = "dlt645-meter"\n', "12-digit address"),
 ])
 def test_bad_devices_files_are_named(tmp_path, text, match):
     path = tmp_path / "devices.toml"
@@ -54,6 +58,8 @@ def test_bad_devices_files_are_named(tmp_path, text, match):
      '[[register]]\nfield = "energy_kwh"\naddress = 1\n', "not a tower field"),
     ('name = "p"\nstream = "tower"\n[[register]]\nfield = "mains_ok"\naddress = 0\ntype = "u8"\n',
      "register.0.type"),
+    ('name = "p"\nstream = "power"\nprotocol = "dlt645"\n[[register]]\nfield = "energy_kwh"\n'
+     'address = 0\n', "\\[\\[item\\]\\]"),
     ('name = "p"\nstream = "interference"\n[[register]]\nfield = "band"\naddress = 0\n', "stream"),
 ])
 def test_bad_profiles_are_named(tmp_path, text, match):
