@@ -179,7 +179,7 @@ def join_prb(points: list[tuple[int, Point]]) -> tuple[list[tuple[int, Point]],
                                                        list[tuple[int, Rejection]]]:
     """Fold ``interference_prb`` points into the ``interference`` point of the same
     cell, band, site and time as its ``prb_dbm``; a PRB point without one is refused."""
-    key_of = lambda p: (p.tags.get("site_id"), p.tags.get("cell_id"), p.tags.get("band"), p.ts_ns)  # noqa: E731
+    key_of = lambda p: (p.tags.get("site_id"), p.tags.get("cell_id"), p.tags.get("band"), p.ts_ns)
     prbs = {key_of(p): (n, p) for n, p in points if p.measurement == "interference_prb"}
     if not prbs:
         return points, []

@@ -349,7 +349,11 @@ class CounterMapper:
         if prbs:
             n = max(prbs) + 1
             if len(prbs) == n and all(v is not None for v in prbs.values()):
-                prb_dbm = [round(prbs[i] * scale + offset, 3) for i in range(n)]  # type: ignore[operator]
+                if scale == 1.0 and offset == 0.0:
+                    prb_dbm = [prbs[i] for i in range(n)]  # type: ignore[misc]
+                else:
+                    prb_dbm = [round(prbs[i] * scale + offset, 3)  # type: ignore[operator]
+                               for i in range(n)]
             else:
                 stats.partial_prb += 1
         if mean is not None:

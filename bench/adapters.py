@@ -35,18 +35,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import orjson  # noqa: E402
+import orjson
 
-from adapters.device import Device, load_profile  # noqa: E402
-from adapters.gateway import Gateway  # noqa: E402
-from adapters.pm import CounterMapper, MapStats, merge_values, read_values  # noqa: E402
-from adapters.cells import read_cells  # noqa: E402
-from adapters.sink import ReadingSink  # noqa: E402
-from adapters.watcher import PmWatcher  # noqa: E402
-from core.settings import load_settings  # noqa: E402
-from simulator.fleet import Fleet  # noqa: E402
-from simulator.pmfile import interference_docs, write_cells_csv, write_pm_file  # noqa: E402
-from sitetwin.services import InfluxDB, Mosquitto, free_port  # noqa: E402
+from adapters.cells import read_cells
+from adapters.device import Device, load_profile
+from adapters.gateway import Gateway
+from adapters.pm import CounterMapper, MapStats, merge_values, read_values
+from adapters.sink import ReadingSink
+from adapters.watcher import PmWatcher
+from core.settings import load_settings
+from simulator.fleet import Fleet
+from simulator.pmfile import interference_docs, write_cells_csv, write_pm_file
+from sitetwin.services import InfluxDB, Mosquitto, free_port
 
 
 def _rss_mb() -> float:

@@ -47,7 +47,7 @@ def interference_docs(fleet: Fleet, start: datetime | float, end: datetime | flo
             continue
         docs = orjson.loads(payload)
         for doc in docs if isinstance(docs, list) else [docs]:
-            ts = int(datetime.fromisoformat(doc["ts"].replace("Z", "+00:00")).timestamp())
+            ts = int(datetime.fromisoformat(doc["ts"]).timestamp())
             out[site_id][ts].append(doc)
     return out
 

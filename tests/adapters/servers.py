@@ -44,7 +44,6 @@ class ModbusServer:
             self.reads[unit] += 1
             if unit in self._tick and address == 0:  # a meter's counter moves between polls
                 current_registers[1] = (current_registers[1] + 1) & 0xFFFF
-            return None
         return action
 
     def _run(self) -> None:

@@ -7,8 +7,15 @@ import threading
 import pytest
 
 from adapters.device import Device, load_profile
-from adapters.dlt645 import (Dlt645Reader, FrameError, decode_value, encode_value, parse_frame,
-                             read_request, response_frame)
+from adapters.dlt645 import (
+    Dlt645Reader,
+    FrameError,
+    decode_value,
+    encode_value,
+    parse_frame,
+    read_request,
+    response_frame,
+)
 from adapters.errors import DeviceError
 from adapters.gateway import Gateway
 from adapters.sink import ReadingSink

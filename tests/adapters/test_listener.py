@@ -134,7 +134,7 @@ def test_a_broker_outage_is_503_and_the_retry_stores_each_point_once(
     env = collector_env(tmp_path, private_mosquitto, influxdb.url, influx_db)
     proc = collector_process(env, log_path=tmp_path / "c.log", wait_subscribed=True)
     wait_until_ingesting(private_mosquitto, influxdb, influx_db)
-    settings, sink, server = _start(tmp_path, private_mosquitto, ack_timeout="1s")
+    _settings, sink, server = _start(tmp_path, private_mosquitto, ack_timeout="1s")
     now_s = int(time.time()) // 60 * 60 - 86400
     url = f"{server.url}/api/v2/write?precision=s"
     auth = {"Authorization": f"Token {TOKEN}"}

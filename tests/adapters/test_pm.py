@@ -10,8 +10,15 @@ import pytest
 
 from adapters.cells import CellInfo, read_cells
 from adapters.errors import CellsFileError, PmFileError
-from adapters.pm import (CounterMapper, MapStats, Unmapped, iso_duration_s, merge_values,
-                         parse_file_name, read_values)
+from adapters.pm import (
+    CounterMapper,
+    MapStats,
+    Unmapped,
+    iso_duration_s,
+    merge_values,
+    parse_file_name,
+    read_values,
+)
 from core.settings import load_settings
 from simulator.fleet import Fleet
 from simulator.pmfile import interference_docs, write_cells_csv, write_pm_files
