@@ -46,6 +46,14 @@ def _stored(influx, db: str, measurement: str = "interference", epoch: str = "s"
             for s in res["results"][0].get("series") or [] for v in s["values"]]
 
 
+def _drop(source, incoming, name: str | None = None) -> None:
+    """Upload as an SFTP client does: a temporary name the watcher ignores, then a rename."""
+    name = name or source.name
+    part = incoming / f".{name}.part"
+    shutil.copy(source, part)
+    os.replace(part, incoming / name)
+
+
 def test_files_dropped_reach_influxdb_once_duplicates_add_nothing_broken_ones_are_rejected(
         tmp_path, mosquitto, influxdb, influx_db):
     now = datetime.fromtimestamp(time.time() // 900 * 900, UTC)
@@ -76,15 +84,18 @@ def test_files_dropped_reach_influxdb_once_duplicates_add_nothing_broken_ones_ar
         # and a file that breaks half-way plus one that is not XML at all.
         half = len(files) // 2
         for f in files[:half]:
-            shutil.copy(f, incoming / f.name)
+            _drop(f, incoming)
         wait_for(lambda: watcher.stats.archived == half, timeout=60, message="first half archived")
-        shutil.copy(files[0], incoming / files[0].name)
+        _drop(files[0], incoming)
         wait_for(lambda: watcher.stats.duplicates == 1, timeout=30, message="the duplicate seen")
         for f in files[half:]:
-            shutil.copy(f, incoming / f.name)
-        broken = files[1].read_bytes()
-        (incoming / "A20261125.0000+0000-0015+0000_BROKEN.xml").write_bytes(broken[: len(broken) // 2])
-        (incoming / "A20261125.0000+0000-0015+0000_JUNK.xml.gz").write_bytes(b"not gzip at all")
+            _drop(f, incoming)
+        broken = tmp_path / "broken.xml"
+        broken.write_bytes(files[1].read_bytes()[: files[1].stat().st_size // 2])
+        _drop(broken, incoming, "A20261125.0000+0000-0015+0000_BROKEN.xml")
+        junk = tmp_path / "junk.gz"
+        junk.write_bytes(b"not gzip at all")
+        _drop(junk, incoming, "A20261125.0000+0000-0015+0000_JUNK.xml.gz")
         wait_for(lambda: watcher.stats.archived == len(files) and watcher.stats.rejected == 2,
                  timeout=60, message="every file archived or rejected")
         wait_for(lambda: len(_stored(influxdb, influx_db)) >= len(expected), timeout=60,
