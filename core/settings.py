@@ -238,6 +238,102 @@ class NotifySettings(_Section):
         return value
 
 
+class PmVendorSettings(_Section):
+    """How one vendor's 3GPP PM counters map onto the ``interference`` stream.
+
+    ``dBm = value * scale + offset`` for every counter named here.  A counter a
+    file carries and no vendor table names is counted and ignored.
+    """
+
+    match: str = ""  # case-insensitive part of fileHeader@vendorName; empty = the key
+    interference: str = ""  # mean uplink interference per PRB of the cell
+    prb_prefix: str = ""  # per-PRB counters: prefix + PRB index (e.g. "...PRB0")
+    prb_first_index: int = Field(default=0, ge=0)
+    usage: str = ""  # uplink PRB usage, %
+    band: str = ""  # band of every cell of this vendor, when the cells file lacks one
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+BUILTIN_PM_VENDORS: dict[str, PmVendorSettings] = {
+    "sitetwin": PmVendorSettings(
+        match="sitetwin", interference="UL.Interference.Mean",
+        prb_prefix="UL.Interference.PRB", usage="UL.PRB.Usage"),
+    "huawei": PmVendorSettings(
+        match="huawei", interference="L.UL.Interference.Avg",
+        prb_prefix="L.UL.Interference.PRB"),
+}
+
+
+class PmAdapterSettings(_Section):
+    """``sitetwin adapters pm``: a directory of 3GPP TS 32.435 measurement files."""
+
+    watch_dir: str = ""
+    archive_dir: str = ""
+    rejected_dir: str = ""
+    ledger: str = ""
+    poll_interval: Duration = 5.0
+    settle: Duration = 2.0
+    cells_file: str = ""
+    site_pattern: str = r"(?:ManagedElement|MeContext)=(?P<site_id>[^,]+)"
+    cell_pattern: str = (r"(?:NRCellDU|NRCellCU|EUtranCellFDD|EUtranCellTDD|EUtranCell|NRCell)"
+                         r"=(?P<cell>[^,]+)")
+    cell_id_format: str = "{cell}"
+    default_vendor: str = "sitetwin"
+    keep_suspect: bool = False
+    vendors: dict[str, PmVendorSettings] = dict(BUILTIN_PM_VENDORS)
+
+    @field_validator("vendors", mode="after")
+    @classmethod
+    def _over_builtins(cls, value: dict[str, PmVendorSettings]) -> dict[str, PmVendorSettings]:
+        # A vendor table in the file adds to (or replaces one of) the built-in tables.
+        return {**BUILTIN_PM_VENDORS, **value}
+
+    @field_validator("site_pattern", "cell_pattern")
+    @classmethod
+    def _a_regex(cls, value: str) -> str:
+        import re
+
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if not compiled.groupindex:
+            raise ValueError("needs a named group, (?P<site_id>...) or (?P<cell>...)")
+        return value
+
+
+class ListenerAdapterSettings(_Section):
+    """``sitetwin adapters listen``: an InfluxDB-compatible write endpoint."""
+
+    listen: str = "127.0.0.1:8186"
+    tokens: list[SecretStr] = []
+    max_body_bytes: Size = 32 * 1024 * 1024
+    ack_timeout: Duration = 30.0
+
+
+class GatewayAdapterSettings(_Section):
+    """``sitetwin adapters gateway``: devices polled over Modbus TCP on a schedule."""
+
+    devices_file: str = ""
+    buffer_dir: str = ""
+    interval: Duration = 60.0
+    timeout: Duration = 2.0
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff_max: Duration = 600.0
+    workers: int = Field(default=16, ge=1, le=256)
+    flush_interval: Duration = 1.0
+    fsync: bool = True
+
+
+class AdaptersSettings(_Section):
+    """Producers that turn other systems' data into readings of the MQTT contract."""
+
+    pm: PmAdapterSettings = PmAdapterSettings()
+    listener: ListenerAdapterSettings = ListenerAdapterSettings()
+    gateway: GatewayAdapterSettings = GatewayAdapterSettings()
+
+
 class Settings(BaseSettings):
     """All of sitetwin's configuration."""
 
@@ -259,6 +355,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = RulesSettings()
     time: TimeSettings = TimeSettings()
     notify: NotifySettings = NotifySettings()
+    adapters: AdaptersSettings = AdaptersSettings()
 
     @classmethod
     def settings_customise_sources(

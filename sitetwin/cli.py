@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "sitetwin.commands.notify",
     "sitetwin.commands.dashboards",
     "sitetwin.commands.broker",
+    "sitetwin.commands.adapters",
     "sitetwin.commands.demo",
 )
 

@@ -226,7 +226,7 @@ def test_services_status_and_settings_never_show_secrets(tmp_path, monkeypatch):
 
 # -- static: no shell, no eval, no SQL from strings ------------------------------------------
 
-PACKAGES = ("sitetwin", "connectors", "twin", "rules", "dashboards")
+PACKAGES = ("sitetwin", "connectors", "twin", "rules", "dashboards", "adapters")
 SQL_CALLS = {"execute", "executemany", "executescript", "exec_driver_sql", "text"}
 # (file, start of the statement): formatted SQL that is reviewed and carries no input.
 REVIEWED = {

@@ -15,7 +15,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="list rejected messages (newest first)")
     ls.add_argument("--reason", help="only this reason code")
-    ls.add_argument("--source", choices=["mqtt", "influxdb"], help="only from this source")
+    ls.add_argument("--source", choices=["mqtt", "influxdb", "pm", "listener", "gateway"],
+                    help="only from this source (pm, listener, gateway: the adapters)")
     ls.add_argument("--limit", type=positive_int, default=50, metavar="N")
     ls.set_defaults(handler=run)
     counts = sub.add_parser("counts", help="number of rejected messages per reason")
