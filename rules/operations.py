@@ -1,6 +1,7 @@
 """Day-to-day operations: sites gone silent, and sites running on their batteries.
 
-``site_offline``: an on-air site with no telemetry for ``offline_after``
+``site_offline``: a site that should be on air (``ON_AIR_STATES``: ``on_air``, and
+``relocating``, on air until its replacement is) with no telemetry for ``offline_after``
 (frame ``last_seen``: site_id, time of its latest reading in the window).
 ``mains_failure``: a site on battery (``on_battery``, or mains down when the
 device does not report ``on_battery``) for ``on_battery_after`` up to its
@@ -26,6 +27,7 @@ from core.settings import Duration
 
 __all__ = [
     "MAINS_FAILURE",
+    "ON_AIR_STATES",
     "SITE_OFFLINE",
     "MainsThresholds",
     "OfflineThresholds",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 BUCKET = pd.Timedelta(minutes=5)
+# The states in which a site should transmit (``twin.live.ON_AIR_STATES`` agrees): a site
+# never built, or taken down, is silent by design and never offline.
+ON_AIR_STATES = ("on_air", "relocating")
 
 
 class OfflineThresholds(Thresholds):
@@ -65,7 +70,7 @@ def evaluate_site_offline(frames: Frames, facts: Facts, now: datetime, t: Offlin
     seen = last_seen_map(frames.get("last_seen"))
     now_ts = pd.Timestamp(now)
     for site in facts.sites.itertuples(index=False):
-        if site.state != "on_air":
+        if site.state not in ON_AIR_STATES:
             continue
         last = seen.get(site.site_id)
         if last is not None and now_ts - last <= pd.Timedelta(seconds=t.offline_after):

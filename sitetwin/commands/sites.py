@@ -40,7 +40,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     on.add_argument("--online", dest="online", action="store_const", const=True, default=None,
                     help="only sites seen within the online window")
     on.add_argument("--offline", dest="online", action="store_const", const=False,
-                    help="only sites not seen within the online window")
+                    help="only sites that should be on air (on_air, relocating) and were"
+                         " not seen within the online window; never-built sites are not offline")
     on.add_argument("--unregistered", action="store_true",
                     help="site ids seen in telemetry but absent from the registry")
     ls.set_defaults(handler=run_list)

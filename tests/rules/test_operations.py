@@ -15,13 +15,15 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 def test_site_offline():
     s = sites({"site_id": "UP"}, {"site_id": "LATE"}, {"site_id": "GONE"}, {"site_id": "NEVER"},
-              {"site_id": "BUILD", "state": "under_construction"})
+              {"site_id": "BUILD", "state": "under_construction"}, {"site_id": "PLAN", "state": "planned"},
+              {"site_id": "MOVING", "state": "relocating"}, {"site_id": "DOWN", "state": "decommissioned"})
     frames = {"last_seen": pd.DataFrame([
         {"site_id": "UP", "time": pd.Timestamp("2026-11-20T11:55:00Z")},
         {"site_id": "LATE", "time": pd.Timestamp("2026-11-20T11:40:00Z")},
         {"site_id": "GONE", "time": pd.Timestamp("2026-11-20T09:00:00Z")}])}
     found = {x.site_id: x for x in evaluate_site_offline(frames, facts(sites=s), NOW, OfflineThresholds())}
-    assert set(found) == {"LATE", "GONE", "NEVER"}
+    # Never built, or taken down: silent by design.  Relocating is on air until replaced.
+    assert set(found) == {"LATE", "GONE", "NEVER", "MOVING"}
     assert found["LATE"].severity == "warning" and found["GONE"].severity == "critical"
     assert found["LATE"].evidence["silent_s"] == 1200.0
     assert found["NEVER"].evidence["last_seen"] is None
