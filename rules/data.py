@@ -365,6 +365,15 @@ class WindowData:
             return pd.DataFrame({"site_id": [], "time": []})
         return pd.concat(parts, ignore_index=True).groupby("site_id", as_index=False)["time"].max()
 
+    def tower_latest(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """The last ``on_battery``, ``mains_ok`` and SOC per site that reported in the window
+        (one row per site; its time is not the report's: InfluxQL gives several selectors
+        the window's start)."""
+        q = ('SELECT last("on_battery") AS "on_battery", last("mains_ok") AS "mains_ok", '
+             'last("battery_soc_pct") AS "battery_soc_pct" '
+             f'FROM "tower" WHERE {_between(now - timedelta(seconds=t.window), now)} GROUP BY "site_id"')
+        return self._frame(q, memo="run")
+
     def tower_5m(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         """5-minute buckets, only for the sites whose latest report says on battery or mains down."""
         start = _floor(now - timedelta(seconds=t.window), 5)

@@ -7,12 +7,13 @@ of a rule that no longer finds it gets ``clear_since``; once that is older
 than the hold-off it is resolved.  A reviewed flag (``confirmed`` or
 ``dismissed``) keeps its decision: findings still refresh its evidence, but
 it is never resolved or reopened by the engine.  Every review is a row of
-``flag_reviews``, so the history is kept.
+``flag_reviews``, so the history is kept.  A finding naming a ``probable_cause``
+(an offline site's mains failure) gets the id of the cause's live flag.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,6 +55,8 @@ class SyncResult:
     updated: list[dict[str, Any]] = field(default_factory=list)
     resolved: list[dict[str, Any]] = field(default_factory=list)
     clearing: int = 0
+    # Backfill only: findings already recorded by a flag that existed before it started.
+    skipped: int = 0
 
     @property
     def changed(self) -> list[dict[str, Any]]:
@@ -73,12 +76,29 @@ class FlagBook:
     def _session(self):
         return self.store.session()
 
+    def frozen_for_backfill(self, rules: Sequence[str], since: datetime) -> frozenset[int]:
+        """The flags of ``rules`` a backfill from ``since`` must not rewrite: every one, except
+        an open flag last evaluated at or before ``since`` — a backfill of the range before
+        left it open, and this one continues its history."""
+        Flag, _ = _models()
+        with self._session() as s:
+            rows = s.execute(select(Flag.id, Flag.status, Flag.updated_at)
+                             .where(Flag.rule.in_(list(rules)))).all()
+        return frozenset(r.id for r in rows if not (r.status == "open" and r.updated_at <= since))
+
     def sync(self, rule: str, findings: Sequence[Finding], now: datetime, hold_off_s: float, *,
-             in_scope: Callable[[Any], bool] = lambda flag: True) -> SyncResult:
+             in_scope: Callable[[Any], bool] = lambda flag: True,
+             frozen: Collection[int] | None = None) -> SyncResult:
         """Apply one evaluation of ``rule``: open, update, clear or resolve its flags.
 
         ``in_scope(flag)`` says whether this evaluation looked at a flag's subject at all
         (a bill rule only re-checks recent bills); flags out of scope are left alone.
+
+        ``frozen`` (a backfill): the ids of the flags that existed before the backfill began.
+        They are never updated, cleared, resolved or reopened — a flag open now stays as the
+        live runs left it — and a finding that one of them already covers (same subject,
+        overlapping window) is skipped rather than opened again.  So a backfill only writes
+        flags of its own, and running it twice changes nothing the second time.
         """
         Flag, _ = _models()
         slack = timedelta(seconds=hold_off_s)
@@ -89,20 +109,32 @@ class FlagBook:
             with self._session() as s:
                 live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != "resolved")
                                  .order_by(Flag.id)).all()
+                recorded: dict[str, list[Any]] = {}
+                if frozen is not None:
+                    kept = set(frozen)
+                    for flag in s.scalars(select(Flag).where(Flag.rule == rule, Flag.id.in_(kept))):
+                        for key in _keys(flag):
+                            recorded.setdefault(key, []).append(flag)
+                    live = [flag for flag in live if flag.id not in kept]
                 by_key: dict[str, list[Any]] = {}
                 for flag in live:
                     for key in _keys(flag):
                         by_key.setdefault(key, []).append(flag)
                 seen: set[int] = set()
                 for f in findings:
-                    candidates = [x for key in (f.dedup_key, *f.member_keys) for x in by_key.get(key, ())]
+                    keys = (f.dedup_key, *f.member_keys)
+                    candidates = [x for key in keys for x in by_key.get(key, ())]
                     match = next((x for x in candidates if x.id not in seen and _overlaps(x, f, slack)), None)
+                    if match is None and any(_overlaps(x, f, slack) for key in keys
+                                             for x in recorded.get(key, ())):
+                        out.skipped += 1
+                        continue
                     if match is None:
                         match = Flag(kind=f.kind, rule=f.rule, site_id=f.site_id, cell_id=f.cell_id,
                                      bill_id=f.bill_id, supplier_id=f.supplier_id, severity=f.severity,
                                      status="open", opened_at=now, updated_at=now,
                                      window_start=f.window_start, window_end=f.window_end,
-                                     summary=f.summary, evidence=_evidence(f),
+                                     summary=f.summary, evidence=_link_cause(s, _evidence(f)),
                                      dedup_key=f.dedup_key)
                         s.add(match)
                         s.flush()
@@ -114,7 +146,8 @@ class FlagBook:
                         match.window_end = max(match.window_end, f.window_end)
                         match.severity = f.severity
                         match.summary = f.summary
-                        match.evidence = _evidence(f, also=_keys(match))
+                        match.evidence = _link_cause(s, _evidence(f, also=_keys(match)),
+                                                     match.evidence)
                         match.supplier_id = f.supplier_id
                         match.updated_at = now
                         match.clear_since = None
@@ -206,6 +239,25 @@ def _evidence(f: Finding, also: list[str] = ()) -> dict[str, Any]:
     keys = set(f.member_keys) | set(also)
     if keys - {f.dedup_key}:
         evidence["member_keys"] = sorted(keys | {f.dedup_key})
+    return evidence
+
+
+def _link_cause(session: Any, evidence: dict[str, Any], before: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """A ``probable_cause`` named by its subject key gets the id of that subject's live flag
+    (``flag_id``, None while it has none).  A cause linked before is kept while its flag is
+    live, even once the finding can no longer see it (a site silent beyond the rule's window).
+    """
+    Flag, _ = _models()
+    cause = evidence.get("probable_cause") or (before or {}).get("probable_cause")
+    if not isinstance(cause, dict) or not cause.get("dedup_key"):
+        return evidence
+    flag_id = session.scalars(select(Flag.id).where(Flag.dedup_key == cause["dedup_key"],
+                                                    Flag.status != "resolved")
+                              .order_by(Flag.id.desc()).limit(1)).first()
+    if flag_id is None and "probable_cause" not in evidence:
+        return evidence  # the earlier cause has ended: no longer linked
+    evidence["probable_cause"] = {**cause, "flag_id": flag_id}
     return evidence
 
 

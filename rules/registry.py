@@ -16,7 +16,9 @@ from rules.rule import Rule
 __all__ = ["RULES", "check_rule_tables", "get_rule"]
 
 RULES: tuple[Rule, ...] = (
-    OVERCHARGING, OVERBILLING, INTERFERENCE, RESERVATIONS, LIFECYCLE, SITE_OFFLINE, MAINS_FAILURE,
+    # mains_failure before site_offline: an offline flag links to its site's mains-failure
+    # flag as its probable cause, which then exists already in the same run.
+    OVERCHARGING, OVERBILLING, INTERFERENCE, RESERVATIONS, LIFECYCLE, MAINS_FAILURE, SITE_OFFLINE,
 )
 
 

@@ -82,6 +82,10 @@ class Rule:
     # True when the rule only re-examines subjects inside its window (bills whose period
     # ended in it): its older flags are out of scope and never resolved for going unseen.
     scoped_by_window: bool = False
+    # The site ids an evaluation observed (None: every subject).  A flag of a site it did not
+    # observe is out of scope: never cleared for going unseen (a silent site's mains failure
+    # is not over).
+    observed: Callable[[Frames], set[str]] | None = None
 
     def configure(self, table: Mapping[str, Any] | None) -> Thresholds:
         """The thresholds of ``[rules.<name>]`` over the defaults; a bad key is named."""

@@ -1,0 +1,262 @@
+"""Alarm semantics the NOC can trust (issue 14 §1), as scenarios on real services: telemetry in
+InfluxDB, the registry on SQLite and PostgreSQL, ``sitetwin rules run`` through the CLI and its
+flag changes announced over Mosquitto.
+
+- a never-built site is not offline (rules, ``sites list --offline``, ``site_state``);
+- a site on battery that goes silent keeps its mains-failure flag open (critical) and gets an
+  offline flag linked to it; a site whose mains came back before it went silent does not;
+- a backfill run twice leaves today's open flags untouched and changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from connectors.influx import InfluxWriter
+from connectors.lineprotocol import line
+from sitetwin.cli import main
+from tests.support import wait_for
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+M = timedelta(minutes=1)
+
+
+def _ns(t: datetime) -> int:
+    return int(t.timestamp()) * 10**9
+
+
+def _tower(site: str, start: datetime, end: datetime, *, on_battery=lambda t: False,
+           soc=lambda t: 100.0) -> list[str]:
+    """A tower report every 5 minutes from ``start`` (included) to ``end`` (excluded)."""
+    out, t = [], start
+    while t < end:
+        batt = on_battery(t)
+        out.append(line("tower", {"site_id": site}, {"mains_ok": not batt, "on_battery": batt,
+                                                     "battery_soc_pct": soc(t)}, _ns(t)))
+        t += 5 * M
+    return out
+
+
+def _write(influxdb, db: str, lines: list[str]) -> None:
+    writer = InfluxWriter(influxdb.url, database=db)
+    try:
+        assert not writer.write("\n".join(lines).encode()).rejected
+    finally:
+        writer.close()
+
+
+def _registry(url: str, sites: dict[str, str]) -> None:
+    from twin.models import LifecycleEvent, Site
+    from twin.store import open_store
+
+    store = open_store(url)
+    try:
+        with store.session() as s:
+            for i, (sid, state) in enumerate(sites.items()):
+                s.add(Site(site_id=sid, name=sid, lat=31.0 + i * 0.1, lon=121.0, county="Pudong",
+                           kind="macro", supply="direct", region="SH", customer_class="C",
+                           state=state))
+                s.flush()
+                s.add(LifecycleEvent(site_id=sid, to_state=state, verb="import",
+                                     at=NOW - timedelta(days=30), actor="test"))
+    finally:
+        store.close()
+
+
+class Flags:
+    """The CLI against one configuration, and the flag changes it announced over MQTT."""
+
+    def __init__(self, influxdb, db, twin_url, mosquitto, tmp_path, capsys, hold_off="5m"):
+        self.capsys = capsys
+        self.cfg = tmp_path / "sitetwin.toml"
+        self.cfg.write_text(
+            f'[influxdb]\nurl = "{influxdb.url}"\ndatabase = "{db}"\n[twin]\nurl = "{twin_url}"\n'
+            f'[mqtt]\nservers = ["{mosquitto.url}"]\nclient_id = "sem-{db}"\n'
+            f'[services]\nstate_dir = "{tmp_path / "state"}"\n[rules]\nhold_off = "{hold_off}"\n')
+        self.received: list[tuple[str, dict]] = []
+        subscribed = threading.Event()
+        self.sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"semsub-{db}",
+                               protocol=mqtt.MQTTv5)
+        self.sub.on_connect = lambda c, u, f, rc, p: c.subscribe("sitetwin/flags/#", qos=1)
+        self.sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+        self.sub.on_message = lambda c, u, m: self.received.append((m.topic, json.loads(m.payload)))
+        self.sub.connect(mosquitto.host, mosquitto.port)
+        self.sub.loop_start()
+        assert subscribed.wait(10)
+
+    def close(self) -> None:
+        self.sub.loop_stop()
+        self.sub.disconnect()
+
+    def cli(self, *argv: str) -> tuple[int, object]:
+        self.capsys.readouterr()
+        code = main([*argv, "--config", str(self.cfg), "--json"])
+        out = self.capsys.readouterr().out
+        return code, json.loads(out) if out.strip() else None
+
+    def run(self, until: datetime, *, since: datetime | None = None, rules=()) -> dict[str, dict]:
+        argv = ["rules", "run", "--until", until.isoformat()]
+        if since is not None:
+            argv += ["--since", since.isoformat()]
+        for r in rules:
+            argv += ["--rule", r]
+        code, summary = self.cli(*argv)
+        assert code == 0, summary
+        assert all(r["status"] == "ok" for r in summary), summary
+        return {r["rule"]: r for r in summary}
+
+    def list(self) -> list[dict]:
+        return self.cli("flags", "list")[1]
+
+
+@pytest.fixture()
+def flags(influxdb, influx_db, twin_url, mosquitto, tmp_path, capsys):
+    f = Flags(influxdb, influx_db, twin_url, mosquitto, tmp_path, capsys)
+    yield f
+    f.close()
+
+
+def test_a_never_built_site_is_not_offline(influxdb, influx_db, twin_url, flags):
+    """Three silent sites: on air (offline), planned and under construction (silent by design)."""
+    import time
+
+    from connectors.influx import InfluxReader
+    from connectors.reading import TowerReading
+    from twin.live import LiveState, site_state_lines
+    from twin.store import open_store
+
+    _registry(twin_url, {"S-UP": "on_air", "S-DARK": "on_air", "S-PLAN": "planned",
+                         "S-BUILD": "under_construction", "S-MOVE": "relocating"})
+    _write(influxdb, influx_db, _tower("S-UP", NOW - 60 * M, NOW)
+           + _tower("S-DARK", NOW - 6 * 60 * M, NOW - 60 * M)
+           + _tower("S-BUILD", NOW - 6 * 60 * M, NOW - 60 * M))  # a test feed, then nothing
+    summary = flags.run(NOW, rules=["site_offline"])
+    assert summary["site_offline"]["opened"] == 2
+    offline = {f["site_id"] for f in flags.list() if f["kind"] == "site_offline"}
+    assert offline == {"S-DARK", "S-MOVE"}  # relocating stays on air until its replacement is
+    wait_for(lambda: len(flags.received) >= 2, timeout=15, message="flags over MQTT")
+    assert {t for t, _ in flags.received} == {"sitetwin/flags/site_offline/S-DARK",
+                                              "sitetwin/flags/site_offline/S-MOVE"}
+
+    # The registry's live view and the NOC's site_state agree: never-built sites are not offline.
+    # (The live state is the collector's; here S-UP and S-BUILD report to it just now.)
+    store = open_store(twin_url)
+    try:
+        live = LiveState(online_window_s=180)
+        live.observe_batch([TowerReading(site_id=s, ts=time.time() - 10, mains_ok=True)
+                            for s in ("S-UP", "S-BUILD")])
+        live.flush(store)
+        body = site_state_lines(store, datetime.now(UTC), online_window_s=180)
+    finally:
+        store.close()
+    code, rows = flags.cli("sites", "list", "--offline")
+    assert code == 0 and {r["site_id"] for r in rows} == {"S-DARK", "S-MOVE"}
+    _write(influxdb, influx_db, body.decode().splitlines())
+    reader = InfluxReader(influxdb.url, influx_db)
+    try:
+        (result,) = reader.raw('SELECT last("offline") AS "offline" FROM "site_state" GROUP BY "site_id"')
+    finally:
+        reader.close()
+    state = {s["tags"]["site_id"]: s["values"][0][1] for s in result["series"]}
+    assert state == {"S-UP": 0, "S-DARK": 1, "S-MOVE": 1, "S-PLAN": 0, "S-BUILD": 0}
+
+
+def test_a_site_on_battery_that_goes_silent_keeps_its_mains_failure_open(influxdb, influx_db,
+                                                                          twin_url, flags):
+    """S-FLAT: mains fails at -60 min, SOC falls, silent from -30 min (batteries exhausted).
+    S-BACK: on battery -120..-80 min, mains back, silent from -30 min (switched off)."""
+    _registry(twin_url, {"S-FLAT": "on_air", "S-BACK": "on_air"})
+    _write(influxdb, influx_db,
+           _tower("S-FLAT", NOW - 180 * M, NOW - 30 * M, on_battery=lambda t: t >= NOW - 60 * M,
+                  soc=lambda t: 100.0 - (t - (NOW - 60 * M)) / M * 0.6 if t >= NOW - 60 * M
+                  else 100.0)
+           + _tower("S-BACK", NOW - 180 * M, NOW - 30 * M,
+                    on_battery=lambda t: NOW - 120 * M <= t < NOW - 80 * M))
+    rules = ("mains_failure", "site_offline")
+    flags.run(NOW - 90 * M, rules=rules)
+    flags.run(NOW - 35 * M, rules=rules)
+    (flat,) = [f for f in flags.list() if f["site_id"] == "S-FLAT"]
+    # -36 %/h with 88 % left: about 2.4 h, a warning while the site still reports.
+    assert (flat["kind"], flat["severity"], flat["evidence"]["reporting"]) == (
+        "mains_failure", "warning", True)
+    (back,) = [f for f in flags.list() if f["site_id"] == "S-BACK"]
+    assert back["kind"] == "mains_failure"
+
+    # Silent for 30 minutes: S-FLAT's failure goes on; S-BACK's mains was seen back.
+    flags.run(NOW, rules=rules)
+    by = {(f["kind"], f["site_id"]): f for f in flags.list()}
+    mains = by[("mains_failure", "S-FLAT")]
+    assert (mains["status"], mains["severity"]) == ("open", "critical")
+    assert mains["evidence"]["reporting"] is False
+    assert mains["evidence"]["silent_since"] == "2026-11-20T11:30:00Z"
+    assert "batteries probably exhausted" in mains["summary"]
+    offline = by[("site_offline", "S-FLAT")]
+    cause = offline["evidence"]["probable_cause"]
+    assert (cause["kind"], cause["flag_id"]) == ("mains_failure", mains["id"])
+    assert offline["severity"] == "critical" and "停电退服" in offline["summary"]
+    assert by[("mains_failure", "S-BACK")]["status"] == "resolved"  # observed to end
+    assert "probable_cause" not in by[("site_offline", "S-BACK")]["evidence"]
+
+    # Seven hours later, silent beyond both rules' 6-hour windows: still open, still linked.
+    flags.run(NOW + 5 * 60 * M, rules=rules)
+    flags.run(NOW + 7 * 60 * M, rules=rules)
+    by = {(f["kind"], f["site_id"]): f for f in flags.list()}
+    assert by[("mains_failure", "S-FLAT")]["status"] == "open"
+    assert by[("mains_failure", "S-FLAT")]["id"] == mains["id"]
+    assert by[("site_offline", "S-FLAT")]["id"] == offline["id"]  # one outage, one flag
+    assert by[("site_offline", "S-FLAT")]["evidence"]["probable_cause"]["flag_id"] == mains["id"]
+
+    # Mains is seen back: now it resolves (after the hold-off), and so does the offline flag.
+    back_at = NOW + 7 * 60 * M
+    _write(influxdb, influx_db, _tower("S-FLAT", back_at, back_at + 30 * M, soc=lambda t: 40.0))
+    flags.run(back_at + 10 * M, rules=rules)
+    flags.run(back_at + 20 * M, rules=rules)
+    by = {(f["kind"], f["site_id"]): f for f in flags.list()}
+    assert by[("mains_failure", "S-FLAT")]["status"] == "resolved"
+    assert by[("site_offline", "S-FLAT")]["status"] == "resolved"
+    wait_for(lambda: any(t == "sitetwin/flags/mains_failure/S-FLAT" and m["status"] == "resolved"
+                         for t, m in flags.received), timeout=15, message="the resolution over MQTT")
+
+
+def test_a_backfill_run_twice_leaves_todays_open_flags_untouched(influxdb, influx_db, twin_url,
+                                                                 flags):
+    """S-NOW is on battery since -100 min (a live flag, open); S-PAST had an outage yesterday.
+    A backfill over the last day covers both and must neither resolve nor split the live one."""
+    _registry(twin_url, {"S-NOW": "on_air", "S-PAST": "on_air"})
+    day = timedelta(days=1)
+    _write(influxdb, influx_db,
+           _tower("S-NOW", NOW - day, NOW, on_battery=lambda t: t >= NOW - 100 * M,
+                  soc=lambda t: 90.0)
+           + _tower("S-PAST", NOW - day, NOW,
+                    on_battery=lambda t: NOW - 20 * 60 * M <= t < NOW - 19 * 60 * M,
+                    soc=lambda t: 80.0))
+    flags.run(NOW, rules=["mains_failure"])
+    (live,) = flags.list()
+    assert (live["site_id"], live["status"]) == ("S-NOW", "open")
+
+    since, until = NOW - day, NOW - 30 * M
+    first = flags.run(until, since=since, rules=["mains_failure"])["mains_failure"]
+    after_first = flags.list()
+    assert [f for f in after_first if f["id"] == live["id"]] == [live]  # untouched
+    past = [f for f in after_first if f["site_id"] == "S-PAST"]
+    assert len(past) == 1 and past[0]["status"] == "resolved"  # one flag for one outage
+    assert past[0]["window_start"] == "2026-11-19T16:00:00Z"
+    assert [f["site_id"] for f in after_first] == ["S-NOW", "S-PAST"]  # S-NOW not split
+    assert (first["opened"], first["resolved"]) == (1, 1)
+
+    again = flags.run(until, since=since, rules=["mains_failure"])["mains_failure"]
+    assert (again["opened"], again["updated"], again["resolved"]) == (0, 0, 0)
+    assert flags.list() == after_first
+
+    # The live runs carry on with their flag as before.
+    flags.run(NOW + 5 * M, rules=["mains_failure"])
+    (still,) = [f for f in flags.list() if f["site_id"] == "S-NOW"]
+    assert (still["id"], still["status"]) == (live["id"], "open")
