@@ -24,7 +24,8 @@ from connectors.influx import InfluxReader
 from rules.errors import RuleDataError
 from rules.rule import Facts, Frames, Rule, Thresholds
 
-__all__ = ["SiteHistory", "WindowData", "influx_time", "load_facts", "load_site_history"]
+__all__ = ["SiteHistory", "WindowData", "influx_time", "load_facts", "load_interferers",
+           "load_site_history"]
 
 # Beyond this many ids a filter costs more than it saves; the query then reads every series.
 _MAX_FILTER_IDS = 500
@@ -485,6 +486,7 @@ def load_facts(store: Any) -> Facts:
                          for r in s.execute(select(Bill.bill_id, Bill.site_id, Bill.supplier_id,
                                                    Bill.supplier_name, Bill.meter_id, Bill.period_start,
                                                    Bill.period_end, Bill.billed_kwh, Bill.amount_cny))]
+        interferer_rows = load_interferers(store)
     except TwinError as exc:
         raise RuleDataError(f"registry facts unavailable: {exc}") from exc
     defaults = Facts()
@@ -493,7 +495,24 @@ def load_facts(store: Any) -> Facts:
         reservations=pd.DataFrame(res_rows) if res_rows else defaults.reservations,
         tariffs=pd.DataFrame(tariff_rows) if tariff_rows else defaults.tariffs,
         bills=pd.DataFrame(bill_rows) if bill_rows else defaults.bills,
+        interferers=pd.DataFrame(interferer_rows) if interferer_rows else defaults.interferers,
     )
+
+
+def load_interferers(store: Any) -> list[dict[str, Any]]:
+    """The authorised interferers (interferers.csv) as ``Facts.interferers`` rows."""
+    from twin.models import Interferer
+
+    def utc(text: str) -> pd.Timestamp:
+        return pd.Timestamp(text).tz_convert("UTC")
+
+    with store.session() as s:
+        return [{"interferer_id": r.interferer_id, "name": r.name, "lat": r.lat, "lon": r.lon,
+                 "radius_m": r.radius_m,
+                 "bands": tuple(b for b in (r.bands or "").split(";") if b),
+                 "windows": tuple((utc(a), utc(b)) for a, _, b in
+                                  (w.partition("/") for w in r.windows.split(";") if w))}
+                for r in s.scalars(select(Interferer).order_by(Interferer.interferer_id))]
 
 
 class SiteHistory:
@@ -562,7 +581,8 @@ class SiteHistory:
             then = pd.Series(pd.to_datetime(values[c], utc=True), index=sites.index)
             then[~has] = pd.to_datetime(sites.loc[~has, col], utc=True)
             sites[col] = then
-        return Facts(sites=sites, reservations=facts.reservations, tariffs=facts.tariffs, bills=facts.bills)
+        return Facts(sites=sites, reservations=facts.reservations, tariffs=facts.tariffs, bills=facts.bills,
+                     interferers=facts.interferers)
 
 
 def load_site_history(store: Any) -> SiteHistory:

@@ -52,6 +52,8 @@ class Facts:
     ``tariffs``: region, customer_class, period, hours, effective_from, price_cny_per_kwh.
     ``bills``: bill_id, site_id, supplier_id, supplier_name, meter_id, period_start,
     period_end (exclusive, UTC), billed_kwh, amount_cny.
+    ``interferers``: interferer_id, name, lat, lon, radius_m, bands (tuple of band names,
+    empty: every band), windows (tuple of (start, end) UTC timestamps): interferers.csv.
     """
 
     sites: pd.DataFrame = field(default_factory=lambda: _empty(
@@ -64,6 +66,8 @@ class Facts:
     bills: pd.DataFrame = field(default_factory=lambda: _empty(
         "bill_id", "site_id", "supplier_id", "supplier_name", "meter_id", "period_start",
         "period_end", "billed_kwh", "amount_cny"))
+    interferers: pd.DataFrame = field(default_factory=lambda: _empty(
+        "interferer_id", "name", "lat", "lon", "radius_m", "bands", "windows"))
 
 
 Evaluate = Callable[[Frames, Facts, datetime, Any], list[Finding]]

@@ -37,6 +37,7 @@ __all__ = [
     "Cell",
     "Flag",
     "FlagReview",
+    "Interferer",
     "LifecycleEvent",
     "LiveSiteState",
     "Meter",
@@ -252,3 +253,23 @@ class FlagReview(Base):
     reviewed_by: Mapped[str] = mapped_column(String(100))
     reviewed_at: Mapped[datetime]
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class Interferer(Base):
+    """A known, authorised interferer (公用干扰器: an exam-hall jammer), from interferers.csv.
+
+    ``bands``: ``;``-separated band names (empty: every band).  ``windows``: when it may
+    transmit, as ``;``-separated ``start/end`` instants, stored in UTC (``...Z/...Z``); the
+    file gives them in local time.  An interference finding inside its radius, in one of
+    its bands and windows, is marked authorised rather than escalated (revision 0007).
+    """
+
+    __tablename__ = "interferers"
+    interferer_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    radius_m: Mapped[float] = mapped_column(Float)
+    bands: Mapped[str | None] = mapped_column(String(300))
+    windows: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -260,3 +260,53 @@ def test_a_backfill_run_twice_leaves_todays_open_flags_untouched(influxdb, influ
     flags.run(NOW + 5 * M, rules=["mains_failure"])
     (still,) = [f for f in flags.list() if f["site_id"] == "S-NOW"]
     assert (still["id"], still["status"]) == (live["id"], "open")
+
+
+def test_an_authorised_jammers_incident_is_marked_authorised(influxdb, influx_db, twin_url, flags,
+                                                             tmp_path):
+    """An exam-hall jammer (08:00-21:00 local, n78, 2 km) raises two nearby sites' cells; a
+    site 100 km away is interfered with at the same time.  The first is kept as an incident
+    marked authorised (severity info); the second stays an alarm."""
+    _registry(twin_url, {"S-A": "on_air", "S-B": "on_air", "S-FAR": "on_air"})
+    from twin.models import Site
+    from twin.store import open_store
+
+    store = open_store(twin_url)
+    try:
+        with store.session() as s:
+            for sid, lat, lon in (("S-A", 31.000, 121.000), ("S-B", 31.010, 121.000),
+                                  ("S-FAR", 32.000, 121.000)):
+                site = s.get(Site, sid)
+                site.lat, site.lon = lat, lon
+    finally:
+        store.close()
+    lines = []
+    for site, cell in (("S-A", "S-A-1"), ("S-B", "S-B-1"), ("S-FAR", "S-FAR-1")):
+        for i in range(8):
+            t = NOW - 120 * M + 15 * M * (i + 1) - timedelta(seconds=1)
+            lines.append(line("interference", {"site_id": site, "cell_id": cell, "band": "n78"},
+                              {"ul_interference_dbm": -99.0, "period_s": 900}, _ns(t)))
+    _write(influxdb, influx_db, lines)
+    csv = tmp_path / "interferers.csv"
+    csv.write_text("interferer_id,name,lat,lon,radius_m,bands,windows\n"
+                   "EXAM-3,No. 3 Middle School exam hall,31.004,121.001,2000,n78;n41,"
+                   "2026-11-20T08:00/2026-11-20T21:00;2026-11-21T08:00/2026-11-21T21:00\n",
+                   encoding="utf-8")
+    code, result = flags.cli("interferers", "import", str(csv))
+    assert code == 0 and result["inserted"] == 1
+
+    flags.run(NOW, rules=["interference"])
+    by_site = {f["site_id"]: f for f in flags.list()}
+    assert set(by_site) == {"S-A", "S-FAR"}  # S-A anchors the S-A/S-B incident
+    incident = by_site["S-A"]
+    allowed = incident["evidence"]["authorised_interferer"]
+    # 08:00-21:00 in Asia/Shanghai is 00:00-13:00 UTC.
+    assert (allowed["interferer_id"], allowed["window"]) == (
+        "EXAM-3", ["2026-11-20T00:00:00Z", "2026-11-20T13:00:00Z"])
+    assert incident["severity"] == "info" and incident["evidence"]["incident"] is True
+    assert incident["status"] == "open"  # kept and shown, not dropped
+    far = by_site["S-FAR"]
+    assert far["severity"] == "critical" and "authorised_interferer" not in far["evidence"]
+    wait_for(lambda: len(flags.received) >= 2, timeout=15, message="flags over MQTT")
+    announced = {t: m for t, m in flags.received}
+    assert announced["sitetwin/flags/interference/S-A"]["severity"] == "info"

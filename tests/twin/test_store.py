@@ -164,3 +164,22 @@ def test_revision_0002_adds_the_supplier_identity_to_a_0001_registry(twin_url):
         assert ses.get(Bill, "B1").supplier_credit_code == "91350100M000100Y43"
         assert ses.get(Site, "S1").address == "成都市"
     again.close()
+
+
+def test_revision_0007_adds_the_interferers_table(twin_url):
+    # A registry as revision 0002 left it: no interferers table.
+    s = open_store(twin_url)
+    with s.session() as ses:
+        ses.execute(text("DROP TABLE interferers"))
+        ses.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    s.close()
+    again = open_store(twin_url)
+    assert again.version == latest_version()
+    from twin.models import Interferer
+
+    with again.session() as ses:
+        ses.add(Interferer(interferer_id="EXAM-1", name="Exam hall", lat=30.6, lon=104.0,
+                           radius_m=800.0, bands="n78", windows="2026-06-07T00:00:00Z/2026-06-07T09:00:00Z"))
+    with again.session() as ses:
+        assert ses.get(Interferer, "EXAM-1").updated_at.tzinfo is not None
+    again.close()

@@ -1,0 +1,37 @@
+"""Authorised interferers (公用干扰器): the registry of known jammers an incident is matched to.
+
+Issue 14: an exam-hall jammer is an interference incident the NOC should see as authorised,
+not escalate.  A new table only, so existing rows are untouched; a registry that already
+has it (created from newer models, then stamped) is left alone.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+# The lead re-chains 0002-0007 at merge; on this branch the head before it is 0002.
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    if "interferers" in sa.inspect(op.get_bind()).get_table_names():
+        return
+    op.create_table(
+        "interferers",
+        sa.Column("interferer_id", sa.String(64), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("lat", sa.Float, nullable=False),
+        sa.Column("lon", sa.Float, nullable=False),
+        sa.Column("radius_m", sa.Float, nullable=False),
+        sa.Column("bands", sa.String(300), nullable=True),
+        sa.Column("windows", sa.Text, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    raise NotImplementedError("registries are migrated forward only")
