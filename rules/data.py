@@ -25,7 +25,7 @@ from rules.errors import RuleDataError
 from rules.rule import Facts, Frames, Rule, Thresholds
 
 __all__ = ["SiteHistory", "WindowData", "influx_time", "load_facts", "load_interferers",
-           "load_site_history"]
+           "load_maintenance", "load_site_history"]
 
 # Beyond this many ids a filter costs more than it saves; the query then reads every series.
 _MAX_FILTER_IDS = 500
@@ -375,6 +375,44 @@ class WindowData:
              f'FROM "tower" WHERE {_between(now - timedelta(seconds=t.window), now)} GROUP BY "site_id"')
         return self._frame(q, memo="run")
 
+    def door_readings(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """Every ``door_open`` reading in the window of the sites that reported it open."""
+        where = _between(now - timedelta(seconds=t.window), now)
+        opened = self._frame(f'SELECT count("door_open") AS "n" FROM "tower" WHERE {where}'
+                             ' AND "door_open" = true GROUP BY "site_id"')
+        if opened.empty:
+            return pd.DataFrame()
+        q = f'SELECT "door_open" FROM "tower" WHERE {where}' '{filter} GROUP BY "site_id"'
+        return self._frames_by_ids(q, "site_id", opened["site_id"])
+
+    def env_5m(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """5-minute buckets of cabinet temperature, tilt, battery voltage and SOC, and the last
+        ``on_battery``/``mains_ok``, only for the sites whose extremes in the window reach the
+        calling rule's level (``overtemp_c``, ``limit_deg`` or ``warning_v``)."""
+        start = _floor(now - timedelta(seconds=t.window), 5)
+        where = _between(start, now)
+        bounds = self._frame('SELECT max("cabinet_temp_c") AS "temp_max", max("tilt_deg") AS "tilt_max", '
+                             f'min("battery_voltage_v") AS "volt_min" FROM "tower" WHERE {where} '
+                             'GROUP BY "site_id"', memo="run")
+        if bounds.empty:
+            return pd.DataFrame()
+        suspect = pd.Series(False, index=bounds.index)
+        for column, level, above in (("temp_max", getattr(t, "overtemp_c", None), True),
+                                     ("tilt_max", getattr(t, "limit_deg", None), True),
+                                     ("volt_min", getattr(t, "warning_v", None), False)):
+            if level is not None and column in bounds.columns:
+                values = pd.to_numeric(bounds[column], errors="coerce")
+                suspect |= (values >= level) if above else (values <= level)
+        sites = bounds.loc[suspect.to_numpy(), "site_id"]
+        if sites.empty:
+            return pd.DataFrame()
+        q = ('SELECT mean("cabinet_temp_c") AS "cabinet_temp_c", mean("tilt_deg") AS "tilt_deg", '
+             'mean("battery_voltage_v") AS "battery_voltage_v", '
+             'mean("battery_soc_pct") AS "battery_soc_pct", last("on_battery") AS "on_battery", '
+             f'last("mains_ok") AS "mains_ok" FROM "tower" WHERE {where}'
+             '{filter} GROUP BY time(5m), "site_id" fill(none)')
+        return self._frames_by_ids(q, "site_id", sites)
+
     def tower_5m(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         """5-minute buckets, only for the sites whose latest report says on battery or mains down."""
         start = _floor(now - timedelta(seconds=t.window), 5)
@@ -487,6 +525,7 @@ def load_facts(store: Any) -> Facts:
                                                    Bill.supplier_name, Bill.meter_id, Bill.period_start,
                                                    Bill.period_end, Bill.billed_kwh, Bill.amount_cny))]
         interferer_rows = load_interferers(store)
+        maintenance_rows = load_maintenance(store)
     except TwinError as exc:
         raise RuleDataError(f"registry facts unavailable: {exc}") from exc
     defaults = Facts()
@@ -496,7 +535,19 @@ def load_facts(store: Any) -> Facts:
         tariffs=pd.DataFrame(tariff_rows) if tariff_rows else defaults.tariffs,
         bills=pd.DataFrame(bill_rows) if bill_rows else defaults.bills,
         interferers=pd.DataFrame(interferer_rows) if interferer_rows else defaults.interferers,
+        maintenance=pd.DataFrame(maintenance_rows) if maintenance_rows else defaults.maintenance,
     )
+
+
+def load_maintenance(store: Any) -> list[dict[str, Any]]:
+    """The booked maintenance visits (maintenance.csv) as ``Facts.maintenance`` rows."""
+    from twin.models import MaintenanceWindow
+
+    with store.session() as s:
+        return [{"site_id": r.site_id, "start": _aware(r.start), "end": _aware(r.end),
+                 "ticket": r.ticket}
+                for r in s.scalars(select(MaintenanceWindow).order_by(MaintenanceWindow.site_id,
+                                                                      MaintenanceWindow.start))]
 
 
 def load_interferers(store: Any) -> list[dict[str, Any]]:
@@ -582,7 +633,7 @@ class SiteHistory:
             then[~has] = pd.to_datetime(sites.loc[~has, col], utc=True)
             sites[col] = then
         return Facts(sites=sites, reservations=facts.reservations, tariffs=facts.tariffs, bills=facts.bills,
-                     interferers=facts.interferers)
+                     interferers=facts.interferers, maintenance=facts.maintenance)
 
 
 def load_site_history(store: Any) -> SiteHistory:

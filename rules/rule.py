@@ -54,6 +54,8 @@ class Facts:
     period_end (exclusive, UTC), billed_kwh, amount_cny.
     ``interferers``: interferer_id, name, lat, lon, radius_m, bands (tuple of band names,
     empty: every band), windows (tuple of (start, end) UTC timestamps): interferers.csv.
+    ``maintenance``: site_id, start, end (UTC, end excluded), ticket: maintenance.csv, the
+    booked visits during which a site's door may be open.
     """
 
     sites: pd.DataFrame = field(default_factory=lambda: _empty(
@@ -68,6 +70,8 @@ class Facts:
         "period_end", "billed_kwh", "amount_cny"))
     interferers: pd.DataFrame = field(default_factory=lambda: _empty(
         "interferer_id", "name", "lat", "lon", "radius_m", "bands", "windows"))
+    maintenance: pd.DataFrame = field(default_factory=lambda: _empty(
+        "site_id", "start", "end", "ticket"))
 
 
 Evaluate = Callable[[Frames, Facts, datetime, Any], list[Finding]]

@@ -47,6 +47,7 @@ from twin.models import (
     Interferer,
     LifecycleEvent,
     LiveSiteState,
+    MaintenanceWindow,
     Reservation,
     Site,
     Tariff,
@@ -56,6 +57,7 @@ from twin.models import (
 __all__ = [
     "BILLS",
     "INTERFERERS",
+    "MAINTENANCE",
     "RESERVATIONS",
     "SCHEMAS",
     "SITES",
@@ -366,7 +368,29 @@ INTERFERERS = Schema(
     stamped=("updated_at",),
 )
 
-SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS, INTERFERERS)}
+def _check_maintenance(row: dict[str, Any]) -> list[tuple[str, str]]:
+    if row["end"] <= row["start"]:
+        return [("end", "must be after start")]
+    return []
+
+
+# Booked maintenance visits: a door open during one is not an intrusion (issue 14).
+MAINTENANCE = Schema(
+    name="maintenance",
+    table=MaintenanceWindow.__table__,
+    key=("site_id", "start"),
+    columns=(
+        Column("site_id", identifier),
+        Column("start", timestamp),
+        Column("end", timestamp),
+        Column("ticket", text(100), required=False),
+    ),
+    check=_check_maintenance,
+    references=(("site_id", Site.__table__, "site_id"),),
+    stamped=("updated_at",),
+)
+
+SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS, INTERFERERS, MAINTENANCE)}
 
 # Annual build targets per county, read by ``sitetwin report progress`` (not stored).
 TARGETS = Schema(

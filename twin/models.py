@@ -38,6 +38,7 @@ __all__ = [
     "Flag",
     "FlagReview",
     "Interferer",
+    "MaintenanceWindow",
     "LifecycleEvent",
     "LiveSiteState",
     "Meter",
@@ -272,4 +273,20 @@ class Interferer(Base):
     radius_m: Mapped[float] = mapped_column(Float)
     bands: Mapped[str | None] = mapped_column(String(300))
     windows: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MaintenanceWindow(Base):
+    """A booked maintenance visit to a site (maintenance.csv): its door may be open then.
+
+    ``start`` included, ``end`` excluded, UTC; a door open outside every window of its
+    site is a ``door_open`` flag (revision 0007).
+    """
+
+    __tablename__ = "maintenance_windows"
+    site_id: Mapped[str] = mapped_column(ID, ForeignKey("sites.site_id", ondelete="CASCADE"),
+                                         primary_key=True)
+    start: Mapped[datetime] = mapped_column(primary_key=True)
+    end: Mapped[datetime]
+    ticket: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -61,7 +61,7 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     tr.add_argument("--by", metavar="NAME", help="who made the move (default: the OS user)")
     tr.set_defaults(handler=run_transition)
 
-    for kind in ("reservations", "tariffs", "bills", "interferers"):
+    for kind in ("reservations", "tariffs", "bills", "interferers", "maintenance"):
         p = commands.add_parser(kind, help=f"import {kind}.csv into the registry")
         _import_parser(p.add_subparsers(dest="action", metavar="ACTION", required=True), kind)
 

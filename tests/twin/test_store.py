@@ -166,11 +166,12 @@ def test_revision_0002_adds_the_supplier_identity_to_a_0001_registry(twin_url):
     again.close()
 
 
-def test_revision_0007_adds_the_interferers_table(twin_url):
-    # A registry as revision 0002 left it: no interferers table.
+def test_revision_0007_adds_the_interferers_and_maintenance_tables(twin_url):
+    # A registry as revision 0002 left it: neither table.
     s = open_store(twin_url)
     with s.session() as ses:
         ses.execute(text("DROP TABLE interferers"))
+        ses.execute(text("DROP TABLE maintenance_windows"))
         ses.execute(text("UPDATE alembic_version SET version_num = '0002'"))
     s.close()
     again = open_store(twin_url)
@@ -182,4 +183,5 @@ def test_revision_0007_adds_the_interferers_table(twin_url):
                            radius_m=800.0, bands="n78", windows="2026-06-07T00:00:00Z/2026-06-07T09:00:00Z"))
     with again.session() as ses:
         assert ses.get(Interferer, "EXAM-1").updated_at.tzinfo is not None
+        assert ses.execute(text("SELECT count(*) FROM maintenance_windows")).scalar() == 0
     again.close()

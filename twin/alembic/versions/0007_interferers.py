@@ -1,8 +1,9 @@
-"""Authorised interferers (公用干扰器): the registry of known jammers an incident is matched to.
+"""Authorised interferers (公用干扰器) and maintenance windows: two new registry tables.
 
 Issue 14: an exam-hall jammer is an interference incident the NOC should see as authorised,
-not escalate.  A new table only, so existing rows are untouched; a registry that already
-has it (created from newer models, then stamped) is left alone.
+not escalate (``interferers``); a door opened during a booked visit is not an intrusion
+(``maintenance_windows``).  New tables only, so existing rows are untouched; a table that
+is already there (a registry created from newer models, then stamped) is left alone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ depends_on = None
 
 
 def upgrade() -> None:
-    if "interferers" in sa.inspect(op.get_bind()).get_table_names():
+    present = set(sa.inspect(op.get_bind()).get_table_names())
+    if "maintenance_windows" not in present:
+        op.create_table(
+            "maintenance_windows",
+            sa.Column("site_id", sa.String(64), sa.ForeignKey("sites.site_id", ondelete="CASCADE"),
+                      primary_key=True),
+            sa.Column("start", sa.DateTime(timezone=True), primary_key=True),
+            sa.Column("end", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("ticket", sa.String(100), nullable=True),
+            sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        )
+    if "interferers" in present:
         return
     op.create_table(
         "interferers",
