@@ -310,3 +310,70 @@ def test_an_authorised_jammers_incident_is_marked_authorised(influxdb, influx_db
     wait_for(lambda: len(flags.received) >= 2, timeout=15, message="flags over MQTT")
     announced = {t: m for t, m in flags.received}
     assert announced["sitetwin/flags/interference/S-A"]["severity"] == "info"
+
+
+def test_power_monitoring_flags_and_the_honest_inputs_they_leave_alone(influxdb, influx_db,
+                                                                        twin_url, flags, tmp_path):
+    """The last hour of tower reports: a door opened with no visit booked (flagged), a door
+    opened during a booked visit (not), a hot cabinet (flagged), a cabinet warming on a sunny
+    afternoon (not), a leaning pole (flagged), a pole in a gust (not), a battery near its
+    low-voltage disconnect (flagged)."""
+    _registry(twin_url, {s: "on_air" for s in ("S-DOOR", "S-VISIT", "S-HOT", "S-SUN", "S-LEAN",
+                                               "S-GUST", "S-LLVD")})
+    lines = []
+    for i in range(12):
+        t = NOW - 60 * M + 5 * M * i
+        late = i >= 9  # the last 15 minutes
+        fields = {
+            "S-DOOR": {"door_open": late}, "S-VISIT": {"door_open": late},
+            "S-HOT": {"cabinet_temp_c": 40.0 + i * 1.0},             # >= 45 from i = 5: 35 min
+            "S-SUN": {"cabinet_temp_c": 28.0 + 8.0 * (i / 11)},       # 28 -> 36 °C
+            "S-LEAN": {"tilt_deg": 0.4 if i < 8 else 3.6},
+            "S-GUST": {"tilt_deg": 3.2 if i == 6 else 0.4},
+            "S-LLVD": {"battery_voltage_v": 48.0 - 0.3 * i},          # 44.7 V at the end
+        }
+        for site, extra in fields.items():
+            on_battery = site == "S-LLVD"
+            lines.append(line("tower", {"site_id": site},
+                              {"mains_ok": not on_battery, "on_battery": on_battery, **extra}, _ns(t)))
+    _write(influxdb, influx_db, lines)
+    csv = tmp_path / "maintenance.csv"
+    csv.write_text("site_id,start,end,ticket\n"  # local times: 19:30-21:00 +08:00
+                   "S-VISIT,2026-11-20T19:30,2026-11-20T21:00,WO-1187\n", encoding="utf-8")
+    code, result = flags.cli("maintenance", "import", str(csv))
+    assert code == 0 and result["inserted"] == 1
+
+    summary = flags.run(NOW, rules=["door_open", "cabinet_overtemp", "tilt_exceeded",
+                                    "battery_llvd_risk"])
+    assert {r: s["findings"] for r, s in summary.items()} == {
+        "door_open": 1, "cabinet_overtemp": 1, "tilt_exceeded": 1, "battery_llvd_risk": 1}
+    got = {(f["kind"], f["site_id"]): f for f in flags.list()}
+    assert set(got) == {("door_open", "S-DOOR"), ("cabinet_overtemp", "S-HOT"),
+                        ("tilt_exceeded", "S-LEAN"), ("battery_llvd_risk", "S-LLVD")}
+    assert got[("door_open", "S-DOOR")]["evidence"]["open_since"] == "2026-11-20T11:45:00Z"
+    assert got[("cabinet_overtemp", "S-HOT")]["evidence"]["max_temp_c"] == 51.0
+    assert got[("battery_llvd_risk", "S-LLVD")]["evidence"]["battery_voltage_v"] == 44.7
+    wait_for(lambda: len(flags.received) >= 4, timeout=15, message="flags over MQTT")
+    assert {t for t, _ in flags.received} == {f"sitetwin/flags/{k}/{s}" for k, s in got}
+
+
+def test_a_backfill_of_hourly_history_keeps_one_outage_one_flag(influxdb, influx_db, twin_url,
+                                                                flags):
+    """Hourly tower history: on battery for five hours.  Stepping every 5 minutes, the site is
+    silent 55 minutes of each hour; its mains failure goes on through the silence, so the
+    outage is one flag (it was five, each resolved after the hold-off, before issue 14)."""
+    _registry(twin_url, {"S-H": "on_air"})
+    lines, t = [], NOW - 24 * 60 * M
+    while t < NOW:
+        batt = NOW - 10 * 60 * M <= t < NOW - 5 * 60 * M
+        lines.append(line("tower", {"site_id": "S-H"}, {"mains_ok": not batt, "on_battery": batt,
+                                                        "battery_soc_pct": 70.0 if batt else 100.0},
+                          _ns(t)))
+        t += 60 * M
+    _write(influxdb, influx_db, lines)
+    summary = flags.run(NOW, since=NOW - 24 * 60 * M, rules=["mains_failure"])["mains_failure"]
+    assert (summary["opened"], summary["resolved"]) == (1, 1)
+    (flag,) = flags.list()
+    assert flag["window_start"] == "2026-11-20T02:00:00Z" and flag["status"] == "resolved"
+    resolved = datetime.fromisoformat(flag["resolved_at"].replace("Z", "+00:00"))
+    assert NOW - 5 * 60 * M <= resolved <= NOW - 5 * 60 * M + 15 * M  # mains seen back at 07:00
