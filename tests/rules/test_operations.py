@@ -96,3 +96,10 @@ def test_only_sites_that_reported_are_observed():
     latest = pd.DataFrame({"site_id": ["A", "B"], "on_battery": [False, True]})
     assert observed_sites({"tower_latest": latest}) == {"A", "B"}
     assert observed_sites({}) == set()
+
+
+def test_the_rules_and_the_twin_agree_on_which_states_should_be_on_air():
+    from rules.operations import ON_AIR_STATES
+    from twin.live import ON_AIR_STATES as TWIN_ON_AIR
+
+    assert ON_AIR_STATES == TWIN_ON_AIR
