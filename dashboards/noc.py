@@ -1,4 +1,11 @@
-"""NOC overview: where the sites are, which are up, on battery or flagged, and the pipeline."""
+"""NOC overview: where the sites are, which are up, on battery or flagged, and the pipeline.
+
+Offline is ``site_state.offline`` (written by ``twin.live``): a site that should be on air
+and is silent.  A never-built site (planned ... power_connected) or a decommissioned one is
+silent by design: it is not counted offline, and the map draws it grey, not red (issue 14).
+The map colours by ``status``: 0 not expected on air (grey), 1 offline (red), 2 online (green),
+computed in InfluxQL from the two 0/1 fields as ``online * 2 + offline``.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,13 @@ __all__ = ["DASHBOARD"]
 _SITES = f"$timeFilter AND {by_county} AND {by_site}"
 
 _MAP = Query(
+    'SELECT "lat", "lon", "online" * 2 + "offline" AS "status", "online", "offline", '
+    '"on_battery", "battery_soc_pct" FROM ('
     'SELECT last("lat") AS "lat", last("lon") AS "lon", last("online") AS "online", '
+    'last("offline") AS "offline", '
     'last("on_battery") AS "on_battery", last("battery_soc_pct") AS "battery_soc_pct" '
-    f'FROM "site_state" WHERE {_SITES} GROUP BY "site_id", "state", "county"',
+    f'FROM "site_state" WHERE {_SITES} GROUP BY "site_id", "state", "county") '
+    'GROUP BY "site_id", "state", "county"',
     result_format="table",
 )
 
@@ -25,9 +36,10 @@ _PER_STATE = Query(
 )
 
 _ONLINE = Query(
-    'SELECT sum("online") AS "online", count("online") - sum("online") AS "offline", '
+    'SELECT sum("online") AS "online", sum("offline") AS "offline", '
     'sum("on_battery") AS "on battery" FROM ('
-    'SELECT last("online") AS "online", last("on_battery") AS "on_battery" FROM "site_state" '
+    'SELECT last("online") AS "online", last("offline") AS "offline", '
+    'last("on_battery") AS "on_battery" FROM "site_state" '
     f'WHERE {_SITES} GROUP BY "site_id")',
 )
 
@@ -42,7 +54,7 @@ _ON_BATTERY_NOW = Query(
 
 _ON_BATTERY_OVER_TIME = Query(
     'SELECT sum("on_battery") AS "on battery", sum("offline") AS "offline" FROM ('
-    'SELECT last("on_battery") AS "on_battery", 1 - last("online") AS "offline" '
+    'SELECT last("on_battery") AS "on_battery", last("offline") AS "offline" '
     f'FROM "site_state" WHERE {_SITES} GROUP BY time($__interval), "site_id" fill(none)) '
     'GROUP BY time($__interval) fill(none)',
 )
@@ -62,16 +74,19 @@ DASHBOARD = Dashboard(
            Link("Power & reservations", "/d/sitetwin-power/power-and-reservations"),
            Link("Overcharging review", "/d/sitetwin-overcharging/overcharging-review")),
     panels=(
-        sites_map("Sites (green online, red offline)", _MAP, "online",
-                  thresholds((None, "red"), (1, "green")), width=14, height=16,
+        sites_map("Sites (green online, red offline, grey not on air)", _MAP, "status",
+                  thresholds((None, "#8e8e8e"), (1, "red"), (2, "green")), width=14, height=16,
                   text_field="site_id",
-                  description="Latest twin state of each site; tooltip shows lifecycle state, "
-                              "county, battery."),
+                  description="Latest twin state of each site; red only for a site that should "
+                              "be on air (on_air, relocating) and is silent - a site not built "
+                              "yet is grey. Tooltip shows lifecycle state, county, battery."),
         Panel("Sites per lifecycle state", "bargauge", [_PER_STATE], width=10, height=8,
               options={"orientation": "horizontal", "displayMode": "basic",
                        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
               defaults={"decimals": 0}),
         Panel("Online / offline / on battery", "stat", [_ONLINE], width=10, height=8,
+              description="Offline: sites that should be on air and are silent; sites not "
+                          "built yet are not counted.",
               options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                        "colorMode": "value", "graphMode": "none", "textMode": "value_and_name"},
               defaults={"decimals": 0}),

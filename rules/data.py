@@ -26,7 +26,8 @@ from connectors.influx import InfluxReader
 from rules.errors import RuleDataError
 from rules.rule import Facts, Frames, Rule, Thresholds
 
-__all__ = ["SiteHistory", "WindowData", "influx_time", "load_facts", "load_site_history"]
+__all__ = ["SiteHistory", "WindowData", "influx_time", "load_facts", "load_interferers",
+           "load_maintenance", "load_site_history"]
 
 # Beyond this many ids a filter costs more than it saves; the query then reads every series.
 _MAX_FILTER_IDS = 500
@@ -395,6 +396,53 @@ class WindowData:
             return pd.DataFrame({"site_id": [], "time": []})
         return pd.concat(parts, ignore_index=True).groupby("site_id", as_index=False)["time"].max()
 
+    def tower_latest(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """The last ``on_battery``, ``mains_ok`` and SOC per site that reported in the window
+        (one row per site; its time is not the report's: InfluxQL gives several selectors
+        the window's start)."""
+        q = ('SELECT last("on_battery") AS "on_battery", last("mains_ok") AS "mains_ok", '
+             'last("battery_soc_pct") AS "battery_soc_pct" '
+             f'FROM "tower" WHERE {_between(now - timedelta(seconds=t.window), now)} GROUP BY "site_id"')
+        return self._frame(q, memo="run")
+
+    def door_readings(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """Every ``door_open`` reading in the window of the sites that reported it open."""
+        where = _between(now - timedelta(seconds=t.window), now)
+        opened = self._frame(f'SELECT count("door_open") AS "n" FROM "tower" WHERE {where}'
+                             ' AND "door_open" = true GROUP BY "site_id"')
+        if opened.empty:
+            return pd.DataFrame()
+        q = f'SELECT "door_open" FROM "tower" WHERE {where}' '{filter} GROUP BY "site_id"'
+        return self._frames_by_ids(q, "site_id", opened["site_id"])
+
+    def env_5m(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
+        """5-minute buckets of cabinet temperature, tilt, battery voltage and SOC, and the last
+        ``on_battery``/``mains_ok``, only for the sites whose extremes in the window reach the
+        calling rule's level (``overtemp_c``, ``limit_deg`` or ``warning_v``)."""
+        start = _floor(now - timedelta(seconds=t.window), 5)
+        where = _between(start, now)
+        bounds = self._frame('SELECT max("cabinet_temp_c") AS "temp_max", max("tilt_deg") AS "tilt_max", '
+                             f'min("battery_voltage_v") AS "volt_min" FROM "tower" WHERE {where} '
+                             'GROUP BY "site_id"', memo="run")
+        if bounds.empty:
+            return pd.DataFrame()
+        suspect = pd.Series(False, index=bounds.index)
+        for column, level, above in (("temp_max", getattr(t, "overtemp_c", None), True),
+                                     ("tilt_max", getattr(t, "limit_deg", None), True),
+                                     ("volt_min", getattr(t, "warning_v", None), False)):
+            if level is not None and column in bounds.columns:
+                values = pd.to_numeric(bounds[column], errors="coerce")
+                suspect |= (values >= level) if above else (values <= level)
+        sites = bounds.loc[suspect.to_numpy(), "site_id"]
+        if sites.empty:
+            return pd.DataFrame()
+        q = ('SELECT mean("cabinet_temp_c") AS "cabinet_temp_c", mean("tilt_deg") AS "tilt_deg", '
+             'mean("battery_voltage_v") AS "battery_voltage_v", '
+             'mean("battery_soc_pct") AS "battery_soc_pct", last("on_battery") AS "on_battery", '
+             f'last("mains_ok") AS "mains_ok" FROM "tower" WHERE {where}'
+             '{filter} GROUP BY time(5m), "site_id" fill(none)')
+        return self._frames_by_ids(q, "site_id", sites)
+
     def tower_5m(self, facts: Facts, now: datetime, t: Any, _frames: Frames) -> pd.DataFrame:
         """5-minute buckets, only for the sites whose latest report says on battery or mains down."""
         start = _floor(now - timedelta(seconds=t.window), 5)
@@ -506,6 +554,8 @@ def load_facts(store: Any) -> Facts:
                          for r in s.execute(select(Bill.bill_id, Bill.site_id, Bill.supplier_id,
                                                    Bill.supplier_name, Bill.meter_id, Bill.period_start,
                                                    Bill.period_end, Bill.billed_kwh, Bill.amount_cny))]
+        interferer_rows = load_interferers(store)
+        maintenance_rows = load_maintenance(store)
     except TwinError as exc:
         raise RuleDataError(f"registry facts unavailable: {exc}") from exc
     defaults = Facts()
@@ -514,7 +564,36 @@ def load_facts(store: Any) -> Facts:
         reservations=pd.DataFrame(res_rows) if res_rows else defaults.reservations,
         tariffs=pd.DataFrame(tariff_rows) if tariff_rows else defaults.tariffs,
         bills=pd.DataFrame(bill_rows) if bill_rows else defaults.bills,
+        interferers=pd.DataFrame(interferer_rows) if interferer_rows else defaults.interferers,
+        maintenance=pd.DataFrame(maintenance_rows) if maintenance_rows else defaults.maintenance,
     )
+
+
+def load_maintenance(store: Any) -> list[dict[str, Any]]:
+    """The booked maintenance visits (maintenance.csv) as ``Facts.maintenance`` rows."""
+    from twin.models import MaintenanceWindow
+
+    with store.session() as s:
+        return [{"site_id": r.site_id, "start": _aware(r.start), "end": _aware(r.end),
+                 "ticket": r.ticket}
+                for r in s.scalars(select(MaintenanceWindow).order_by(MaintenanceWindow.site_id,
+                                                                      MaintenanceWindow.start))]
+
+
+def load_interferers(store: Any) -> list[dict[str, Any]]:
+    """The authorised interferers (interferers.csv) as ``Facts.interferers`` rows."""
+    from twin.models import Interferer
+
+    def utc(text: str) -> pd.Timestamp:
+        return pd.Timestamp(text).tz_convert("UTC")
+
+    with store.session() as s:
+        return [{"interferer_id": r.interferer_id, "name": r.name, "lat": r.lat, "lon": r.lon,
+                 "radius_m": r.radius_m,
+                 "bands": tuple(b for b in (r.bands or "").split(";") if b),
+                 "windows": tuple((utc(a), utc(b)) for a, _, b in
+                                  (w.partition("/") for w in r.windows.split(";") if w))}
+                for r in s.scalars(select(Interferer).order_by(Interferer.interferer_id))]
 
 
 class SiteHistory:
@@ -583,7 +662,8 @@ class SiteHistory:
             then = pd.Series(pd.to_datetime(values[c], utc=True), index=sites.index)
             then[~has] = pd.to_datetime(sites.loc[~has, col], utc=True)
             sites[col] = then
-        return Facts(sites=sites, reservations=facts.reservations, tariffs=facts.tariffs, bills=facts.bills)
+        return Facts(sites=sites, reservations=facts.reservations, tariffs=facts.tariffs, bills=facts.bills,
+                     interferers=facts.interferers, maintenance=facts.maintenance)
 
 
 def load_site_history(store: Any) -> SiteHistory:

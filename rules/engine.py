@@ -6,7 +6,8 @@ step.  Each rule yields an ``Outcome``; a rule that fails (bad threshold, query
 error, a bug) is an ``error`` outcome with the message, logged, and the others
 still run — and its flags are left untouched, so a failing rule never
 resolves anything.  Backfill steps each rule through history at its own
-interval, against the registry as it is now.
+interval, against the registry's states as they were then, and never touches a
+flag that existed before it began (issue 14).
 """
 
 from __future__ import annotations
@@ -81,9 +82,9 @@ class Engine:
     def thresholds(self, rule: Rule) -> Thresholds:
         return thresholds_for(self.settings, rule)
 
-    def run(self, now: datetime, rules: Sequence[Rule] = RULES, *, facts: Facts | None = None
-            ) -> list[Outcome]:
-        """Evaluate ``rules`` once at ``now``."""
+    def run(self, now: datetime, rules: Sequence[Rule] = RULES, *, facts: Facts | None = None,
+            frozen: frozenset[int] | None = None) -> list[Outcome]:
+        """Evaluate ``rules`` once at ``now``; ``frozen``: flags a backfill must not rewrite."""
         if facts is None:
             try:
                 facts = load_facts(self.store)
@@ -103,7 +104,7 @@ class Engine:
             pending = [pool.submit(self._fetch, rule, now, facts) if pool is not None else None
                        for rule in rules]
             for rule, ahead in zip(rules, pending, strict=True):
-                outcome, sync = self._run_one(rule, now, facts, ahead)
+                outcome, sync = self._run_one(rule, now, facts, ahead, frozen)
                 outcomes.append(outcome)
                 if sync is not None:
                     changed.extend(sync.changed)
@@ -130,7 +131,8 @@ class Engine:
         frames = self.data.fetch(rule, facts, now, t) if t.enabled else None
         return t, frames, time.perf_counter() - started
 
-    def _run_one(self, rule: Rule, now: datetime, facts: Facts, ahead: Future | None = None):
+    def _run_one(self, rule: Rule, now: datetime, facts: Facts, ahead: Future | None = None,
+                 frozen: frozenset[int] | None = None):
         """Evaluate one rule and sync its flags; ``ahead`` is its fetch started earlier.
 
         ``duration_s`` is the rule's own work: fetching (wherever it ran) plus evaluating.
@@ -149,8 +151,11 @@ class Engine:
             horizon = now - timedelta(seconds=t.window)
             in_scope = ((lambda flag: flag.window_end > horizon) if rule.scoped_by_window
                         else (lambda flag: True))
+            if rule.observed is not None:
+                seen, windowed = rule.observed(frames), in_scope
+                in_scope = lambda flag: flag.site_id in seen and windowed(flag)  # noqa: E731
             sync = self.flags.sync(rule.name, findings, now, self.settings.rules.hold_off,
-                                   in_scope=in_scope)
+                                   in_scope=in_scope, frozen=frozen)
         except Exception as exc:  # noqa: BLE001 - one failing rule must not stop the others
             log.error("rule %s failed at %s: %s", rule.name, now.isoformat(), exc,
                       exc_info=log.isEnabledFor(logging.DEBUG))
@@ -164,7 +169,12 @@ class Engine:
         """Step every rule from ``since`` to ``until`` at its own interval (``until`` included).
 
         Each step sees the sites' lifecycle states as they were at its time (``SiteHistory``).
+        A backfill never rewrites a flag that existed before it began (``FlagBook.sync``'s
+        ``frozen``) — except one a backfill of the range before left open, which it continues:
+        the flags open now stay as the live runs left them, and a second run of the same
+        backfill changes nothing.
         """
+        frozen = self.flags.frozen_for_backfill([r.name for r in rules], since)
         facts = load_facts(self.store)
         history = load_site_history(self.store)
         steps: dict[datetime, list[Rule]] = {}
@@ -182,7 +192,8 @@ class Engine:
         self._alarm_sites = set()
         try:
             for now in sorted(steps):
-                outcomes.extend(self.run(now, steps[now], facts=history.facts_at(facts, now)))
+                outcomes.extend(self.run(now, steps[now], facts=history.facts_at(facts, now),
+                                         frozen=frozen))
         finally:
             sites, self._alarm_sites = self._alarm_sites, None
             if self.publish_mqtt and sites:

@@ -27,6 +27,10 @@ KINDS: tuple[str, ...] = (
     "lifecycle_stalled",
     "site_offline",
     "mains_failure",
+    "door_open",
+    "cabinet_overtemp",
+    "tilt_exceeded",
+    "battery_llvd_risk",
 )
 
 

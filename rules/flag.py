@@ -13,6 +13,7 @@ A person takes an alarm on with ``ack`` (acknowledged: someone is on it) and
 ``assign`` (whose it is); both are columns of the flag, and every such action is
 a row of ``flag_actions`` beside the reviews.  Neither changes the status: an
 acknowledged flag still resolves when its condition ends.
+
 Concurrency: the registry holds at most one *open* flag per rule and
 ``dedup_key`` (a partial unique index, revision 0004), so two evaluations of a
 rule at once (two ``rules run``, or ``rules run`` beside the scheduler) cannot
@@ -20,12 +21,15 @@ both open one: the later insert is refused and that evaluation is applied again
 from a fresh read, updating the flag the other one opened.  A finding whose
 window is apart from an open flag of its key by more than the hold-off resolves
 that flag and opens a new one (before the index, it opened a second).
+
+A finding naming a ``probable_cause``
+(an offline site's mains failure) gets the id of the cause's live flag.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -89,6 +93,8 @@ class SyncResult:
     updated: list[dict[str, Any]] = field(default_factory=list)
     resolved: list[dict[str, Any]] = field(default_factory=list)
     clearing: int = 0
+    # Backfill only: findings already recorded by a flag that existed before it started.
+    skipped: int = 0
 
     @property
     def changed(self) -> list[dict[str, Any]]:
@@ -108,8 +114,19 @@ class FlagBook:
     def _session(self):
         return self.store.session()
 
+    def frozen_for_backfill(self, rules: Sequence[str], since: datetime) -> frozenset[int]:
+        """The flags of ``rules`` a backfill from ``since`` must not rewrite: every one, except
+        an open flag last evaluated at or before ``since`` — a backfill of the range before
+        left it open, and this one continues its history."""
+        Flag, _ = _models()
+        with self._session() as s:
+            rows = s.execute(select(Flag.id, Flag.status, Flag.updated_at)
+                             .where(Flag.rule.in_(list(rules)))).all()
+        return frozenset(r.id for r in rows if not (r.status == "open" and r.updated_at <= since))
+
     def sync(self, rule: str, findings: Sequence[Finding], now: datetime, hold_off_s: float, *,
-             in_scope: Callable[[Any], bool] = lambda flag: True) -> SyncResult:
+             in_scope: Callable[[Any], bool] = lambda flag: True,
+             frozen: Collection[int] | None = None) -> SyncResult:
         """Apply one evaluation of ``rule``: open, update, clear or resolve its flags.
 
         ``in_scope(flag)`` says whether this evaluation looked at a flag's subject at all
@@ -119,12 +136,20 @@ class FlagBook:
         index).  When another evaluation of the same rule (a second ``rules run``) opened
         one between our read and our write, the database refuses ours; the whole
         evaluation is then applied again, so it updates the flag the other one opened.
+
+        ``frozen`` (a backfill): the ids of the flags that existed before the backfill began.
+        They are never updated, cleared, resolved or reopened — a flag open now stays as the
+        live runs left it — and a finding that one of them already covers (same subject,
+        overlapping window) is skipped rather than opened again, as is a finding of a condition
+        whose frozen flag is open now (the live flag stands for it, and the database allows one
+        open flag per condition).  So a backfill only writes flags of its own, and running it
+        twice changes nothing the second time.
         """
         from twin.errors import TwinError
 
         for attempt in range(1, SYNC_ATTEMPTS + 1):
             try:
-                return self._sync_once(rule, findings, now, hold_off_s, in_scope)
+                return self._sync_once(rule, findings, now, hold_off_s, in_scope, frozen)
             except _OpenedMeanwhile as exc:
                 if attempt == SYNC_ATTEMPTS:
                     raise RuleDataError(f"flags of {rule} kept changing underneath"
@@ -136,13 +161,25 @@ class FlagBook:
         raise AssertionError("unreachable")
 
     def _sync_once(self, rule: str, findings: Sequence[Finding], now: datetime, hold_off_s: float,
-                   in_scope: Callable[[Any], bool]) -> SyncResult:
+                   in_scope: Callable[[Any], bool],
+                   frozen: Collection[int] | None) -> SyncResult:
         Flag, _ = _models()
         slack = timedelta(seconds=hold_off_s)
         out = SyncResult()
         with self._session() as s:
             live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != "resolved")
                              .order_by(Flag.id)).all()
+            # A backfill's frozen flags: matched against (to skip what they cover), never written.
+            recorded: dict[str, list[Any]] = {}
+            frozen_open: set[str] = set()
+            if frozen is not None:
+                kept = set(frozen)
+                for flag in s.scalars(select(Flag).where(Flag.rule == rule, Flag.id.in_(kept))):
+                    for key in _keys(flag):
+                        recorded.setdefault(key, []).append(flag)
+                    if flag.status == "open":
+                        frozen_open.add(flag.dedup_key)
+                live = [flag for flag in live if flag.id not in kept]
             by_key: dict[str, list[Any]] = {}
             open_by_key: dict[str, Any] = {}
             for flag in live:
@@ -152,8 +189,15 @@ class FlagBook:
                     open_by_key.setdefault(flag.dedup_key, flag)
             seen: set[int] = set()
             for f in findings:
-                candidates = [x for key in (f.dedup_key, *f.member_keys) for x in by_key.get(key, ())]
+                keys = (f.dedup_key, *f.member_keys)
+                candidates = [x for key in keys for x in by_key.get(key, ())]
                 match = next((x for x in candidates if x.id not in seen and _overlaps(x, f, slack)), None)
+                if match is None and (f.dedup_key in frozen_open or any(
+                        _overlaps(x, f, slack) for key in keys for x in recorded.get(key, ()))):
+                    # Covered by a flag the backfill must not touch, or an earlier occurrence of
+                    # a condition open now: the live flag stands for it (one open per condition).
+                    out.skipped += 1
+                    continue
                 if match is None:
                     same = open_by_key.get(f.dedup_key)
                     if same is not None and same.status == "open" and same.id in seen:
@@ -169,7 +213,7 @@ class FlagBook:
                                  bill_id=f.bill_id, supplier_id=f.supplier_id, severity=f.severity,
                                  status="open", opened_at=now, updated_at=now,
                                  window_start=f.window_start, window_end=f.window_end,
-                                 summary=f.summary, evidence=_evidence(f),
+                                 summary=f.summary, evidence=_link_cause(s, _evidence(f)),
                                  dedup_key=f.dedup_key)
                     s.add(match)
                     try:
@@ -185,7 +229,7 @@ class FlagBook:
                     match.window_end = max(match.window_end, f.window_end)
                     match.severity = f.severity
                     match.summary = f.summary
-                    match.evidence = _evidence(f, also=_keys(match))
+                    match.evidence = _link_cause(s, _evidence(f, also=_keys(match)), match.evidence)
                     match.supplier_id = f.supplier_id
                     match.updated_at = now
                     match.clear_since = None
@@ -322,6 +366,25 @@ def _evidence(f: Finding, also: list[str] = ()) -> dict[str, Any]:
     keys = set(f.member_keys) | set(also)
     if keys - {f.dedup_key}:
         evidence["member_keys"] = sorted(keys | {f.dedup_key})
+    return evidence
+
+
+def _link_cause(session: Any, evidence: dict[str, Any], before: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """A ``probable_cause`` named by its subject key gets the id of that subject's live flag
+    (``flag_id``, None while it has none).  A cause linked before is kept while its flag is
+    live, even once the finding can no longer see it (a site silent beyond the rule's window).
+    """
+    Flag, _ = _models()
+    cause = evidence.get("probable_cause") or (before or {}).get("probable_cause")
+    if not isinstance(cause, dict) or not cause.get("dedup_key"):
+        return evidence
+    flag_id = session.scalars(select(Flag.id).where(Flag.dedup_key == cause["dedup_key"],
+                                                    Flag.status != "resolved")
+                              .order_by(Flag.id.desc()).limit(1)).first()
+    if flag_id is None and "probable_cause" not in evidence:
+        return evidence  # the earlier cause has ended: no longer linked
+    evidence["probable_cause"] = {**cause, "flag_id": flag_id}
     return evidence
 
 

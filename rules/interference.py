@@ -12,6 +12,15 @@ block: an intermodulation product, a faulty device on a channel) or
 ``unknown``.  Cells at sites within ``incident_radius_km`` of each other that
 rise together are one incident, reported once, with a source estimate: the
 mean of the site coordinates weighted by each cell's rise.
+
+An incident is matched against the registry's authorised interferers
+(``Facts.interferers``, interferers.csv: 公用干扰器 such as exam-hall jammers):
+located within one's ``radius_m`` (the source estimate of a multi-site
+incident, the site of a single cell), in one of its bands (any, when it lists
+none) and overlapping one of its time windows.  A match is kept, marked
+``authorised_interferer`` in the evidence and given severity ``info`` so
+nothing escalates it; it is never dropped (an authorised jammer left on after
+its window is not matched, and is an alarm again).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from core.settings import Duration
 __all__ = [
     "INTERFERENCE",
     "InterferenceThresholds",
+    "authorised_interferer",
     "classify_prb",
     "estimate_source",
     "evaluate_interference",
@@ -109,6 +119,30 @@ def estimate_source(points: list[tuple[float, float, float]]) -> dict[str, float
     lat = float(np.dot(w, [p[0] for p in points]) / w.sum())
     lon = float(np.dot(w, [p[1] for p in points]) / w.sum())
     return {"lat": round(lat, 6), "lon": round(lon, 6)}
+
+
+def authorised_interferer(lat: float, lon: float, bands: set[str], start: pd.Timestamp,
+                          end: pd.Timestamp, interferers: pd.DataFrame | None) -> dict[str, Any] | None:
+    """The nearest authorised interferer covering a finding at (lat, lon) in ``bands`` over
+    [start, end), as evidence; None when none does."""
+    if interferers is None or interferers.empty:
+        return None
+    best: dict[str, Any] | None = None
+    for r in interferers.itertuples(index=False):
+        distance_m = haversine_km(lat, lon, float(r.lat), float(r.lon)) * 1000.0
+        if distance_m > float(r.radius_m):
+            continue
+        listed = set(r.bands or ())
+        if listed and bands and not (listed & bands):
+            continue
+        window = next(((a, b) for a, b in (r.windows or ()) if a < end and start < b), None)
+        if window is None:
+            continue
+        if best is None or distance_m < best["distance_m"]:
+            best = {"interferer_id": r.interferer_id, "name": r.name,
+                    "distance_m": round(distance_m, 1), "radius_m": float(r.radius_m),
+                    "bands": sorted(listed), "window": [iso_utc(window[0]), iso_utc(window[1])]}
+    return best
 
 
 def _baselines(frame: pd.DataFrame, t: InterferenceThresholds
@@ -290,6 +324,18 @@ def evaluate_interference(frames: Frames, facts: Facts, now: datetime, t: Interf
             rise = f", {anchor['rise_db']} dB over baseline" if anchor["rise_db"] is not None else ""
             summary = (f"cell {anchor['cell_id']}: {anchor['level_dbm']} dBm for {anchor['periods']} "
                        f"periods{rise} ({anchor['prb']['class']})")
+        where = (evidence.get("source_estimate", {}).get("lat"),
+                 evidence.get("source_estimate", {}).get("lon"))
+        if where[0] is None:
+            where = coords.get(anchor["site_id"], (None, None))
+        if where[0] is not None:
+            allowed = authorised_interferer(
+                where[0], where[1], {h["band"] for h in cells if h.get("band")},
+                pd.Timestamp(start), pd.Timestamp(end), facts.interferers)
+            if allowed is not None:
+                evidence["authorised_interferer"] = allowed
+                severity = "info"
+                summary = f"authorised interferer {allowed['name']} ({allowed['interferer_id']}): {summary}"
         members = tuple(subject_key("interference", h["site_id"], h["cell_id"]) for h in cells)
         out.append(Finding(kind="interference", rule="interference", site_id=anchor["site_id"],
                            cell_id=anchor["cell_id"], severity=severity, window_start=start,

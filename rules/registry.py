@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rules.errors import ThresholdError, UnknownRule
+from rules.environment import BATTERY_LLVD_RISK, CABINET_OVERTEMP, DOOR_OPEN, TILT_EXCEEDED
 from rules.interference import INTERFERENCE
 from rules.lifecycle import LIFECYCLE
 from rules.operations import MAINS_FAILURE, SITE_OFFLINE
@@ -16,7 +17,10 @@ from rules.rule import Rule
 __all__ = ["RULES", "check_rule_tables", "get_rule"]
 
 RULES: tuple[Rule, ...] = (
-    OVERCHARGING, OVERBILLING, INTERFERENCE, RESERVATIONS, LIFECYCLE, SITE_OFFLINE, MAINS_FAILURE,
+    # mains_failure before site_offline: an offline flag links to its site's mains-failure
+    # flag as its probable cause, which then exists already in the same run.
+    OVERCHARGING, OVERBILLING, INTERFERENCE, RESERVATIONS, LIFECYCLE, MAINS_FAILURE, SITE_OFFLINE,
+    DOOR_OPEN, CABINET_OVERTEMP, TILT_EXCEEDED, BATTERY_LLVD_RISK,
 )
 
 

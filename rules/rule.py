@@ -52,6 +52,10 @@ class Facts:
     ``tariffs``: region, customer_class, period, hours, effective_from, price_cny_per_kwh.
     ``bills``: bill_id, site_id, supplier_id, supplier_name, meter_id, period_start,
     period_end (exclusive, UTC), billed_kwh, amount_cny.
+    ``interferers``: interferer_id, name, lat, lon, radius_m, bands (tuple of band names,
+    empty: every band), windows (tuple of (start, end) UTC timestamps): interferers.csv.
+    ``maintenance``: site_id, start, end (UTC, end excluded), ticket: maintenance.csv, the
+    booked visits during which a site's door may be open.
     """
 
     sites: pd.DataFrame = field(default_factory=lambda: _empty(
@@ -64,6 +68,10 @@ class Facts:
     bills: pd.DataFrame = field(default_factory=lambda: _empty(
         "bill_id", "site_id", "supplier_id", "supplier_name", "meter_id", "period_start",
         "period_end", "billed_kwh", "amount_cny"))
+    interferers: pd.DataFrame = field(default_factory=lambda: _empty(
+        "interferer_id", "name", "lat", "lon", "radius_m", "bands", "windows"))
+    maintenance: pd.DataFrame = field(default_factory=lambda: _empty(
+        "site_id", "start", "end", "ticket"))
 
 
 Evaluate = Callable[[Frames, Facts, datetime, Any], list[Finding]]
@@ -82,6 +90,10 @@ class Rule:
     # True when the rule only re-examines subjects inside its window (bills whose period
     # ended in it): its older flags are out of scope and never resolved for going unseen.
     scoped_by_window: bool = False
+    # The site ids an evaluation observed (None: every subject).  A flag of a site it did not
+    # observe is out of scope: never cleared for going unseen (a silent site's mains failure
+    # is not over).
+    observed: Callable[[Frames], set[str]] | None = None
 
     def configure(self, table: Mapping[str, Any] | None) -> Thresholds:
         """The thresholds of ``[rules.<name>]`` over the defaults; a bad key is named."""

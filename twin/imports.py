@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,22 @@ from core.tariff import HOURS_EXAMPLE, format_hours, normalise_hours, parse_hour
 from core.text import control_character
 from twin.errors import ImportFailed, RowError
 from twin.lifecycle import UNDATED_IMPORT_NOTE
-from twin.models import Bill, LifecycleEvent, LiveSiteState, Reservation, Site, Tariff, utcnow
+from twin.models import (
+    Bill,
+    Interferer,
+    LifecycleEvent,
+    LiveSiteState,
+    MaintenanceWindow,
+    Reservation,
+    Site,
+    Tariff,
+    utcnow,
+)
 
 __all__ = [
     "BILLS",
+    "INTERFERERS",
+    "MAINTENANCE",
     "RESERVATIONS",
     "SCHEMAS",
     "SITES",
@@ -177,7 +189,7 @@ class Column:
     @property
     def zoned(self) -> bool:
         """A date or time column: its parser is told the zone of local times."""
-        return self.parse is timestamp
+        return self.parse is timestamp or getattr(self.parse, "zoned", False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +404,77 @@ BILLS = Schema(
     references=(("site_id", Site.__table__, "site_id"),),
 )
 
-SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS)}
+def windows(cell: str, zone: str | tzinfo = DEFAULT_ZONE) -> str:
+    """``start/end;start/end``: local times in ``zone`` (or with an offset), each ending after
+    it starts; stored as UTC instants (``2026-06-07T00:00:00Z/2026-06-07T09:00:00Z``)."""
+    ranges = [r.strip() for r in cell.split(";")]
+    if not ranges or any(not r for r in ranges):
+        raise ValueError("windows is a ';'-separated list of start/end ranges without empty entries")
+    if len(ranges) > 200:
+        raise ValueError("at most 200 windows")
+    out = []
+    for r in ranges:
+        start, sep, end = r.partition("/")
+        if not sep:
+            raise ValueError(f"{r!r} is not a start/end range (2026-06-07T08:00/2026-06-07T17:00)")
+        a, b = timestamp(start, zone), timestamp(end, zone)
+        if b <= a:
+            raise ValueError(f"{r!r} ends before it starts")
+        out.append("/".join(t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in (a, b)))
+    return ";".join(out)
+
+
+windows.zoned = True  # type: ignore[attr-defined]  # told the zone like a timestamp column
+
+
+def bands(cell: str) -> str:
+    items = [b.strip() for b in cell.split(";")]
+    if any(not re.fullmatch(r"[A-Za-z0-9_.-]{1,16}", b) for b in items):
+        raise ValueError("bands is a ';'-separated list of band names (n78;n41)")
+    return ";".join(items)
+
+
+# Known, authorised interferers (公用干扰器, e.g. exam-hall jammers): an interference finding
+# in one's radius, band and time window is marked authorised (issue 14).
+INTERFERERS = Schema(
+    name="interferers",
+    table=Interferer.__table__,
+    key=("interferer_id",),
+    columns=(
+        Column("interferer_id", identifier),
+        Column("name", text(200)),
+        Column("lat", number(-90, 90)),
+        Column("lon", number(-180, 180)),
+        Column("radius_m", number(hi=100_000, above=0)),
+        Column("windows", windows),
+        Column("bands", bands, required=False),
+    ),
+    stamped=("updated_at",),
+)
+
+def _check_maintenance(row: dict[str, Any]) -> list[tuple[str, str]]:
+    if row["end"] <= row["start"]:
+        return [("end", "must be after start")]
+    return []
+
+
+# Booked maintenance visits: a door open during one is not an intrusion (issue 14).
+MAINTENANCE = Schema(
+    name="maintenance",
+    table=MaintenanceWindow.__table__,
+    key=("site_id", "start"),
+    columns=(
+        Column("site_id", identifier),
+        Column("start", timestamp),
+        Column("end", timestamp),
+        Column("ticket", text(100), required=False),
+    ),
+    check=_check_maintenance,
+    references=(("site_id", Site.__table__, "site_id"),),
+    stamped=("updated_at",),
+)
+
+SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS, INTERFERERS, MAINTENANCE)}
 
 # Annual build targets per county, read by ``sitetwin report progress`` (not stored).
 TARGETS = Schema(

@@ -10,6 +10,11 @@ next one catches up.  Sites seen in telemetry but not in the registry are kept
 (``registered = false``) and listed by ``sitetwin sites list --unregistered``.
 
 ``online``: a site is online if seen within ``reporting_period * online_periods``.
+``offline``: a site that should be on air (``ON_AIR_STATES``: ``on_air``, and
+``relocating``, which stays on air until its replacement is) and is not online.
+A site never built (``planned`` ... ``power_connected``) or taken down is
+neither: its silence is expected, so it is not counted offline nor drawn red
+(issue 14).
 """
 
 from __future__ import annotations
@@ -28,17 +33,26 @@ from connectors.lineprotocol import line
 from twin.models import Cell, LiveSiteState, Meter, Reservation, Site
 from twin.store import Store
 
-__all__ = ["DEFAULT_ONLINE_WINDOW_S", "LiveState", "is_online", "site_state_lines"]
+__all__ = ["DEFAULT_ONLINE_WINDOW_S", "ON_AIR_STATES", "LiveState", "is_offline", "is_online",
+           "site_state_lines"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ONLINE_WINDOW_S = 180.0
+# The lifecycle states in which a site is expected to transmit (the rules' site_offline agrees).
+ON_AIR_STATES = ("on_air", "relocating")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def is_online(last_seen: datetime | None, now: datetime, window_s: float) -> bool:
     """Seen within ``window_s`` seconds before ``now`` (a reading from the future counts)."""
     return last_seen is not None and (now - last_seen).total_seconds() <= window_s
+
+
+def is_offline(state: str | None, last_seen: datetime | None, now: datetime, window_s: float) -> bool:
+    """Expected on air (``ON_AIR_STATES``) and not seen within ``window_s``: a never-built
+    or decommissioned site is never offline, however silent."""
+    return state in ON_AIR_STATES and not is_online(last_seen, now, window_s)
 
 
 class _SiteRecord:
@@ -285,6 +299,7 @@ def _site_line(r, now: datetime, age_s: float | None, online_window_s: float, ts
                 {"lat": float(r.lat), "lon": float(r.lon),
                  # 0/1 integers, not booleans: Grafana sums and averages them.
                  "online": int(is_online(r.last_seen, now, online_window_s)),
+                 "offline": int(is_offline(r.state, r.last_seen, now, online_window_s)),
                  "on_battery": None if r.on_battery is None else int(r.on_battery),
                  "battery_soc_pct": _f(r.battery_soc_pct), "power_kw": _f(r.power_kw),
                  "reserved_kw": _f(r.reserved_kw), "declared_kw": _f(r.declared_kw),

@@ -39,6 +39,8 @@ __all__ = [
     "Flag",
     "FlagAction",
     "FlagReview",
+    "Interferer",
+    "MaintenanceWindow",
     "LifecycleEvent",
     "LiveSiteState",
     "OPEN_FLAG_INDEX",
@@ -313,3 +315,37 @@ class NotifyOutbox(Base):
     sent_at: Mapped[datetime | None]
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claimed_until: Mapped[datetime | None]
+class Interferer(Base):
+    """A known, authorised interferer (公用干扰器: an exam-hall jammer), from interferers.csv.
+
+    ``bands``: ``;``-separated band names (empty: every band).  ``windows``: when it may
+    transmit, as ``;``-separated ``start/end`` instants, stored in UTC (``...Z/...Z``); the
+    file gives them in local time.  An interference finding inside its radius, in one of
+    its bands and windows, is marked authorised rather than escalated (revision 0007).
+    """
+
+    __tablename__ = "interferers"
+    interferer_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    radius_m: Mapped[float] = mapped_column(Float)
+    bands: Mapped[str | None] = mapped_column(String(300))
+    windows: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MaintenanceWindow(Base):
+    """A booked maintenance visit to a site (maintenance.csv): its door may be open then.
+
+    ``start`` included, ``end`` excluded, UTC; a door open outside every window of its
+    site is a ``door_open`` flag (revision 0007).
+    """
+
+    __tablename__ = "maintenance_windows"
+    site_id: Mapped[str] = mapped_column(ID, ForeignKey("sites.site_id", ondelete="CASCADE"),
+                                         primary_key=True)
+    start: Mapped[datetime] = mapped_column(primary_key=True)
+    end: Mapped[datetime]
+    ticket: Mapped[str | None] = mapped_column(String(100))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

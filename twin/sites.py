@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from twin.errors import UnknownSite
 from twin.lifecycle import history, state_at
-from twin.live import is_online
+from twin.live import ON_AIR_STATES, is_offline, is_online
 from twin.models import Cell, LiveSiteState, Meter, Reservation, Site
 
 __all__ = ["list_sites", "list_unregistered", "show_site"]
@@ -50,11 +50,13 @@ def list_sites(session: Session, *, now: datetime, window_s: float, county: str 
     since = now - timedelta(seconds=window_s)
     if online is True:
         q = q.where(LiveSiteState.last_seen >= since)
-    elif online is False:
-        q = q.where((LiveSiteState.last_seen.is_(None)) | (LiveSiteState.last_seen < since))
+    elif online is False:  # offline: expected on air and silent (never-built sites are not)
+        q = q.where(Site.state.in_(ON_AIR_STATES),
+                    (LiveSiteState.last_seen.is_(None)) | (LiveSiteState.last_seen < since))
     return [{"site_id": r.site_id, "name": r.name, "county": r.county, "kind": r.kind,
              "supply": r.supply, "state": r.state,
-             "online": is_online(r.last_seen, now, window_s), "last_seen": r.last_seen,
+             "online": is_online(r.last_seen, now, window_s),
+             "offline": is_offline(r.state, r.last_seen, now, window_s), "last_seen": r.last_seen,
              "on_battery": r.on_battery, "battery_soc_pct": r.battery_soc_pct,
              "power_kw": r.power_kw}
             for r in session.execute(q)]

@@ -40,7 +40,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     on.add_argument("--online", dest="online", action="store_const", const=True, default=None,
                     help="only sites seen within the online window")
     on.add_argument("--offline", dest="online", action="store_const", const=False,
-                    help="only sites not seen within the online window")
+                    help="only sites that should be on air (on_air, relocating) and were"
+                         " not seen within the online window; never-built sites are not offline")
     on.add_argument("--unregistered", action="store_true",
                     help="site ids seen in telemetry but absent from the registry")
     ls.set_defaults(handler=run_list)
@@ -60,7 +61,7 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     tr.add_argument("--by", metavar="NAME", help="who made the move (default: the OS user)")
     tr.set_defaults(handler=run_transition)
 
-    for kind in ("reservations", "tariffs", "bills"):
+    for kind in ("reservations", "tariffs", "bills", "interferers", "maintenance"):
         p = commands.add_parser(kind, help=f"import {kind}.csv into the registry")
         _import_parser(p.add_subparsers(dest="action", metavar="ACTION", required=True), kind)
 

@@ -57,7 +57,11 @@ SITES = (
              (("HZ-GS-001-1", "n28"), ("HZ-GS-001-2", "n78"))),
     DemoSite("HZ-GS-002", "Gongshu", 30.325, 120.150, "F-20", ("M-GS-002",),
              (("HZ-GS-002-1", "n78"),), silent_from=10),
+    # Planned, never built: silent by design, so neither offline nor red (issue 14).
+    DemoSite("HZ-GS-003", "Gongshu", 30.331, 120.158, "F-20", (), (), silent_from=-1),
 )
+# Lifecycle state of each demo site (default on_air).
+STATES = {"HZ-GS-003": "planned"}
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ def _register(store) -> None:
                              county=s.county, kind="macro",
                              supply="transfer" if i % 2 else "direct",
                              region="urban", customer_class="commercial",
-                             state="on_air" if i < 3 else "power_connected"))
+                             state=STATES.get(s.site_id, "on_air")))
         session.flush()  # sites before the reservations that refer to them
         for i, s in enumerate(SITES):
             session.add(Reservation(site_id=s.site_id, declared_kw=8.0, reserved_kw=6.5 + i,

@@ -71,10 +71,17 @@ def test_the_data_reaches_the_panels_that_depend_on_anomalies(influxdb, demo):
     open_flags = records("sitetwin-noc", "Open flags")
     assert sorted(r["flag_id"] for r in open_flags) == [1, 2, 3, 4, 5, 6]  # 7 was resolved
     counts = records("sitetwin-noc", "Online / offline / on battery")
+    # HZ-GS-002 (on air, silent) is offline; HZ-GS-003 (planned, never heard) is not.
     assert (counts[0]["online"], counts[0]["offline"], counts[0]["on battery"]) == (3, 1, 1)
     per_state = {r["state"]: r["sites"]
                  for r in records("sitetwin-noc", "Sites per lifecycle state")}
-    assert per_state == {"on_air": 3, "power_connected": 1}
+    assert per_state == {"on_air": 4, "planned": 1}
+    status = {r["site_id"]: r["status"]
+              for r in records("sitetwin-noc", "Sites (green online, red offline, grey not on air)")}
+    assert status == {"HZ-XH-001": 2, "HZ-XH-002": 2, "HZ-GS-001": 2, "HZ-GS-002": 1,
+                      "HZ-GS-003": 0}
+    over_time = records("sitetwin-noc", "Sites on battery / offline over time")
+    assert max(r["offline"] for r in over_time if r["offline"] is not None) == 1
     incidents = records("sitetwin-interference", "Interference incidents", ref=1)
     assert [(r["site_id"], r["cell_id"], r["open"]) for r in incidents] == [
         ("HZ-XH-001", "HZ-XH-001-1", 1)]

@@ -114,3 +114,42 @@ def test_geometry_helpers():
     assert haversine_km(31.0, 121.0, 31.0, 121.0) == 0
     assert haversine_km(31.0, 121.0, 32.0, 121.0) == pytest.approx(111.2, abs=0.2)
     assert estimate_source([(0.0, 0.0, 1.0), (2.0, 2.0, 1.0)]) == {"lat": 1.0, "lon": 1.0}
+
+
+def _jammers(window_start: str, window_end: str, bands: tuple[str, ...] = ("n78",),
+             radius_m: float = 2000.0) -> pd.DataFrame:
+    return pd.DataFrame([{"interferer_id": "EXAM-1", "name": "No. 3 Middle School exam hall",
+                          "lat": 31.003, "lon": 121.003, "radius_m": radius_m, "bands": bands,
+                          "windows": ((pd.Timestamp(window_start), pd.Timestamp(window_end)),)}])
+
+
+def test_an_incident_at_an_authorised_jammer_is_marked_and_not_escalated():
+    s = sites({"site_id": "A", "lat": 31.000, "lon": 121.000},
+              {"site_id": "B", "lat": 31.010, "lon": 121.000},
+              {"site_id": "FAR", "lat": 32.000, "lon": 121.000})
+    frames = {"interference_recent": pd.concat([
+        recent("A", "A1", [-100.0] * 3), recent("B", "B1", [-101.0] * 3),
+        recent("FAR", "F1", [-100.0] * 3)])}
+    exam = _jammers("2026-11-20T06:00:00Z", "2026-11-20T13:00:00Z")  # 14:00-21:00 +08:00
+    found = {x.site_id: x for x in evaluate_interference(frames, facts(sites=s, interferers=exam), NOW, T)}
+    incident, far = found["A"], found["FAR"]
+    allowed = incident.evidence["authorised_interferer"]
+    assert (allowed["interferer_id"], allowed["window"]) == (
+        "EXAM-1", ["2026-11-20T06:00:00Z", "2026-11-20T13:00:00Z"])
+    assert allowed["distance_m"] < 2000 and incident.severity == "info"
+    assert incident.summary.startswith("authorised interferer No. 3 Middle School exam hall")
+    # The far site is not within its radius: still an alarm.
+    assert far.severity == "critical" and "authorised_interferer" not in far.evidence
+
+
+@pytest.mark.parametrize(("window", "bands", "radius_m"), [
+    (("2026-11-20T00:00:00Z", "2026-11-20T09:00:00Z"), ("n78",), 2000.0),  # ended at 17:00 local
+    (("2026-11-20T06:00:00Z", "2026-11-20T13:00:00Z"), ("n41",), 2000.0),  # another band
+    (("2026-11-20T06:00:00Z", "2026-11-20T13:00:00Z"), ("n78",), 100.0),   # too far away
+], ids=["outside-window", "other-band", "outside-radius"])
+def test_interference_not_covered_by_an_authorised_jammer_stays_an_alarm(window, bands, radius_m):
+    s = sites({"site_id": "A", "lat": 31.000, "lon": 121.000})
+    frames = {"interference_recent": recent("A", "A1", [-100.0] * 3)}
+    (x,) = evaluate_interference(frames, facts(sites=s, interferers=_jammers(*window, bands, radius_m)),
+                                 NOW, T)
+    assert x.severity == "critical" and "authorised_interferer" not in x.evidence

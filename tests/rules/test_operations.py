@@ -15,13 +15,15 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 def test_site_offline():
     s = sites({"site_id": "UP"}, {"site_id": "LATE"}, {"site_id": "GONE"}, {"site_id": "NEVER"},
-              {"site_id": "BUILD", "state": "under_construction"})
+              {"site_id": "BUILD", "state": "under_construction"}, {"site_id": "PLAN", "state": "planned"},
+              {"site_id": "MOVING", "state": "relocating"}, {"site_id": "DOWN", "state": "decommissioned"})
     frames = {"last_seen": pd.DataFrame([
         {"site_id": "UP", "time": pd.Timestamp("2026-11-20T11:55:00Z")},
         {"site_id": "LATE", "time": pd.Timestamp("2026-11-20T11:40:00Z")},
         {"site_id": "GONE", "time": pd.Timestamp("2026-11-20T09:00:00Z")}])}
     found = {x.site_id: x for x in evaluate_site_offline(frames, facts(sites=s), NOW, OfflineThresholds())}
-    assert set(found) == {"LATE", "GONE", "NEVER"}
+    # Never built, or taken down: silent by design.  Relocating is on air until replaced.
+    assert set(found) == {"LATE", "GONE", "NEVER", "MOVING"}
     assert found["LATE"].severity == "warning" and found["GONE"].severity == "critical"
     assert found["LATE"].evidence["silent_s"] == 1200.0
     assert found["NEVER"].evidence["last_seen"] is None
@@ -62,3 +64,42 @@ def test_evidence_times_are_utc_with_z():
     frames = {"last_seen": pd.DataFrame([{"site_id": "GONE", "time": pd.Timestamp("2026-11-20T09:00:00Z")}])}
     (x,) = evaluate_site_offline(frames, facts(sites=s), NOW, OfflineThresholds())
     assert x.evidence["last_seen"] == "2026-11-20T09:00:00Z" and "09:00:00Z" in x.summary
+
+
+def test_a_site_on_battery_that_went_silent_is_still_a_mains_failure_and_escalates():
+    # On battery from -40 min, last report -25 min: silent since -20 min, batteries likely flat.
+    g = tower("S1", [False, False] + [True] * 4, [100, 100, 90, 88, 86, 84])
+    g["time"] = g["time"] - pd.Timedelta(minutes=20)
+    (x,) = evaluate_mains_failure({"tower_5m": g}, facts(), NOW, MainsThresholds())
+    assert x.severity == "critical" and x.evidence["reporting"] is False
+    assert x.evidence["silent_since"] == "2026-11-20T11:40:00Z"
+    assert x.window_end == NOW and "停电退服" in x.summary
+
+
+def test_the_offline_finding_names_a_mains_failure_as_its_probable_cause():
+    s = sites({"site_id": "FLAT"}, {"site_id": "OFF"})
+    frames = {"last_seen": pd.DataFrame({"site_id": ["FLAT", "OFF"],
+                                         "time": [pd.Timestamp("2026-11-20T11:30:00Z")] * 2}),
+              "tower_latest": pd.DataFrame({"site_id": ["FLAT", "OFF"], "on_battery": [True, False],
+                                            "mains_ok": [False, True], "battery_soc_pct": [12.0, 100.0]})}
+    found = {x.site_id: x for x in evaluate_site_offline(frames, facts(sites=s), NOW, OfflineThresholds())}
+    cause = found["FLAT"].evidence["probable_cause"]
+    assert (cause["kind"], cause["dedup_key"], cause["battery_soc_pct"]) == (
+        "mains_failure", "mains_failure|FLAT||", 12.0)
+    assert found["FLAT"].severity == "critical" and found["OFF"].severity == "warning"
+    assert "probable_cause" not in found["OFF"].evidence
+
+
+def test_only_sites_that_reported_are_observed():
+    from rules.operations import observed_sites
+
+    latest = pd.DataFrame({"site_id": ["A", "B"], "on_battery": [False, True]})
+    assert observed_sites({"tower_latest": latest}) == {"A", "B"}
+    assert observed_sites({}) == set()
+
+
+def test_the_rules_and_the_twin_agree_on_which_states_should_be_on_air():
+    from rules.operations import ON_AIR_STATES
+    from twin.live import ON_AIR_STATES as TWIN_ON_AIR
+
+    assert ON_AIR_STATES == TWIN_ON_AIR

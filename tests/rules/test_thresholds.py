@@ -12,7 +12,8 @@ from sitetwin.config import SAMPLE_CONFIG, load_settings
 
 
 def _documented() -> dict:
-    text = SAMPLE_CONFIG.read_text().split("[rules]", 1)[1]
+    text = SAMPLE_CONFIG.read_text().split("\n[rules]\n", 1)[1]
+    text = re.split(r"^\[", text, maxsplit=1, flags=re.MULTILINE)[0]  # up to the next section
     lines = [re.sub(r"\s+#(?![^\"]*\"$).*$", "", line[2:]) for line in text.splitlines()
              if line.startswith("# [rules.") or re.match(r"^# [a-z_]+ = ", line)]
     return tomllib.loads("\n".join(lines))["rules"]

@@ -103,7 +103,11 @@ def test_online_filters_and_unregistered(cli, tmp_path, twin_url):
     assert "last_seen (Asia/Shanghai)" in header
     assert seen.strftime("%Y-%m-%d %H:%M:%S +08:00") in row  # local, its offset shown
     code, out, _ = cli("sites", "list", "--offline", "--json")
-    assert [s["site_id"] for s in json.loads(out)] == ["A2", "A3", "A4"]
+    # Offline is a site that should be on air and is silent: A2 (planned, seen an hour ago) and
+    # A4 (under construction, never seen) are expected to be silent; A1 is online.
+    assert [(s["site_id"], s["offline"]) for s in json.loads(out)] == [("A3", True)]
+    code, out, _ = cli("sites", "list", "--json")
+    assert [s["site_id"] for s in json.loads(out) if s["offline"]] == ["A3"]
     code, out, _ = cli("sites", "list", "--unregistered", "--json")
     rows = json.loads(out)
     assert [(r["site_id"], r["online"]) for r in rows] == [("X9", True)]

@@ -334,3 +334,39 @@ def test_a_period_overlapping_a_registered_one_in_force_is_refused(store, tmp_pa
     moved = TARIFF_HEADER + ("R,C,2026-09-01,0.9,peak,16-20\n"
                              "R,C,2026-09-01,0.3,valley,8-12\n")
     assert import_csv(store, write(tmp_path, "t4.csv", moved), TARIFFS).inserted == 2
+def test_interferers_windows_are_local_and_stored_in_utc(store, tmp_path):
+    from twin.imports import INTERFERERS
+    from twin.models import Interferer
+
+    body = ("interferer_id,name,lat,lon,radius_m,bands,windows\n"
+            "EXAM-1,Exam hall,30.6,104.0,800,n78;n41,"
+            "2026-06-07T08:00/2026-06-07T17:00;2026-06-08T08:00+08:00/2026-06-08T11:30Z\n"
+            "EXAM-2,Any band,30.7,104.1,500,,2026-06-07/2026-06-08\n")
+    r = import_csv(store, write(tmp_path, "interferers.csv", body), INTERFERERS, zone="Asia/Shanghai")
+    assert (r.inserted, r.rejected) == (2, 0)
+    with store.session() as s:
+        one, two = s.scalars(select(Interferer).order_by(Interferer.interferer_id)).all()
+        assert one.windows == ("2026-06-07T00:00:00Z/2026-06-07T09:00:00Z;"
+                               "2026-06-08T00:00:00Z/2026-06-08T11:30:00Z")
+        assert (one.bands, one.radius_m) == ("n78;n41", 800.0)
+        assert two.bands is None and two.windows == "2026-06-06T16:00:00Z/2026-06-07T16:00:00Z"
+    again = import_csv(store, write(tmp_path, "interferers.csv", body), INTERFERERS)
+    assert (again.inserted, again.updated) == (0, 2)
+
+
+@pytest.mark.parametrize(("windows", "reason"), [
+    ("2026-06-07T17:00/2026-06-07T08:00", "ends before it starts"),
+    ("2026-06-07T08:00", "is not a start/end range"),
+    ("2026-06-07T08:00/2026-06-07T17:00;", "without empty entries"),
+    ("tomorrow/later", "is not an ISO 8601 date"),
+], ids=["reversed", "no-end", "empty-entry", "not-a-time"])
+def test_bad_interferer_windows_import_nothing(store, tmp_path, windows, reason):
+    from twin.imports import INTERFERERS
+    from twin.models import Interferer
+
+    body = f"interferer_id,name,lat,lon,radius_m,windows\nEXAM-1,Exam hall,30.6,104.0,800,{windows}\n"
+    with pytest.raises(ImportFailed) as err:
+        import_csv(store, write(tmp_path, "interferers.csv", body), INTERFERERS)
+    (e,) = err.value.errors
+    assert e.column == "windows" and reason in e.reason
+    assert count(store, Interferer) == 0

@@ -154,9 +154,12 @@ def test_online_window_and_site_state_lines(store, settings):
     assert "reserved_kw=10.0" in on1 and "declared_kw=8.0" in on1 and "age_s=60.0" in on1
     assert on1.endswith(f" {ts_ns}")
     off1 = next(x for x in lines if "site_id=OFF1" in x)
-    assert "online=0i" in off1 and "age_s=1060.0" in off1
+    assert "online=0i" in off1 and "offline=1i" in off1 and "age_s=1060.0" in off1
+    assert "offline=0i" in on1
+    # Planned and never heard: silent by design, so not offline (issue 14).
     never = next(x for x in lines if "site_id=NEVER" in x)
-    assert "online=0i" in never and "age_s" not in never and "supply=transfer" in never
+    assert "online=0i" in never and "offline=0i" in never and "age_s" not in never
+    assert "supply=transfer" in never
 
 
 def test_site_state_skips_a_site_that_cannot_be_written(store):

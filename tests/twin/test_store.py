@@ -208,3 +208,24 @@ def test_upgrade_to_0004_merges_duplicate_open_flags_then_enforces_one(twin_url)
             ses.add(flag(5, "resolved"))
     finally:
         s.close()
+
+
+def test_revision_0007_adds_the_interferers_and_maintenance_tables(twin_url):
+    # A registry as revision 0002 left it: neither table.
+    s = open_store(twin_url)
+    with s.session() as ses:
+        ses.execute(text("DROP TABLE interferers"))
+        ses.execute(text("DROP TABLE maintenance_windows"))
+        ses.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    s.close()
+    again = open_store(twin_url)
+    assert again.version == latest_version()
+    from twin.models import Interferer
+
+    with again.session() as ses:
+        ses.add(Interferer(interferer_id="EXAM-1", name="Exam hall", lat=30.6, lon=104.0,
+                           radius_m=800.0, bands="n78", windows="2026-06-07T00:00:00Z/2026-06-07T09:00:00Z"))
+    with again.session() as ses:
+        assert ses.get(Interferer, "EXAM-1").updated_at.tzinfo is not None
+        assert ses.execute(text("SELECT count(*) FROM maintenance_windows")).scalar() == 0
+    again.close()
