@@ -32,15 +32,29 @@ from sqlalchemy.orm import Session
 
 from connectors.errors import InvalidIdentifier
 from connectors.reading import check_id
+from core.timeutil import DEFAULT_ZONE, parse_instant
 from twin.errors import ImportFailed, RowError
+from twin.history import record_reservations, record_supply
 from twin.lifecycle import UNDATED_IMPORT_NOTE
-from twin.models import Bill, LifecycleEvent, LiveSiteState, Reservation, Site, Tariff, utcnow
+from twin.models import (
+    Bill,
+    Feeder,
+    LifecycleEvent,
+    LiveSiteState,
+    Reservation,
+    Site,
+    Substation,
+    Tariff,
+    utcnow,
+)
 
 __all__ = [
     "BILLS",
+    "FEEDERS",
     "RESERVATIONS",
     "SCHEMAS",
     "SITES",
+    "SUBSTATIONS",
     "TARGETS",
     "TARIFFS",
     "Column",
@@ -126,6 +140,18 @@ def timestamp(cell: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+def effective_date(cell: str) -> str:
+    """An ISO 8601 date or date-time, checked here and read in the zone at import
+    (``twin.history``): a date is local midnight, like every date a person types."""
+    value = cell.strip()
+    try:
+        parse_instant(value, "UTC")
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 date (2026-11-24 or"
+                         " 2026-11-24T08:15:00+08:00)") from None
+    return value
+
+
 def operators(cell: str) -> str:
     items = [o.strip() for o in cell.split(";")]
     if any(not o for o in items):
@@ -180,6 +206,8 @@ class Schema:
     stamped: tuple[str, ...] = ()
     # Columns read from the file but not stored in ``table`` (used by import hooks).
     not_stored: tuple[str, ...] = ()
+    # What makes a row unique within one file, if more than ``key`` (a history's date).
+    row_key: tuple[str, ...] | None = None
 
     @property
     def by_name(self) -> dict[str, Column]:
@@ -232,12 +260,14 @@ SITES = Schema(
         Column("replaces_site_id", identifier, required=False),
         # An extension: when a new site reached its imported state (default: the import time).
         Column("state_since", timestamp, required=False),
+        # Contract v2: from when the row's supply holds (a change kept as history).
+        Column("effective_from", effective_date, required=False),
     ),
     check=_check_site,
     references=(("replaces_site_id", Site.__table__, "site_id"),),
     insert_only=("state", "created_at"),
     stamped=("created_at", "updated_at"),
-    not_stored=("state_since",),
+    not_stored=("state_since", "effective_from"),
 )
 
 RESERVATIONS = Schema(
@@ -251,9 +281,13 @@ RESERVATIONS = Schema(
         Column("feeder", text(100)),
         Column("substation", text(100)),
         Column("status", choice("requested", "approved", "energized")),
+        # Contract v2: from when the row holds; several dated rows of a site are its history.
+        Column("effective_from", effective_date, required=False),
     ),
     references=(("site_id", Site.__table__, "site_id"),),
     stamped=("updated_at",),
+    not_stored=("effective_from",),
+    row_key=("site_id", "effective_from"),
 )
 
 TARIFFS = Schema(
@@ -291,7 +325,31 @@ BILLS = Schema(
     references=(("site_id", Site.__table__, "site_id"),),
 )
 
-SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS)}
+# Contract v2: feeder and substation ratings, for headroom against coincident peaks.
+FEEDERS = Schema(
+    name="feeders",
+    table=Feeder.__table__,
+    key=("feeder",),
+    columns=(
+        Column("feeder", text(100)),
+        Column("substation", text(100)),
+        Column("rated_kw", number(hi=10_000_000, above=0)),
+    ),
+    stamped=("updated_at",),
+)
+
+SUBSTATIONS = Schema(
+    name="substations",
+    table=Substation.__table__,
+    key=("substation",),
+    columns=(
+        Column("substation", text(100)),
+        Column("rated_kw", number(hi=100_000_000, above=0)),
+    ),
+    stamped=("updated_at",),
+)
+
+SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS, FEEDERS, SUBSTATIONS)}
 
 # Annual build targets per county, read by ``sitetwin report progress`` (not stored).
 TARGETS = Schema(
@@ -346,6 +404,7 @@ def read_rows(path: str | Path, schema: Schema,
             present = {c.name for _, c in positions}
             absent_optional = [c for c in schema.columns if c.name not in present]
             first_line_of: dict[tuple, int] = {}
+            row_key = schema.row_key or schema.key
             done = 0
             for cells in reader:
                 line_no = reader.line_num
@@ -379,10 +438,10 @@ def read_rows(path: str | Path, schema: Schema,
                         if schema.check is not None:
                             errors += [RowError(line_no, c, r) for c, r in schema.check(row)]
                     if not errors:
-                        key = tuple(row.get(k) for k in schema.key)
+                        key = tuple(row.get(k) for k in row_key)
                         first = first_line_of.setdefault(key, line_no)
                         if first != line_no:
-                            errors.append(RowError(line_no, ",".join(schema.key),
+                            errors.append(RowError(line_no, ",".join(row_key),
                                                    f"duplicate key, already on line {first}"))
                 if errors:
                     result.errors += errors
@@ -508,13 +567,15 @@ def _write_rejects(path: Path, parsed: ParsedFile) -> None:
 def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: bool = False,
                rejects: str | Path | None = None, actor: str = "import",
                progress: Callable[[int], None] | None = None,
-               write_progress: Callable[[int], None] | None = None) -> ImportResult:
+               write_progress: Callable[[int], None] | None = None,
+               zone: str = DEFAULT_ZONE) -> ImportResult:
     """Import ``path`` into the registry: all or nothing, or the valid rows with ``skip_invalid``.
 
     Raises ``ImportFailed`` (nothing imported) when the file is unreadable or,
     without ``skip_invalid``, when any row is bad.  With ``skip_invalid`` the
     rejected rows go to ``rejects`` (default ``<file>.rejects.csv``).
     ``progress(n)`` is told of rows read, ``write_progress(n)`` of rows written.
+    ``zone`` reads dates of reservation and supply history (``effective_from``).
     """
     if isinstance(schema, str):
         schema = SCHEMAS[schema]
@@ -534,9 +595,15 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
         present |= {c.name for c in schema.columns if c.default is not None}
         if schema is SITES:
             _sites_before(session, parsed, before)
-        _upsert(session, store.dialect, schema, rows, present, now, write_progress)
+        if schema is RESERVATIONS:
+            record_reservations(session, store.dialect, rows, now, zone)
+            if write_progress is not None:
+                write_progress(len(rows))
+        else:
+            _upsert(session, store.dialect, schema, rows, present, now, write_progress)
         if schema is SITES:
             _sites_after(session, rows, before, now, actor)
+            record_supply(session, store.dialect, rows, now, zone)
     rejects_path = None
     if parsed.errors:
         rejects_path = Path(rejects) if rejects else path.with_suffix(".rejects.csv")
