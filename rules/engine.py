@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from rules.data import WindowData, load_facts, load_site_history
+from rules.data import WindowData, load_facts, load_grid_history, load_site_history
 from rules.errors import RuleError
 from rules.flag import FlagBook
 from rules.registry import RULES
@@ -151,10 +151,12 @@ class Engine:
     def backfill(self, since: datetime, until: datetime, rules: Sequence[Rule] = RULES) -> list[Outcome]:
         """Step every rule from ``since`` to ``until`` at its own interval (``until`` included).
 
-        Each step sees the sites' lifecycle states as they were at its time (``SiteHistory``).
+        Each step sees the sites' lifecycle states (``SiteHistory``), reservations and supply
+        (``GridHistory``) as they were at its time.
         """
         facts = load_facts(self.store)
         history = load_site_history(self.store)
+        grid = load_grid_history(self.store)
         steps: dict[datetime, list[Rule]] = {}
         for rule in rules:
             try:
@@ -168,7 +170,8 @@ class Engine:
             steps.setdefault(until, []).append(rule)
         outcomes: list[Outcome] = []
         for now in sorted(steps):
-            outcomes.extend(self.run(now, steps[now], facts=history.facts_at(facts, now)))
+            then = grid.facts_at(history.facts_at(facts, now), now)
+            outcomes.extend(self.run(now, steps[now], facts=then))
         return outcomes
 
 

@@ -10,6 +10,7 @@ Chinese county names correctly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 
 from core.errors import UserError
 
-__all__ = ["FORMULA_PREFIXES", "neutralise", "write_table"]
+__all__ = ["FORMULA_PREFIXES", "neutralise", "write_sheets", "write_table"]
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -73,6 +74,33 @@ def write_table(frame: pd.DataFrame, path: str | Path, *, sheet_name: str = "rep
         else:
             _prepare(frame, excel=True).to_excel(path, index=False, sheet_name=sheet_name[:31],
                                                  engine="openpyxl")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    return path
+
+
+def write_sheets(sheets: dict[str, pd.DataFrame], path: str | Path, *,
+                 combined: pd.DataFrame | None = None,
+                 label: Callable[[str], str] | None = None) -> Path:
+    """Several tables: one sheet each in ``.xlsx``; ``combined`` (or their concatenation)
+    in ``.csv``, which has no sheets.  ``label`` turns a column key or a sheet name into
+    the header a person reads (a translation); the keys stay those of the frames.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    label = label or (lambda key: key)
+    if suffix != ".xlsx":
+        frame = combined if combined is not None else pd.concat(list(sheets.values()),
+                                                                 ignore_index=True)
+        return write_table(frame.rename(columns=label), path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with pd.ExcelWriter(path, engine="openpyxl") as writer:
+            for name, frame in sheets.items():
+                out = _prepare(frame.rename(columns=label), excel=True)
+                # Excel: at most 31 characters, none of []:*?/\ in a sheet name
+                title = "".join(c for c in label(name) if c not in "[]:*?/\\")[:31] or "sheet"
+                out.to_excel(writer, index=False, sheet_name=title)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
     return path

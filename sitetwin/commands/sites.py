@@ -59,7 +59,7 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     tr.add_argument("--by", metavar="NAME", help="who made the move (default: the OS user)")
     tr.set_defaults(handler=run_transition)
 
-    for kind in ("reservations", "tariffs", "bills"):
+    for kind in ("reservations", "tariffs", "bills", "feeders", "substations"):
         p = commands.add_parser(kind, help=f"import {kind}.csv into the registry")
         _import_parser(p.add_subparsers(dest="action", metavar="ACTION", required=True), kind)
 
@@ -130,7 +130,7 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = import_csv(store, path, SCHEMAS[args.kind], skip_invalid=args.skip_invalid,
                             rejects=args.rejects, actor=_actor(args), progress=reading.advance,
-                            write_progress=wrote)
+                            write_progress=wrote, zone=settings.time.zone)
     except ImportFailed as exc:
         if args.json:
             emit(args, {"kind": args.kind, "path": str(path), "imported": 0,
