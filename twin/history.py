@@ -9,8 +9,9 @@ lists and today's rules need no history scan, while a backfill or a report on a 
 month asks ``in_force`` for the values of its time.
 
 What a row without a date means (the CSV files of contract version 1 had none): for a
-site with no history yet it is its first row, taken to have held before too (the
-reservation predates the registry), stored at the import time with ``dated = False``;
+site with no history yet it is its first row, in force "since always" (stored from
+``SINCE_ALWAYS``, 1970, with ``dated = False``: the reservation predates the registry,
+and a dated change imported later, even one dated before the import, follows it);
 for a site with history it is a change at the import time if its values differ from
 those in force, and nothing otherwise.  So re-importing the same file changes nothing,
 and an undated file never rewrites the past.  A dated row is upserted by (site, date).
@@ -21,7 +22,7 @@ some supply); a reservation only if that row is undated.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import pandas as pd
@@ -34,6 +35,7 @@ from twin.models import Reservation, ReservationChange, Site, SupplyChange
 
 __all__ = [
     "RESERVATION_VALUES",
+    "SINCE_ALWAYS",
     "SUPPLY_VALUES",
     "in_force",
     "load_reservation_changes",
@@ -45,6 +47,8 @@ __all__ = [
 RESERVATION_VALUES = ("declared_kw", "reserved_kw", "feeder", "substation", "status")
 SUPPLY_VALUES = ("supply",)
 _CHUNK = 1000
+# The effective date of a site's first, undated row (parse_instant refuses earlier dates).
+SINCE_ALWAYS = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def in_force(changes: pd.DataFrame, at: datetime | pd.Timestamp, *,
@@ -150,8 +154,8 @@ def _plan(history: pd.DataFrame, rows: list[dict[str, Any]], values: Sequence[st
             if sid in has_history and sid in current.index and all(
                     _same(current.at[sid, v], r[v]) for v in values):
                 continue
-            out.append({"site_id": sid, "effective_from": now, "dated": False,
-                        **{v: r[v] for v in values}})
+            out.append({"site_id": sid, "effective_from": now if sid in has_history else SINCE_ALWAYS,
+                        "dated": False, **{v: r[v] for v in values}})
     return out
 
 

@@ -1,12 +1,15 @@
 """Grid ratings and history: feeders, substations, reservation and supply changes.
 
 An existing registry keeps what it had: each site's current reservation becomes its
-first reservation change (undated, from the time it was last written) and each site's
-current supply its first supply change (from the time the site was registered), so a
-past report sees today's values until a dated change says otherwise.
+first reservation change and its current supply its first supply change, undated and
+in force "since always" (``twin.history.SINCE_ALWAYS``; ``recorded_at`` keeps when the
+value was written), so a past report sees today's values until a dated change says
+otherwise.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -55,12 +58,12 @@ def _reservation_changes() -> None:
         sa.UniqueConstraint("site_id", "effective_from", name="uq_reservation_changes"),
     )
     op.create_index("ix_reservation_changes_site_id", "reservation_changes", ["site_id"])
-    # Today's values become the first history rows (timestamps are copied as stored, so
+    # Today's values become the first history rows (recorded_at is copied as stored, so
     # each backend keeps its own representation of UTC).
-    op.execute("INSERT INTO reservation_changes (site_id, effective_from, dated, declared_kw,"
-               " reserved_kw, feeder, substation, status, recorded_at)"
-               " SELECT site_id, updated_at, false, declared_kw, reserved_kw, feeder, substation,"
-               " status, updated_at FROM reservations")
+    op.execute(sa.text("INSERT INTO reservation_changes (site_id, effective_from, dated, declared_kw,"
+                       " reserved_kw, feeder, substation, status, recorded_at)"
+                       " SELECT site_id, :since, false, declared_kw, reserved_kw, feeder, substation,"
+                       " status, updated_at FROM reservations").bindparams(_since()))
 
 
 def _supply_changes() -> None:
@@ -75,8 +78,12 @@ def _supply_changes() -> None:
         sa.UniqueConstraint("site_id", "effective_from", name="uq_supply_changes"),
     )
     op.create_index("ix_supply_changes_site_id", "supply_changes", ["site_id"])
-    op.execute("INSERT INTO supply_changes (site_id, effective_from, supply, recorded_at)"
-               " SELECT site_id, created_at, supply, created_at FROM sites")
+    op.execute(sa.text("INSERT INTO supply_changes (site_id, effective_from, supply, recorded_at)"
+                       " SELECT site_id, :since, supply, created_at FROM sites").bindparams(_since()))
+
+
+def _since() -> sa.BindParameter:
+    return sa.bindparam("since", datetime(1970, 1, 1, tzinfo=UTC), type_=UTCDateTime())
 
 
 def _feeders() -> None:
