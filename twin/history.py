@@ -105,6 +105,10 @@ def _load(session: Session, model: Any, columns: Sequence[str],
     if site_ids is None:
         return _frame(session.execute(select(*cols).order_by(*order)), columns)
     ids = sorted(set(site_ids))
+    if len(ids) > 20 * _CHUNK:  # one scan beats many IN lists (a 100 000-site import)
+        every = _frame(session.execute(select(*cols).order_by(*order)), columns)
+        return every[every["site_id"].isin(ids).to_numpy()].reset_index(drop=True) if len(every) \
+            else every
     rows: list[Any] = []
     for i in range(0, len(ids), _CHUNK):
         rows += session.execute(select(*cols).where(model.site_id.in_(ids[i:i + _CHUNK]))
@@ -122,9 +126,24 @@ def _effective(value: Any, zone: str | tzinfo) -> datetime | None:
     return parse_instant(str(value), zone)
 
 
+def _combine(history: pd.DataFrame, changes: pd.DataFrame) -> pd.DataFrame:
+    """``history`` with ``changes`` applied: a change replaces the row of the same site and date."""
+    if changes.empty:
+        return history
+    if history.empty:
+        return changes
+    both = pd.concat([history, changes], ignore_index=True)
+    return both.drop_duplicates(["site_id", "effective_from"], keep="last")
+
+
 def _plan(history: pd.DataFrame, rows: list[dict[str, Any]], values: Sequence[str], now: datetime,
-          zone: str | tzinfo, assume_first: bool | None) -> list[dict[str, Any]]:
-    """The change rows to upsert for ``rows`` of a file (dated first, then undated ones)."""
+          zone: str | tzinfo, assume_first: bool | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the change rows to upsert for ``rows`` of a file, the history with them applied).
+
+    Dated rows first, then the undated ones, compared with the values in force ``now``
+    in one vectorised pass (100 000 sites: well under a second).
+    """
+    columns = ["site_id", "effective_from", "dated", *values]
     dated: dict[tuple[str, datetime], dict[str, Any]] = {}
     undated: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -133,42 +152,47 @@ def _plan(history: pd.DataFrame, rows: list[dict[str, Any]], values: Sequence[st
             undated[r["site_id"]] = r
         else:
             dated[(r["site_id"], at)] = r  # two spellings of one instant: the later row wins
-    out = [{"site_id": sid, "effective_from": at, "dated": True, **{v: r[v] for v in values}}
-           for (sid, at), r in dated.items()]
+    changes = pd.DataFrame([{"site_id": sid, "effective_from": at, "dated": True,
+                             **{v: r[v] for v in values}} for (sid, at), r in dated.items()],
+                           columns=columns)
+    changes["effective_from"] = pd.to_datetime(changes["effective_from"], utc=True)
+    merged = _combine(history, changes)
     if undated:
-        known = history[history["site_id"].isin(list(undated))] if len(history) else history
-        if out:
-            planned = pd.DataFrame(out)
-            planned["effective_from"] = pd.to_datetime(planned["effective_from"], utc=True)
-            planned = planned[planned["site_id"].isin(list(undated))]
-            if len(known) and len(planned):
-                # a dated row of this file replaces a stored row of the same date
-                key = known["site_id"] + "|" + known["effective_from"].astype(str)
-                pkey = planned["site_id"] + "|" + planned["effective_from"].astype(str)
-                known = known[~key.isin(pkey).to_numpy()]
-            known = pd.concat([k for k in (known, planned) if len(k)]) if len(planned) else known
-        current = in_force(known, now, assume_first=assume_first).set_index("site_id") \
-            if len(known) else pd.DataFrame()
-        has_history = set(known["site_id"]) if len(known) else set()
-        for sid, r in undated.items():
-            if sid in has_history and sid in current.index and all(
-                    _same(current.at[sid, v], r[v]) for v in values):
-                continue
-            out.append({"site_id": sid, "effective_from": now if sid in has_history else SINCE_ALWAYS,
-                        "dated": False, **{v: r[v] for v in values}})
-    return out
+        wanted = pd.DataFrame([{"site_id": sid, **{v: r[v] for v in values}}
+                               for sid, r in undated.items()], columns=["site_id", *values])
+        known = merged[merged["site_id"].isin(wanted["site_id"]).to_numpy()] if len(merged) \
+            else merged
+        current = (in_force(known, now, assume_first=assume_first)[["site_id", *values]]
+                   if len(known) else pd.DataFrame(columns=["site_id", *values]))
+        both = wanted.merge(current, on="site_id", how="left", suffixes=("", "_now"))
+        same = pd.Series(True, index=both.index)
+        for v in values:
+            a, b = both[v], both[f"{v}_now"]
+            if pd.api.types.is_numeric_dtype(a):
+                eq = (pd.to_numeric(a) - pd.to_numeric(b, errors="coerce")).abs() < 1e-9
+            else:
+                eq = a.astype(object) == b.astype(object)
+            same &= eq.fillna(False).astype(bool)
+        has = both["site_id"].isin(known["site_id"]) if len(known) else \
+            pd.Series(False, index=both.index)
+        new = both.loc[~same.to_numpy(), ["site_id", *values]].copy()
+        new["effective_from"] = pd.to_datetime(
+            pd.Series([now if h else SINCE_ALWAYS for h in has[~same.to_numpy()]], dtype=object,
+                      index=new.index), utc=True)
+        new["dated"] = False
+        new = new.reindex(columns=columns)
+        changes = pd.concat([c for c in (changes, new) if len(c)], ignore_index=True) \
+            if len(new) else changes
+        merged = _combine(merged, new)
+    return changes, merged
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(float(a) - float(b)) < 1e-9
-    return a == b
-
-
-def _upsert_changes(session: Session, dialect: str, model: Any, changes: list[dict[str, Any]],
+def _upsert_changes(session: Session, dialect: str, model: Any, frame: pd.DataFrame,
                     values: Sequence[str], now: datetime) -> None:
-    if not changes:
+    if frame.empty:
         return
+    changes = [{**r, "effective_from": r["effective_from"].to_pydatetime(), "dated": bool(r["dated"])}
+               for r in frame.to_dict(orient="records")]
     table = model.__table__
     cols = ["site_id", "effective_from", *(["dated"] if "dated" in table.c else []), *values]
     stmt = _insert(dialect, table)
@@ -187,11 +211,10 @@ def record_reservations(session: Session, dialect: str, rows: list[dict[str, Any
     if not rows:
         return
     sites = {r["site_id"] for r in rows}
-    history = load_reservation_changes(session, sites)
-    _upsert_changes(session, dialect, ReservationChange,
-                    _plan(history, rows, RESERVATION_VALUES, now, zone, None),
-                    RESERVATION_VALUES, now)
-    current = in_force(load_reservation_changes(session, sites), now)
+    changes, history = _plan(load_reservation_changes(session, sites), rows, RESERVATION_VALUES,
+                             now, zone, None)
+    _upsert_changes(session, dialect, ReservationChange, changes, RESERVATION_VALUES, now)
+    current = in_force(history[history["site_id"].isin(sites).to_numpy()], now)
     gone = sorted(sites - set(current["site_id"]))  # only future reservations: none in force
     for i in range(0, len(gone), _CHUNK):
         session.execute(delete(Reservation).where(Reservation.site_id.in_(gone[i:i + _CHUNK])))
@@ -213,10 +236,10 @@ def record_supply(session: Session, dialect: str, rows: list[dict[str, Any]], no
     if not rows:
         return
     sites = {r["site_id"] for r in rows}
-    history = load_supply_changes(session, sites)
-    _upsert_changes(session, dialect, SupplyChange,
-                    _plan(history, rows, SUPPLY_VALUES, now, zone, True), SUPPLY_VALUES, now)
-    current = in_force(load_supply_changes(session, sites), now, assume_first=True)
+    changes, history = _plan(load_supply_changes(session, sites), rows, SUPPLY_VALUES, now, zone,
+                             True)
+    _upsert_changes(session, dialect, SupplyChange, changes, SUPPLY_VALUES, now)
+    current = in_force(history[history["site_id"].isin(sites).to_numpy()], now, assume_first=True)
     written = {r["site_id"]: r["supply"] for r in rows}
     for supply, group in current.groupby("supply"):
         ids = sorted(sid for sid in group["site_id"] if written.get(sid) != supply)
