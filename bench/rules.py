@@ -233,7 +233,7 @@ def time_capacity(settings, store, now: datetime) -> dict:
     data = WindowData(reader, concurrency=settings.rules.query_concurrency)
     try:
         t0 = time.perf_counter()
-        peaks = data.power_peak(facts, now, t, {})
+        peaks = data.power_peak(facts, now, t, {}, sites=facts.sites["site_id"])
         out["site_peaks_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         fp = data.group_peaks(members(facts, "feeder"), start, now)

@@ -356,9 +356,11 @@ class WindowData:
         top = summed.loc[summed.groupby("site_id")["p"].idxmax()].rename(columns={"p": "peak_kw"})
         return pd.concat([single, top[["site_id", "peak_kw", "time"]]], ignore_index=True)
 
-    # Statements sent in one /query request by ``group_peaks`` (InfluxQL takes several, ';'-separated):
-    # 36 feeders of 280 sites in 2 requests instead of 36 (bench/rules.py, 10k sites).
-    _GROUP_BATCH = 20
+    # ``group_peaks`` sends statements together in one /query request (InfluxQL takes several,
+    # ';'-separated) until they cover this many sites: 500 feeders of 20 sites in 20 requests
+    # instead of 500, while a request stays as heavy as one 500-site statement (each must end
+    # within ``[influxdb] timeout``).
+    _GROUP_BATCH_SITES = _MAX_FILTER_IDS
 
     def group_peaks(self, members: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
         """Coincident peak per group (feeder or substation): max over 15-minute buckets of
@@ -377,7 +379,7 @@ class WindowData:
         inner = ('SELECT sum("p") AS "kw" FROM (SELECT mean("power_kw") AS "p" FROM "power" '
                  f'WHERE {w}{{filter}} GROUP BY time(15m), "site_id", "meter_id" fill(none)) '
                  f'WHERE {w} GROUP BY time(15m) fill(none)')
-        jobs: list[tuple[str, bool, str]] = []  # (group, whole group in one statement, statement)
+        jobs: list[tuple[str, bool, str, int]] = []  # (group, whole group in one statement, statement, sites)
         for group, ids in members.groupby("group")["site_id"]:
             ids = sorted(set(ids))
             chunks = [ids[i:i + _MAX_FILTER_IDS] for i in range(0, len(ids), _MAX_FILTER_IDS)]
@@ -385,12 +387,16 @@ class WindowData:
                 q = inner.format(filter=_id_filter("site_id", chunk))
                 if len(chunks) == 1:
                     q = f'SELECT max("kw") AS "peak_kw" FROM ({q}) WHERE {w}'
-                jobs.append((str(group), len(chunks) == 1, q))
-        requests = [jobs[i:i + self._GROUP_BATCH] for i in range(0, len(jobs), self._GROUP_BATCH)]
-        answers = self._frames_multi([[q for _, _, q in batch] for batch in requests])
+                jobs.append((str(group), len(chunks) == 1, q, len(chunk)))
+        requests: list[list[tuple[str, bool, str, int]]] = [[]]
+        for job in jobs:
+            if requests[-1] and sum(j[3] for j in requests[-1]) + job[3] > self._GROUP_BATCH_SITES:
+                requests.append([])
+            requests[-1].append(job)
+        answers = self._frames_multi([[q for _, _, q, _ in batch] for batch in requests])
         peaks, sums = [], []
         for batch, frames in zip(requests, answers, strict=True):
-            for (group, whole, _), frame in zip(batch, frames, strict=True):
+            for (group, whole, _, _), frame in zip(batch, frames, strict=True):
                 if frame.empty:
                     continue
                 frame = frame.assign(group=group)
