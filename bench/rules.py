@@ -23,7 +23,7 @@ statement, one rule at a time) is the baseline measured on the same data
 
 ``--capacity`` times the reservations (capacity) report instead of the rules: the
 registry with its histories and ratings, the site peaks, the coincident peaks of
-every feeder and substation (``WindowData.group_peaks``) and the sheets, over the
+every feeder and substation (``WindowData.coincident_peaks``) and the sheets, over the
 reservations rule's window, twice.
 """
 
@@ -236,11 +236,9 @@ def time_capacity(settings, store, now: datetime) -> dict:
         peaks = data.power_peak(facts, now, t, {}, sites=facts.sites["site_id"])
         out["site_peaks_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        fp = data.group_peaks(members(facts, "feeder"), start, now)
-        out["feeder_peaks_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        sp = data.group_peaks(members(facts, "substation"), start, now)
-        out["substation_peaks_s"] = time.perf_counter() - t0
+        grid = data.coincident_peaks(members(facts), start, now)
+        fp, sp = grid["feeder"], grid["substation"]
+        out["coincident_peaks_s"] = time.perf_counter() - t0
     finally:
         data.close()
         reader.close()

@@ -9,7 +9,7 @@ site's own peak overstates it.  Both are given (``coincident_peak_kw`` and
 ``sum_site_peaks_kw``)
 so the difference shows.  Headroom is the rating (``feeders.csv``, ``substations.csv``)
 minus the coincident peak; without a rating it is unknown, never guessed from the
-reservations.  Pure: frames in, frames out (``rules.data.WindowData.group_peaks``
+reservations.  Pure: frames in, frames out (``rules.data.WindowData.coincident_peaks``
 fetches the coincident peaks, ``load_ratings`` the ratings).
 """
 
@@ -35,14 +35,14 @@ FEEDER_COLUMNS = ["feeder", "substation", *_GROUP_TAIL]
 SUBSTATION_COLUMNS = ["substation", "feeders", *_GROUP_TAIL]
 
 
-def members(facts: Facts, level: str) -> pd.DataFrame:
-    """site_id, group: the sites of each feeder or substation, by their reservation."""
+def members(facts: Facts) -> pd.DataFrame:
+    """site_id, feeder, substation: each site's place in the grid, by its reservation."""
     res = facts.reservations
     if res.empty:
-        return pd.DataFrame({"site_id": [], "group": []})
+        return pd.DataFrame({"site_id": [], "feeder": [], "substation": []})
     res = res.drop_duplicates("site_id", keep="last")
-    res = res[res[level].notna()]
-    return pd.DataFrame({"site_id": res["site_id"].to_numpy(), "group": res[level].to_numpy()})
+    res = res[res["feeder"].notna() & res["substation"].notna()]
+    return res[["site_id", "feeder", "substation"]].reset_index(drop=True)
 
 
 def _pct(part: pd.Series, whole: pd.Series) -> pd.Series:
@@ -133,7 +133,7 @@ def capacity_sheets(facts: Facts, site_peaks_frame: pd.DataFrame | None,
 
     ``site_peaks_frame``: site_id, peak_kw, time (``WindowData.power_peak``);
     ``feeder_peaks`` / ``substation_peaks``: group, peak_kw, time (coincident,
-    ``WindowData.group_peaks``); ``feeders``: feeder, substation, rated_kw;
+    ``WindowData.coincident_peaks``); ``feeders``: feeder, substation, rated_kw;
     ``substations``: substation, rated_kw.  Sites that need a reservation and have none
     are listed with status ``missing``.
     """

@@ -299,12 +299,11 @@ def report_reservations(args: argparse.Namespace, settings: Settings) -> int:
     try:
         # by chunks of sites: each statement stays small enough for [influxdb] timeout at 10k sites
         peaks = data.power_peak(facts, until, t, {}, sites=facts.sites["site_id"])
-        feeder_peaks = data.group_peaks(members(facts, "feeder"), start, until)
-        substation_peaks = data.group_peaks(members(facts, "substation"), start, until)
+        grid = data.coincident_peaks(members(facts), start, until)
     finally:
         data.close()
         reader.close()
-    sheets = capacity_sheets(facts, peaks, feeder_peaks, substation_peaks, feeders, substations,
+    sheets = capacity_sheets(facts, peaks, grid["feeder"], grid["substation"], feeders, substations,
                              start, until)
     path = write_sheets({"sites": sheets["site"], "feeders": sheets["feeder"],
                          "substations": sheets["substation"]}, args.out,

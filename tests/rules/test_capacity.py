@@ -178,4 +178,4 @@ def test_capacity_sheets_without_ratings_leave_headroom_unknown():
     assert site.loc["A", "headroom_kw"] == 2.0
     f = sheets["feeder"].set_index("feeder").loc["F"]
     assert f["coincident_peak_kw"] == 4.0 and pd.isna(f["rated_kw"]) and pd.isna(f["headroom_kw"])
-    assert list(members(facts, "feeder")["group"]) == ["F"]
+    assert members(facts).to_dict("records") == [{"site_id": "A", "feeder": "F", "substation": "S"}]
