@@ -341,7 +341,8 @@ def test_simulate_can_just_write_the_registry(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["sites"] == 40 and "publisher" not in summary
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "bills.csv", "reservations.csv", "sites.csv", "targets.csv", "tariffs.csv"]
+        "bills.csv", "conversions.csv", "feeders.csv", "reservations.csv", "sites.csv",
+        "substations.csv", "targets.csv", "tariffs.csv"]
 
 
 @pytest.mark.integration
