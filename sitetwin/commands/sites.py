@@ -242,6 +242,15 @@ def _show_text(d: dict) -> str:
     lines.append(f"  reservation: {r['reserved_kw']:g} kW reserved ({r['declared_kw']:g} kW"
                  f" declared), feeder {r['feeder']}, substation {r['substation']}, {r['status']}"
                  if r else "  reservation: none")
+    if len(d.get("reservation_history", [])) > 1:
+        lines.append("  reservation history:")
+        for r in d["reservation_history"]:
+            since = _fmt(r["effective_from"]) if r["dated"] else "(undated)"
+            lines.append(f"    from {since}  {r['reserved_kw']:g} kW reserved, feeder {r['feeder']},"
+                         f" {r['status']}")
+    if len(d.get("supply_history", [])) > 1:
+        lines.append("  supply history: " + ", ".join(
+            f"{r['supply']} from {_fmt(r['effective_from'])}" for r in d["supply_history"]))
     if d["meters"]:
         lines.append("  meters: " + ", ".join(m["meter_id"] for m in d["meters"]))
     if d["cells"]:

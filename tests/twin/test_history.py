@@ -215,6 +215,10 @@ def cli(twin_url, tmp_path, monkeypatch, capsys):
 def test_conversions_report_per_county_and_month(cli, tmp_path):
     cli("sites", "import", str(_write(tmp_path, "sites.csv", SITES)))
     cli("sites", "import", str(_write(tmp_path, "conv.csv", CONVERSIONS)))
+    shown = json.loads(cli("sites", "show", "A", "--json"))
+    assert [(r["supply"], r["effective_from"][:10]) for r in shown["supply_history"]] == [
+        ("transfer", "1970-01-01"), ("direct", "2026-03-14")]  # local midnight, 15 March
+    assert "supply history: transfer from 1970-01-01" in cli("sites", "show", "A")
     out = json.loads(cli("report", "conversions", "--year", "2026", "--out",
                          str(tmp_path / "c.xlsx"), "--json"))
     assert out["conversions"] == 2  # B converted on 31 December 2025, local time
