@@ -20,6 +20,11 @@ written to InfluxDB as in production.  The runs use ``rules.query_concurrency``
 (``--concurrency`` to change it); a third run per size with concurrency 1 (one
 statement, one rule at a time) is the baseline measured on the same data
 (``--no-sequential`` skips it).
+
+``--capacity`` times the reservations (capacity) report instead of the rules: the
+registry with its histories and ratings, the site peaks, the coincident peaks of
+every feeder and substation (``WindowData.coincident_peaks``) and the sheets, over the
+reservations rule's window, twice.
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from twin.imports import BILLS, RESERVATIONS, SITES, TARIFFS, import_csv  # noqa: E402
+from twin.imports import (  # noqa: E402
+    BILLS,
+    FEEDERS,
+    RESERVATIONS,
+    SITES,
+    SUBSTATIONS,
+    TARIFFS,
+    import_csv,
+)
 from simulator.fleet import LOAD_PEAK_LOCAL_HOUR, LOCAL_UTC_OFFSET_H, Fleet  # noqa: E402
 from connectors.influx import InfluxWriter  # noqa: E402
 from sitetwin.config import load_settings  # noqa: E402
@@ -57,8 +70,9 @@ def build_registry(n: int, seed: int, store, tmp: Path) -> tuple[Fleet, float]:
     t0 = time.perf_counter()
     fleet = Fleet.build(n, seed, now=DATA_END)
     paths = fleet.write_csvs(tmp / f"csv-{n}")
-    for schema in (SITES, RESERVATIONS, TARIFFS, BILLS):
+    for schema in (SITES, RESERVATIONS, TARIFFS, BILLS, FEEDERS, SUBSTATIONS):
         import_csv(store, paths[schema.name], schema)
+    import_csv(store, paths["conversions"], SITES)
     return fleet, time.perf_counter() - t0
 
 
@@ -199,8 +213,49 @@ def time_rules(settings, store, now: datetime) -> dict:
             "facts_s": round(around["facts"], 2), "flag_writes_s": round(around["flag_writes"], 2)}
 
 
+def time_capacity(settings, store, now: datetime) -> dict:
+    """The work of ``sitetwin report reservations --until now`` (without writing the file)."""
+    from connectors.influx import InfluxReader
+    from rules.capacity import capacity_sheets, members
+    from rules.data import WindowData, load_facts, load_grid_history, load_ratings, load_site_history
+    from rules.engine import thresholds_for
+    from rules.registry import get_rule
+
+    t = thresholds_for(settings, get_rule("reservations"))
+    start = now - timedelta(seconds=t.window)
+    out = {}
+    t0 = time.perf_counter()
+    facts = load_facts(store)
+    facts = load_grid_history(store).facts_at(load_site_history(store).facts_at(facts, now), now)
+    feeders, substations = load_ratings(store)
+    out["registry_s"] = time.perf_counter() - t0
+    reader = InfluxReader.from_settings(settings.influxdb)
+    data = WindowData(reader, concurrency=settings.rules.query_concurrency)
+    try:
+        t0 = time.perf_counter()
+        peaks = data.power_peak(facts, now, t, {}, sites=facts.sites["site_id"])
+        out["site_peaks_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        grid = data.coincident_peaks(members(facts), start, now)
+        fp, sp = grid["feeder"], grid["substation"]
+        out["coincident_peaks_s"] = time.perf_counter() - t0
+    finally:
+        data.close()
+        reader.close()
+    t0 = time.perf_counter()
+    sheets = capacity_sheets(facts, peaks, fp, sp, feeders, substations, start, now)
+    out["sheets_s"] = time.perf_counter() - t0
+    out = {k: round(v, 2) for k, v in out.items()}
+    out["feeders"], out["substations"] = len(sheets["feeder"]), len(sheets["substation"])
+    f = sheets["feeder"]
+    out["coincident_over_sum_of_peaks"] = round(float(f["coincident_peak_kw"].sum()
+                                                      / f["sum_site_peaks_kw"].sum()), 3)
+    print(f"# capacity report: {out}", file=sys.stderr, flush=True)
+    return out
+
+
 def bench_one(n: int, influx: InfluxDB, tmp: Path, days: float, seed: int, runs: int,
-              concurrency: int, sequential: bool) -> dict:
+              concurrency: int, sequential: bool, capacity: bool = False) -> dict:
     from twin.store import open_store
 
     db = f"bench_rules_{n}"
@@ -221,6 +276,10 @@ def bench_one(n: int, influx: InfluxDB, tmp: Path, days: float, seed: int, runs:
                                  rules={"query_concurrency": c})
 
         now = DATA_END + timedelta(minutes=1)
+        if capacity:
+            return {"sites": n, "points": points, "load_s": round(load_s, 1),
+                    "capacity": [time_capacity(settings_for(concurrency), store, now)
+                                 for _ in range(2)]}
         results = []
         for i in range(runs):
             results.append(_timed_run(f"{n} sites run {i + 1}", settings_for(concurrency), store, now))
@@ -281,6 +340,8 @@ def main() -> None:
     ap.add_argument("--no-sequential", action="store_true",
                     help="skip the extra run per size with query_concurrency = 1 (the baseline)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--capacity", action="store_true",
+                    help="time the reservations (capacity) report instead of the rules")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sites.split(",") if x.strip()]
     with tempfile.TemporaryDirectory(prefix="bench-rules-") as tmp:
@@ -289,9 +350,15 @@ def main() -> None:
         try:
             concurrency = args.concurrency or load_settings(None).rules.query_concurrency
             results = [bench_one(n, influx, Path(tmp), args.days, args.seed, args.runs, concurrency,
-                                 not args.no_sequential) for n in sizes]
+                                 not args.no_sequential, args.capacity) for n in sizes]
         finally:
             influx.stop()
+    if args.capacity:
+        for r in results:
+            print(f"{r['sites']} sites, {r['points']:,} points: " + "; ".join(
+                f"run {i + 1}: " + ", ".join(f"{k} {v}" for k, v in c.items())
+                for i, c in enumerate(r["capacity"])))
+        return
     if args.json:
         print(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
                           "days": args.days, "query_concurrency": concurrency, "results": results},

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from rules.data import WindowData, load_facts, load_site_history
+from rules.data import WindowData, load_facts, load_grid_history, load_site_history
 from rules.errors import RuleError
 from rules.flag import FlagBook
 from rules.registry import RULES
@@ -168,7 +168,8 @@ class Engine:
     def backfill(self, since: datetime, until: datetime, rules: Sequence[Rule] = RULES) -> list[Outcome]:
         """Step every rule from ``since`` to ``until`` at its own interval (``until`` included).
 
-        Each step sees the sites' lifecycle states as they were at its time (``SiteHistory``).
+        Each step sees the sites' lifecycle states (``SiteHistory``), reservations and supply
+        (``GridHistory``) as they were at its time.
         A backfill never rewrites a flag that existed before it began (``FlagBook.sync``'s
         ``frozen``) — except one a backfill of the range before left open, which it continues:
         the flags open now stay as the live runs left them, and a second run of the same
@@ -177,6 +178,7 @@ class Engine:
         frozen = self.flags.frozen_for_backfill([r.name for r in rules], since)
         facts = load_facts(self.store)
         history = load_site_history(self.store)
+        grid = load_grid_history(self.store)
         steps: dict[datetime, list[Rule]] = {}
         for rule in rules:
             try:
@@ -192,8 +194,8 @@ class Engine:
         self._alarm_sites = set()
         try:
             for now in sorted(steps):
-                outcomes.extend(self.run(now, steps[now], facts=history.facts_at(facts, now),
-                                         frozen=frozen))
+                then = grid.facts_at(history.facts_at(facts, now), now)
+                outcomes.extend(self.run(now, steps[now], facts=then, frozen=frozen))
         finally:
             sites, self._alarm_sites = self._alarm_sites, None
             if self.publish_mqtt and sites:

@@ -25,8 +25,6 @@ import pandas as pd
 
 from core.i18n import gettext_for, normalise_lang
 from core.timeutil import DEFAULT_ZONE, local_month
-from rules.reservations import site_peaks
-from rules.rule import Facts
 
 __all__ = [
     "BILL_COLUMNS",
@@ -337,50 +335,21 @@ def overcharging_report(flags: Sequence[dict[str, Any]], period: str, *,
                               period, zone)
 
 
-def reservations_table(facts: Facts, peaks_frame: pd.DataFrame | None, window_start: datetime,
-                       window_end: datetime) -> pd.DataFrame:
-    """Per site, then per feeder and per substation: reserved vs declared vs actual peak, headroom.
+_RESERVATION_COLUMNS = [
+    "level", "site_id", "name", "county", "lat", "lon", "feeder", "substation", "feeders", "state",
+    "status", "rated_kw", "sites", "declared_kw", "reserved_kw", "reserved_pct", "peak_kw",
+    "coincident_peak_kw", "peak_at", "sum_site_peaks_kw", "headroom_kw", "utilisation_pct", "window_start", "window_end"]
 
-    Sites under construction or later without a reservation are listed with empty capacity.
+
+def reservations_table(sheets: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The per-level sheets of ``rules.capacity.capacity_sheets`` as one table with a ``level``
+    column (the CSV form of the report; the XLSX form has a sheet per level).
+
+    Sites, then feeders, then substations.  A site has ``peak_kw``, a feeder or substation
+    ``coincident_peak_kw``; its ``headroom_kw`` is rating minus that peak, a site's is
+    reserved minus its peak.
     """
-    peaks = site_peaks(peaks_frame)
-    res = facts.reservations.drop_duplicates("site_id", keep="last").set_index("site_id") \
-        if not facts.reservations.empty else pd.DataFrame()
-    state = dict(zip(facts.sites["site_id"], facts.sites["state"], strict=True)) if not facts.sites.empty else {}
-    rows = []
-    for sid in sorted(set(res.index) | {s for s, st in state.items()
-                                         if st in ("under_construction", "power_connected", "on_air",
-                                                   "relocating")}):
-        r = res.loc[sid] if sid in res.index else None
-        peak = peaks.get(sid)
-        reserved = float(r["reserved_kw"]) if r is not None else None
-        peak_kw = peak[0] if peak else None
-        rows.append({
-            "level": "site", "site_id": sid, "feeder": r["feeder"] if r is not None else None,
-            "substation": r["substation"] if r is not None else None, "state": state.get(sid),
-            "status": r["status"] if r is not None else "missing",
-            "declared_kw": float(r["declared_kw"]) if r is not None else None, "reserved_kw": reserved,
-            "peak_kw": round(peak_kw, 3) if peak_kw is not None else None,
-            "peak_at": peak[1] if peak else None, "sites": 1,
-        })
-    columns = ["level", "site_id", "feeder", "substation", "state", "status", "declared_kw", "reserved_kw",
-               "peak_kw", "peak_at", "headroom_kw", "utilisation_pct", "sites", "window_start", "window_end"]
-    if not rows:
-        return pd.DataFrame(columns=columns)
-    sites = pd.DataFrame(rows)
-    with_res = sites[sites["reserved_kw"].notna()]
-    groups = []
-    for level in ("feeder", "substation"):
-        g = (with_res.groupby(level, as_index=False)
-             .agg(declared_kw=("declared_kw", "sum"), reserved_kw=("reserved_kw", "sum"),
-                  peak_kw=("peak_kw", lambda s: s.fillna(0).sum()), sites=("site_id", "count")))
-        g["level"] = level
-        if level == "feeder":
-            g["substation"] = g["feeder"].map(with_res.groupby("feeder")["substation"].first())
-        groups.append(g)
-    out = pd.concat([sites, *groups], ignore_index=True)
-    out["headroom_kw"] = (out["reserved_kw"] - out["peak_kw"]).round(3)
-    out["utilisation_pct"] = (100 * out["peak_kw"] / out["reserved_kw"]).round(1)
-    out["window_start"] = pd.Timestamp(window_start)
-    out["window_end"] = pd.Timestamp(window_end)
-    return out.reindex(columns=columns)
+    parts = [frame.assign(level=level) for level, frame in sheets.items() if len(frame)]
+    if not parts:
+        return pd.DataFrame(columns=_RESERVATION_COLUMNS)
+    return pd.concat(parts, ignore_index=True).reindex(columns=_RESERVATION_COLUMNS)

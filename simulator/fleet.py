@@ -99,6 +99,10 @@ TARIFF_COLUMNS = ("region", "customer_class", "effective_from", "price_cny_per_k
 BILL_COLUMNS = ("bill_id", "site_id", "supplier_id", "period_start", "period_end", "billed_kwh",
                 "amount_cny", "supplier_name", "meter_id")
 TARGET_COLUMNS = ("year", "county", "target_sites")
+FEEDER_COLUMNS = ("feeder", "substation", "rated_kw")
+SUBSTATION_COLUMNS = ("substation", "rated_kw")
+# One in this many direct sites was converted from transfer supply this year (转改直).
+_CONVERTED_ONE_IN = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,14 +479,62 @@ class Fleet:
         days = _TYPICAL_DAYS_IN_STATE.get(site.state, 10)
         return self.now - timedelta(days=1 + h % days, hours=h % 24)
 
+    def conversions(self) -> dict[str, str]:
+        """site_id -> local date (``YYYY-MM-DD``) when the site went from transfer to direct supply.
+
+        A few direct sites on air, converted earlier this year (local dates, before today);
+        derived from the site ids, not the fleet's random stream, so no other figure changes.
+        """
+        local_now = self.now + timedelta(hours=LOCAL_UTC_OFFSET_H)
+        days = max(local_now.timetuple().tm_yday - 1, 1)
+
+        def h(site_id: str) -> int:
+            return int.from_bytes(hashlib.blake2b(f"conv:{site_id}".encode(), digest_size=4).digest(),
+                                  "big")
+        direct = sorted((s.site_id for s in self.sites if s.supply == "direct" and s.state == "on_air"),
+                        key=h)
+        out = {}
+        for sid in direct[:max(1, len(direct) // _CONVERTED_ONE_IN)] if direct else []:
+            day = datetime(local_now.year, 1, 1) + timedelta(days=h(sid) % days)
+            if day.date() < local_now.date():
+                out[sid] = day.strftime("%Y-%m-%d")
+        return out
+
+    def ratings(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        """Feeder and substation ratings: about 1.2x the capacity reserved on them, in 50 and
+        100 kW steps (so the headroom against the coincident peak is comfortable)."""
+        feeders: dict[str, tuple[str, float]] = {}
+        for r in self.reservations:
+            sub, kw = feeders.get(r.feeder, (r.substation, 0.0))
+            feeders[r.feeder] = (sub, kw + r.reserved_kw)
+        frows = [{"feeder": f, "substation": sub, "rated_kw": 50 * math.ceil(kw * 1.2 / 50)}
+                 for f, (sub, kw) in sorted(feeders.items())]
+        subs: dict[str, float] = {}
+        for row in frows:
+            subs[str(row["substation"])] = subs.get(str(row["substation"]), 0.0) + float(row["rated_kw"])
+        srows = [{"substation": sub, "rated_kw": 100 * math.ceil(kw * 0.9 / 100)}
+                 for sub, kw in sorted(subs.items())]
+        return frows, srows
+
     def write_csvs(self, directory: str | Path) -> dict[str, Path]:
-        """Write ``sites.csv``, ``reservations.csv``, ``tariffs.csv``, ``bills.csv``, ``targets.csv``."""
+        """Write ``sites.csv``, ``reservations.csv``, ``tariffs.csv``, ``bills.csv``, ``targets.csv``,
+        ``feeders.csv``, ``substations.csv`` and ``conversions.csv`` (a sites file of supply
+        changes with ``effective_from``: imported after ``sites.csv``, whose rows give those
+        sites' earlier transfer supply)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         iso = _iso
+        converted = self.conversions()
+        feeders, substations = self.ratings()
         tables = {
-            "sites": (SITE_COLUMNS, [{**s.row(), "state_since": iso(self.state_since(s))}
+            "sites": (SITE_COLUMNS, [{**s.row(), "state_since": iso(self.state_since(s)),
+                                      **({"supply": "transfer"} if s.site_id in converted else {})}
                                      for s in self.sites]),
+            "conversions": ((*SITE_COLUMNS[:-1], "effective_from"), [
+                {**s.row(), "effective_from": converted[s.site_id]}
+                for s in self.sites if s.site_id in converted]),
+            "feeders": (FEEDER_COLUMNS, feeders),
+            "substations": (SUBSTATION_COLUMNS, substations),
             "reservations": (RESERVATION_COLUMNS, [
                 {"site_id": r.site_id, "declared_kw": r.declared_kw, "reserved_kw": r.reserved_kw,
                  "feeder": r.feeder, "substation": r.substation, "status": r.status}

@@ -29,6 +29,8 @@ def test_demo_runs_end_to_end_and_finds_every_planted_anomaly(tmp_path: Path):
     assert summary["unexpected_flags"] == []  # nothing else flagged, of any kind (fair bills)
     assert summary["online_sites"] > 0
     assert {Path(p).name for p in summary["reports"]} >= {"reservations.csv"}
+    assert any(Path(p).name.startswith("conversions-") for p in summary["reports"])
+    assert any(Path(p).name.endswith("-H1.xlsx") for p in summary["reports"])
     assert any(Path(p).name.startswith("overcharging-") for p in summary["reports"])
     dashboards = Path(summary["dashboards"])
     assert len(list((dashboards / "dashboards").glob("*.json"))) == 5

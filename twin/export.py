@@ -38,7 +38,7 @@ from __future__ import annotations
 import csv
 import math
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -54,8 +54,8 @@ from openpyxl.utils import get_column_letter
 from core.errors import UserError
 from core.timeutil import get_zone
 
-__all__ = ["FORMATS", "FORMULA_PREFIXES", "Sheet", "neutralise", "unit_of", "write_table",
-           "write_workbook"]
+__all__ = ["FORMATS", "FORMULA_PREFIXES", "Sheet", "neutralise", "unit_of", "write_sheets",
+           "write_table", "write_workbook"]
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -321,3 +321,24 @@ def write_table(frame: pd.DataFrame, path: str | Path, *, sheet_name: str = "rep
                 formats: Mapping[str, str] | None = None) -> Path:
     """Write one table to ``path`` (``.csv`` or ``.xlsx`` by suffix); see ``write_workbook``."""
     return write_workbook([Sheet(sheet_name, frame, labels or {}, formats or {})], path, zone=zone)
+
+
+def write_sheets(sheets: dict[str, pd.DataFrame], path: str | Path, *,
+                 combined: pd.DataFrame | None = None,
+                 label: Callable[[str], str] | None = None,
+                 zone: str | tzinfo | None = None) -> Path:
+    """Several tables: one sheet each in ``.xlsx``; ``combined`` (or their concatenation)
+    in ``.csv``, which has no sheets.  ``label`` turns a column key or a sheet name into
+    the header a person reads (a translation); the keys stay those of the frames, so the
+    formats still follow their unit suffixes (``write_workbook``).
+    """
+    label = label or (lambda key: key)
+
+    def sheet(name: str, frame: pd.DataFrame) -> Sheet:
+        return Sheet(label(name), frame, {c: label(str(c)) for c in frame.columns})
+
+    if Path(path).suffix.lower() == ".csv":
+        frame = combined if combined is not None else pd.concat(list(sheets.values()),
+                                                                 ignore_index=True)
+        return write_workbook([sheet("report", frame)], path, zone=zone)
+    return write_workbook([sheet(name, frame) for name, frame in sheets.items()], path, zone=zone)

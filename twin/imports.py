@@ -43,26 +43,31 @@ from core.timeutil import DEFAULT_ZONE, as_utc, format_local, get_zone, parse_in
 from core.tariff import HOURS_EXAMPLE, format_hours, normalise_hours, parse_hours
 from core.text import control_character
 from twin.errors import ImportFailed, RowError
+from twin.history import record_reservations, record_supply
 from twin.lifecycle import UNDATED_IMPORT_NOTE
 from twin.models import (
     Bill,
+    Feeder,
     Interferer,
     LifecycleEvent,
     LiveSiteState,
     MaintenanceWindow,
     Reservation,
     Site,
+    Substation,
     Tariff,
     utcnow,
 )
 
 __all__ = [
     "BILLS",
+    "FEEDERS",
     "INTERFERERS",
     "MAINTENANCE",
     "RESERVATIONS",
     "SCHEMAS",
     "SITES",
+    "SUBSTATIONS",
     "TARGETS",
     "TARIFFS",
     "Column",
@@ -160,6 +165,18 @@ def credit_code(cell: str) -> str:
     return check_credit_code(cell)
 
 
+def effective_date(cell: str) -> str:
+    """An ISO 8601 date or date-time, checked here and read in the zone at import
+    (``twin.history``): a date is local midnight, like every date a person types."""
+    value = cell.strip()
+    try:
+        parse_instant(value, "UTC")
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 date (2026-11-24 or"
+                         " 2026-11-24T08:15:00+08:00)") from None
+    return value
+
+
 def operators(cell: str) -> str:
     items = [o.strip() for o in _no_control(cell).split(";")]
     if any(not o for o in items):
@@ -210,6 +227,8 @@ class Schema:
     stamped: tuple[str, ...] = ()
     # Columns read from the file but not stored in ``table`` (used by import hooks).
     not_stored: tuple[str, ...] = ()
+    # What makes a row unique within one file, if more than ``key`` (a history's date).
+    row_key: tuple[str, ...] | None = None
 
     @property
     def by_name(self) -> dict[str, Column]:
@@ -342,12 +361,14 @@ SITES = Schema(
         Column("address", text(300), required=False),
         # An extension: when a new site reached its imported state (default: the import time).
         Column("state_since", timestamp, required=False),
+        # Contract v2: from when the row's supply holds (a change kept as history).
+        Column("effective_from", effective_date, required=False),
     ),
     check=_check_site,
     references=(("replaces_site_id", Site.__table__, "site_id"),),
     insert_only=("state", "created_at"),
     stamped=("created_at", "updated_at"),
-    not_stored=("state_since",),
+    not_stored=("state_since", "effective_from"),
 )
 
 RESERVATIONS = Schema(
@@ -361,9 +382,13 @@ RESERVATIONS = Schema(
         Column("feeder", text(100)),
         Column("substation", text(100)),
         Column("status", choice("requested", "approved", "energized")),
+        # Contract v2: from when the row holds; several dated rows of a site are its history.
+        Column("effective_from", effective_date, required=False),
     ),
     references=(("site_id", Site.__table__, "site_id"),),
     stamped=("updated_at",),
+    not_stored=("effective_from",),
+    row_key=("site_id", "effective_from"),
 )
 
 TARIFFS = Schema(
@@ -452,6 +477,32 @@ INTERFERERS = Schema(
     stamped=("updated_at",),
 )
 
+
+# Contract v2: feeder and substation ratings, for headroom against coincident peaks.
+FEEDERS = Schema(
+    name="feeders",
+    table=Feeder.__table__,
+    key=("feeder",),
+    columns=(
+        Column("feeder", text(100)),
+        Column("substation", text(100)),
+        Column("rated_kw", number(hi=10_000_000, above=0)),
+    ),
+    stamped=("updated_at",),
+)
+
+SUBSTATIONS = Schema(
+    name="substations",
+    table=Substation.__table__,
+    key=("substation",),
+    columns=(
+        Column("substation", text(100)),
+        Column("rated_kw", number(hi=100_000_000, above=0)),
+    ),
+    stamped=("updated_at",),
+)
+
+
 def _check_maintenance(row: dict[str, Any]) -> list[tuple[str, str]]:
     if row["end"] <= row["start"]:
         return [("end", "must be after start")]
@@ -474,7 +525,8 @@ MAINTENANCE = Schema(
     stamped=("updated_at",),
 )
 
-SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS, INTERFERERS, MAINTENANCE)}
+SCHEMAS = {s.name: s for s in (SITES, RESERVATIONS, TARIFFS, BILLS, FEEDERS, SUBSTATIONS,
+                                      INTERFERERS, MAINTENANCE)}
 
 # Annual build targets per county, read by ``sitetwin report progress`` (not stored).
 TARGETS = Schema(
@@ -535,6 +587,7 @@ def read_rows(path: str | Path, schema: Schema,
             present = {c.name for _, c in positions}
             absent_optional = [c for c in schema.columns if c.name not in present]
             first_line_of: dict[tuple, int] = {}
+            row_key = schema.row_key or schema.key
             done = 0
             for cells in reader:
                 line_no = reader.line_num
@@ -568,10 +621,10 @@ def read_rows(path: str | Path, schema: Schema,
                         if schema.check is not None:
                             errors += [RowError(line_no, c, r) for c, r in schema.check(row)]
                     if not errors:
-                        key = tuple(row.get(k) for k in schema.key)
+                        key = tuple(row.get(k) for k in row_key)
                         first = first_line_of.setdefault(key, line_no)
                         if first != line_no:
-                            errors.append(RowError(line_no, ",".join(schema.key),
+                            errors.append(RowError(line_no, ",".join(row_key),
                                                    f"duplicate key, already on line {first}"))
                 if errors:
                     result.errors += errors
@@ -705,7 +758,8 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
     without ``skip_invalid``, when any row is bad.  With ``skip_invalid`` the
     rejected rows go to ``rejects`` (default ``<file>.rejects.csv``).
     ``progress(n)`` is told of rows read, ``write_progress(n)`` of rows written.
-    Dates and times without an offset are local time in ``zone``.
+    Dates and times without an offset are local time in ``zone`` (``effective_from`` of
+    reservation and supply history included).
     """
     if isinstance(schema, str):
         schema = SCHEMAS[schema]
@@ -727,9 +781,15 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
         present |= {c.name for c in schema.columns if c.default is not None}
         if schema is SITES:
             _sites_before(session, parsed, before)
-        _upsert(session, store.dialect, schema, rows, present, now, write_progress)
+        if schema is RESERVATIONS:
+            record_reservations(session, store.dialect, rows, now, zone)
+            if write_progress is not None:
+                write_progress(len(rows))
+        else:
+            _upsert(session, store.dialect, schema, rows, present, now, write_progress)
         if schema is SITES:
             _sites_after(session, rows, before, now, actor)
+            record_supply(session, store.dialect, rows, now, zone)
     rejects_path = None
     if parsed.errors:
         rejects_path = Path(rejects) if rejects else path.with_suffix(".rejects.csv")

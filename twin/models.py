@@ -36,6 +36,7 @@ __all__ = [
     "Base",
     "Bill",
     "Cell",
+    "Feeder",
     "Flag",
     "FlagAction",
     "FlagReview",
@@ -48,7 +49,10 @@ __all__ = [
     "NotifyOutbox",
     "NotifyState",
     "Reservation",
+    "ReservationChange",
     "Site",
+    "Substation",
+    "SupplyChange",
     "Tariff",
     "UTCDateTime",
     "utcnow",
@@ -169,6 +173,67 @@ class Reservation(Base):
     feeder: Mapped[str] = mapped_column(String(100), index=True)
     substation: Mapped[str] = mapped_column(String(100), index=True)
     status: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReservationChange(Base):
+    """One row of a site's reservation history: the values in force from ``effective_from``.
+
+    ``reservations`` holds the row in force now (a copy, for lists and rules); the history
+    answers "what was reserved then" for backfills and past reports (``twin.history``).
+    ``dated`` is False for a row imported without a date: if it is a site's first row, it
+    is assumed to have held before it too (the reservation predates the registry).
+    """
+
+    __tablename__ = "reservation_changes"
+    __table_args__ = (UniqueConstraint("site_id", "effective_from", name="uq_reservation_changes"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ID, ForeignKey("sites.site_id", ondelete="CASCADE"),
+                                         index=True)
+    effective_from: Mapped[datetime]
+    dated: Mapped[bool] = mapped_column(Boolean, default=True)
+    declared_kw: Mapped[float] = mapped_column(Float)
+    reserved_kw: Mapped[float] = mapped_column(Float)
+    feeder: Mapped[str] = mapped_column(String(100))
+    substation: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SupplyChange(Base):
+    """One row of a site's supply history (``direct`` or ``transfer``) from ``effective_from``.
+
+    ``sites.supply`` is the value in force now.  Before a site's first row its first value
+    is assumed (a site always has some supply); a transfer row followed by a direct one is
+    a conversion (转供电改直供电).
+    """
+
+    __tablename__ = "supply_changes"
+    __table_args__ = (UniqueConstraint("site_id", "effective_from", name="uq_supply_changes"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ID, ForeignKey("sites.site_id", ondelete="CASCADE"),
+                                         index=True)
+    effective_from: Mapped[datetime]
+    supply: Mapped[str] = mapped_column(String(16))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Feeder(Base):
+    """A distribution feeder and its rating (feeders.csv): headroom is rating - coincident peak."""
+
+    __tablename__ = "feeders"
+    feeder: Mapped[str] = mapped_column(String(100), primary_key=True)
+    substation: Mapped[str] = mapped_column(String(100), index=True)
+    rated_kw: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Substation(Base):
+    """A substation and its rating (substations.csv)."""
+
+    __tablename__ = "substations"
+    substation: Mapped[str] = mapped_column(String(100), primary_key=True)
+    rated_kw: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

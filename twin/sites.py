@@ -14,7 +14,15 @@ from sqlalchemy.orm import Session
 from twin.errors import UnknownSite
 from twin.lifecycle import history, state_at
 from twin.live import ON_AIR_STATES, is_offline, is_online
-from twin.models import Cell, LiveSiteState, Meter, Reservation, Site
+from twin.models import (
+    Cell,
+    LiveSiteState,
+    Meter,
+    Reservation,
+    ReservationChange,
+    Site,
+    SupplyChange,
+)
 
 __all__ = ["list_sites", "list_unregistered", "show_site"]
 
@@ -89,6 +97,17 @@ def show_site(session: Session, site_id: str, *, now: datetime, window_s: float,
     out["reservation"] = None if res is None else {
         "declared_kw": res.declared_kw, "reserved_kw": res.reserved_kw, "feeder": res.feeder,
         "substation": res.substation, "status": res.status}
+    # Reservation and supply history (twin.history): each row with the date it took effect.
+    out["reservation_history"] = [
+        {"effective_from": r.effective_from, "dated": r.dated, "declared_kw": r.declared_kw,
+         "reserved_kw": r.reserved_kw, "feeder": r.feeder, "substation": r.substation,
+         "status": r.status}
+        for r in session.scalars(select(ReservationChange).where(ReservationChange.site_id == site_id)
+                                 .order_by(ReservationChange.effective_from))]
+    out["supply_history"] = [
+        {"effective_from": r.effective_from, "supply": r.supply}
+        for r in session.scalars(select(SupplyChange).where(SupplyChange.site_id == site_id)
+                                 .order_by(SupplyChange.effective_from))]
     out["meters"] = [{"meter_id": m.meter_id, "first_seen": m.first_seen, "last_seen": m.last_seen}
                      for m in session.scalars(select(Meter).where(Meter.site_id == site_id)
                                               .order_by(Meter.meter_id))]

@@ -6,14 +6,16 @@ directory (``.sitetwin/demo`` by default, wiped at the start), so it never
 touches a developer's services or data:
 
   1. services up; the simulator writes a city's registry (sites, reservations,
-     tariffs, bills, targets) and it is imported;
+     tariffs, bills, targets, feeder and substation ratings, this year's supply
+     conversions with their dates) and it is imported;
   2. a lifecycle move, and a move the relocation guard refuses;
   3. ``sitetwin run`` (collector + twin live state) in the background while the
      simulator publishes the bill month's history and a live phase of the
      ``demo`` scenario (jammer, narrowband interferer, mains failure, a silent
      site), plus some malformed messages; every reading is counted in InfluxDB;
   4. the rules, the flags, a regulator's review, an alarm acknowledged and assigned; the
-     reports; the dashboards.
+     reports (overcharging, reservations per site/feeder/substation, progress for the
+     year and its first half, conversions); the dashboards.
 
 The demo checks its own flags: every anomaly the simulator planted must be flagged and
 nothing else, of any kind (the other bills are fair by construction, so a flag on one is a
@@ -272,9 +274,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         info = demo.sitetwin("simulate", "--sites", str(args.sites), "--seed", str(args.seed),
                              "--no-publish", "--backfill", "1h", "--write-registry", str(reg),
                              capture_json=True)
-        for kind in ("sites", "reservations", "tariffs", "bills"):
+        for kind in ("sites", "reservations", "tariffs", "bills", "feeders", "substations"):
             if kind == "sites":
                 demo.sitetwin("sites", "import", str(reg / "sites.csv"))
+                # this year's transfer -> direct conversions, with their dates (history)
+                demo.sitetwin("sites", "import", str(reg / "conversions.csv"))
             else:
                 demo.sitetwin(kind, "import", str(reg / f"{kind}.csv"))
         demo.summary["registry"] = {"sites": info["sites"], "cells": info["cells"]}
@@ -355,6 +359,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         demo.sitetwin("report", "reservations", "--out", str(reports / "reservations.csv"))
         demo.sitetwin("report", "progress", "--year", year, "--targets", str(reg / "targets.csv"),
                       "--out", str(reports / f"progress-{year}.xlsx"))
+        demo.sitetwin("report", "progress", "--year", year, "--half", "1", "--targets",
+                      str(reg / "targets.csv"), "--out", str(reports / f"progress-{year}-H1.xlsx"))
+        demo.sitetwin("report", "conversions", "--year", year,
+                      "--out", str(reports / f"conversions-{year}.xlsx"))
         demo.summary["reports"] = sorted(str(p) for p in reports.iterdir())
 
         demo.step("7. Grafana dashboards as code")

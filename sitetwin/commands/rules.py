@@ -69,7 +69,16 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     rr = reports.add_parser("reservations", help="reserved vs declared vs peak per site, feeder, substation")
     rr.add_argument("--out", required=True, metavar="FILE", help=".csv or .xlsx")
     rr.add_argument("--until", metavar="TS", help="end of the peak window (default now)")
+    rr.add_argument("--period", metavar="YYYY-MM",
+                    help="a local month instead: its peaks, and the reservations in force at its end")
+    rr.add_argument("--lang", default="en", help="language of headers and sheet names: en or zh-CN")
     rr.set_defaults(handler=report_reservations)
+
+
+def _iso(value: Any) -> str:
+    from rules.finding import iso_utc
+
+    return iso_utc(value)
 
 
 def _local(value: Any, zone: str) -> str:
@@ -316,31 +325,71 @@ def report_overcharging(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def report_labels(lang: str):
+    """Headers and sheet names in ``lang``: the ``grid`` catalog, then ``reports``, then the key."""
+    from core.i18n import gettext_for, normalise_lang
+
+    try:
+        lang = normalise_lang(lang)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    grid, reports = gettext_for(lang, "grid"), gettext_for(lang, "reports")
+
+    def label(key: str) -> str:
+        text = grid(key)
+        return text if text != key else reports(key)
+    return label
+
+
 def report_reservations(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.influx import InfluxReader
-    from rules.data import WindowData, load_facts
+    from core.timeutil import local_month
+    from rules.capacity import capacity_sheets, members
+    from rules.data import WindowData, load_facts, load_grid_history, load_ratings, load_site_history
     from rules.engine import thresholds_for
     from rules.registry import get_rule
     from rules.report import reservations_table
-    from twin.export import write_table
+    from twin.export import write_sheets
 
-    until = cli_time(args.until, "--until", settings) or datetime.now(UTC)
+    label = report_labels(args.lang)
     t = thresholds_for(settings, get_rule("reservations"))
+    if args.period is not None:
+        if args.until is not None:
+            raise UserError("give --period or --until, not both")
+        try:
+            start, until = local_month(args.period, settings.time.zone)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        t = t.model_copy(update={"window": (until - start).total_seconds()})
+    else:
+        until = cli_time(args.until, "--until", settings) or datetime.now(UTC)
+        start = until - timedelta(seconds=t.window)
+    # The registry as it was at the end of the window: reservations, feeders, supply, states.
+    at = until - timedelta(microseconds=1)
     store = _store(settings)
     try:
         facts = load_facts(store)
+        facts = load_grid_history(store).facts_at(load_site_history(store).facts_at(facts, at), at)
+        feeders, substations = load_ratings(store)
     finally:
         store.close()
     reader = InfluxReader.from_settings(settings.influxdb)
+    data = WindowData(reader, concurrency=settings.rules.query_concurrency)
     try:
-        peaks = WindowData(reader).power_peak(facts, until, t, {})
+        # by chunks of sites: each statement stays small enough for [influxdb] timeout at 10k sites
+        peaks = data.power_peak(facts, until, t, {}, sites=facts.sites["site_id"])
+        grid = data.coincident_peaks(members(facts), start, until)
     finally:
+        data.close()
         reader.close()
-    table = reservations_table(facts, peaks, until - timedelta(seconds=t.window), until)
-    path = write_table(table, args.out, sheet_name="reservations")
-    data = {"path": str(path), "sites": int((table["level"] == "site").sum()),
-            "feeders": int((table["level"] == "feeder").sum()),
-            "substations": int((table["level"] == "substation").sum())}
-    emit(args, data, f"{data['sites']} site(s), {data['feeders']} feeder(s), "
-                     f"{data['substations']} substation(s) -> {path}")
+    sheets = capacity_sheets(facts, peaks, grid["feeder"], grid["substation"], feeders, substations,
+                             start, until)
+    path = write_sheets({"sites": sheets["site"], "feeders": sheets["feeder"],
+                         "substations": sheets["substation"]}, args.out,
+                        combined=reservations_table(sheets), label=label)
+    data_out = {"path": str(path), "sites": len(sheets["site"]), "feeders": len(sheets["feeder"]),
+                "substations": len(sheets["substation"]),
+                "window_start": _iso(start), "window_end": _iso(until)}
+    emit(args, data_out, f"{data_out['sites']} site(s), {data_out['feeders']} feeder(s), "
+                         f"{data_out['substations']} substation(s) -> {path}")
     return 0

@@ -95,7 +95,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     p.add_argument("--malformed", type=int, default=0, metavar="N",
                    help="finally publish N rounds of hostile messages, one per rejection reason")
     p.add_argument("--write-registry", metavar="DIR",
-                   help="also write sites/reservations/tariffs/bills/targets CSVs to DIR")
+                   help="also write the registry CSVs (sites, reservations, tariffs, bills, targets,"
+                        " feeders, substations, conversions) to DIR")
     p.add_argument("--no-publish", action="store_true",
                    help="only build the fleet (with --write-registry), publish nothing")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -61,15 +61,31 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     tr.add_argument("--by", metavar="NAME", help="who made the move (default: the OS user)")
     tr.set_defaults(handler=run_transition)
 
-    for kind in ("reservations", "tariffs", "bills", "interferers", "maintenance"):
+    for kind in ("reservations", "tariffs", "bills", "feeders", "substations", "interferers",
+                 "maintenance"):
         p = commands.add_parser(kind, help=f"import {kind}.csv into the registry")
         _import_parser(p.add_subparsers(dest="action", metavar="ACTION", required=True), kind)
 
-    prog = reports.add_parser("progress", help="build progress per county against annual targets")
+    prog = reports.add_parser("progress", help="build progress per county against the year's targets")
     prog.add_argument("--year", type=int, required=True)
     prog.add_argument("--targets", metavar="CSV", help="year,county,target_sites")
+    prog.add_argument("--targets-kind", choices=("annual", "cumulative"), default="annual",
+                      help="annual: sites to bring on air during the year (default);"
+                           " cumulative: sites on air by the end of the year")
+    prog.add_argument("--half", type=int, choices=(1, 2),
+                      help="a half-year report (January-June or July-December, local time)")
+    prog.add_argument("--as-of", metavar="TS", help="report as of this time (a date is local"
+                      " midnight; default: the end of the period, or now)")
     prog.add_argument("--out", metavar="FILE", required=True, help=".csv or .xlsx")
+    prog.add_argument("--lang", default="en", help="language of headers: en or zh-CN")
     prog.set_defaults(handler=run_progress)
+
+    conv = reports.add_parser("conversions", help="transfer -> direct supply conversions"
+                              " (转改直) per county and month")
+    conv.add_argument("--year", type=int, required=True)
+    conv.add_argument("--out", metavar="FILE", required=True, help=".csv or .xlsx")
+    conv.add_argument("--lang", default="en", help="language of headers: en or zh-CN")
+    conv.set_defaults(handler=run_conversions)
 
 
 def _import_parser(sub: argparse._SubParsersAction, kind: str) -> None:
@@ -226,6 +242,15 @@ def _show_text(d: dict, zone: str) -> str:
     lines.append(f"  reservation: {r['reserved_kw']:g} kW reserved ({r['declared_kw']:g} kW"
                  f" declared), feeder {r['feeder']}, substation {r['substation']}, {r['status']}"
                  if r else "  reservation: none")
+    if len(d.get("reservation_history", [])) > 1:
+        lines.append("  reservation history:")
+        for r in d["reservation_history"]:
+            since = _fmt(r["effective_from"]) if r["dated"] else "(undated)"
+            lines.append(f"    from {since}  {r['reserved_kw']:g} kW reserved, feeder {r['feeder']},"
+                         f" {r['status']}")
+    if len(d.get("supply_history", [])) > 1:
+        lines.append("  supply history: " + ", ".join(
+            f"{r['supply']} from {_fmt(r['effective_from'])}" for r in d["supply_history"]))
     if d["meters"]:
         lines.append("  meters: " + ", ".join(m["meter_id"] for m in d["meters"]))
     if d["cells"]:
@@ -281,19 +306,61 @@ def _targets(path: str | None, year: int) -> dict[str, int]:
     return {row["county"]: row["target_sites"] for _, row in parsed.rows if row["year"] == year}
 
 
+def _local_ts(value: str | None, what: str, zone: str) -> datetime | None:
+    from core.timeutil import parse_instant
+
+    if value is None:
+        return None
+    try:
+        return parse_instant(value, zone)
+    except ValueError as exc:
+        raise UserError(f"{what}: {exc}") from None
+
+
 def run_progress(args: argparse.Namespace, settings: Settings) -> int:
+    from sitetwin.commands.rules import report_labels
     from twin.export import write_table
     from twin.progress import progress_report
 
+    label = report_labels(args.lang)
+    as_of = _local_ts(args.as_of, "--as-of", settings.time.zone)
     targets = _targets(args.targets, args.year)
     store = open_store(settings.twin_url)
     try:
         with store.session() as s:
-            frame = progress_report(s, args.year, targets, datetime.now(UTC))
+            frame = progress_report(s, args.year, targets, datetime.now(UTC),
+                                    zone=settings.time.zone, half=args.half, as_of=as_of,
+                                    target_kind=args.targets_kind)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     finally:
         store.close()
-    out = write_table(frame, args.out, sheet_name=f"progress {args.year}")
+    period = f"{args.year}-H{args.half}" if args.half else str(args.year)
+    out = write_table(frame.rename(columns=label), args.out,
+                      sheet_name=f"{label('progress')} {period}")
     rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     emit(args, {"out": str(out), "rows": rows},
-         lambda d: f"progress {args.year}: {max(len(rows) - 1, 0)} counties written to {out}")
+         lambda d: f"progress {period} ({args.targets_kind} targets):"
+                   f" {max(len(rows) - 1, 0)} counties written to {out}")
+    return 0
+
+
+def run_conversions(args: argparse.Namespace, settings: Settings) -> int:
+    from sitetwin.commands.rules import report_labels
+    from twin.conversions import conversions_report
+    from twin.export import write_sheets
+
+    label = report_labels(args.lang)
+    store = open_store(settings.twin_url)
+    try:
+        with store.session() as s:
+            summary, detail = conversions_report(s, args.year, settings.time.zone)
+    finally:
+        store.close()
+    out = write_sheets({"by county and month": summary, "conversions": detail}, args.out,
+                       combined=summary, label=label)
+    total = int(len(detail))
+    emit(args, {"out": str(out), "year": args.year, "conversions": total,
+                "rows": summary.to_dict(orient="records")},
+         lambda d: f"{total} transfer -> direct conversion(s) in {args.year} -> {out}")
     return 0

@@ -85,3 +85,37 @@ def test_scheduled_job_runs_its_rule(influxdb, influx_db, tmp_path, monkeypatch)
     finally:
         store.close()
     assert (flag["kind"], flag["site_id"], flag["severity"]) == ("site_offline", "S-SILENT", "critical")
+
+
+def test_backfill_sees_the_reservation_in_force_at_each_step(influxdb, influx_db, tmp_path, capsys):
+    # 10 kW for three days; 8 kW reserved until the reservation was raised to 15 kW a day ago.
+    lines = []
+    for i in range(3 * 24 * 4):
+        ts = T - timedelta(days=3) + timedelta(minutes=15 * i)
+        lines.append(line("power", {"site_id": "S-R", "meter_id": "M-R"}, {"energy_kwh": 1.0 + i, "power_kw": 10.0},
+                          int(ts.timestamp()) * 10**9))
+    writer = InfluxWriter(influxdb.url, database=influx_db)
+    assert not writer.write("\n".join(lines).encode()).rejected
+    writer.close()
+    url = f"sqlite:///{tmp_path / 'twin.sqlite'}"
+    _registry(url, "S-R")
+    raised = T - timedelta(days=1)
+    (tmp_path / "res.csv").write_text(
+        "site_id,declared_kw,reserved_kw,feeder,substation,status,effective_from\n"
+        f"S-R,8,8,F-1,S-1,energized,{(T - timedelta(days=10)).isoformat()}\n"
+        f"S-R,12,15,F-1,S-1,energized,{raised.isoformat()}\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[influxdb]\nurl = "{influxdb.url}"\ndatabase = "{influx_db}"\n[twin]\nurl = "{url}"\n'
+                   '[rules]\nhold_off = "1h"\n[rules.reservations]\nwindow = "6h"\ninterval = "6h"\n')
+    assert main(["reservations", "import", str(tmp_path / "res.csv"), "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    code = main(["rules", "run", "--rule", "reservations", "--since", (T - timedelta(days=2)).isoformat(),
+                 "--until", T.isoformat(), "--no-publish", "--json", "--config", str(cfg)])
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["errors"] == 0 and (summary["opened"], summary["resolved"]) == (1, 1)
+    main(["flags", "list", "--json", "--config", str(cfg)])
+    (flag,) = json.loads(capsys.readouterr().out)
+    assert (flag["kind"], flag["status"], flag["evidence"]["reserved_kw"]) == (
+        "reservation_exceeded", "resolved", 8.0)
+    resolved = datetime.fromisoformat(flag["resolved_at"].replace("Z", "+00:00"))
+    assert raised < resolved <= raised + timedelta(hours=12)

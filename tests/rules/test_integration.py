@@ -243,17 +243,23 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
     code, _ = _cli(capsys, "report", "reservations", "--until", NOW.isoformat(), "--out",
                    str(tmp_path / "res.xlsx"), "--config", str(cfg))
     assert code == 0
-    sheet = openpyxl.load_workbook(tmp_path / "res.xlsx").active
-    rows = list(sheet.values)
-    header, body = rows[0], [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
-    site_oc = next(r for r in body if r["level"] == "site" and r["site_id"] == "S-OC")
+    book = openpyxl.load_workbook(tmp_path / "res.xlsx")
+    assert book.sheetnames == ["sites", "feeders", "substations"]
+
+    def body(name):
+        rows = list(book[name].values)
+        return rows[0], [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+    header, sites = body("sites")
+    site_oc = next(r for r in sites if r["site_id"] == "S-OC")
     assert (site_oc["reserved_kw"], site_oc["peak_kw"], site_oc["headroom_kw"]) == (5.0, 10.0, -5.0)
-    build = next(r for r in body if r["site_id"] == "S-BUILD")
+    build = next(r for r in sites if r["site_id"] == "S-BUILD")
     assert build["status"] == "missing"
-    feeder = next(r for r in body if r["level"] == "feeder" and r["feeder"] == "F-1")
-    assert (feeder["reserved_kw"], feeder["peak_kw"], feeder["sites"]) == (45.0, 30.0, 3)
-    assert feeder["headroom_kw"] == 15.0 and feeder["substation"] == "SUB-A"
     assert "headroom_kw" in header
+    _, feeders = body("feeders")
+    feeder = next(r for r in feeders if r["feeder"] == "F-1")
+    assert (feeder["reserved_kw"], feeder["coincident_peak_kw"], feeder["sites"]) == (45.0, 30.0, 3)
+    # no feeders.csv: the rating, hence the headroom, is unknown
+    assert feeder["headroom_kw"] is None and feeder["substation"] == "SUB-A"
 
 
 def test_peak_of_a_site_with_two_meters_is_their_coincident_sum(influxdb, influx_db):

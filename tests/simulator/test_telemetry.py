@@ -27,6 +27,9 @@ REQUIRED = {
     "bills": {"bill_id", "site_id", "supplier_id", "period_start", "period_end", "billed_kwh",
               "amount_cny"},
     "targets": {"year", "county", "target_sites"},
+    "feeders": {"feeder", "substation", "rated_kw"},
+    "substations": {"substation", "rated_kw"},
+    "conversions": {"site_id", "supply", "effective_from"},
 }
 
 
@@ -98,6 +101,17 @@ def test_csvs_follow_the_contract_and_import_into_the_registry(fleet, tmp_path):
         assert result.inserted == sum(1 for _ in csv.DictReader(paths[name].open())), name
     again = import_csv(store, paths["bills"], SCHEMAS["bills"])
     assert again.inserted == 0  # idempotent
+    for name in ("feeders", "substations"):
+        assert import_csv(store, paths[name], SCHEMAS[name]).rejected == 0
+    # conversions.csv: dated supply changes of sites that sites.csv lists as transfer
+    converted = import_csv(store, paths["conversions"], SCHEMAS["sites"])
+    assert converted.inserted == 0 and converted.updated >= 1 and not converted.errors
+    from sqlalchemy import select
+
+    from twin.models import Site
+    with store.session() as s:
+        supply = dict(s.execute(select(Site.site_id, Site.supply)).all())
+    assert supply == {site.site_id: site.supply for site in fleet.sites}  # the fleet's, today
 
 
 def test_bills_agree_with_the_meter_and_the_catalogue(fleet):
@@ -327,7 +341,8 @@ def test_simulate_can_just_write_the_registry(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["sites"] == 40 and "publisher" not in summary
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "bills.csv", "reservations.csv", "sites.csv", "targets.csv", "tariffs.csv"]
+        "bills.csv", "conversions.csv", "feeders.csv", "reservations.csv", "sites.csv",
+        "substations.csv", "targets.csv", "tariffs.csv"]
 
 
 @pytest.mark.integration

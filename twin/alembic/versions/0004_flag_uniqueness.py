@@ -21,7 +21,7 @@ from alembic import op
 from twin.models import OPEN_FLAG_INDEX, JSONType, UTCDateTime
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
