@@ -35,7 +35,8 @@ DEFAULT_TARGET = Target()
 
 
 def dashboard_json(d: Dashboard, target: Target) -> str:
-    return json.dumps(d.render(target.datasource_uid), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(d.render(target.datasource_uid, target.display), indent=2,
+                      ensure_ascii=False) + "\n"
 
 
 def render(target: Target = DEFAULT_TARGET, dashboards: Sequence[Dashboard] = DASHBOARDS
@@ -44,7 +45,7 @@ def render(target: Target = DEFAULT_TARGET, dashboards: Sequence[Dashboard] = DA
 
     Raises ``DefinitionError`` rather than produce a dashboard that fails lint.
     """
-    found = problems([d.render(target.datasource_uid) for d in dashboards],
+    found = problems([d.render(target.datasource_uid, target.display) for d in dashboards],
                      {target.datasource_uid})
     if found:
         raise DefinitionError(f"{len(found)} problem(s) in the dashboard definitions: "

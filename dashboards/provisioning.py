@@ -10,7 +10,9 @@ environment variables that Grafana expands when it reads the file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dashboards.display import Display
 
 __all__ = ["Target", "dashboards_yaml", "datasource_yaml"]
 
@@ -25,6 +27,8 @@ class Target:
     folder: str = "sitetwin"
     # Where the Grafana host finds the dashboard JSON (copy dashboards/built/dashboards there).
     dashboards_path: str = "/var/lib/grafana/dashboards/sitetwin"
+    # Time zone, map tiles and the rules' thresholds the dashboards are drawn with.
+    display: Display = field(default_factory=Display)
 
 
 def _q(value: str) -> str:
