@@ -15,7 +15,7 @@ from dashboards import interference, noc, overcharging, power, site
 from dashboards.errors import DashboardError, DefinitionError
 from dashboards.lint import problems
 from dashboards.model import Dashboard
-from dashboards.provisioning import Target, dashboards_yaml, datasource_yaml
+from dashboards.provisioning import Target, alerting_yaml, dashboards_yaml, datasource_yaml
 
 __all__ = ["BUILT_DIR", "DASHBOARDS", "DASHBOARDS_SUBDIR", "render", "write"]
 
@@ -31,6 +31,7 @@ BUILT_DIR = Path(__file__).with_name("built")
 DASHBOARDS_SUBDIR = "dashboards"
 DATASOURCE_FILE = "provisioning/datasources/sitetwin.yaml"
 PROVIDER_FILE = "provisioning/dashboards/sitetwin.yaml"
+ALERTING_FILE = "provisioning/alerting/sitetwin.yaml"
 DEFAULT_TARGET = Target()
 
 
@@ -53,6 +54,7 @@ def render(target: Target = DEFAULT_TARGET, dashboards: Sequence[Dashboard] = DA
     files = {f"{DASHBOARDS_SUBDIR}/{d.uid}.json": dashboard_json(d, target) for d in dashboards}
     files[DATASOURCE_FILE] = datasource_yaml(target)
     files[PROVIDER_FILE] = dashboards_yaml(target)
+    files[ALERTING_FILE] = alerting_yaml(target)
     return files
 
 

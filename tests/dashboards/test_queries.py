@@ -183,3 +183,31 @@ def test_site_names_appear_next_to_ids(influxdb, demo):
         q = substitute(by_title[(uid, title)]["targets"][ref]["query"], demo, all_values=True)
         got = {r["site_id"]: r["site_name"] for r in _records(influxdb, demo.database, q)}
         assert got and all(name == f"Demo {sid}" for sid, name in got.items()), (title, got)
+
+
+def _alert_counts(influxdb, demo, target) -> dict[str, int]:
+    import yaml
+
+    from dashboards.build import ALERTING_FILE, render
+
+    doc = yaml.safe_load(render(target)[ALERTING_FILE])
+    out = {}
+    for rule in doc["groups"][0]["rules"]:
+        query = rule["data"][0]["model"]["query"]
+        rows = run(influxdb, demo.database, substitute(query, demo, all_values=True))
+        out[rule["uid"]] = rows[0][1] if rows else 0  # no row: Grafana's reduce makes it 0
+    return out
+
+
+def test_grafana_alert_rules_count_the_critical_conditions(influxdb, demo):
+    """Two critical flags open (3 and 5, both escalated); the silent site was never on air,
+    so no on-air site is offline; HZ-XH-001's battery (58 %) is above the 30 % default and
+    below a configured 60 %."""
+    from dashboards.display import Display
+    from dashboards.provisioning import Target
+
+    assert _alert_counts(influxdb, demo, Target()) == {
+        "sitetwin-critical-flags": 2, "sitetwin-sites-offline": 0,
+        "sitetwin-battery-critical": 0}
+    assert _alert_counts(influxdb, demo, Target(display=Display(soc_critical_pct=60)))[
+        "sitetwin-battery-critical"] == 1
