@@ -113,7 +113,10 @@ def flags_table(title: str, kind_regex: str = ".*", *, only_open: bool = True,
         description="Latest state of each flag, one row per flag (a review or an escalation "
                     "updates the row). Evidence and review: `sitetwin flags show <flag_id>`.",
         options={"showHeader": True, "sortBy": [{"displayName": "flag_id", "desc": True}]},
-        transformations=[join_names()],
+        transformations=[join_names(),
+                         # a tag is a string: sort 10 after 9
+                         {"id": "convertFieldType", "options": {"conversions": [
+                             {"targetField": "flag_id", "destinationType": "number"}]}}],
         data_links=[SITE_DETAIL_LINK],
     )
 
