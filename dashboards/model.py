@@ -191,6 +191,17 @@ def _builtin_annotation() -> dict[str, Any]:
 
 
 def _annotation(a: Annotation, ds: dict[str, str]) -> dict[str, Any]:
+    """An InfluxQL annotation in both forms Grafana's InfluxDB plugin reads.
+
+    The plugin (Grafana 8.3 and later) runs ``target`` as an annotation only when it
+    says ``fromAnnotations`` and carries the column mappings; a target with a query
+    but without them is never migrated from the legacy top-level keys (its
+    ``prepareAnnotation`` migrates only a target without a query) and runs as a
+    plain query, whose columns then map to nothing.  The top-level keys are the
+    legacy form, for older Grafanas.
+    """
+    columns = {"textColumn": a.text_column, "tagsColumn": ",".join(a.tags_columns),
+               "timeEndColumn": a.time_end_column, "titleColumn": ""}
     return {
         "name": a.name,
         "datasource": ds,
@@ -198,11 +209,11 @@ def _annotation(a: Annotation, ds: dict[str, str]) -> dict[str, Any]:
         "hide": False,
         "iconColor": a.color,
         "query": a.influxql,
-        "textColumn": a.text_column,
-        "tagsColumn": ",".join(a.tags_columns),
-        **({"timeEndColumn": a.time_end_column} if a.time_end_column else {}),
+        **columns,
         "target": {"query": a.influxql, "rawQuery": True, "resultFormat": "table",
-                   "refId": "Anno", "datasource": ds},
+                   "refId": "Anno", "datasource": ds, "fromAnnotations": True,
+                   "queryType": "tags", "name": a.name, **columns,
+                   "limit": 0, "matchAny": False, "tags": [], "type": ""},
     }
 
 

@@ -135,7 +135,10 @@ def test_a_review_and_an_escalation_leave_one_row_per_flag_and_no_double_count(i
 def test_flag_annotations_are_one_region_per_flag_from_opening_to_resolution(influxdb, demo):
     site = next(d for d in _DASHBOARDS if d["uid"] == "sitetwin-site")
     anno = next(a for a in site["annotations"]["list"] if not a.get("builtIn"))
-    assert anno["timeEndColumn"] == "ended_ms"
+    # The InfluxDB plugin reads the mappings from an annotation target marked as such.
+    assert anno["target"]["fromAnnotations"] is True
+    assert (anno["target"]["timeEndColumn"], anno["target"]["textColumn"]) == (
+        "ended_ms", "summary")
     q = substitute(anno["query"], demo, all_values=True)
     spans = _records(influxdb, demo.database, q)
     assert len(spans) == 8  # flags 1-8, whatever their number of updates

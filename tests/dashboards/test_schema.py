@@ -25,7 +25,8 @@ from dashboards.build import render
 
 # Datasource-plugin keys outside the core dashboard schema (the InfluxDB plugin reads them).
 PLUGIN_KEYS = [
-    re.compile(r"^\.annotations\.list\[\d+\]\.(query|textColumn|tagsColumn|timeEndColumn)$"),
+    re.compile(r"^\.annotations\.list\[\d+\]\."
+               r"(query|textColumn|tagsColumn|timeEndColumn|titleColumn)$"),
     re.compile(r"^\.annotations\.list\[\d+\]\.target\.\w+$"),
     re.compile(r"^\.templating\.list\[\d+\]\.definition$"),
 ]
