@@ -147,12 +147,37 @@ class ServicesSettings(_Section):
 
 
 class GrafanaSettings(_Section):
-    """Target of ``sitetwin dashboards push``."""
+    """Target of ``sitetwin dashboards push``, and what the built dashboards show."""
 
     url: str = "http://127.0.0.1:3000"
     token: SecretStr | None = None
     folder: str = "sitetwin"
     datasource_uid: str = "sitetwin-influxdb"
+    # "browser" (each viewer's own zone), "time" (the [time] zone), or a zone name.
+    timezone: str = "browser"
+    # The geomap base layer: an XYZ tile URL with {z}/{x}/{y}; empty = Grafana's default.
+    map_tiles: str = ""
+    map_attribution: str = ""
+    # Grafana alert rules (provisioning/alerting/sitetwin.yaml): evaluation interval and
+    # how long a condition must hold before the alert fires.
+    alert_interval: Duration = 60.0
+    alert_for: Duration = 300.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        if value not in ("browser", "time", "utc"):
+            get_zone(value)
+        return value
+
+    @field_validator("map_tiles")
+    @classmethod
+    def _xyz_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not (value.startswith(("http://", "https://"))
+                          and all(p in value for p in ("{z}", "{x}", "{y}"))):
+            raise ValueError("map_tiles must be an http(s) XYZ tile URL with {z}, {x} and {y}")
+        return value
 
 
 class TimeSettings(_Section):

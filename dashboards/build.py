@@ -15,7 +15,7 @@ from dashboards import interference, noc, overcharging, power, site
 from dashboards.errors import DashboardError, DefinitionError
 from dashboards.lint import problems
 from dashboards.model import Dashboard
-from dashboards.provisioning import Target, dashboards_yaml, datasource_yaml
+from dashboards.provisioning import Target, alerting_yaml, dashboards_yaml, datasource_yaml
 
 __all__ = ["BUILT_DIR", "DASHBOARDS", "DASHBOARDS_SUBDIR", "render", "write"]
 
@@ -31,11 +31,13 @@ BUILT_DIR = Path(__file__).with_name("built")
 DASHBOARDS_SUBDIR = "dashboards"
 DATASOURCE_FILE = "provisioning/datasources/sitetwin.yaml"
 PROVIDER_FILE = "provisioning/dashboards/sitetwin.yaml"
+ALERTING_FILE = "provisioning/alerting/sitetwin.yaml"
 DEFAULT_TARGET = Target()
 
 
 def dashboard_json(d: Dashboard, target: Target) -> str:
-    return json.dumps(d.render(target.datasource_uid), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(d.render(target.datasource_uid, target.display), indent=2,
+                      ensure_ascii=False) + "\n"
 
 
 def render(target: Target = DEFAULT_TARGET, dashboards: Sequence[Dashboard] = DASHBOARDS
@@ -44,7 +46,7 @@ def render(target: Target = DEFAULT_TARGET, dashboards: Sequence[Dashboard] = DA
 
     Raises ``DefinitionError`` rather than produce a dashboard that fails lint.
     """
-    found = problems([d.render(target.datasource_uid) for d in dashboards],
+    found = problems([d.render(target.datasource_uid, target.display) for d in dashboards],
                      {target.datasource_uid})
     if found:
         raise DefinitionError(f"{len(found)} problem(s) in the dashboard definitions: "
@@ -52,6 +54,7 @@ def render(target: Target = DEFAULT_TARGET, dashboards: Sequence[Dashboard] = DA
     files = {f"{DASHBOARDS_SUBDIR}/{d.uid}.json": dashboard_json(d, target) for d in dashboards}
     files[DATASOURCE_FILE] = datasource_yaml(target)
     files[PROVIDER_FILE] = dashboards_yaml(target)
+    files[ALERTING_FILE] = alerting_yaml(target)
     return files
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dashboards.model import Dashboard, Link, Panel, Query, Row
-from dashboards.panels import flags_annotation, flags_table, sites_map, thresholds
+from dashboards.display import Setting
+from dashboards.panels import (
+    flags_annotation,
+    flags_table,
+    latest_flags,
+    sites_map,
+    threshold_lines,
+    thresholds,
+)
 from dashboards.variables import BAND, CELL, COUNTY, SITE, by_band, by_cell, by_site
 
 __all__ = ["DASHBOARD", "PRB_COUNT"]
@@ -16,19 +24,23 @@ _CELLS = f"$timeFilter AND {by_site} AND {by_cell} AND {by_band}"
 
 _PRB_FIELDS = ", ".join(f'mean("prb_{i:03d}") AS "{i}"' for i in range(PRB_COUNT))
 
-_LEVEL_STEPS = thresholds((None, "green"), (-105, "yellow"), (-95, "orange"), (-85, "red"))
+# The interference rule's levels ([rules.interference] warning_dbm, critical_dbm).
+_LEVELS = ((None, "green"), (Setting("interference_warning_dbm"), "orange"),
+           (Setting("interference_critical_dbm"), "red"))
 
 
 
 def _incidents_map() -> Panel:
     """Sites with interference flags: InfluxQL cannot join measurements, so Grafana joins
     the flags (query B) to the sites' coordinates (query A) by ``site_id``."""
-    sites = Query('SELECT last("lat") AS "lat", last("lon") AS "lon" FROM "site_state" '
+    sites = Query('SELECT last("lat") AS "lat", last("lon") AS "lon", '
+                  'last("site_name") AS "site_name" FROM "site_state" '
                   f'WHERE $timeFilter AND {by_site} GROUP BY "site_id"', result_format="table")
-    flags = Query('SELECT last("open") AS "open", last("flag_id") AS "flag_id", '
-                  'last("summary") AS "summary" FROM "flags" '
-                  f'WHERE $timeFilter AND "kind" = \'interference\' AND {by_site} '
-                  'GROUP BY "site_id", "cell_id"', result_format="table", ref_id="B")
+    flags = Query('SELECT "open", "severity", "summary" FROM ('
+                  + latest_flags(f'"kind" = \'interference\' AND {by_site}',
+                                 "open", "severity", "summary")
+                  + ') GROUP BY "flag_id", "site_id", "cell_id"',
+                  result_format="table", ref_id="B")
     panel = sites_map("Interference incidents", sites, "open",
                       thresholds((None, "green"), (1, "red")), width=12, height=12,
                       description="Sites with an interference flag in the time range (red: "
@@ -53,14 +65,17 @@ DASHBOARD = Dashboard(
             'SELECT mean("ul_interference_dbm") AS "ul_interference_dbm" FROM "interference" '
             f'WHERE {_CELLS} GROUP BY time($__interval), "site_id", "cell_id" fill(none)',
             alias="$tag_site_id/$tag_cell_id")], width=16, height=9, unit="dBm",
-              description="Mean uplink interference per PRB, per cell; above about -105 dBm "
-                          "a cell's uplink starts to suffer."),
+              defaults=threshold_lines(*_LEVELS),
+              description="Mean uplink interference per PRB, per cell; the dashed lines are "
+                          "the interference rule's warning and critical levels "
+                          "([rules.interference] warning_dbm, critical_dbm)."),
         Panel("Most interfered cells", "table", [Query(
             'SELECT top("mean_dbm", 10) AS "mean_dbm", "site_id", "cell_id", "band" FROM ('
             'SELECT mean("ul_interference_dbm") AS "mean_dbm" FROM "interference" '
             f'WHERE {_CELLS} GROUP BY "site_id", "cell_id", "band")',
             result_format="table")], width=8, height=9, unit="dBm",
-              defaults={**_LEVEL_STEPS, "custom": {"cellOptions": {"type": "color-background"}}},
+              defaults={**thresholds(*_LEVELS),
+                        "custom": {"cellOptions": {"type": "color-background"}}},
               options={"sortBy": [{"displayName": "mean_dbm", "desc": True}]}),
         Row("Spectrum"),
         Panel("Per-PRB interference of the selected cell", "heatmap", [Query(

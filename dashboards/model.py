@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dashboards.display import Display, resolve
+
 __all__ = [
     "GRID_COLUMNS",
     "Annotation",
@@ -31,6 +33,7 @@ __all__ = [
 
 GRID_COLUMNS = 24
 SCHEMA_VERSION = 39  # Grafana 10.4 / 11 dashboard JSON model
+DEFAULT_DISPLAY = Display()
 
 ResultFormat = Literal["time_series", "table"]
 
@@ -88,6 +91,9 @@ class Variable:
     influxql: str
     multi: bool = True
     include_all: bool = True
+    # What "All" sends: ".*" (short), or None for every value the variable lists, so that
+    # "All" of a variable filtered by another (the sites of a county) keeps that filter.
+    all_value: str | None = ".*"
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class Annotation:
     influxql: str
     text_column: str
     tags_columns: Sequence[str] = ()
+    time_end_column: str = ""  # a column of epoch ms: each row is a region, not a mark
     color: str = "red"
 
 
@@ -120,15 +127,16 @@ class Dashboard:
         """Every panel query with its panel title (annotations and variables excluded)."""
         return [(p.title, q) for p in self.panels if isinstance(p, Panel) for q in p.queries]
 
-    def render(self, datasource_uid: str) -> dict[str, Any]:
-        """The dashboard JSON model, as Grafana's import/provisioning expects it."""
+    def render(self, datasource_uid: str, display: Display = DEFAULT_DISPLAY) -> dict[str, Any]:
+        """The dashboard JSON model, as Grafana's import/provisioning expects it, with the
+        time zone, map tiles and thresholds of ``display``."""
         ds = {"type": "influxdb", "uid": datasource_uid}
-        return {
+        return resolve({
             "uid": self.uid,
             "title": self.title,
             "description": self.description,
             "tags": list(self.tags),
-            "timezone": "utc",
+            "timezone": display.timezone,
             "editable": True,
             "graphTooltip": 1,
             "schemaVersion": SCHEMA_VERSION,
@@ -140,7 +148,7 @@ class Dashboard:
             "annotations": {"list": [_builtin_annotation()]
                             + [_annotation(a, ds) for a in self.annotations]},
             "panels": _layout(self.panels, ds),
-        }
+        }, display)
 
 
 def _dashboard_link(link: Link) -> dict[str, Any]:
@@ -165,8 +173,8 @@ def _variable(v: Variable, ds: dict[str, str]) -> dict[str, Any]:
         "options": [],
         "regex": "",
     }
-    if v.include_all:
-        out["allValue"] = ".*"  # a short regex instead of every value or'ed together
+    if v.include_all and v.all_value is not None:
+        out["allValue"] = v.all_value
     return out
 
 
@@ -183,6 +191,17 @@ def _builtin_annotation() -> dict[str, Any]:
 
 
 def _annotation(a: Annotation, ds: dict[str, str]) -> dict[str, Any]:
+    """An InfluxQL annotation in both forms Grafana's InfluxDB plugin reads.
+
+    The plugin (Grafana 8.3 and later) runs ``target`` as an annotation only when it
+    says ``fromAnnotations`` and carries the column mappings; a target with a query
+    but without them is never migrated from the legacy top-level keys (its
+    ``prepareAnnotation`` migrates only a target without a query) and runs as a
+    plain query, whose columns then map to nothing.  The top-level keys are the
+    legacy form, for older Grafanas.
+    """
+    columns = {"textColumn": a.text_column, "tagsColumn": ",".join(a.tags_columns),
+               "timeEndColumn": a.time_end_column, "titleColumn": ""}
     return {
         "name": a.name,
         "datasource": ds,
@@ -190,10 +209,11 @@ def _annotation(a: Annotation, ds: dict[str, str]) -> dict[str, Any]:
         "hide": False,
         "iconColor": a.color,
         "query": a.influxql,
-        "textColumn": a.text_column,
-        "tagsColumn": ",".join(a.tags_columns),
+        **columns,
         "target": {"query": a.influxql, "rawQuery": True, "resultFormat": "table",
-                   "refId": "Anno", "datasource": ds},
+                   "refId": "Anno", "datasource": ds, "fromAnnotations": True,
+                   "queryType": "tags", "name": a.name, **columns,
+                   "limit": 0, "matchAny": False, "tags": [], "type": ""},
     }
 
 

@@ -9,6 +9,7 @@ computed in InfluxQL from the two 0/1 fields as ``online * 2 + offline``.
 
 from __future__ import annotations
 
+from dashboards.display import Setting
 from dashboards.model import Dashboard, Link, Panel, Query, Row
 from dashboards.panels import SITE_DETAIL_LINK, flags_annotation, flags_table, sites_map, thresholds
 from dashboards.variables import COUNTY, SITE, by_county, by_site
@@ -19,10 +20,11 @@ _SITES = f"$timeFilter AND {by_county} AND {by_site}"
 
 _MAP = Query(
     'SELECT "lat", "lon", "online" * 2 + "offline" AS "status", "online", "offline", '
-    '"on_battery", "battery_soc_pct" FROM ('
+    '"on_battery", "battery_soc_pct", "site_name" FROM ('
     'SELECT last("lat") AS "lat", last("lon") AS "lon", last("online") AS "online", '
     'last("offline") AS "offline", '
-    'last("on_battery") AS "on_battery", last("battery_soc_pct") AS "battery_soc_pct" '
+    'last("on_battery") AS "on_battery", last("battery_soc_pct") AS "battery_soc_pct", '
+    'last("site_name") AS "site_name" '
     f'FROM "site_state" WHERE {_SITES} GROUP BY "site_id", "state", "county") '
     'GROUP BY "site_id", "state", "county"',
     result_format="table",
@@ -44,9 +46,10 @@ _ONLINE = Query(
 )
 
 _ON_BATTERY_NOW = Query(
-    'SELECT "battery_soc_pct", "power_kw", "age_s" FROM ('
+    'SELECT "site_name", "battery_soc_pct", "power_kw", "age_s" FROM ('
     'SELECT last("on_battery") AS "on_battery", last("battery_soc_pct") AS "battery_soc_pct", '
-    'last("power_kw") AS "power_kw", last("age_s") AS "age_s" FROM "site_state" '
+    'last("power_kw") AS "power_kw", last("age_s") AS "age_s", '
+    'last("site_name") AS "site_name" FROM "site_state" '
     f'WHERE {_SITES} GROUP BY "site_id", "county") '
     'WHERE "on_battery" = 1 GROUP BY "site_id", "county"',
     result_format="table",
@@ -60,6 +63,11 @@ _ON_BATTERY_OVER_TIME = Query(
 )
 
 _PIPE = '"sitetwin_pipeline" WHERE $timeFilter'
+
+# Red below the mains-failure rule's critical state of charge ([rules.mains_failure]).
+_SOC_COLOURS = [{"id": "custom.cellOptions", "value": {"type": "color-text"}},
+                *[{"id": k, "value": v} for k, v in thresholds(
+                    (None, "red"), (Setting("soc_critical_pct"), "green")).items()]]
 
 DASHBOARD = Dashboard(
     uid="sitetwin-noc",
@@ -95,7 +103,8 @@ DASHBOARD = Dashboard(
               description="Sites whose load is on batteries, with state of charge.",
               data_links=[SITE_DETAIL_LINK],
               overrides=[{"matcher": {"id": "byName", "options": "battery_soc_pct"},
-                          "properties": [{"id": "unit", "value": "percent"}]}]),
+                          "properties": [{"id": "unit", "value": "percent"},
+                                         *_SOC_COLOURS]}]),
         Panel("Sites on battery / offline over time", "timeseries", [_ON_BATTERY_OVER_TIME],
               width=12, height=8, defaults={"decimals": 0}),
         Row("Flags"),

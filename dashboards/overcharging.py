@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from dashboards.model import Dashboard, Link, Panel, Query
-from dashboards.panels import flags_annotation, flags_table
+from dashboards.panels import flags_annotation, flags_table, latest_flags
 from dashboards.variables import COUNTY, SITE, by_site
 
 __all__ = ["DASHBOARD"]
 
 _KINDS = "(overcharging|overbilling)"
-_FLAGS = f'"flags" WHERE $timeFilter AND "kind" =~ /^{_KINDS}$/ AND {by_site}'
-
-_LATEST = ('SELECT last("excess_cny") AS "excess_cny", last("open") AS "open", '
-           'last("flag_id") AS "flag_id" '
-           f'FROM {_FLAGS} GROUP BY "kind", "site_id", "supplier_id"')
+# One row per flag (its latest figure and status): a reviewed bill is counted once.
+_LATEST = latest_flags(f'"kind" =~ /^{_KINDS}$/ AND {by_site}', "excess_cny", "open", "status")
+# Money totals leave out dismissed flags, as the overcharging report does.
+_COUNTED = f"({_LATEST}) WHERE \"status\" != 'dismissed'"
 
 DASHBOARD = Dashboard(
     uid="sitetwin-overcharging",
@@ -27,20 +26,28 @@ DASHBOARD = Dashboard(
     links=(Link("NOC overview", "/d/sitetwin-noc/noc-overview"),),
     panels=(
         Panel("Excess charged per supplier", "barchart", [Query(
-            f'SELECT sum("excess_cny") AS "excess_cny" FROM ({_LATEST}) GROUP BY "supplier_id"',
+            f'SELECT sum("excess_cny") AS "excess_cny" FROM {_COUNTED} GROUP BY "supplier_id"',
             result_format="table")], width=12, height=9, unit="currencyCNY",
               options={"orientation": "horizontal", "xField": "supplier_id",
                        "showValue": "always", "legend": {"showLegend": False}},
-              description="Sum over flagged bills (latest figure of each flag)."),
+              description="Sum over flagged bills (latest figure of each flag); dismissed "
+                          "flags are left out, as in `sitetwin report overcharging`."),
         Panel("Flags per supplier and status", "table", [Query(
-            'SELECT count(distinct("flag_id")) AS "flags", max("excess_cny") AS "max_excess_cny" '
-            f'FROM {_FLAGS} GROUP BY "supplier_id", "kind", "status"',
-            result_format="table")], width=12, height=9,
+            f'SELECT "status", "excess_cny" FROM ({_LATEST}) GROUP BY "supplier_id", "kind", '
+            '"flag_id"', result_format="table")], width=12, height=9,
+              # status is a field (it changes on review), so Grafana counts per status.
+              transformations=[{"id": "groupBy", "options": {"fields": {
+                  "supplier_id": {"aggregations": [], "operation": "groupby"},
+                  "kind": {"aggregations": [], "operation": "groupby"},
+                  "status": {"aggregations": [], "operation": "groupby"},
+                  "flag_id": {"aggregations": ["count"], "operation": "aggregate"},
+                  "excess_cny": {"aggregations": ["max"], "operation": "aggregate"}}}}],
               description="open = awaiting review; confirmed / dismissed = reviewed; "
                           "resolved = the condition cleared."),
-        Panel("Open and total excess", "stat", [Query(
-            'SELECT sum("open") AS "open flags", count("flag_id") AS "flags", '
-            f'sum("excess_cny") AS "excess CNY" FROM ({_LATEST})')],
+        Panel("Open and total excess", "stat", [
+            Query(f'SELECT sum("open") AS "open flags", count("open") AS "flags" FROM ({_LATEST})'),
+            Query(f'SELECT sum("excess_cny") AS "excess CNY (not dismissed)" FROM {_COUNTED}',
+                  ref_id="B")],
               width=24, height=5,
               options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                        "textMode": "value_and_name", "graphMode": "none"}),

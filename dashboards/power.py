@@ -24,7 +24,8 @@ _SITE_PEAK = Query(
 )
 
 _SITE_HEADROOM = Query(
-    'SELECT last("reserved_kw") AS "reserved_kw", last("declared_kw") AS "declared_kw", '
+    'SELECT last("site_name") AS "site_name", '
+    'last("reserved_kw") AS "reserved_kw", last("declared_kw") AS "declared_kw", '
     'max("power_kw") AS "peak_kw", last("reserved_kw") - max("power_kw") AS "headroom_kw" '
     f'FROM "site_state" WHERE {_SITES} GROUP BY "site_id", "feeder", "substation", "state"',
     result_format="table",

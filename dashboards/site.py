@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dashboards.model import Dashboard, Link, Panel, Query, Row
-from dashboards.panels import flags_annotation, flags_table, right_axis, thresholds
+from dashboards.display import Setting
+from dashboards.panels import flags_annotation, flags_table, right_axis, threshold_lines, thresholds
 from dashboards.variables import BAND, CELL, COUNTY, SITE_ONE, by_band, by_cell, by_site
 
 __all__ = ["DASHBOARD"]
@@ -12,6 +13,14 @@ _W = f"$timeFilter AND {by_site}"
 _BY_TIME = "GROUP BY time($__interval) fill(none)"
 _STAT = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
          "textMode": "value_and_name", "graphMode": "none", "colorMode": "value"}
+
+# The rules' thresholds ([rules.site_offline], [rules.mains_failure], [rules.interference]).
+_SILENCE = [{"id": k, "value": v} for k, v in thresholds(
+    (None, "green"), (Setting("offline_after_s"), "orange"),
+    (Setting("offline_critical_s"), "red")).items()]
+_SOC = ((None, "red"), (Setting("soc_critical_pct"), "green"))
+_LEVELS = ((None, "green"), (Setting("interference_warning_dbm"), "orange"),
+           (Setting("interference_critical_dbm"), "red"))
 
 DASHBOARD = Dashboard(
     uid="sitetwin-site",
@@ -23,7 +32,7 @@ DASHBOARD = Dashboard(
     links=(Link("NOC overview", "/d/sitetwin-noc/noc-overview"),),
     panels=(
         Panel("Site", "table", [Query(
-            'SELECT last("lat") AS "lat", last("lon") AS "lon", '
+            'SELECT last("site_name") AS "site_name", last("lat") AS "lat", last("lon") AS "lon", '
             'last("reserved_kw") AS "reserved_kw", '
             'last("declared_kw") AS "declared_kw" '
             f'FROM "site_state" WHERE {_W} '
@@ -34,7 +43,12 @@ DASHBOARD = Dashboard(
             'SELECT last("online") AS "online", last("on_battery") AS "on battery", '
             'last("battery_soc_pct") AS "battery %", last("power_kw") AS "kW", '
             'last("age_s") AS "last seen (s ago)" '
-            f'FROM "site_state" WHERE {_W}')], width=12, height=5, options=_STAT),
+            f'FROM "site_state" WHERE {_W}')], width=12, height=5, options=_STAT,
+              overrides=[{"matcher": {"id": "byName", "options": "last seen (s ago)"},
+                          "properties": _SILENCE},
+                         {"matcher": {"id": "byName", "options": "battery %"},
+                          "properties": [{"id": k, "value": v}
+                                         for k, v in thresholds(*_SOC).items()]}]),
         Row("Electricity"),
         Panel("Power", "timeseries", [
             Query(f'SELECT mean("power_kw") AS "power_kw" FROM "power" WHERE {_W} '
@@ -70,7 +84,7 @@ DASHBOARD = Dashboard(
                   alias="state of charge"),
             Query(f'SELECT mean("battery_voltage_v") AS "battery_voltage_v" FROM "tower" '
                   f'WHERE {_W} {_BY_TIME}', ref_id="B", alias="voltage")],
-              width=12, height=8, unit="percent",
+              width=12, height=8, unit="percent", defaults=threshold_lines(*_SOC),
               overrides=[right_axis("B", "volt")]),
         Panel("Cabinet temperature and humidity", "timeseries", [
             Query(f'SELECT mean("cabinet_temp_c") AS "cabinet_temp_c" FROM "tower" '
@@ -96,7 +110,8 @@ DASHBOARD = Dashboard(
             'SELECT mean("ul_interference_dbm") AS "ul_interference_dbm" FROM "interference" '
             f'WHERE {_W} AND {by_cell} AND {by_band} '
             'GROUP BY time($__interval), "cell_id", "band" fill(none)',
-            alias="$tag_cell_id ($tag_band)")], width=12, height=8, unit="dBm"),
+            alias="$tag_cell_id ($tag_band)")], width=12, height=8, unit="dBm",
+              defaults=threshold_lines(*_LEVELS)),
         Panel("Uplink PRB usage per cell", "timeseries", [Query(
             'SELECT mean("ul_prb_usage_pct") AS "ul_prb_usage_pct" FROM "interference" '
             f'WHERE {_W} AND {by_cell} AND {by_band} '

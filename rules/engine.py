@@ -23,7 +23,7 @@ from typing import Any, Literal
 from rules.data import WindowData, load_facts, load_grid_history, load_site_history
 from rules.errors import RuleError
 from rules.flag import FlagBook
-from rules.registry import RULES
+from rules.registry import RULES, thresholds_for
 from rules.rule import Facts, Rule, Thresholds
 from rules.sink import publish_flags, publish_site_alarms, write_flags
 from core.settings import Settings
@@ -31,11 +31,6 @@ from core.settings import Settings
 __all__ = ["Engine", "Outcome", "summarise", "thresholds_for"]
 
 log = logging.getLogger(__name__)
-
-
-def thresholds_for(settings: Settings, rule: Rule) -> Thresholds:
-    """The rule's thresholds: its ``[rules.<name>]`` table over the defaults."""
-    return rule.configure((settings.rules.model_extra or {}).get(rule.name))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from core.settings import Settings
 from rules.errors import ThresholdError, UnknownRule
 from rules.environment import BATTERY_LLVD_RISK, CABINET_OVERTEMP, DOOR_OPEN, TILT_EXCEEDED
 from rules.interference import INTERFERENCE
@@ -12,9 +13,9 @@ from rules.lifecycle import LIFECYCLE
 from rules.operations import MAINS_FAILURE, SITE_OFFLINE
 from rules.overcharging import OVERBILLING, OVERCHARGING
 from rules.reservations import RESERVATIONS
-from rules.rule import Rule
+from rules.rule import Rule, Thresholds
 
-__all__ = ["RULES", "check_rule_tables", "get_rule"]
+__all__ = ["RULES", "check_rule_tables", "get_rule", "thresholds_for"]
 
 RULES: tuple[Rule, ...] = (
     # mains_failure before site_offline: an offline flag links to its site's mains-failure
@@ -43,3 +44,12 @@ def check_rule_tables(tables: Mapping[str, Any] | None) -> None:
                                  f" (known rules: {', '.join(sorted(known))})")
         if not isinstance(table, Mapping):
             raise ThresholdError(f"configuration key 'rules.{name}' must be a table")
+
+
+def thresholds_for(settings: Settings, rule: Rule) -> Thresholds:
+    """The rule's thresholds: its ``[rules.<name>]`` table over the defaults.
+
+    Here rather than in ``engine`` so that the dashboards can draw the same
+    thresholds without importing the engine's I/O (InfluxDB, MQTT).
+    """
+    return rule.configure((settings.rules.model_extra or {}).get(rule.name))

@@ -47,20 +47,46 @@ def _ns(ts: datetime) -> int:
     return int(ts.timestamp() * 1_000_000) * 1000
 
 
+def _ms(ts: datetime | None) -> int | None:
+    return None if ts is None else int(ts.timestamp() * 1000)
+
+
+def _ended_at(f: dict[str, Any]) -> datetime | None:
+    """When the flag's span ends on a graph: resolution, or the review that dismissed it."""
+    if f.get("resolved_at") is not None:
+        return f["resolved_at"]
+    return f["updated_at"] if f["status"] == "dismissed" else None
+
+
 def flag_lines(flags: Sequence[dict[str, Any]]) -> bytes:
-    """Line protocol of measurement ``flags``, one point per flag at its ``updated_at``."""
+    """Line protocol of measurements ``flags`` and ``flag_spans`` (docs/contracts.md §5).
+
+    ``flags``: one point per change at ``updated_at``.  The tags are what never
+    changes in a flag's life (``flag_id``, kind, rule, site, cell, supplier), so each
+    flag is exactly one series; status and severity change (a review, an
+    escalation) and are fields.  When they were tags, a confirmed or escalated
+    flag left its earlier series behind with ``open`` = 1: a ghost open row, and
+    the flag counted twice.
+
+    ``flag_spans``: one point per flag at ``opened_at``, rewritten in place at
+    every change (same series, same timestamp), with ``ended_ms`` once the flag is
+    resolved or dismissed: what Grafana draws as one region per flag from opening
+    to resolution, instead of a line at every update.
+    """
     out = []
     for f in flags:
         excess = (f.get("evidence") or {}).get("excess_cny")
-        out.append(line(
-            "flags",
-            {"kind": f["kind"], "rule": f["rule"], "site_id": f["site_id"], "severity": f["severity"],
-             "status": f["status"], "cell_id": f.get("cell_id"), "supplier_id": f.get("supplier_id")},
-            {"flag_id": int(f["id"]), "summary": f["summary"],
-             "excess_cny": float(excess) if isinstance(excess, (int, float)) else 0.0,
-             "open": 1 if f["status"] in _OPEN else 0},
-            _ns(f["updated_at"]),
-        ))
+        tags = {"flag_id": int(f["id"]), "kind": f["kind"], "rule": f["rule"],
+                "site_id": f["site_id"], "cell_id": f.get("cell_id"),
+                "supplier_id": f.get("supplier_id")}
+        state = {"summary": f["summary"], "status": f["status"], "severity": f["severity"],
+                 "open": 1 if f["status"] in _OPEN else 0}
+        out.append(line("flags", tags, {
+            **state, "excess_cny": float(excess) if isinstance(excess, (int, float)) else 0.0},
+            _ns(f["updated_at"])))
+        opened_at = f.get("opened_at") or f["updated_at"]
+        out.append(line("flag_spans", {k: v for k, v in tags.items() if k != "rule"},
+                        {**state, "ended_ms": _ms(_ended_at(f))}, _ns(opened_at)))
     return "\n".join(out).encode()
 
 

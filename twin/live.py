@@ -271,7 +271,8 @@ def site_state_lines(store: Store, now: datetime, *,
                      online_window_s: float = DEFAULT_ONLINE_WINDOW_S) -> bytes:
     """Line protocol of measurement ``site_state``: one point per registered site at ``now``."""
     ts_ns = int((now - _EPOCH).total_seconds()) * 1_000_000_000
-    q = (select(Site.site_id, Site.county, Site.kind, Site.supply, Site.state, Site.lat, Site.lon,
+    q = (select(Site.site_id, Site.name, Site.county, Site.kind, Site.supply, Site.state,
+                Site.lat, Site.lon,
                 Reservation.feeder, Reservation.substation, Reservation.reserved_kw,
                 Reservation.declared_kw, LiveSiteState.last_seen, LiveSiteState.on_battery,
                 LiveSiteState.battery_soc_pct, LiveSiteState.power_kw)
@@ -297,6 +298,8 @@ def _site_line(r, now: datetime, age_s: float | None, online_window_s: float, ts
                 {"site_id": r.site_id, "county": r.county, "kind": r.kind, "supply": r.supply,
                  "state": r.state, "feeder": r.feeder, "substation": r.substation},
                 {"lat": float(r.lat), "lon": float(r.lon),
+                 # a field, not a tag: a renamed site stays one series
+                 "site_name": r.name or None,
                  # 0/1 integers, not booleans: Grafana sums and averages them.
                  "online": int(is_online(r.last_seen, now, online_window_s)),
                  "offline": int(is_offline(r.state, r.last_seen, now, online_window_s)),

@@ -30,11 +30,13 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
 
 
 def _target(settings: Settings, dashboards_path: str | None = None):
+    from dashboards.display import Display
     from dashboards.provisioning import Target
 
     extra = {"dashboards_path": dashboards_path} if dashboards_path else {}
     return Target(datasource_uid=settings.grafana.datasource_uid, influx_url=settings.influxdb.url,
-                  database=settings.influxdb.database, folder=settings.grafana.folder, **extra)
+                  database=settings.influxdb.database, folder=settings.grafana.folder,
+                  display=Display.from_settings(settings), **extra)
 
 
 def build(settings: Settings, out: Path | None = None,

@@ -10,6 +10,18 @@ from datetime import datetime
 from dashboards.build import render
 
 DASHBOARDS = [json.loads(text) for path, text in render().items() if path.endswith(".json")]
+# Variables whose "All" is the list of their values (no allValue): the county's sites.
+ALL_IS_LIST = {v["name"] for d in DASHBOARDS for v in d["templating"]["list"]
+               if v.get("includeAll") and "allValue" not in v}
+
+
+def variable_values(influxdb, db: str, name: str, values: Mapping[str, str]) -> list[str]:
+    """What a dashboard variable lists, given the values of the variables it depends on."""
+    query = next(v["query"] for d in DASHBOARDS for v in d["templating"]["list"]
+                 if v["name"] == name)
+    for other, value in values.items():
+        query = query.replace(f"${other}", value)
+    return sorted({row[1] for row in run(influxdb, db, query)})
 
 
 def all_queries() -> list[tuple[str, str, str]]:
@@ -30,14 +42,20 @@ def _escape(value: str) -> str:
 
 
 def substitute(query: str, values: Mapping[str, str | Sequence[str]], start: datetime,
-               end: datetime, *, interval: str, all_values: bool) -> str:
+               end: datetime, *, interval: str, all_values: bool,
+               all_lists: Mapping[str, Sequence[str]] | None = None) -> str:
     """Grafana's interpolation for InfluxDB: regex-escaped values, several values as
-    ``(a|b)``, "All" as ``.*``; ``$timeFilter`` in epoch milliseconds; ``$__interval``."""
+    ``(a|b)``, "All" as ``.*``; ``$timeFilter`` in epoch milliseconds; ``$__interval``.
+
+    ``all_lists``: variables without an ``allValue`` (``$site``), whose "All" is every
+    value the variable lists, as Grafana sends it."""
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
     query = query.replace("$timeFilter", f"time >= {start_ms}ms and time <= {end_ms}ms")
     query = query.replace("$__interval", interval)
     for name, value in values.items():
-        if all_values:
+        if all_values and all_lists and name in all_lists:
+            text = "(" + "|".join(_escape(v) for v in all_lists[name]) + ")"
+        elif all_values:
             text = ".*"
         elif isinstance(value, str):
             text = _escape(value)

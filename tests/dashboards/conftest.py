@@ -133,7 +133,8 @@ def _register(store) -> None:
 
 
 def _flags(start_s: int) -> bytes:
-    """Flag events (open, review, resolve) through the rule engine's InfluxDB sink."""
+    """Flag events through the rule engine's InfluxDB sink: opened, reviewed (confirmed and
+    dismissed), escalated (warning to critical) and resolved, as the flag book reports them."""
     events = [
         (1, "overcharging", "HZ-XH-001", {"supplier_id": "SUP-LANDLORD-7"}, "warning", "open",
          "unit price 1.42 CNY/kWh above cap 0.95", 118.4, 5),
@@ -141,12 +142,20 @@ def _flags(start_s: int) -> bytes:
          "unit price 1.42 CNY/kWh above cap 0.95", 118.4, 30),
         (2, "overbilling", "HZ-GS-001", {"supplier_id": "SUP-PM-3"}, "warning", "open",
          "billed 912 kWh, metered 640 kWh", 261.1, 6),
+        (8, "overbilling", "HZ-GS-001", {"supplier_id": "SUP-PM-3"}, "warning", "open",
+         "billed 700 kWh, metered 650 kWh", 50.0, 7),
+        (8, "overbilling", "HZ-GS-001", {"supplier_id": "SUP-PM-3"}, "warning", "dismissed",
+         "billed 700 kWh, metered 650 kWh", 50.0, 20),
+        (3, "interference", "HZ-XH-001", {"cell_id": "HZ-XH-001-1"}, "warning", "open",
+         "wideband uplink interference -108 dBm on n78", None, 25),
         (3, "interference", "HZ-XH-001", {"cell_id": "HZ-XH-001-1"}, "critical", "open",
-         "wideband uplink interference -98 dBm on n78", None, 25),
+         "wideband uplink interference -98 dBm on n78", None, 28),
         (4, "reservation_exceeded", "HZ-XH-001", {}, "warning", "open",
          "peak 7.9 kW above reserved 6.5 kW", None, 15),
-        (5, "site_offline", "HZ-GS-002", {}, "critical", "open", "no telemetry for 5 min",
+        (5, "site_offline", "HZ-GS-002", {}, "warning", "open", "no telemetry for 5 min",
          None, 16),
+        (5, "site_offline", "HZ-GS-002", {}, "critical", "open", "no telemetry for 60 min",
+         None, 31),
         (6, "mains_failure", "HZ-XH-001", {}, "warning", "open", "on battery, SoC falling",
          None, 26),
         (7, "reservation_underused", "HZ-GS-001", {}, "info", "open", "peak 20 % of reserved",
@@ -154,11 +163,16 @@ def _flags(start_s: int) -> bytes:
         (7, "reservation_underused", "HZ-GS-001", {}, "info", "resolved", "peak 61 % of reserved",
          None, 33),
     ]
-    flags = [{"id": flag_id, "kind": kind, "rule": kind, "site_id": site_id, "severity": severity,
-              "status": status, "summary": summary, **extra,
-              "evidence": {"excess_cny": excess} if excess is not None else {},
-              "updated_at": datetime.fromtimestamp(start_s + minute * 60, UTC)}
-             for flag_id, kind, site_id, extra, severity, status, summary, excess, minute in events]
+    opened: dict[int, datetime] = {}
+    flags = []
+    for flag_id, kind, site_id, extra, severity, status, summary, excess, minute in events:
+        at = datetime.fromtimestamp(start_s + minute * 60, UTC)
+        opened.setdefault(flag_id, at)
+        flags.append({"id": flag_id, "kind": kind, "rule": kind, "site_id": site_id,
+                      "severity": severity, "status": status, "summary": summary, **extra,
+                      "evidence": {"excess_cny": excess} if excess is not None else {},
+                      "opened_at": opened[flag_id], "updated_at": at,
+                      "resolved_at": at if status == "resolved" else None})
     return flag_lines(flags)
 
 

@@ -227,7 +227,7 @@ def test_rules_run_finds_every_injected_anomaly(influxdb, influx_db, mosquitto, 
         sub.disconnect()
         hook.down()
 
-    points = influxdb.query('SELECT count("flag_id") FROM "flags"', db=influx_db)
+    points = influxdb.query('SELECT count("open") FROM "flags"', db=influx_db)
     assert points["results"][0]["series"][0]["values"][0][1] >= 2 * len(EXPECTED) + 1
 
     # The reports.

@@ -98,3 +98,34 @@ def test_a_late_subscriber_sees_the_open_alarms(private_mosquitto, tmp_path):
         assert seen[ALARMS_TOPIC]["open"] == 2
     finally:
         store.close()
+
+
+def test_flag_lines_make_one_series_per_flag_and_one_span_per_flag():
+    """A review and an escalation change fields, never tags: the flag stays one series.
+    Its span is one point at the opening, given an end when it is resolved."""
+    from datetime import timedelta
+
+    from rules.sink import flag_lines
+
+    def flag(status: str, severity: str, minute: int, resolved: bool = False) -> dict:
+        at = T0 + timedelta(minutes=minute)
+        return {"id": 42, "kind": "mains_failure", "rule": "mains_failure", "site_id": "S-1",
+                "cell_id": None, "supplier_id": None, "severity": severity, "status": status,
+                "summary": "on battery", "evidence": {}, "opened_at": T0, "updated_at": at,
+                "resolved_at": at if resolved else None}
+
+    lines = flag_lines([flag("open", "warning", 0), flag("confirmed", "critical", 5),
+                        flag("resolved", "critical", 9, resolved=True)]).decode().splitlines()
+    flags = [ln for ln in lines if ln.startswith("flags,")]
+    spans = [ln for ln in lines if ln.startswith("flag_spans,")]
+    assert {ln.split(" ")[0] for ln in flags} == {
+        "flags,flag_id=42,kind=mains_failure,rule=mains_failure,site_id=S-1"}
+    assert [ln.rsplit(" ", 1)[1] for ln in flags] == [
+        str(int((T0 + timedelta(minutes=m)).timestamp()) * 10**9) for m in (0, 5, 9)]
+    assert 'status="confirmed"' in flags[1] and 'severity="critical"' in flags[1]
+    t0_ns = str(int(T0.timestamp()) * 10**9)
+    assert {ln.split(" ")[0] for ln in spans} == {
+        "flag_spans,flag_id=42,kind=mains_failure,site_id=S-1"}
+    assert all(ln.rsplit(" ", 1)[1] == t0_ns for ln in spans)  # rewritten in place
+    assert "ended_ms" not in spans[0] and "ended_ms" not in spans[1]
+    assert f"ended_ms={int((T0 + timedelta(minutes=9)).timestamp() * 1000)}i" in spans[2]
