@@ -22,9 +22,11 @@ from sqlalchemy import select
 from rules.errors import ReviewError, RuleDataError, UnknownFlag
 from rules.finding import Finding, iso_utc
 
-__all__ = ["DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
+__all__ = ["DECISIONS", "SORTS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
 
 STATUSES = ("open", "confirmed", "dismissed", "resolved")
+SORTS = ("id", "opened_at", "updated_at", "window_start", "severity", "kind", "site_id",
+         "supplier_id")
 DECISIONS = ("confirmed", "dismissed")
 
 
@@ -165,8 +167,14 @@ class FlagBook:
                  "note": r.note} for r in reviews]}
 
     def review(self, flag_id: int, decision: str, reviewed_by: str, at: datetime,
-               note: str | None = None) -> dict[str, Any]:
-        """Record a person's decision; the flag takes it as its status. Reviews may be revised."""
+               note: str | None = None, *,
+               audit: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+               ) -> dict[str, Any]:
+        """Record a person's decision; the flag takes it as its status. Reviews may be revised.
+
+        ``audit(session, before, after)`` is called in the same transaction (the web app
+        writes its audit entry there, so a review is never recorded without it).
+        """
         Flag, FlagReview = _models()
         if decision not in DECISIONS:
             raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -176,12 +184,70 @@ class FlagBook:
             flag = s.get(Flag, flag_id)
             if flag is None:
                 raise UnknownFlag(flag_id)
+            before = flag_dict(flag)
             s.add(FlagReview(flag_id=flag_id, decision=decision, reviewed_by=reviewed_by.strip(),
                              reviewed_at=at, note=note))
             flag.status = decision
             flag.updated_at = at
             flag.clear_since = None
+            if audit is not None:
+                s.flush()
+                audit(s, before, flag_dict(flag))
         return self.show(flag_id)
+
+    def query(self, *, kinds: Sequence[str] | None = None, status: str | None = None,
+              severity: str | None = None, site_id: str | None = None, county: str | None = None,
+              supplier_id: str | None = None, since: datetime | None = None,
+              until: datetime | None = None, sort: str = "id", limit: int = 50,
+              offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """``(total, page)`` of flags matching every filter; ``since``/``until`` select flags whose
+        window overlaps ``[since, until)``; ``sort`` is a column of ``SORTS``, ``-`` for descending."""
+        from sqlalchemy import func
+
+        from twin.models import Site
+
+        Flag, _ = _models()
+        q = select(Flag)
+        if kinds:
+            q = q.where(Flag.kind.in_(list(kinds)))
+        for column, value in ((Flag.status, status), (Flag.severity, severity),
+                              (Flag.site_id, site_id), (Flag.supplier_id, supplier_id)):
+            if value is not None:
+                q = q.where(column == value)
+        if county is not None:
+            q = q.where(Flag.site_id.in_(select(Site.site_id).where(Site.county == county)))
+        if since is not None:
+            q = q.where(Flag.window_end >= since)
+        if until is not None:
+            q = q.where(Flag.window_start < until)
+        name = sort.lstrip("-")
+        if name not in SORTS:
+            raise ReviewError(f"sort must be one of {', '.join(SORTS)} (prefix - to reverse),"
+                              f" not {sort!r}")
+        column = getattr(Flag, name)
+        order = (column.desc(), Flag.id.desc()) if sort.startswith("-") else (column, Flag.id)
+        with self._session() as s:
+            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+            rows = s.scalars(q.order_by(*order).limit(limit).offset(offset)).all()
+            return total, [flag_dict(f) for f in rows]
+
+    def supplier_summary(self, kinds: Sequence[str] = ("overcharging", "overbilling")
+                         ) -> list[dict[str, Any]]:
+        """Per supplier: flags by status, repeat offenders (most confirmed, then most flags) first."""
+        from sqlalchemy import func
+
+        Flag, _ = _models()
+        q = (select(Flag.supplier_id, Flag.status, func.count())
+             .where(Flag.kind.in_(list(kinds)), Flag.supplier_id.is_not(None))
+             .group_by(Flag.supplier_id, Flag.status))
+        out: dict[str, dict[str, Any]] = {}
+        with self._session() as s:
+            for supplier, status, n in s.execute(q):
+                row = out.setdefault(supplier, {"supplier_id": supplier, "total": 0,
+                                                **{st: 0 for st in STATUSES}})
+                row[status] = row.get(status, 0) + n
+                row["total"] += n
+        return sorted(out.values(), key=lambda r: (-r["confirmed"], -r["total"], r["supplier_id"]))
 
 
 def _evidence(f: Finding, also: list[str] = ()) -> dict[str, Any]:

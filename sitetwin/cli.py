@@ -34,6 +34,8 @@ COMMAND_MODULES = (
     "sitetwin.commands.rules",
     "sitetwin.commands.dashboards",
     "sitetwin.commands.broker",
+    "sitetwin.commands.users",
+    "sitetwin.commands.serve",
     "sitetwin.commands.demo",
 )
 

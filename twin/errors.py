@@ -4,7 +4,9 @@
     ├── StoreError                 the registry database is unreachable or its schema is unusable
     ├── UnknownSite                a site id that is not in the registry
     ├── TransitionNotAllowed       a lifecycle move refused: names site, state, move and reason
-    └── ImportFailed               a CSV import refused: carries every bad row (line, column, reason)
+    ├── ImportFailed               a CSV import refused: carries every bad row (line, column, reason)
+    └── AccountError               an account or token change refused (bad role, weak password, duplicate)
+        └── UnknownUser            a user name (or token id) that is not in the registry
 
 SQLAlchemy and driver exceptions never leave the package: the store turns
 them into ``StoreError`` at one seam.
@@ -18,12 +20,14 @@ from dataclasses import dataclass
 from core.errors import SitetwinError
 
 __all__ = [
+    "AccountError",
     "ImportFailed",
     "RowError",
     "StoreError",
     "TransitionNotAllowed",
     "TwinError",
     "UnknownSite",
+    "UnknownUser",
 ]
 
 
@@ -80,3 +84,15 @@ class ImportFailed(TwinError):
             msg = (f"{path}: {len(self.errors)} invalid row(s), nothing imported: {first}{more}"
                    " (use --skip-invalid to import the valid rows)")
         super().__init__(msg)
+
+
+class AccountError(TwinError):
+    """An account or API-token change that was refused; nothing changed."""
+
+
+class UnknownUser(AccountError):
+    """A user name (or token id) that is not in the registry."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"unknown {what}")
+        self.what = what
