@@ -231,6 +231,20 @@ class FlagBook:
             rows = s.scalars(q.order_by(*order).limit(limit).offset(offset)).all()
             return total, [flag_dict(f) for f in rows]
 
+    def last_reviews(self, flag_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The latest review of each of ``flag_ids`` that has one (who decided, when, why)."""
+        _, FlagReview = _models()
+        out: dict[int, dict[str, Any]] = {}
+        ids = sorted(set(flag_ids))
+        with self._session() as s:
+            for i in range(0, len(ids), 500):
+                q = (select(FlagReview).where(FlagReview.flag_id.in_(ids[i:i + 500]))
+                     .order_by(FlagReview.reviewed_at, FlagReview.id))
+                for r in s.scalars(q):
+                    out[r.flag_id] = {"decision": r.decision, "reviewed_by": r.reviewed_by,
+                                      "reviewed_at": r.reviewed_at, "note": r.note}
+        return out
+
     def supplier_summary(self, kinds: Sequence[str] = ("overcharging", "overbilling")
                          ) -> list[dict[str, Any]]:
         """Per supplier: flags by status, repeat offenders (most confirmed, then most flags) first."""
