@@ -75,8 +75,9 @@ def overcharging_rows(request: Request, period: str) -> list[dict]:
 @router.get("/reports/overcharging", summary="The overcharging report (JSON, CSV or XLSX)",
             responses={200: {"content": {"text/csv": {}, "application/vnd.openxmlformats-"
                                          "officedocument.spreadsheetml.sheet": {}}}})
-def report_overcharging(request: Request, _p=Depends(require("bills.read")),
-                        period: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")] = ...,
+def report_overcharging(request: Request,
+                        period: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")],
+                        _p=Depends(require("bills.read")),
                         format: Literal["json", "csv", "xlsx"] = "json"):
     import pandas as pd
 
