@@ -61,10 +61,11 @@ def _csv(tmp: Path, name: str, text: str) -> Path:
 
 
 def _bill_finding(bill_id: str, site: str, supplier: str, price: float, excess: float) -> Finding:
-    start = datetime(2026, 9, 30, 16, tzinfo=UTC)
+    # October in UTC and in local time alike (the report's month is the window's start).
+    start = datetime(2026, 10, 1, tzinfo=UTC)
     return Finding(
         kind="overcharging", rule="overcharging", site_id=site, severity="critical",
-        window_start=start, window_end=datetime(2026, 10, 31, 16, tzinfo=UTC),
+        window_start=start, window_end=datetime(2026, 11, 1, tzinfo=UTC),
         summary=f"bill {bill_id} from {supplier}: {price:.4f} CNY/kWh against a cap of 0.6180",
         bill_id=bill_id, supplier_id=supplier,
         evidence={"bill_id": bill_id, "supplier_id": supplier, "supplier_name": "Golden Landlord Ltd",
