@@ -6,9 +6,10 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql
+APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql chromium chromium-driver
 # Where each package's main binary is, to decide whether apt is needed at all.
-NEED_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/victoria-metrics
+# chromium and chromium-driver run the browser tests (tests/web/test_browser.py).
+NEED_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/chromedriver
 STAMP := $(VENV)/.installed
 
 .PHONY: setup system-packages venv demo test bench clean
