@@ -207,19 +207,19 @@ class FlagBook:
         from twin.models import Site
 
         Flag, _ = _models()
-        q = select(Flag)
+        cond = []
         if kinds:
-            q = q.where(Flag.kind.in_(list(kinds)))
+            cond.append(Flag.kind.in_(list(kinds)))
         for column, value in ((Flag.status, status), (Flag.severity, severity),
                               (Flag.site_id, site_id), (Flag.supplier_id, supplier_id)):
             if value is not None:
-                q = q.where(column == value)
+                cond.append(column == value)
         if county is not None:
-            q = q.where(Flag.site_id.in_(select(Site.site_id).where(Site.county == county)))
+            cond.append(Flag.site_id.in_(select(Site.site_id).where(Site.county == county)))
         if since is not None:
-            q = q.where(Flag.window_end >= since)
+            cond.append(Flag.window_end >= since)
         if until is not None:
-            q = q.where(Flag.window_start < until)
+            cond.append(Flag.window_start < until)
         name = sort.lstrip("-")
         if name not in SORTS:
             raise ReviewError(f"sort must be one of {', '.join(SORTS)} (prefix - to reverse),"
@@ -227,8 +227,9 @@ class FlagBook:
         column = getattr(Flag, name)
         order = (column.desc(), Flag.id.desc()) if sort.startswith("-") else (column, Flag.id)
         with self._session() as s:
-            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-            rows = s.scalars(q.order_by(*order).limit(limit).offset(offset)).all()
+            total = s.scalar(select(func.count(Flag.id)).where(*cond)) or 0
+            rows = s.scalars(select(Flag).where(*cond).order_by(*order).limit(limit)
+                             .offset(offset)).all()
             return total, [flag_dict(f) for f in rows]
 
     def last_reviews(self, flag_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
