@@ -151,6 +151,6 @@ def test_chinese_pages(server, open_browser, world, tmp_path):
     assert browser.find_element(By.ID, "nav-review").text == "审核队列"
     assert "转供电加价" in browser.find_element(By.ID, "queue").text
     browser.get(server + f"/flags/{world.bill_flag}")
-    assert browser.find_element(By.ID, "confirm").text == "确认加价"
+    assert browser.find_element(By.ID, "confirm").text == "确认"
     assert "政府定价上限" in browser.find_element(By.ID, "evidence").text
     shot(browser, tmp_path, "flag-zh-CN")
