@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
-from bench.twin_import import COUNTIES, write_sites  # noqa: E402
+from bench.twin_import import write_sites  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from rules.finding import KINDS  # noqa: E402
 from sitetwin.services import PostgreSQL, free_port, temp_root  # noqa: E402
@@ -42,7 +42,8 @@ QUERIES = {
     "sites, county + state, page 3": "/api/v1/sites?county=Pidu&state=on_air&limit=50&offset=100",
     "sites, text search": "/api/v1/sites?q=site%2012&limit=50",
     "flags, first page": "/api/v1/flags?limit=50",
-    "flags, newest open overcharging": "/api/v1/flags?kind=overcharging&status=open&sort=-id&limit=50",
+    "flags, newest open overcharging":
+        "/api/v1/flags?kind=overcharging&status=open&sort=-id&limit=50",
     "flags, one county, page 10": "/api/v1/flags?county=Xinjin&limit=50&offset=450",
 }
 
@@ -63,7 +64,8 @@ def fill(url: str, sites: int, flags: int, tmp: Path) -> str:
                      "status": rnd.choice(("open", "open", "resolved", "confirmed", "dismissed")),
                      "opened_at": start, "updated_at": start, "window_start": start,
                      "window_end": start + timedelta(hours=1),
-                     "supplier_id": f"SUP-{rnd.randrange(300)}" if kind in ("overcharging", "overbilling") else None,
+                     "supplier_id": f"SUP-{rnd.randrange(300)}"
+                     if kind in ("overcharging", "overbilling") else None,
                      "summary": f"{kind} at {site}", "evidence": {"n": i},
                      "dedup_key": f"{kind}|{site}||{i}"})
     with store.session() as s:

@@ -45,6 +45,8 @@ def flag_dict(flag: Any) -> dict[str, Any]:
         "opened_at": flag.opened_at, "updated_at": flag.updated_at, "resolved_at": flag.resolved_at,
         "window_start": flag.window_start, "window_end": flag.window_end,
         "summary": flag.summary, "evidence": flag.evidence or {},
+        "acknowledged_by": flag.acknowledged_by, "acknowledged_at": flag.acknowledged_at,
+        "assignee": flag.assignee,
     }
 
 
@@ -190,6 +192,41 @@ class FlagBook:
             flag.status = decision
             flag.updated_at = at
             flag.clear_since = None
+            if audit is not None:
+                s.flush()
+                audit(s, before, flag_dict(flag))
+        return self.show(flag_id)
+
+    def acknowledge(self, flag_id: int, by: str, at: datetime, *,
+                    audit: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+                    ) -> dict[str, Any]:
+        """An operator has seen an open flag and is on it; the engine still updates and resolves it."""
+        return self._operate(flag_id, by, at, audit, acknowledged_by=by.strip() if by else by,
+                             acknowledged_at=at)
+
+    def assign(self, flag_id: int, to: str, by: str, at: datetime, *,
+               audit: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+               ) -> dict[str, Any]:
+        """Give an open flag to someone (``to``); ``by`` is who did it."""
+        if not to or not to.strip():
+            raise ReviewError("an assignment needs the assignee (--to)")
+        return self._operate(flag_id, by, at, audit, assignee=to.strip())
+
+    def _operate(self, flag_id: int, by: str, at: datetime, audit, **changes: Any) -> dict[str, Any]:
+        Flag, _ = _models()
+        if not by or not by.strip():
+            raise ReviewError("the operator's name is needed (--by)")
+        with self._session() as s:
+            flag = s.get(Flag, flag_id)
+            if flag is None:
+                raise UnknownFlag(flag_id)
+            if flag.status != "open":
+                raise ReviewError(f"flag {flag_id} is {flag.status}; only an open flag is"
+                                  " acknowledged or assigned")
+            before = flag_dict(flag)
+            for key, value in changes.items():
+                setattr(flag, key, value)
+            flag.updated_at = max(flag.updated_at, at)
             if audit is not None:
                 s.flush()
                 audit(s, before, flag_dict(flag))

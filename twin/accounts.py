@@ -198,7 +198,8 @@ def _token_dict(row: ApiToken, username: str) -> dict[str, Any]:
 
 
 def list_tokens(session: Session, username: str | None = None) -> list[dict[str, Any]]:
-    q = select(ApiToken, User.username).join(User, User.id == ApiToken.user_id).order_by(ApiToken.id)
+    q = (select(ApiToken, User.username).join(User, User.id == ApiToken.user_id)
+         .order_by(ApiToken.id))
     if username is not None:
         q = q.where(User.username == username)
     return [_token_dict(t, u) for t, u in session.execute(q)]
@@ -219,7 +220,8 @@ def revoke_token(session: Session, token_id: int, *, actor: str, owner: str | No
     return _token_dict(row, username)
 
 
-def authenticate_token(session: Session, token: str, *, now: datetime | None = None) -> Principal | None:
+def authenticate_token(session: Session, token: str, *,
+                       now: datetime | None = None) -> Principal | None:
     row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == _sha256(token)))
     if row is None or row.revoked_at is not None:
         return None

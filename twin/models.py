@@ -240,6 +240,10 @@ class Flag(Base):
     summary: Mapped[str] = mapped_column(Text)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     dedup_key: Mapped[str] = mapped_column(String(300), index=True)
+    # An operator's acknowledgement and assignment of an operational flag (revision 0005).
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100))
+    acknowledged_at: Mapped[datetime | None]
+    assignee: Mapped[str | None] = mapped_column(String(100))
 
 
 class FlagReview(Base):

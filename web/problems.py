@@ -19,8 +19,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rules.errors import ReviewError, RuleError, UnknownFlag
-from twin.errors import (AccountError, ImportFailed, StoreError, TransitionNotAllowed,
-                         UnknownSite, UnknownUser)
+from twin.errors import (
+    AccountError,
+    ImportFailed,
+    StoreError,
+    TransitionNotAllowed,
+    UnknownSite,
+    UnknownUser,
+)
 
 __all__ = ["PROBLEMS", "Problem", "install", "problem_type"]
 
@@ -63,8 +69,8 @@ def problem_type(slug: str) -> str:
 class Problem(Exception):
     """An error answer: a problem slug, a detail for people, and extension members."""
 
-    def __init__(self, slug: str, detail: str | None = None, *, headers: dict[str, str] | None = None,
-                 **extensions: Any) -> None:
+    def __init__(self, slug: str, detail: str | None = None, *,
+                 headers: dict[str, str] | None = None, **extensions: Any) -> None:
         super().__init__(detail or PROBLEMS[slug][1])
         self.slug = slug
         self.status = PROBLEMS[slug][0]

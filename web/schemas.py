@@ -100,6 +100,9 @@ class FlagOut(_Out):
     window_end: datetime
     summary: str
     evidence: dict[str, Any]
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    assignee: str | None = None
 
 
 class ReviewOut(_Out):
@@ -166,6 +169,17 @@ class ReviewIn(BaseModel):
     decision: Literal["confirmed", "dismissed"]
     note: str = Field(min_length=1, max_length=4000, pattern=r"\S",
                       description="why: required, kept in the review trail and the audit log")
+
+
+class AckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str | None = Field(None, max_length=2000, description="kept in the audit log")
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    assignee: str = Field(min_length=1, max_length=100, pattern=r"\S",
+                          description="who is to handle the flag")
 
 
 class ReservationRow(_Out):
@@ -235,6 +249,25 @@ class Me(_Out):
     role: str
     lang: str | None
     actions: list[str]
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100, pattern=r"\S", description="what it is for")
+
+
+class TokenOut(_Out):
+    id: int
+    username: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewToken(TokenOut):
+    token: str = Field(description="the token itself: shown in this answer only, never again")
 
 
 class ImportRejected(_Out):

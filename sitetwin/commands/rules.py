@@ -43,6 +43,15 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     fr.add_argument("--by", required=True, metavar="NAME")
     fr.add_argument("--note")
     fr.set_defaults(handler=review_flag)
+    fa = fsub.add_parser("ack", help="acknowledge an open operational flag (someone is on it)")
+    fa.add_argument("id", type=int)
+    fa.add_argument("--by", required=True, metavar="NAME")
+    fa.set_defaults(handler=ack_flag)
+    fg = fsub.add_parser("assign", help="assign an open operational flag to someone")
+    fg.add_argument("id", type=int)
+    fg.add_argument("--to", required=True, metavar="NAME")
+    fg.add_argument("--by", metavar="NAME", help="who assigns it (default: the OS user)")
+    fg.set_defaults(handler=assign_flag)
 
     oc = reports.add_parser("overcharging", help="flagged bills per supplier with evidence and excess totals")
     oc.add_argument("--period", required=True, metavar="YYYY-MM", help="bills whose period starts in this month")
@@ -185,6 +194,10 @@ def _show_text(f: dict[str, Any]) -> str:
              f"{iso_utc(f['opened_at'])}, updated {iso_utc(f['updated_at'])}"
              + (f", resolved {iso_utc(f['resolved_at'])}" if f.get("resolved_at") else ""),
              "evidence: " + to_json(f["evidence"])]
+    if f.get("acknowledged_by"):
+        lines.append(f"acknowledged by {f['acknowledged_by']} at {iso_utc(f['acknowledged_at'])}")
+    if f.get("assignee"):
+        lines.append(f"assigned to {f['assignee']}")
     for r in f.get("reviews", []):
         lines.append(f"review: {r['decision']} by {r['reviewed_by']} at {iso_utc(r['reviewed_at'])}"
                      + (f" - {r['note']}" if r.get("note") else ""))
@@ -209,13 +222,55 @@ def review_flag(args: argparse.Namespace, settings: Settings) -> int:
 
     store = _store(settings)
     try:
-        flag = FlagBook(store).review(args.id, args.decision, args.by, datetime.now(UTC), note=args.note)
+        flag = FlagBook(store).review(args.id, args.decision, args.by, datetime.now(UTC), note=args.note,
+                                      audit=_audit("flag.review", args.id, args.by, args.note,
+                                                   ("status",), decision=args.decision))
     finally:
         store.close()
     # Grafana and MQTT subscribers see the decision; best effort, the registry has it.
     change = {k: v for k, v in flag.items() if k != "reviews"}
     write_flags(settings, [change])
     publish_flags(settings, [change])
+    emit(args, flag, _show_text)
+    return 0
+
+
+def _audit(action: str, flag_id: int, by: str, note: str | None, keys: tuple[str, ...], **after):
+    """The audit entry of a flag change made on the command line (actor ``cli:<OS user>``)."""
+    def write(session, before, changed):
+        from sitetwin.commands.users import _actor
+        from twin.audit import record
+
+        record(session, actor=_actor(), action=action, target_type="flag", target_id=flag_id,
+               before={k: before[k] for k in keys},
+               after={**{k: changed[k] for k in keys}, "by": by, **after}, note=note)
+    return write
+
+
+def ack_flag(args: argparse.Namespace, settings: Settings) -> int:
+    from rules.flag import FlagBook
+
+    store = _store(settings)
+    try:
+        flag = FlagBook(store).acknowledge(args.id, args.by, datetime.now(UTC), audit=_audit(
+            "flag.ack", args.id, args.by, None, ("acknowledged_by", "acknowledged_at")))
+    finally:
+        store.close()
+    emit(args, flag, _show_text)
+    return 0
+
+
+def assign_flag(args: argparse.Namespace, settings: Settings) -> int:
+    from rules.flag import FlagBook
+    from sitetwin.commands.users import _actor
+
+    by = args.by or _actor().removeprefix("cli:")
+    store = _store(settings)
+    try:
+        flag = FlagBook(store).assign(args.id, args.to, by, datetime.now(UTC), audit=_audit(
+            "flag.assign", args.id, by, None, ("assignee",)))
+    finally:
+        store.close()
     emit(args, flag, _show_text)
     return 0
 

@@ -1,4 +1,4 @@
-"""``sitetwin users add|list|disable|enable|set-role|reset-password`` and ``users token create|revoke|list``.
+"""``sitetwin users add|list|disable|enable|set-role|reset-password|token ...``: accounts.
 
 Passwords are read from the terminal (asked twice) or, for scripts, one line of
 stdin with ``--password-stdin``; never from an argument, where ``ps`` and shell
@@ -26,13 +26,15 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     add.add_argument("username")
     add.add_argument("--role", choices=ROLES, required=True)
     add.add_argument("--name", help="display name")
-    add.add_argument("--lang", choices=("en", "zh-CN"), help="language of the pages (default: the browser's)")
+    add.add_argument("--lang", choices=("en", "zh-CN"),
+                     help="language of the pages (default: the browser's)")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     add.set_defaults(handler=run_add)
     ls = sub.add_parser("list", help="accounts and their roles")
     ls.set_defaults(handler=run_list)
     for verb, disabled in (("disable", True), ("enable", False)):
-        d = sub.add_parser(verb, help=f"{verb} an account" + (" (ends its sessions)" if disabled else ""))
+        d = sub.add_parser(verb, help=f"{verb} an account"
+                           + (" (ends its sessions)" if disabled else ""))
         d.add_argument("username")
         d.set_defaults(handler=run_disable, disabled=disabled)
     sr = sub.add_parser("set-role", help="change an account's role")

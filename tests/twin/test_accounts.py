@@ -82,3 +82,64 @@ def test_users_lifecycle(cli, twin_url):
     finally:
         store.close()
     assert cli("users", "set-role", "nobody", "grid")[2].startswith("sitetwin: error: unknown user")
+
+
+def test_cli_changes_to_flags_and_sites_are_audited(cli, twin_url, tmp_path):
+    from datetime import UTC, datetime
+
+    from rules.finding import Finding
+    from rules.flag import FlagBook
+    from tests.twin.conftest import add_site
+
+    store = open_store(twin_url)
+    try:
+        add_site(store, "S1", "planned")
+        now = datetime.now(UTC)
+        flag = FlagBook(store).sync("site_offline", [Finding(
+            kind="site_offline", rule="site_offline", site_id="S1", severity="warning",
+            window_start=now, window_end=now, summary="silent")], now, 60).opened[0]
+        assert cli("flags", "ack", str(flag["id"]), "--by", "wang.wu")[0] == 0
+        code, out, err = cli("flags", "assign", str(flag["id"]), "--to", "li.si", "--by", "wang.wu")
+        assert code == 0 and "assigned to li.si" in out, err
+        assert cli("sites", "transition", "S1", "site_secured", "--by", "wang.wu")[0] == 0
+        with store.session() as s:
+            _, entries = list_entries(s)
+    finally:
+        store.close()
+    got = [(e["action"], e["after"].get("by")) for e in reversed(entries)]
+    assert got == [("flag.ack", "wang.wu"), ("flag.assign", "wang.wu"), ("site.transition", "wang.wu")]
+    assert all(e["actor"].startswith("cli:") for e in entries)
+
+
+def test_a_0001_registry_gets_accounts_audit_and_flag_columns(twin_url):
+    """Revision 0005 on a registry made at the baseline: new tables, columns and triggers."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from twin.models import Base
+
+    engine = create_engine(twin_url)
+    mine = {"users", "api_tokens", "web_sessions", "audit_log"}
+    with engine.begin() as conn:
+        Base.metadata.create_all(conn, tables=[t for n, t in Base.metadata.tables.items()
+                                               if n not in mine])
+        for column in ("acknowledged_by", "acknowledged_at", "assignee"):
+            conn.execute(text(f"ALTER TABLE flags DROP COLUMN {column}"))
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('0001')"))
+    engine.dispose()
+    store = open_store(twin_url)
+    try:
+        assert store.version >= "0005"
+        names = set(inspect(store.engine).get_table_names())
+        assert mine <= names
+        flag_columns = {c["name"] for c in inspect(store.engine).get_columns("flags")}
+        assert {"acknowledged_by", "acknowledged_at", "assignee"} <= flag_columns
+        with store.session() as s:
+            from twin.accounts import add_user
+
+            add_user(s, "a", "admin", "long enough password", actor="test")
+        with pytest.raises(Exception, match="append-only"):
+            with store.engine.begin() as conn:
+                conn.execute(text("DELETE FROM audit_log"))
+    finally:
+        store.close()

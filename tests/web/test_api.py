@@ -243,11 +243,57 @@ def test_served_schema_equals_the_checked_in_one(client):
     served = client.get("/api/v1/openapi.json").json()
     checked_in = json.loads((ROOT / "docs" / "openapi.json").read_text(encoding="utf-8"))
     assert served == checked_in, ("the API changed: regenerate docs/openapi.json"
-                                  " (python -m web.schema > docs/openapi.json) and review the diff")
+                                  " (.venv/bin/python -m web.schema > docs/openapi.json) and review the diff")
     assert served["info"]["title"] == "sitetwin API"
     assert "/api/v1/flags/{flag_id}/review" in served["paths"]
 
 
 def test_health(client, world):
-    body = client.get("/api/v1/health").json()
+    body = client.get("/api/v1/health", headers=bearer(world, "noc")).json()
     assert body == {**body, "status": "ok", "registry": "ok", "sites": 5, "open_flags": 3}
+    anonymous = client.get("/api/v1/health").json()
+    assert anonymous["status"] == "ok" and anonymous["sites"] is None
+
+
+def test_noc_acknowledges_and_assigns_an_operational_flag(client, world):
+    url = f"/api/v1/flags/{world.offline_flag}"
+    r = client.post(url + "/ack", json={"note": "field team called"}, headers=bearer(world, "noc"))
+    assert r.status_code == 200, r.text
+    flag = r.json()
+    assert flag["acknowledged_by"] == "noc1" and flag["acknowledged_at"] and flag["status"] == "open"
+    r = client.post(url + "/assign", json={"assignee": "zhang.san"}, headers=bearer(world, "noc"))
+    assert r.status_code == 200 and r.json()["assignee"] == "zhang.san"
+    assert client.post(url + "/assign", json={"assignee": " "},
+                       headers=bearer(world, "noc")).status_code == 422
+    entries = get(client, world, "admin", f"/api/v1/audit?target_type=flag&target_id={world.offline_flag}"
+                  ).json()["items"]
+    assert [e["action"] for e in entries] == ["flag.assign", "flag.ack"]
+    assert entries[1]["before"] == {"acknowledged_by": None, "acknowledged_at": None}
+    assert entries[1]["note"] == "field team called"
+    assert entries[0]["after"] == {"assignee": "zhang.san"}
+    # Bill flags are the regulator's to review, not the NOC's to acknowledge.
+    r = client.post(f"/api/v1/flags/{world.bill_flag}/ack", json={}, headers=bearer(world, "noc"))
+    assert r.status_code == 403
+
+
+def test_tokens_by_their_owner_and_by_an_admin(client, world):
+    r = client.post("/api/v1/me/tokens", json={"name": "my script"}, headers=bearer(world, "grid"))
+    assert r.status_code == 201
+    mine = r.json()
+    assert mine["token"].startswith("stw_") and mine["username"] == "grid1"
+    listed = get(client, world, "grid", "/api/v1/me/tokens").json()
+    assert {t["name"] for t in listed} == {"tests", "my script"}
+    assert all("token" not in t for t in listed)
+    own = {"Authorization": f"Bearer {mine['token']}"}
+    assert client.get("/api/v1/me", headers=own).json()["username"] == "grid1"
+    # Someone else's token is not yours to revoke; an admin may revoke any.
+    theirs = next(t["id"] for t in get(client, world, "admin", "/api/v1/me/tokens").json())
+    assert client.delete(f"/api/v1/me/tokens/{theirs}", headers=bearer(world, "grid")).status_code == 404
+    assert client.delete(f"/api/v1/me/tokens/{mine['id']}", headers=bearer(world, "grid")).status_code == 200
+    assert client.get("/api/v1/me", headers=own).status_code == 401
+    r = client.post("/api/v1/users/noc1/tokens", json={"name": "noc wall"}, headers=bearer(world, "admin"))
+    assert r.status_code == 201 and r.json()["username"] == "noc1"
+    assert client.delete(f"/api/v1/tokens/{r.json()['id']}", headers=bearer(world, "admin")).status_code == 200
+    actions = [e["action"] for e in get(client, world, "admin", "/api/v1/audit?target_type=token&limit=4"
+                                         ).json()["items"]]
+    assert actions == ["token.revoke", "token.create", "token.revoke", "token.create"]

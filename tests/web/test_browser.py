@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from sitetwin.services import free_port
@@ -88,12 +88,18 @@ def shot(driver, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def settle(driver) -> WebDriverWait:
+    """A wait that outlasts a navigation: while the old page goes, Chromium may answer a lookup
+    with an error about a node of the previous document; that is retried, not a failure."""
+    return WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,))
+
+
 def log_in(driver, base: str, username: str) -> None:
     driver.get(base + "/login")
     driver.find_element(By.ID, "username").send_keys(username)
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "login-submit").click()
-    WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.ID, "current-user")))
+    settle(driver).until(lambda d: d.find_element(By.ID, "current-user"))
 
 
 def test_regulator_confirms_a_flag_and_it_shows_in_audit_and_report(server, open_browser, world,
@@ -102,7 +108,7 @@ def test_regulator_confirms_a_flag_and_it_shows_in_audit_and_report(server, open
     log_in(browser, server, "regulator1")
     assert browser.current_url.endswith("/review")
     browser.find_element(By.CSS_SELECTOR, f'a.flag-link[data-flag="{world.bill_flag}"]').click()
-    WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.ID, "review-form")))
+    settle(browser).until(lambda d: d.find_element(By.ID, "review-form"))
     evidence = browser.find_element(By.ID, "evidence").text
     assert "1,000.0 kWh" in evidence and "998.2 kWh" in evidence and "582.00 CNY" in evidence
     assert "metered-energy-weighted catalogue price" in evidence
@@ -113,8 +119,7 @@ def test_regulator_confirms_a_flag_and_it_shows_in_audit_and_report(server, open
     browser.find_element(By.ID, "review-note").send_keys(note)
     shot(browser, tmp_path, "flag-before-confirm")
     browser.find_element(By.ID, "confirm").click()
-    WebDriverWait(browser, 30).until(EC.text_to_be_present_in_element((By.ID, "flag-status"),
-                                                                      "confirmed"))
+    settle(browser).until(lambda d: d.find_element(By.ID, "flag-status").text == "confirmed")
     trail = browser.find_element(By.ID, "review-trail").text
     assert "regulator1" in trail and note in trail
     shot(browser, tmp_path, "flag-confirmed")

@@ -15,7 +15,7 @@ from web.api.common import Paging, instant, paging, store
 from web.auth import client_ip, require
 from web.permissions import PERMISSIONS
 from web.problems import PROBLEMS, Problem
-from web.schemas import AuditOut, Health, ImportResult, Me, Page
+from web.schemas import AuditOut, Health, ImportResult, Me, NewToken, Page, TokenIn, TokenOut
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 
@@ -52,7 +52,8 @@ async def post_import(request: Request, kind: Literal["sites", "reservations", "
             while chunk := await file.read(1 << 20):
                 size += len(chunk)
                 if size > MAX_UPLOAD_BYTES:
-                    raise Problem("invalid-request", f"the file is larger than {MAX_UPLOAD_BYTES} bytes")
+                    raise Problem("invalid-request",
+                                  f"the file is larger than {MAX_UPLOAD_BYTES} bytes")
                 out.write(chunk)
         result = await run_in_threadpool(_import, store(request), path, kind, principal.username)
     data = result.as_dict()
@@ -82,8 +83,58 @@ def me(request: Request, principal=Depends(require("account.self"))):
             "actions": sorted(PERMISSIONS[principal.role])}
 
 
-@router.get("/health", response_model=Health, summary="Liveness and the registry's state")
-def health(request: Request, _p=Depends(require("public"))):
+@router.get("/me/tokens", response_model=list[TokenOut],
+            summary="Your API tokens (never their values)")
+def my_tokens(request: Request, principal=Depends(require("account.self"))):
+    from twin.accounts import list_tokens
+
+    with store(request).session() as s:
+        return list_tokens(s, principal.username)
+
+
+@router.post("/me/tokens", response_model=NewToken, status_code=201,
+             summary="Create an API token for yourself (shown once)")
+def create_my_token(request: Request, body: TokenIn, principal=Depends(require("account.self"))):
+    return _create_token(request, principal.username, body.name, principal)
+
+
+@router.delete("/me/tokens/{token_id}", response_model=TokenOut,
+               summary="Revoke one of your tokens")
+def revoke_my_token(request: Request, token_id: int, principal=Depends(require("account.self"))):
+    from twin.accounts import revoke_token
+
+    with store(request).session() as s:
+        return revoke_token(s, token_id, actor=principal.username, owner=principal.username,
+                            client_ip=client_ip(request))
+
+
+@router.post("/users/{username}/tokens", response_model=NewToken, status_code=201,
+             summary="Create an API token for an account (admin; shown once)")
+def create_user_token(request: Request, username: str, body: TokenIn,
+                      principal=Depends(require("users.manage"))):
+    return _create_token(request, username, body.name, principal)
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenOut, summary="Revoke any token (admin)")
+def revoke_any_token(request: Request, token_id: int, principal=Depends(require("users.manage"))):
+    from twin.accounts import revoke_token
+
+    with store(request).session() as s:
+        return revoke_token(s, token_id, actor=principal.username, client_ip=client_ip(request))
+
+
+def _create_token(request: Request, username: str, name: str, principal) -> dict:
+    from twin.accounts import create_token
+
+    with store(request).session() as s:
+        token, info = create_token(s, username, name, actor=principal.username,
+                                   client_ip=client_ip(request))
+    return {**info, "token": token}
+
+
+@router.get("/health", response_model=Health,
+            summary="Liveness and the registry's state (the counts only for a logged-in caller)")
+def health(request: Request, principal=Depends(require("public"))):
     from sqlalchemy import func, select
 
     from twin.models import Flag, Site
@@ -92,8 +143,10 @@ def health(request: Request, _p=Depends(require("public"))):
         with store(request).session() as s:
             sites = s.scalar(select(func.count()).select_from(Site))
             flags = s.scalar(select(func.count()).select_from(Flag).where(Flag.status == "open"))
+        known = principal is not None
         return {"status": "ok", "version": __version__, "registry": "ok",
-                "schema_revision": store(request).version, "sites": sites, "open_flags": flags}
+                "schema_revision": store(request).version, "sites": sites if known else None,
+                "open_flags": flags if known else None}
     except Exception:  # noqa: BLE001  # health answers, it does not fail
         return {"status": "degraded", "version": __version__, "registry": "unavailable",
                 "schema_revision": None, "sites": None, "open_flags": None}

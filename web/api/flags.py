@@ -14,7 +14,7 @@ from web.api.common import Paging, instant, paging, store
 from web.auth import client_ip, require
 from web.permissions import REVIEWABLE_KINDS
 from web.problems import Problem
-from web.schemas import FlagDetail, FlagOut, Page, ReviewIn, SupplierRow
+from web.schemas import AckIn, AssignIn, FlagDetail, FlagOut, Page, ReviewIn, SupplierRow
 
 router = APIRouter(prefix="/api/v1", tags=["flags"])
 
@@ -74,6 +74,39 @@ def review(request: Request, flag_id: int, decision: str, note: str, principal) 
 def post_review(request: Request, flag_id: int, body: ReviewIn,
                 principal=Depends(require("flags.review"))):
     return review(request, flag_id, body.decision, body.note, principal)
+
+
+def operate(request: Request, flag_id: int, principal, *, assignee: str | None = None,
+            note: str | None = None) -> dict:
+    """Acknowledge (or assign) an operational flag, audited in the same transaction."""
+    book = FlagBook(store(request))
+    if book.show(flag_id)["kind"] in REVIEWABLE_KINDS:
+        raise Problem("forbidden", "bill flags are reviewed by the regulator, not acknowledged")
+    action = "flag.assign" if assignee is not None else "flag.ack"
+
+    def audit(session, before, after):
+        keys = ("assignee",) if assignee is not None else ("acknowledged_by", "acknowledged_at")
+        record(session, actor=principal.username, action=action, target_type="flag",
+               target_id=flag_id, before={k: before[k] for k in keys},
+               after={k: after[k] for k in keys}, note=note, client_ip=client_ip(request))
+
+    if assignee is not None:
+        return book.assign(flag_id, assignee, principal.username, utcnow(), audit=audit)
+    return book.acknowledge(flag_id, principal.username, utcnow(), audit=audit)
+
+
+@router.post("/flags/{flag_id}/ack", response_model=FlagDetail,
+             summary="Acknowledge an open operational flag (the NOC is on it)")
+def post_ack(request: Request, flag_id: int, body: AckIn,
+             principal=Depends(require("flags.ack"))):
+    return operate(request, flag_id, principal, note=body.note)
+
+
+@router.post("/flags/{flag_id}/assign", response_model=FlagDetail,
+             summary="Assign an open operational flag to someone")
+def post_assign(request: Request, flag_id: int, body: AssignIn,
+                principal=Depends(require("flags.ack"))):
+    return operate(request, flag_id, principal, assignee=body.assignee)
 
 
 @router.get("/suppliers", response_model=list[SupplierRow],

@@ -29,12 +29,14 @@ def list_sites(
     kind: Literal["macro", "micro", "pole", "indoor"] | None = None,
     supply: Literal["direct", "transfer"] | None = None,
     online: bool | None = None,
-    q: Annotated[str | None, Query(max_length=100, description="text in id, name or district")] = None,
+    q: Annotated[str | None,
+                 Query(max_length=100, description="text in id, name or district")] = None,
     sort: Annotated[str, Query(pattern=_SORT_PATTERN,
                                description="column, '-' prefix for descending")] = "site_id",
 ):
     with store(request).session() as s:
-        total, items = page_sites(s, now=now(request), window_s=settings(request).twin.online_window_s,
+        total, items = page_sites(s, now=now(request),
+                                  window_s=settings(request).twin.online_window_s,
                                   county=county, state=state, kind=kind, supply=supply,
                                   online=online, q=q, sort=sort, limit=pg.limit, offset=pg.offset)
     return pg.page(total, items)

@@ -83,7 +83,8 @@ async def login(request: Request, username: Annotated[str, Form(max_length=64)],
     if opened is None:
         throttle.failed(username, ip)
         token = secrets.token_urlsafe(24)
-        response = render(request, "login.html", {"login_csrf": token, "next": _safe_next(next) or "",
+        response = render(request, "login.html", {"login_csrf": token,
+                                                  "next": _safe_next(next) or "",
                                                   "error": "wrong user name or password"},
                           status_code=401)
         response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",

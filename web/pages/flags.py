@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 
 from rules.flag import FlagBook
-from web.api.flags import review
+from web.api.flags import operate, review
 from web.auth import require
 from web.permissions import REVIEWABLE_KINDS, allowed
 from web.render import render
@@ -47,6 +47,20 @@ def review_form(request: Request, flag_id: int,
                 principal=Depends(require("flags.review"))):
     review(request, flag_id, decision, note, principal)
     return RedirectResponse(f"/flags/{flag_id}", status_code=303)
+
+
+@router.post("/flags/{flag_id}/ack")
+def ack_form(request: Request, flag_id: int, principal=Depends(require("flags.ack"))):
+    operate(request, flag_id, principal)
+    return RedirectResponse("/alarms", status_code=303)
+
+
+@router.post("/flags/{flag_id}/assign")
+def assign_form(request: Request, flag_id: int,
+                assignee: Annotated[str, Form(min_length=1, max_length=100)],
+                principal=Depends(require("flags.ack"))):
+    operate(request, flag_id, principal, assignee=assignee)
+    return RedirectResponse("/alarms", status_code=303)
 
 
 @router.get("/alarms")

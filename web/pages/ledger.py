@@ -38,7 +38,8 @@ class InfluxPeaks:
         self._cached: tuple[float, Any] | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, facts: Any, until: datetime) -> tuple[pd.DataFrame | None, float, str | None]:
+    def __call__(self, facts: Any, until: datetime
+                 ) -> tuple[pd.DataFrame | None, float, str | None]:
         from connectors.influx import InfluxReader
         from rules.data import WindowData
         from rules.engine import thresholds_for

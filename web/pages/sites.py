@@ -32,7 +32,8 @@ def sites_page(request: Request, _p=Depends(require("sites.read")),
     return render(request, "sites.html", {"sites": rows, "total": total, "q": q or "",
                                           "county": county or "", "state": state or "",
                                           "states": [s.value for s in State],
-                                          "page": max(page, 0), "pages": (total + PAGE - 1) // PAGE})
+                                          "page": max(page, 0),
+                                          "pages": (total + PAGE - 1) // PAGE})
 
 
 @router.get("/sites/{site_id}")

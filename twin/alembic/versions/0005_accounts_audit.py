@@ -1,7 +1,11 @@
-"""Accounts and audit: users, API tokens, web sessions, and the append-only audit log.
+"""Accounts and audit: users, API tokens, web sessions, the append-only audit log, and the
+acknowledgement and assignee of a flag.
 
 The audit log's UPDATE/DELETE refusal is a trigger on both backends
 (``twin.models.AUDIT_APPEND_ONLY_DDL``), installed here for registries made before it.
+Each step is skipped when its table or column is already there, so a registry that
+was stamped at an older revision while already holding them (a pre-Alembic registry
+made by a newer sitetwin) upgrades without error.
 """
 
 from __future__ import annotations
@@ -18,6 +22,18 @@ depends_on = None
 
 
 def upgrade() -> None:
+    inspector = sa.inspect(op.get_bind())
+    tables = set(inspector.get_table_names())
+    if "users" not in tables:
+        _create_tables()
+    flag_columns = {c["name"] for c in inspector.get_columns("flags")}
+    for name, type_ in (("acknowledged_by", sa.String(100)), ("acknowledged_at", UTCDateTime()),
+                        ("assignee", sa.String(100))):
+        if name not in flag_columns:
+            op.add_column("flags", sa.Column(name, type_))
+
+
+def _create_tables() -> None:
     op.create_table(
         "users",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
