@@ -54,6 +54,7 @@ def create_app(settings: Any, store: Any, *,
     from web.pages import audit as audit_page
     from web.pages import auth as auth_page
     from web.pages import flags as flag_pages
+    from web.pages import imports as import_page
     from web.pages import ledger as ledger_page
     from web.pages import sites as site_pages
 
@@ -67,7 +68,7 @@ def create_app(settings: Any, store: Any, *,
     problems.install(app)
 
     for module in (sites, flags, ledger, admin, auth_page, flag_pages, site_pages, ledger_page,
-                   audit_page):
+                   audit_page, import_page):
         app.include_router(module.router)
 
     @app.get("/api/v1/openapi.json", include_in_schema=False)

@@ -50,3 +50,6 @@ def test_ledger_shows_peaks_and_headroom(world, influxdb, influx_db, tmp_path):
     feeder = re.search(r'<tr class="level-feeder"><th colspan="2">F-10</th>(.*?)</tr>', page, re.S)
     cells = re.findall(r"<td>([^<]*)</td>", feeder.group(1))
     assert cells[:4] == ["16.0", "20.0", "16.0", "4.0"]  # declared, reserved, peak, headroom
+    # The map: S001 is over its reservation; S002 uses 3 of 8 kW; S003 is not built yet.
+    points = {site: kind for kind, site in re.findall(r'class="pt-(\w+)" data-site="(\w+)"', page)}
+    assert points == {"S001": "over", "S002": "ok", "S003": "ok"}

@@ -177,3 +177,22 @@ def test_refused_transition_on_the_site_page_shows_the_reason(client, world):
     assert r.status_code == 409 and "no such move" in r.text
     audit = client.get("/audit")
     assert audit.status_code == 200 and "user.login" in audit.text
+
+
+def test_import_page_lists_every_refused_row(client, world):
+    assert login(client, "admin1").status_code == 303
+    page = client.get("/imports")
+    csrf = _csrf(page.text)
+    bad = ("site_id,declared_kw,reserved_kw,feeder,substation,status\n"
+           "S001,10,-1,F,SUB,energized\nS404,1,2,F,SUB,shiny\n")
+    r = client.post("/imports", data={"kind": "reservations", "csrf_token": csrf},
+                    files={"file": ("res.csv", bad, "text/csv")})
+    assert r.status_code == 422 and 'id="import-errors"' in r.text
+    assert "reserved_kw" in r.text and "status" in r.text and "<td>3</td>" in r.text
+    good = "site_id,declared_kw,reserved_kw,feeder,substation,status\nS005,5,6,F-30,SUB-B,requested\n"
+    r = client.post("/imports", data={"kind": "reservations", "csrf_token": csrf},
+                    files={"file": ("res.csv", good, "text/csv")})
+    assert r.status_code == 201 and "1 inserted" in r.text
+    r = client.post("/imports", data={"kind": "reservations"},
+                    files={"file": ("res.csv", good, "text/csv")})
+    assert r.status_code == 403  # no CSRF token

@@ -57,6 +57,8 @@ ALLOWED_ANSWER = {
     ("POST", "/sites/{site_id}/transition"): 422,
     ("GET", "/ledger"): 200,
     ("GET", "/audit"): 200,
+    ("GET", "/imports"): 200,
+    ("POST", "/imports"): 422,
 }
 
 

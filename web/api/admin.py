@@ -40,11 +40,11 @@ def _import(store_, path: Path, kind: str, actor: str):
     return import_csv(store_, path, kind, actor=actor)
 
 
-@router.post("/imports/{kind}", response_model=ImportResult, status_code=201,
-             summary="Import a CSV (all or nothing; the invalid rows come back with reasons)")
-async def post_import(request: Request, kind: Literal["sites", "reservations", "tariffs", "bills"],
-                      file: Annotated[UploadFile, File(description="the CSV file")],
-                      principal=Depends(require("imports.write"))):
+async def import_upload(request: Request, kind: str, file: UploadFile, principal) -> dict:
+    """Import an uploaded CSV through the CLI's importer and audit it (shared with the page).
+
+    Raises ``ImportFailed`` with every bad row when nothing was imported.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(file.filename or f"{kind}.csv").name
         size = 0
@@ -67,6 +67,14 @@ async def post_import(request: Request, kind: Literal["sites", "reservations", "
     # The import committed in its own transaction (all or nothing); its entry follows it.
     await run_in_threadpool(write_audit)
     return {k: data[k] for k in ("kind", "inserted", "updated", "rejected", "warnings")}
+
+
+@router.post("/imports/{kind}", response_model=ImportResult, status_code=201,
+             summary="Import a CSV (all or nothing; the invalid rows come back with reasons)")
+async def post_import(request: Request, kind: Literal["sites", "reservations", "tariffs", "bills"],
+                      file: Annotated[UploadFile, File(description="the CSV file")],
+                      principal=Depends(require("imports.write"))):
+    return await import_upload(request, kind, file, principal)
 
 
 @router.get("/users", summary="Accounts and roles")
