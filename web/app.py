@@ -44,11 +44,13 @@ _SECURITY_HEADERS = {
 
 def create_app(settings: Any, store: Any, *,
                peaks: Callable[[Any, datetime], Any] | None = None,
+               pipeline: Callable[[datetime], list[dict[str, Any]]] | None = None,
                clock: Callable[[], datetime] | None = None) -> FastAPI:
     """The web app over ``store`` (a ``twin.store.Store``).
 
-    ``peaks`` replaces the ledger's InfluxDB peak source; ``clock`` the time of
-    "now" (online windows), for tests and benchmarks.
+    ``peaks`` replaces the ledger's InfluxDB peak source, ``pipeline`` the source of the
+    collectors' counters, ``clock`` the time of "now" (online windows), for tests and
+    benchmarks.
     """
     from web.api import admin, flags, ledger, sites
     from web.pages import audit as audit_page
@@ -64,6 +66,7 @@ def create_app(settings: Any, store: Any, *,
     app.state.store = store
     app.state.clock = clock
     app.state.peaks = peaks or ledger_page.InfluxPeaks(settings)
+    app.state.pipeline = pipeline or admin.InfluxPipeline(settings)
     app.state.login_throttle = LoginThrottle(settings.web.login_attempts, settings.web.login_window)
     problems.install(app)
 

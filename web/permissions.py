@@ -30,9 +30,10 @@ PERMISSIONS: MappingProxyType[str, frozenset[str]] = MappingProxyType({
                             "bills.read", "reports.read", "account.self"}),
     "grid": frozenset({"sites.read", "flags.read", "reservations.read", "reports.read",
                        "account.self"}),
-    "noc": frozenset({"sites.read", "flags.read", "alarms.read", "flags.ack", "account.self"}),
-    "viewer": _READ | {"alarms.read"},
-    "admin": _READ | {"alarms.read", "sites.transition", "imports.write", "users.manage",
+    "noc": frozenset({"sites.read", "flags.read", "alarms.read", "flags.ack", "pipeline.read",
+                      "account.self"}),
+    "viewer": _READ | {"alarms.read", "pipeline.read"},
+    "admin": _READ | {"alarms.read", "pipeline.read", "sites.transition", "imports.write", "users.manage",
                       "audit.read"},
 })
 

@@ -58,6 +58,8 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
     "too-many-attempts": (429, "Too many login attempts",
                           "Wait for the time in Retry-After before trying again."),
     "registry-unavailable": (503, "Registry unavailable", "The registry database is unreachable."),
+    "pipeline-unavailable": (503, "Pipeline counters unavailable",
+                             "InfluxDB, where the collectors write their counters, did not answer."),
     "internal-error": (500, "Internal error", "Something failed on the server; it is logged."),
 }
 

@@ -244,6 +244,18 @@ class Health(_Out):
     open_flags: int | None
 
 
+class CollectorCounters(_Out):
+    collector: str | None
+    at: datetime
+    age_s: float
+    counters: dict[str, float | int]
+
+
+class Pipeline(_Out):
+    collectors: list[CollectorCounters] = Field(
+        description="each collector that wrote its counters in the last 10 minutes")
+
+
 class Me(_Out):
     username: str
     role: str

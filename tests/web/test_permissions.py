@@ -39,6 +39,7 @@ ALLOWED_ANSWER = {
     ("POST", "/api/v1/users/{username}/tokens"): 422,
     ("DELETE", "/api/v1/tokens/{token_id}"): 404,
     ("GET", "/api/v1/health"): 200,
+    ("GET", "/api/v1/pipeline"): 200,
     ("GET", "/api/v1/problems/{slug}"): 200,
     ("GET", "/api/v1/openapi.json"): 200,
     ("GET", "/api/v1/docs"): 200,

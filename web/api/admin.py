@@ -15,7 +15,17 @@ from web.api.common import Paging, instant, paging, store
 from web.auth import client_ip, require
 from web.permissions import PERMISSIONS
 from web.problems import PROBLEMS, Problem
-from web.schemas import AuditOut, Health, ImportResult, Me, NewToken, Page, TokenIn, TokenOut
+from web.schemas import (
+    AuditOut,
+    Health,
+    ImportResult,
+    Me,
+    NewToken,
+    Page,
+    Pipeline,
+    TokenIn,
+    TokenOut,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 
@@ -158,6 +168,34 @@ def health(request: Request, principal=Depends(require("public"))):
     except Exception:  # noqa: BLE001  # health answers, it does not fail
         return {"status": "degraded", "version": __version__, "registry": "unavailable",
                 "schema_revision": None, "sites": None, "open_flags": None}
+
+
+class InfluxPipeline:
+    """The collectors' counters from InfluxDB (``connectors.pipeline``)."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    def __call__(self, now):
+        from connectors.influx import InfluxReader
+        from connectors.pipeline import latest_counters
+
+        reader = InfluxReader.from_settings(self.settings.influxdb)
+        try:
+            return latest_counters(reader, now)
+        finally:
+            reader.close()
+
+
+@router.get("/pipeline", response_model=Pipeline,
+            summary="The collectors' own counters (received, written, rejected, spooled...)")
+def pipeline(request: Request, _p=Depends(require("pipeline.read"))):
+    from web.api.common import now
+
+    try:
+        return {"collectors": request.app.state.pipeline(now(request))}
+    except Exception as exc:  # noqa: BLE001  # InfluxDB down or refusing: say so, do not fail
+        raise Problem("pipeline-unavailable", f"{type(exc).__name__}") from None
 
 
 @router.get("/problems/{slug}", summary="What a problem type means")
