@@ -76,6 +76,16 @@ def test_wrong_password_is_audited_and_logins_are_throttled(client, world, web_s
     assert entries[0]["client_ip"] == "testclient"
 
 
+def test_a_failed_login_of_no_account_does_not_repeat_what_was_typed(client, world):
+    assert login(client, "hunter2-typed-in-the-wrong-box", "whatever").status_code == 401
+    from twin.audit import list_entries
+
+    with world.store.session() as s:
+        _, entries = list_entries(s, action="user.login_failed")
+    assert entries[0]["actor"] == "-" and entries[0]["target_id"] is None
+    assert "hunter2" not in str(entries)
+
+
 def test_throttle_window_passes():
     from web.auth import LoginThrottle
 

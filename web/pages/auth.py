@@ -14,10 +14,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from twin.accounts import authenticate_password, end_session, open_session
 from twin.audit import record
+from twin.models import User
 from web.auth import SESSION_COOKIE, client_ip, require
 from web.problems import Problem
 from web.render import render
@@ -57,8 +59,10 @@ def _login(store, username: str, password: str, lifetime_s: float, ip: str | Non
     with store.session() as s:
         user = authenticate_password(s, username, password)
         if user is None:
-            record(s, actor=username[:64] or "-", action="user.login_failed", target_type="user",
-                   target_id=username[:200], client_ip=ip)
+            # A name that is no account is not repeated: people type passwords there.
+            known = s.scalar(select(User.username).where(User.username == username))
+            record(s, actor=known or "-", action="user.login_failed", target_type="user",
+                   target_id=known, note=None if known else "no such user", client_ip=ip)
             return None
         return open_session(s, user, lifetime_s, client_ip=ip)
 
