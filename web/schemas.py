@@ -133,6 +133,7 @@ class SiteDetail(_Out):
     state: str
     replaces_site_id: str | None
     replaced_by: list[str]
+    address: str | None = Field(None, description="postal address, where the registry has one")
     created_at: datetime
     updated_at: datetime
     at: datetime | None = Field(None, description="the as-of time asked for with ?at=")

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from core.timeutil import local_month
 from rules.flag import FlagBook
 from rules.report import overcharging_table
-from twin.bills import page_bills, page_reservations, page_tariffs
+from twin.listings import page_bills, page_reservations, page_tariffs
 from web.api.common import Paging, instant, paging, settings, store
 from web.auth import require
 from web.problems import Problem

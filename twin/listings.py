@@ -1,4 +1,4 @@
-"""Views of the bills, tariffs and reservations tables for the HTTP API: filtered, paged dicts."""
+"""Paged views of the bills, tariffs and reservations tables for the HTTP API (filtered dicts)."""
 
 from __future__ import annotations
 
