@@ -65,7 +65,7 @@ def create_app(settings: Any, store: Any, *,
     app.state.settings = settings
     app.state.store = store
     app.state.clock = clock
-    app.state.peaks = peaks or ledger_page.InfluxPeaks(settings)
+    app.state.peaks = peaks or ledger.InfluxPeaks(settings)
     app.state.pipeline = pipeline or admin.InfluxPipeline(settings)
     app.state.login_throttle = LoginThrottle(settings.web.login_attempts, settings.web.login_window)
     problems.install(app)

@@ -193,6 +193,30 @@ class ReservationRow(_Out):
     updated_at: datetime
 
 
+class LedgerRow(_Out):
+    level: Literal["site", "feeder", "substation"]
+    site_id: str | None
+    feeder: str | None
+    substation: str | None
+    state: str | None
+    status: str | None
+    declared_kw: float | None
+    reserved_kw: float | None
+    peak_kw: float | None
+    peak_at: datetime | None
+    headroom_kw: float | None
+    utilisation_pct: float | None
+    sites: int | None
+
+
+class Ledger(_Out):
+    window_start: datetime
+    window_end: datetime
+    peaks: Literal["ok", "unavailable"] = Field(
+        description="whether InfluxDB gave the peaks (if not, peak and headroom are null)")
+    rows: list[LedgerRow] = Field(description="sites, then feeders, then substations")
+
+
 class TariffRow(_Out):
     region: str
     customer_class: str

@@ -12,8 +12,8 @@ from connectors.influx import InfluxWriter
 from connectors.lineprotocol import line
 from core.settings import load_settings
 from tests.web.conftest import NOW, PASSWORD
+from web.api.ledger import InfluxPeaks
 from web.app import create_app
-from web.pages.ledger import InfluxPeaks
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.parametrize("twin_url", ["sqlite"], indirect=True)]
@@ -41,6 +41,7 @@ def test_ledger_shows_peaks_and_headroom(world, influxdb, influx_db, tmp_path):
         assert client.post("/login", data={"username": "grid1", "password": PASSWORD,
                                            "csrf_token": csrf}).status_code == 200
         page = client.get("/ledger").text
+        api = client.get("/api/v1/ledger").json()
     assert 'id="peaks-error"' not in page
     rows = {m.group(1): m.group(0) for m in re.finditer(
         r'<tr class="level-site[^"]*"><td><a href="/sites/(\w+)">.*?</tr>', page, re.S)}
@@ -53,3 +54,9 @@ def test_ledger_shows_peaks_and_headroom(world, influxdb, influx_db, tmp_path):
     # The map: S001 is over its reservation; S002 uses 3 of 8 kW; S003 is not built yet.
     points = {site: kind for kind, site in re.findall(r'class="pt-(\w+)" data-site="(\w+)"', page)}
     assert points == {"S001": "over", "S002": "ok", "S003": "ok"}
+    # The page's JSON twin: the same figures.
+    assert api["peaks"] == "ok"
+    s001 = next(r for r in api["rows"] if r["level"] == "site" and r["site_id"] == "S001")
+    assert (s001["reserved_kw"], s001["peak_kw"], s001["headroom_kw"]) == (12.0, 13.0, -1.0)
+    f10 = next(r for r in api["rows"] if r["level"] == "feeder" and r["feeder"] == "F-10")
+    assert (f10["peak_kw"], f10["headroom_kw"], f10["sites"], f10["substation"]) == (16.0, 4.0, 2, "SUB-A")

@@ -26,6 +26,7 @@ ALLOWED_ANSWER = {
     ("POST", "/api/v1/flags/{flag_id}/assign"): 422,
     ("GET", "/api/v1/suppliers"): 200,
     ("GET", "/api/v1/reservations"): 200,
+    ("GET", "/api/v1/ledger"): 200,
     ("GET", "/api/v1/tariffs"): 200,
     ("GET", "/api/v1/bills"): 200,
     ("GET", "/api/v1/reports/overcharging"): 422,  # period is required

@@ -1,24 +1,82 @@
-"""``/api/v1/reservations``, ``/tariffs``, ``/bills`` and the overcharging report download."""
+"""``/api/v1/reservations``, ``/ledger``, ``/tariffs``, ``/bills`` and the overcharging report.
+
+The ledger's peaks come from InfluxDB (``WindowData.power_peak``, the reservations
+rule's window); they are kept for a minute, since a 7-day peak does not move between
+two page loads and the query costs seconds at 10 000 sites.  If InfluxDB cannot
+answer, the ledger still has the reservations, with the peaks empty and a reason.
+"""
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import threading
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import pandas as pd
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from core.timeutil import local_month
+from rules.data import load_facts
 from rules.flag import FlagBook
-from rules.report import overcharging_table
+from rules.report import overcharging_table, reservations_table
 from twin.listings import page_bills, page_reservations, page_tariffs
-from web.api.common import Paging, instant, paging, settings, store
+from web.api.common import Paging, instant, now, paging, settings, store
 from web.auth import require
 from web.problems import Problem
-from web.schemas import BillRow, Page, ReservationRow, TariffRow
+from web.schemas import BillRow, Ledger, Page, ReservationRow, TariffRow
 
 router = APIRouter(prefix="/api/v1", tags=["ledger"])
+log = logging.getLogger(__name__)
+
+PEAK_CACHE_S = 60.0
+
+
+class InfluxPeaks:
+    """``(facts, until) -> (peaks frame | None, window_s, error | None)`` from InfluxDB."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self._cached: tuple[float, Any] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, facts: Any, until: datetime
+                 ) -> tuple[pd.DataFrame | None, float, str | None]:
+        from connectors.influx import InfluxReader
+        from rules.data import WindowData
+        from rules.engine import thresholds_for
+        from rules.registry import get_rule
+
+        t = thresholds_for(self.settings, get_rule("reservations"))
+        with self._lock:
+            if self._cached and time.monotonic() - self._cached[0] < PEAK_CACHE_S:
+                return self._cached[1], t.window, None
+            try:
+                reader = InfluxReader.from_settings(self.settings.influxdb)
+                try:
+                    peaks = WindowData(reader).power_peak(facts, until, t, {})
+                finally:
+                    reader.close()
+            except Exception as exc:  # noqa: BLE001  # the ledger still shows reservations
+                log.warning("peaks unavailable: %s", exc)
+                return None, t.window, f"{type(exc).__name__}"
+            self._cached = (time.monotonic(), peaks)
+            return peaks, t.window, None
+
+
+def ledger_table(request: Request) -> tuple[Any, pd.DataFrame, float, datetime, str | None]:
+    """``(facts, table, window_s, until, peaks error)``: the reservations report as of now."""
+    until = now(request)
+    facts = load_facts(request.app.state.store)
+    peaks, window_s, error = request.app.state.peaks(facts, until)
+    table = reservations_table(facts, peaks, until - timedelta(seconds=window_s), until)
+    return facts, table, window_s, until, error
+
+
 
 
 @router.get("/reservations", response_model=Page[ReservationRow],
@@ -30,6 +88,17 @@ def reservations(request: Request, _p=Depends(require("reservations.read")),
         total, items = page_reservations(s, site_id=site_id, feeder=feeder, substation=substation,
                                          limit=pg.limit, offset=pg.offset)
     return pg.page(total, items)
+
+
+@router.get("/ledger", response_model=Ledger,
+            summary="Reserved vs declared vs peak and headroom per site, feeder and substation")
+def ledger(request: Request, _p=Depends(require("reservations.read"))):
+    _, table, window_s, until, error = ledger_table(request)
+    rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    return {"window_start": until - timedelta(seconds=window_s), "window_end": until,
+            "peaks": "unavailable" if error else "ok",
+            "rows": [{k: (int(v) if k == "sites" and v is not None else v) for k, v in r.items()}
+                     for r in rows]}
 
 
 @router.get("/tariffs", response_model=Page[TariffRow], summary="Regulated catalogue prices")
@@ -79,7 +148,6 @@ def report_overcharging(request: Request,
                         period: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")],
                         _p=Depends(require("bills.read")),
                         format: Literal["json", "csv", "xlsx"] = "json"):
-    import pandas as pd
 
     from twin.export import write_table
 
