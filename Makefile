@@ -6,9 +6,11 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql
+APT_PACKAGES := mosquitto influxdb victoria-metrics postgresql chromium chromium-driver fonts-wqy-zenhei
 # Where each package's main binary is, to decide whether apt is needed at all.
-NEED_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/victoria-metrics
+# chromium and chromium-driver run the browser tests (tests/web/test_browser.py);
+# fonts-wqy-zenhei lets their zh-CN screenshots show Chinese instead of empty boxes.
+NEED_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/bin/victoria-metrics /usr/bin/chromium /usr/bin/chromedriver
 STAMP := $(VENV)/.installed
 
 .PHONY: setup system-packages venv demo test bench clean
@@ -17,6 +19,7 @@ setup: system-packages venv
 
 system-packages:
 	@missing=0; for b in $(NEED_BINARIES); do [ -x $$b ] || missing=1; done; \
+	[ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing=1; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  echo ">>> installing Debian packages: $(APT_PACKAGES)"; \

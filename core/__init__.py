@@ -12,3 +12,6 @@ the CLI and its wiring), which only the shell itself imports.
     core.text      free text typed by people: control characters refused
     core.tariff    time-of-use tariff hours ("8-11;18-21"), read alike by import and rules
 """
+
+__version__ = "0.1.0"  # the package's version (pyproject.toml); the shell and the web app show it
+__all__ = ["__version__"]

@@ -192,6 +192,18 @@ class TimeSettings(_Section):
         return value
 
 
+class WebSettings(_Section):
+    """``sitetwin serve``: where the web app and HTTP API listen, and how logins behave."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    session_lifetime: Duration = 8 * 3600.0
+    secure_cookies: bool = False
+    login_attempts: int = Field(default=5, ge=1)
+    login_window: Duration = 900.0
+    grafana_url: str = ""
+
+
 class RulesSettings(_Section):
     """Rule thresholds and schedules; each rule reads its own sub-table."""
 
@@ -381,6 +393,7 @@ class Settings(BaseSettings):
     time: TimeSettings = TimeSettings()
     notify: NotifySettings = NotifySettings()
     adapters: AdaptersSettings = AdaptersSettings()
+    web: WebSettings = WebSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -41,11 +41,13 @@ from core.text import control_character
 from rules.errors import ReviewError, RuleDataError, UnknownFlag
 from rules.finding import Finding, iso_utc
 
-__all__ = ["ACTIONS", "DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
+__all__ = ["ACTIONS", "DECISIONS", "SORTS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("open", "confirmed", "dismissed", "resolved")
+SORTS = ("id", "opened_at", "updated_at", "window_start", "severity", "kind", "site_id",
+         "supplier_id")
 DECISIONS = ("confirmed", "dismissed")
 
 # Evaluations of one rule racing each other: each retry sees the flags the others committed.
@@ -282,35 +284,52 @@ class FlagBook:
                 {"action": a.action, "by": a.actor, "value": a.value, "at": a.at, "note": a.note}
                 for a in actions]}
 
-    def ack(self, flag_id: int, by: str, at: datetime, note: str | None = None) -> dict[str, Any]:
+    def ack(self, flag_id: int, by: str, at: datetime, note: str | None = None, *,
+            audit: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+            ) -> dict[str, Any]:
         """``by`` acknowledges the flag: someone is on it, so reminders stop (escalations do not).
 
         Acknowledging again records the new person and time; a resolved flag cannot be
-        acknowledged (there is nothing left to own).
+        acknowledged (there is nothing left to own).  ``audit(session, before, after)`` is
+        called in the same transaction (the web app's and the CLI's audit entry).
         """
-        return self._act(flag_id, "ack", by, None, at, note)
+        return self._act(flag_id, "ack", by, None, at, note, audit)
 
-    def assign(self, flag_id: int, to: str, by: str, at: datetime,
-               note: str | None = None) -> dict[str, Any]:
+    def acknowledge(self, flag_id: int, by: str, at: datetime, note: str | None = None, *,
+                    audit: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+                    ) -> dict[str, Any]:
+        """The web app's name for ``ack``."""
+        return self.ack(flag_id, by, at, note, audit=audit)
+
+    def assign(self, flag_id: int, to: str, by: str, at: datetime, note: str | None = None, *,
+               audit: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+               ) -> dict[str, Any]:
         """Make ``to`` the flag's owner (``by`` did it); assigning again hands it over."""
         if not to or not to.strip():
             raise ReviewError("an assignment needs the assignee's name (--to)")
-        return self._act(flag_id, "assign", by, to.strip(), at, note)
+        return self._act(flag_id, "assign", by, to.strip(), at, note, audit)
 
     def _act(self, flag_id: int, action: str, by: str, value: str | None, at: datetime,
-             note: str | None) -> dict[str, Any]:
+             note: str | None, audit: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None
+             ) -> dict[str, Any]:
         from twin.models import FlagAction
 
         Flag, _ = _models()
         if not by or not by.strip():
             raise ReviewError(f"{'an acknowledgement' if action == 'ack' else 'an assignment'}"
                               " needs the person's name (--by)")
+        for what, text in (("the name", by), ("the assignee", value), ("the note", note)):
+            found = control_character(text or "")
+            if found:
+                raise ReviewError(f"{what} contains {found}")
         with self._session() as s:
             flag = s.get(Flag, flag_id)
             if flag is None:
                 raise UnknownFlag(flag_id)
-            if action == "ack" and flag.status == "resolved":
-                raise ReviewError(f"flag {flag_id} is resolved; there is nothing to acknowledge")
+            if flag.status == "resolved":
+                raise ReviewError(f"flag {flag_id} is resolved; there is nothing to"
+                                  f" {'acknowledge' if action == 'ack' else 'assign'}")
+            before = flag_dict(flag)
             s.add(FlagAction(flag_id=flag_id, action=action, actor=by.strip(), value=value, at=at,
                              note=note))
             if action == "ack":
@@ -318,6 +337,9 @@ class FlagBook:
                 flag.acknowledged_at = at
             else:
                 flag.assignee = value
+            if audit is not None:
+                s.flush()
+                audit(s, before, flag_dict(flag))
         return self.show(flag_id)
 
     def reviews(self, flag_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
@@ -336,8 +358,14 @@ class FlagBook:
         return out
 
     def review(self, flag_id: int, decision: str, reviewed_by: str, at: datetime,
-               note: str | None = None) -> dict[str, Any]:
-        """Record a person's decision; the flag takes it as its status. Reviews may be revised."""
+               note: str | None = None, *,
+               audit: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+               ) -> dict[str, Any]:
+        """Record a person's decision; the flag takes it as its status. Reviews may be revised.
+
+        ``audit(session, before, after)`` is called in the same transaction (the web app
+        writes its audit entry there, so a review is never recorded without it).
+        """
         Flag, FlagReview = _models()
         if decision not in DECISIONS:
             raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -351,12 +379,85 @@ class FlagBook:
             flag = s.get(Flag, flag_id)
             if flag is None:
                 raise UnknownFlag(flag_id)
+            before = flag_dict(flag)
             s.add(FlagReview(flag_id=flag_id, decision=decision, reviewed_by=reviewed_by.strip(),
                              reviewed_at=at, note=note))
             flag.status = decision
             flag.updated_at = at
             flag.clear_since = None
+            if audit is not None:
+                s.flush()
+                audit(s, before, flag_dict(flag))
         return self.show(flag_id)
+
+    def query(self, *, kinds: Sequence[str] | None = None, status: str | None = None,
+              severity: str | None = None, site_id: str | None = None, county: str | None = None,
+              supplier_id: str | None = None, since: datetime | None = None,
+              until: datetime | None = None, sort: str = "id", limit: int = 50,
+              offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """``(total, page)`` of flags matching every filter; ``since``/``until`` select flags whose
+        window overlaps ``[since, until)``; ``sort`` is a column of ``SORTS``, ``-`` for descending."""
+        from sqlalchemy import func
+
+        from twin.models import Site
+
+        Flag, _ = _models()
+        cond = []
+        if kinds:
+            cond.append(Flag.kind.in_(list(kinds)))
+        for column, value in ((Flag.status, status), (Flag.severity, severity),
+                              (Flag.site_id, site_id), (Flag.supplier_id, supplier_id)):
+            if value is not None:
+                cond.append(column == value)
+        if county is not None:
+            cond.append(Flag.site_id.in_(select(Site.site_id).where(Site.county == county)))
+        if since is not None:
+            cond.append(Flag.window_end >= since)
+        if until is not None:
+            cond.append(Flag.window_start < until)
+        name = sort.lstrip("-")
+        if name not in SORTS:
+            raise ReviewError(f"sort must be one of {', '.join(SORTS)} (prefix - to reverse),"
+                              f" not {sort!r}")
+        column = getattr(Flag, name)
+        order = (column.desc(), Flag.id.desc()) if sort.startswith("-") else (column, Flag.id)
+        with self._session() as s:
+            total = s.scalar(select(func.count(Flag.id)).where(*cond)) or 0
+            rows = s.scalars(select(Flag).where(*cond).order_by(*order).limit(limit)
+                             .offset(offset)).all()
+            return total, [flag_dict(f) for f in rows]
+
+    def last_reviews(self, flag_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The latest review of each of ``flag_ids`` that has one (who decided, when, why)."""
+        _, FlagReview = _models()
+        out: dict[int, dict[str, Any]] = {}
+        ids = sorted(set(flag_ids))
+        with self._session() as s:
+            for i in range(0, len(ids), 500):
+                q = (select(FlagReview).where(FlagReview.flag_id.in_(ids[i:i + 500]))
+                     .order_by(FlagReview.reviewed_at, FlagReview.id))
+                for r in s.scalars(q):
+                    out[r.flag_id] = {"decision": r.decision, "reviewed_by": r.reviewed_by,
+                                      "reviewed_at": r.reviewed_at, "note": r.note}
+        return out
+
+    def supplier_summary(self, kinds: Sequence[str] = ("overcharging", "overbilling")
+                         ) -> list[dict[str, Any]]:
+        """Per supplier: flags by status, repeat offenders (most confirmed, then most flags) first."""
+        from sqlalchemy import func
+
+        Flag, _ = _models()
+        q = (select(Flag.supplier_id, Flag.status, func.count())
+             .where(Flag.kind.in_(list(kinds)), Flag.supplier_id.is_not(None))
+             .group_by(Flag.supplier_id, Flag.status))
+        out: dict[str, dict[str, Any]] = {}
+        with self._session() as s:
+            for supplier, status, n in s.execute(q):
+                row = out.setdefault(supplier, {"supplier_id": supplier, "total": 0,
+                                                **{st: 0 for st in STATUSES}})
+                row[status] = row.get(status, 0) + n
+                row["total"] += n
+        return sorted(out.values(), key=lambda r: (-r["confirmed"], -r["total"], r["supplier_id"]))
 
 
 def _evidence(f: Finding, also: list[str] = ()) -> dict[str, Any]:

@@ -36,6 +36,8 @@ COMMAND_MODULES = (
     "sitetwin.commands.dashboards",
     "sitetwin.commands.broker",
     "sitetwin.commands.adapters",
+    "sitetwin.commands.users",
+    "sitetwin.commands.serve",
     "sitetwin.commands.demo",
 )
 

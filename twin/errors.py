@@ -5,7 +5,9 @@
     ├── UnknownSite                a site id that is not in the registry
     ├── TransitionNotAllowed       a lifecycle move refused: names site, state, move and reason
     │   └── StateChanged           another move of the site was committed while this one was checked
-    └── ImportFailed               a CSV import refused: carries every bad row (line, column, reason)
+    ├── ImportFailed               a CSV import refused: carries every bad row (line, column, reason)
+    └── AccountError               an account or token change refused (bad role, weak password, duplicate)
+        └── UnknownUser            a user name (or token id) that is not in the registry
 
 SQLAlchemy and driver exceptions never leave the package: the store turns
 them into ``StoreError`` at one seam.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from core.errors import SitetwinError
 
 __all__ = [
+    "AccountError",
     "ImportFailed",
     "RowError",
     "StateChanged",
@@ -26,6 +29,7 @@ __all__ = [
     "TransitionNotAllowed",
     "TwinError",
     "UnknownSite",
+    "UnknownUser",
 ]
 
 
@@ -92,3 +96,15 @@ class ImportFailed(TwinError):
             msg = (f"{path}: {len(self.errors)} invalid row(s), nothing imported: {first}{more}"
                    " (use --skip-invalid to import the valid rows)")
         super().__init__(msg)
+
+
+class AccountError(TwinError):
+    """An account or API-token change that was refused; nothing changed."""
+
+
+class UnknownUser(AccountError):
+    """A user name (or token id) that is not in the registry."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"unknown {what}")
+        self.what = what

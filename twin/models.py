@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -33,6 +34,8 @@ from sqlalchemy.types import TypeDecorator
 from core.timeutil import utcnow
 
 __all__ = [
+    "ApiToken",
+    "AuditEntry",
     "Base",
     "Bill",
     "Cell",
@@ -55,6 +58,8 @@ __all__ = [
     "SupplyChange",
     "Tariff",
     "UTCDateTime",
+    "User",
+    "WebSession",
     "utcnow",
 ]
 
@@ -318,6 +323,7 @@ class Flag(Base):
     summary: Mapped[str] = mapped_column(Text)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     dedup_key: Mapped[str] = mapped_column(String(300), index=True)
+    # An operator's acknowledgement and assignment of an operational flag (revision 0005).
     acknowledged_by: Mapped[str | None] = mapped_column(String(100))
     acknowledged_at: Mapped[datetime | None]
     assignee: Mapped[str | None] = mapped_column(String(100))
@@ -414,3 +420,96 @@ class MaintenanceWindow(Base):
     end: Mapped[datetime]
     ticket: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Accounts and audit (revision 0005) -------------------------------------------------------
+
+class User(Base):
+    """A person's local account: one role, an argon2id password hash, a preferred language."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    lang: Mapped[str | None] = mapped_column(String(8))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A machine's bearer token: only its SHA-256 is stored; the token is shown once."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell tokens apart
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class WebSession(Base):
+    """A browser's login: the cookie holds a random id, the table its SHA-256 and CSRF token."""
+
+    __tablename__ = "web_sessions"
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """One line of the append-only audit log: who did what, when, from where, before and after.
+
+    UPDATE and DELETE are refused by triggers (``twin.audit``), not only by convention.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_target", "target_type", "target_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(200))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+# The audit log refuses UPDATE and DELETE in the database itself, so a bug or a hand-typed
+# statement cannot rewrite history; revision 0005 installs the same triggers on old registries.
+AUDIT_APPEND_ONLY_DDL: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log"
+        " BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log"
+        " BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    ),
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$",
+        "CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log"
+        " FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
+        "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log"
+        " FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
+    ),
+}
+
+
+def _audit_append_only(target: Any, connection: Any, **_kw: Any) -> None:
+    from sqlalchemy import text
+
+    for statement in AUDIT_APPEND_ONLY_DDL.get(connection.dialect.name, ()):
+        connection.execute(text(statement))
+
+
+event.listen(AuditEntry.__table__, "after_create", _audit_append_only)

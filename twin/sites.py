@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from twin.errors import UnknownSite
@@ -24,7 +24,9 @@ from twin.models import (
     SupplyChange,
 )
 
-__all__ = ["list_sites", "list_unregistered", "show_site"]
+__all__ = ["SITE_SORTS", "list_sites", "list_unregistered", "page_sites", "show_site"]
+
+SITE_SORTS = ("site_id", "name", "county", "kind", "supply", "state", "last_seen")
 
 _ATTRS = ("site_id", "name", "lat", "lon", "county", "district", "kind", "supply", "region",
           "customer_class", "owner", "operators", "planned_year", "state", "replaces_site_id",
@@ -116,3 +118,44 @@ def show_site(session: Session, site_id: str, *, now: datetime, window_s: float,
                     for c in session.scalars(select(Cell).where(Cell.site_id == site_id)
                                              .order_by(Cell.cell_id))]
     return out
+
+
+def page_sites(session: Session, *, now: datetime, window_s: float, county: str | None = None,
+               state: str | None = None, kind: str | None = None, supply: str | None = None,
+               online: bool | None = None, q: str | None = None, sort: str = "site_id",
+               limit: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+    """``(total, page)`` of registered sites: the filters of ``list_sites``, a text search
+    (``q`` in the id, name or district, case-insensitive), a sort column of
+    ``SITE_SORTS`` (``-`` for descending) and limit/offset paging."""
+    name = sort.lstrip("-")
+    if name not in SITE_SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SITE_SORTS)} (prefix - to reverse)")
+    cond = []
+    for column, value in ((Site.county, county), (Site.state, state), (Site.kind, kind),
+                          (Site.supply, supply)):
+        if value is not None:
+            cond.append(column == value)
+    since = now - timedelta(seconds=window_s)
+    if online is True:
+        cond.append(LiveSiteState.last_seen >= since)
+    elif online is False:
+        cond.append((LiveSiteState.last_seen.is_(None)) | (LiveSiteState.last_seen < since))
+    if q:
+        like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        cond.append(or_(func.lower(Site.site_id).like(like, escape="\\"),
+                        func.lower(Site.name).like(like, escape="\\"),
+                        func.lower(func.coalesce(Site.district, "")).like(like, escape="\\")))
+    joined = (LiveSiteState, LiveSiteState.site_id == Site.site_id)
+    total = session.scalar(select(func.count(Site.site_id)).select_from(Site).outerjoin(*joined).where(*cond)) or 0
+    column = LiveSiteState.last_seen if name == "last_seen" else getattr(Site, name)
+    order = (column.desc(), Site.site_id.desc()) if sort.startswith("-") else (column, Site.site_id)
+    rows = session.execute(
+        select(Site.site_id, Site.name, Site.county, Site.kind, Site.supply, Site.state,
+               LiveSiteState.last_seen, LiveSiteState.on_battery, LiveSiteState.battery_soc_pct,
+               LiveSiteState.power_kw)
+        .outerjoin(*joined).where(*cond).order_by(*order).limit(limit).offset(offset))
+    return total, [{"site_id": r.site_id, "name": r.name, "county": r.county, "kind": r.kind,
+                    "supply": r.supply, "state": r.state,
+                    "online": is_online(r.last_seen, now, window_s), "last_seen": r.last_seen,
+                    "on_battery": r.on_battery, "battery_soc_pct": r.battery_soc_pct,
+                    "power_kw": r.power_kw} for r in rows]

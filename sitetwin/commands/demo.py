@@ -16,6 +16,8 @@ touches a developer's services or data:
   4. the rules, the flags, a regulator's review, an alarm acknowledged and assigned; the
      reports (overcharging, reservations per site/feeder/substation, progress for the
      year and its first half, conversions); the dashboards.
+  5. with ``--serve``: one account per role, and the web app left running (until
+     Ctrl-C) with the URL and the accounts printed.
 
 The demo checks its own flags: every anomaly the simulator planted must be flagged and
 nothing else, of any kind (the other bills are fair by construction, so a flag on one is a
@@ -54,7 +56,60 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     p.add_argument("--live", default="20s", help="wall time of the live phase (default 20s)")
     p.add_argument("--keep-running", action="store_true",
                    help="leave Mosquitto, InfluxDB and the collector running afterwards")
+    p.add_argument("--serve", action="store_true",
+                   help="then serve the web app and API on the demo's data until Ctrl-C,"
+                        " with one account per role (printed)")
+    p.add_argument("--port", type=int, default=8080, help="port of --serve (default 8080)")
     p.set_defaults(handler=run)
+
+
+DEMO_ROLES = ("regulator", "grid", "noc", "viewer", "admin")
+
+
+def demo_accounts(settings: Settings) -> dict[str, tuple[str, str]]:
+    """One account per role with a fresh random password: ``role -> (username, password)``."""
+    import secrets
+
+    from twin.accounts import add_user, list_users
+    from twin.store import open_store
+
+    out = {}
+    store = open_store(settings.twin_url)
+    try:
+        with store.session() as s:
+            existing = {u["username"] for u in list_users(s)}
+            for role in DEMO_ROLES:
+                username = f"{role}.demo"
+                if username in existing:
+                    continue
+                password = secrets.token_urlsafe(9)
+                add_user(s, username, role, password, actor="sitetwin demo",
+                         lang="zh-CN" if role == "regulator" else None)
+                out[role] = (username, password)
+    finally:
+        store.close()
+    return out
+
+
+def serve_demo(demo: "_Demo", settings: Settings, port: int) -> None:
+    """Print the URL and the demo accounts, then serve until Ctrl-C."""
+    import uvicorn
+
+    from twin.store import open_store
+    from web.app import create_app
+
+    accounts = demo_accounts(settings)
+    url = f"http://127.0.0.1:{port}/"
+    demo.step(f"8. The web app and API: {url}  (API docs: {url}api/v1/docs; Ctrl-C stops it)")
+    for role, (username, password) in accounts.items():
+        demo.say(f"    {role:<10} user {username:<16} password {password}")
+    demo.say("    (the passwords are random and shown only here; `sitetwin users reset-password`"
+             " sets new ones)")
+    store = open_store(settings.twin_url)
+    try:
+        uvicorn.run(create_app(settings, store), host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        store.close()
 
 
 class _Demo:
@@ -369,6 +424,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         grafana = demo.dir / "grafana"
         demo.sitetwin("dashboards", "build", "--out", str(grafana))
         demo.summary["dashboards"] = str(grafana)
+        if args.serve:
+            serve_demo(demo, settings, args.port)
     finally:
         if collector is not None and not args.keep_running:
             collector.send_signal(signal.SIGTERM)

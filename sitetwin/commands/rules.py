@@ -234,12 +234,26 @@ def review_flag(args: argparse.Namespace, settings: Settings) -> int:
 
     store = _store(settings)
     try:
-        flag = FlagBook(store).review(args.id, args.decision, args.by, datetime.now(UTC), note=args.note)
+        flag = FlagBook(store).review(args.id, args.decision, args.by, datetime.now(UTC), note=args.note,
+                                      audit=_audit("flag.review", args.id, args.by, args.note,
+                                                   ("status",), decision=args.decision))
         _announce(settings, store, flag)
     finally:
         store.close()
     emit(args, flag, lambda f: _show_text(f, settings.time.zone))
     return 0
+
+
+def _audit(action: str, flag_id: int, by: str, note: str | None, keys: tuple[str, ...], **after):
+    """The audit entry of a flag change made on the command line (actor ``cli:<OS user>``)."""
+    def write(session, before, changed):
+        from sitetwin.commands.users import _actor
+        from twin.audit import record
+
+        record(session, actor=_actor(), action=action, target_type="flag", target_id=flag_id,
+               before={k: before[k] for k in keys},
+               after={**{k: changed[k] for k in keys}, "by": by, **after}, note=note)
+    return write
 
 
 def _announce(settings: Settings, store: Any, flag: dict[str, Any]) -> None:
@@ -263,10 +277,12 @@ def _take_on(args: argparse.Namespace, settings: Settings, action: str) -> int:
         book = FlagBook(store)
         try:
             if action == "ack":
-                flag = book.ack(args.id, args.by, datetime.now(UTC), note=args.note)
+                flag = book.ack(args.id, args.by, datetime.now(UTC), note=args.note, audit=_audit(
+                    "flag.ack", args.id, args.by, args.note, ("acknowledged_by", "acknowledged_at")))
             else:
-                flag = book.assign(args.id, args.to, args.by or getpass.getuser(), datetime.now(UTC),
-                                   note=args.note)
+                by = args.by or getpass.getuser()
+                flag = book.assign(args.id, args.to, by, datetime.now(UTC), note=args.note,
+                                   audit=_audit("flag.assign", args.id, by, args.note, ("assignee",)))
         except (ReviewError, UnknownFlag) as exc:
             raise UserError(str(exc)) from None
         _announce(settings, store, flag)

@@ -108,6 +108,15 @@ def _actor(args: argparse.Namespace) -> str:
         return os.environ.get("USER", "sitetwin")
 
 
+def _audit(session, action: str, target_type: str, target_id: str, **kw) -> None:
+    """An audit entry for a change made on the command line (actor ``cli:<OS user>``)."""
+    from sitetwin.commands.users import _actor as os_actor
+    from twin.audit import record
+
+    record(session, actor=os_actor(), action=action, target_type=target_type,
+           target_id=target_id, **kw)
+
+
 def _lines(path: Path) -> int | None:
     try:
         with path.open("rb") as fh:
@@ -151,6 +160,14 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     for p in writing:
         p.close()
+    store = open_store(settings.twin_url)
+    try:  # the import committed on its own (all or nothing); its audit entry follows it
+        with store.session() as s:
+            _audit(s, f"import.{args.kind}", "import", path.name,
+                   after={"inserted": result.inserted, "updated": result.updated,
+                          "rejected": result.rejected, "by": _actor(args)})
+    finally:
+        store.close()
     for w in result.warnings:
         print(f"sitetwin: warning: {w}", file=sys.stderr)
 
@@ -288,6 +305,9 @@ def run_transition(args: argparse.Namespace, settings: Settings) -> int:
             event = transition(s, args.site_id, args.state, at=at, actor=_actor(args),
                                note=args.note, reason=args.reason)
             data = {"site_id": args.site_id, **event.as_dict()}
+            _audit(s, "site.transition", "site", args.site_id, before={"state": event.from_state},
+                   after={"state": event.to_state, "verb": event.verb, "at": event.at,
+                          "by": event.actor}, note=args.note)
     finally:
         store.close()
     emit(args, data, lambda d: f"{d['site_id']}: {d['from_state']} -> {d['to_state']}"

@@ -1,0 +1,1 @@
+"""Server-rendered pages for people, thin over the same services as the API."""
