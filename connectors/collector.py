@@ -36,12 +36,13 @@ which InfluxDB absorbs (an identical point overwrites itself).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -50,10 +51,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from connectors.deadletter import DeadLetter, DeadLetterStore
 from connectors.errors import ConnectorError, SpoolError, SpoolLocked, WriteRetryable
-from connectors.influx import InfluxWriter
+from connectors.influx import InfluxWriter, RejectedLine
 from connectors.lineprotocol import encode_reading
 from connectors.metrics import PipelineMetrics
 from connectors.reading import Parsed, Reading, Rejection, parse_message
@@ -84,7 +86,7 @@ class _Batch:
     points: int = 0
     acks: list[tuple[int, int]] = field(default_factory=list)  # (mid, epoch)
     letters: list[tuple[DeadLetter, bool]] = field(default_factory=list)  # (letter, dup)
-    digests: list = field(default_factory=list)  # for the live sink, when there is one
+    digests: list[Hashable] = field(default_factory=list)  # for the live sink, when there is one
 
 
 def _server(url: str) -> tuple[str, int, bool]:
@@ -249,7 +251,7 @@ class Collector:
         self._cancel.set()
 
     def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated
         if self.settings.mqtt.persistent_session:
             props.SessionExpiryInterval = min(int(self.settings.mqtt.session_expiry), 0xFFFFFFFF)
         props.ReceiveMaximum = self.settings.mqtt.receive_maximum
@@ -278,7 +280,7 @@ class Collector:
         for t in self._threads[1:]:
             t.join(max(0.1, deadline - time.monotonic()))
         if end_session and durable:
-            props = Properties(PacketTypes.DISCONNECT)
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated
             props.SessionExpiryInterval = 0
             self._client.disconnect(properties=props)
         else:
@@ -353,7 +355,8 @@ class Collector:
             self.stop()
 
     # -- MQTT callbacks (network thread) ---------------------------------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.error("MQTT connection refused: %s", reason_code)
             return
@@ -383,10 +386,12 @@ class Collector:
         self._unsubscribed.clear()
         self._client.unsubscribe(self._filters())
 
-    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                        properties: Properties | None) -> None:
         self._unsubscribed.set()
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      properties: Properties | None) -> None:
         failed = [rc for rc in reason_codes if rc.is_failure]
         if failed:
             log.error("MQTT subscription refused: %s", ", ".join(str(rc) for rc in failed))
@@ -395,28 +400,27 @@ class Collector:
                      ", ".join(self.settings.mqtt.topics), self.settings.mqtt.shared_group)
             self.subscribed.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None) -> None:
         self.connected.clear()
         self.subscribed.clear()
         self._disconnected.set()
         if not self._stop.is_set():
             log.warning("MQTT disconnected (%s); reconnecting", reason_code)
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if len(self._servers) > 1:
             self._server_index = (self._server_index + 1) % len(self._servers)
             host, port, _ = self._servers[self._server_index]
-            try:
+            with contextlib.suppress(RuntimeError):
                 client.host, client.port = host, port  # paho reconnects to the stored address
-            except RuntimeError:
-                pass
         host, port, _ = self._servers[self._server_index]
         log.warning("MQTT connection to %s:%s failed; retrying with backoff", host, port)
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = self.clock()
         self._last_message = time.monotonic()
-        payload = msg.payload
+        payload = bytes(msg.payload)  # paho types it bytes | bytearray; bytes(b) of bytes is b itself
         try:
             parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload,
                                    max_age_s=self._max_age_s)
@@ -429,8 +433,10 @@ class Collector:
         m = self.metrics
         m.received_msgs += 1
         # Serialise (and digest for the twin) outside the lock the sealer thread shares.
-        lines = digests = None
-        if parsed.rejection is None:
+        rej = parsed.rejection
+        lines: list[str] = []
+        digests = None
+        if rej is None:
             lines = [encode_reading(r) for r in parsed.readings]
             live = self.live
             if live is not None:
@@ -443,7 +449,7 @@ class Collector:
                 batch = self._batch = _Batch(opened=time.monotonic())
             if msg.qos > 0:
                 batch.acks.append((msg.mid, self._epoch))
-            if lines is not None:
+            if rej is None:
                 batch.lines.extend(lines)
                 if digests:
                     batch.digests.extend(digests)
@@ -452,7 +458,6 @@ class Collector:
                 if parsed.unknown_fields:
                     m.unknown_fields += parsed.unknown_fields
             else:
-                rej = parsed.rejection
                 batch.letters.append((DeadLetter(reason=rej.reason, detail=rej.detail, payload=payload,
                                                  topic=msg.topic, received_at=now), bool(msg.dup)))
                 m.rejected_msgs += 1
@@ -536,6 +541,12 @@ class Collector:
                 log.exception("live-state update failed; ingest continues")
             batch.digests = []
 
+    @property
+    def _started_spool(self) -> Spool:
+        if self.spool is None:
+            raise SpoolError("the collector is not started: it has no spool yet")
+        return self.spool
+
     def _persist(self, body: bytes) -> None:
         points = body.count(b"\n") + 1
         # Only InfluxDB's health decides; batches still in the spool are replayed by the
@@ -546,16 +557,16 @@ class Collector:
             try:
                 result = self.writer.write(body)
             except WriteRetryable as exc:
-                log.warning("InfluxDB write failed (%s); spooling to %s", exc, self.spool.path)
+                log.warning("InfluxDB write failed (%s); spooling to %s", exc, self._started_spool.path)
                 self._influx_down.set()
             else:
                 self._record_rejected_lines(result.rejected)
                 self.metrics.written_points += points - len(result.rejected)
                 return
-        self.spool.put(body)  # raises SpoolFull / SpoolError: caller holds the acks
+        self._started_spool.put(body)  # raises SpoolFull / SpoolError: caller holds the acks
         self.metrics.spooled_points += points
 
-    def _record_rejected_lines(self, rejected) -> None:
+    def _record_rejected_lines(self, rejected: Sequence[RejectedLine]) -> None:
         if not rejected:
             return
         self.metrics.write_rejected_points += len(rejected)
@@ -574,7 +585,7 @@ class Collector:
             fresh = [letter for letter, dup in letters
                      if not (dup and self.dead_letters.contains(letter.topic, letter.payload))]
             self.dead_letters.add_many(fresh)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing dead-letter store must never stop valid readings
             self.metrics.dead_letter_failed += len(letters)
             log.error("dead-letter store failed (%s); %d rejected message(s) counted, not kept "
                       "(%d so far); valid readings go on", exc, len(letters), self.metrics.dead_letter_failed)
@@ -598,9 +609,10 @@ class Collector:
     def drain_once(self) -> int:
         """Replay spooled batches, oldest first, until the spool is empty or InfluxDB fails."""
         replayed = 0
+        spool = self._started_spool
         while True:
             try:
-                item = self.spool.oldest()
+                item = spool.oldest()
             except SpoolError as exc:
                 log.error("cannot read the spool: %s", exc)
                 return replayed
@@ -619,14 +631,14 @@ class Collector:
             except ConnectorError as exc:
                 log.error("cannot store rejected lines from the spool: %s", exc)
                 return replayed
-            self.spool.remove(path)
+            spool.remove(path)
             points = body.count(b"\n") + 1
             self.metrics.drained_points += points
             self.metrics.written_points += points - len(result.rejected)
             replayed += 1
             if replayed == 1:
-                log.info("draining the spool (%d batches, %d bytes)", len(self.spool) + 1,
-                         self.spool.bytes + len(body))
+                log.info("draining the spool (%d batches, %d bytes)", len(spool) + 1,
+                         spool.bytes + len(body))
 
     # -- watchdog ------------------------------------------------------------------------------
     def _watchdog_loop(self) -> None:
@@ -717,7 +729,7 @@ class Collector:
             batch.lines.append(point)
 
     # -- introspection -------------------------------------------------------------------------
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {
             "collector": self.client_id,
             "connected": self.connected.is_set(),

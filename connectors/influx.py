@@ -18,13 +18,12 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
-
-from typing import TYPE_CHECKING
 
 from connectors.errors import QueryError, WriteRejected, WriteRetryable
 from core.settings import InfluxSettings
@@ -158,7 +157,8 @@ class InfluxWriter:
         try:
             with self._v2_lock:
                 self._write_api.write(bucket=self._bucket, org=self._org, record=body,
-                                      write_precision="ns")
+                                      # its WritePrecision constants are plain str
+                                      write_precision="ns")  # type: ignore[arg-type]
         except ApiException as exc:
             self._check(exc.status or 0, exc.body if isinstance(exc.body, str) else str(exc.body))
         except (HTTPError, OSError) as exc:
@@ -232,7 +232,7 @@ class InfluxWriter:
                 session.close()
             self._local = threading.local()
         else:
-            self._client.close()
+            self._client.close()  # type: ignore[no-untyped-call]  # influxdb-client is unannotated
 
 
 def quote_identifier(name: str) -> str:
@@ -288,7 +288,7 @@ class InfluxReader:
             timeout=max(s.timeout, 60.0),
         )
 
-    def raw(self, q: str) -> list[dict]:
+    def raw(self, q: str) -> list[dict[str, Any]]:
         """The decoded ``results`` list of ``/query``; raises ``QueryError`` on any error."""
         params = {"db": self.database, "epoch": "ns"}
         if self.retention_policy:
@@ -309,7 +309,7 @@ class InfluxReader:
             raise QueryError(f"InfluxDB answered HTTP 200 with unexpected JSON: {resp.text[:200]!r}")
         if "error" in doc:
             raise QueryError(f"query failed: {doc['error']}")
-        results = doc.get("results", [])
+        results: list[dict[str, Any]] = doc.get("results", [])
         for r in results:
             if "error" in r:
                 raise QueryError(f"query failed: {r['error']}")
@@ -346,7 +346,7 @@ class InfluxReader:
         self._local = threading.local()
 
 
-def _frame(result: dict) -> pd.DataFrame:
+def _frame(result: dict[str, Any]) -> pd.DataFrame:
     import pandas as pd  # only readers need pandas; the collector's start-up stays light
 
     series = result.get("series") or []

@@ -67,7 +67,7 @@ def parse_instant(text: str, zone: str | tzinfo = DEFAULT_ZONE) -> datetime:
     try:
         if len(cell) == 10:
             d = date.fromisoformat(cell)
-            parsed = datetime(d.year, d.month, d.day)
+            parsed = datetime(d.year, d.month, d.day, tzinfo=tz)
         else:
             parsed = datetime.fromisoformat(cell.replace("Z", "+00:00"))
         local = parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed

@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -110,7 +110,7 @@ class WindowData:
         (for windows settled in the past); ``memo="run"`` only until ``new_run``."""
         return self._frames([q], memo=memo)[0]
 
-    def _frames(self, statements: list[str], *, memo: bool | str | list[bool | str] = False
+    def _frames(self, statements: list[str], *, memo: bool | str | Sequence[bool | str] = False
                 ) -> list[pd.DataFrame]:
         """The frames of independent statements, ``concurrency`` of them in flight at once.
 
@@ -172,8 +172,8 @@ class WindowData:
         return _concat(parts)
 
     # For a rule, some frames only need the rows it could flag; a report asks for them all.
-    _FOR_RULES = {"power_peak": "flaggable_power_peak",
-                  "interference_baseline": "flaggable_interference_baseline"}
+    _FOR_RULES: ClassVar[dict[str, str]] = {"power_peak": "flaggable_power_peak",
+                                            "interference_baseline": "flaggable_interference_baseline"}
 
     def fetch(self, rule: Rule, facts: Facts, now: datetime, t: Thresholds) -> dict[str, pd.DataFrame]:
         frames: dict[str, pd.DataFrame] = {}
@@ -352,8 +352,9 @@ class WindowData:
         """Per site: the maximum over the window of the 15-minute mean power summed over meters.
 
         InfluxDB gives each meter's peak of its 15-minute means (nested queries; the whole
-        days of the window are asked once and remembered); a site with one meter is done.  Sites with several meters (a swap, a second supply) need the
-        coincident sum, so only their 15-minute means are fetched and summed here.
+        days of the window are asked once and remembered); a site with one meter is done.
+        Sites with several meters (a swap, a second supply) need the coincident sum, so only
+        their 15-minute means are fetched and summed here.
         ``sites`` limits the answer to those sites (all when None).
         """
         start = _floor(now - timedelta(seconds=t.window), 15)
@@ -750,7 +751,8 @@ class SiteHistory:
         c = np.where(has, code, 0)  # rows without history are overwritten below
         state_code = np.where(now_state[c] >= 0, now_state[c], self._before[c])
         labels = np.asarray(self._states, dtype=object)
-        state = np.where(state_code >= 0, labels[np.maximum(state_code, 0)], None)
+        # None as the fill of an object array; numpy's stubs only know array-like fills.
+        state = np.where(state_code >= 0, labels[np.maximum(state_code, 0)], None)  # type: ignore[call-overload]
         state[~has] = sites["state"].to_numpy(dtype=object)[~has]  # no history at all: today's
         sites["state"] = state
         for col, values in (("state_since", since), ("on_air_since", on_air)):

@@ -1,10 +1,11 @@
 """The flag lifecycle in the twin database: open, update, resolve after a hold-off, review.
 
 A finding updates the one flag with its ``dedup_key`` (kind, site, cell or
-bill) — or one of its ``member_keys``, the cells of an incident — whose window overlaps the finding's, widened by the hold-off so that a
-condition that blinks off and on within the hold-off stays one flag.  A flag
-of a rule that no longer finds it gets ``clear_since``; once that is older
-than the hold-off it is resolved.  A reviewed flag (``confirmed`` or
+bill) — or one of its ``member_keys``, the cells of an incident — whose window
+overlaps the finding's, widened by the hold-off so that a condition that blinks
+off and on within the hold-off stays one flag.  A flag of a rule that no longer
+finds it gets ``clear_since``; once that is older than the hold-off it is
+resolved.  A reviewed flag (``confirmed`` or
 ``dismissed``) keeps its decision: findings still refresh its evidence, but
 it is never resolved or reopened by the engine.  Every review is a row of
 ``flag_reviews``, so the history is kept.
@@ -28,6 +29,7 @@ A finding naming a ``probable_cause``
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -320,7 +322,7 @@ class FlagBook:
                 flag.assignee = value
         return self.show(flag_id)
 
-    def reviews(self, flag_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    def reviews(self, flag_ids: Sequence[int]) -> dict[int, builtins.list[dict[str, Any]]]:
         """The review history (oldest first) of each of ``flag_ids`` that has one."""
         _, FlagReview = _models()
         out: dict[int, list[dict[str, Any]]] = {}
@@ -359,7 +361,7 @@ class FlagBook:
         return self.show(flag_id)
 
 
-def _evidence(f: Finding, also: list[str] = ()) -> dict[str, Any]:
+def _evidence(f: Finding, also: Sequence[str] = ()) -> dict[str, Any]:
     """The finding's evidence, with every subject key the flag answers to (once it has more
     than one, they are kept: the flag stays the incident's even when it shrinks)."""
     evidence = _jsonable(f.evidence)

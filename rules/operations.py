@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from core.settings import Duration
 from rules.finding import Finding, Severity, iso_utc, subject_key
 from rules.lifecycle import last_seen_map
 from rules.rule import Facts, Frames, Rule, Thresholds
-from core.settings import Duration
 
 __all__ = [
     "MAINS_FAILURE",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -174,7 +173,7 @@ def _bill_rows(flags: Sequence[dict[str, Any]], start: pd.Timestamp, end: pd.Tim
             continue
         ev = f.get("evidence") or {}
         party = dict(parties.get(f.get("bill_id") or "", {}))
-        last = (reviews.get(f["id"]) or [None])[-1] or {}
+        last = (reviews.get(f["id"]) or [{}])[-1] or {}
         row = {k: ev.get(k) for k in BILL_COLUMNS}
         row.update({
             "row": "bill", "flag_id": f["id"], "bill_id": f.get("bill_id"), "kind": f["kind"],
@@ -338,7 +337,8 @@ def overcharging_report(flags: Sequence[dict[str, Any]], period: str, *,
 _RESERVATION_COLUMNS = [
     "level", "site_id", "name", "county", "lat", "lon", "feeder", "substation", "feeders", "state",
     "status", "rated_kw", "sites", "declared_kw", "reserved_kw", "reserved_pct", "peak_kw",
-    "coincident_peak_kw", "peak_at", "sum_site_peaks_kw", "headroom_kw", "utilisation_pct", "window_start", "window_end"]
+    "coincident_peak_kw", "peak_at", "sum_site_peaks_kw", "headroom_kw", "utilisation_pct", "window_start",
+    "window_end"]
 
 
 def reservations_table(sheets: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 from pydantic import Field
 
+from core.settings import Duration
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
-from core.settings import Duration
 
 __all__ = ["RESERVATIONS", "ReservationThresholds", "evaluate_reservations", "peak_candidates", "site_peaks"]
 

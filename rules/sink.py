@@ -27,8 +27,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from connectors.lineprotocol import line
-from core.settings import Settings
 from core.jsonout import to_json
+from core.settings import Settings
 
 __all__ = ["ALARMS_TOPIC", "alarm_messages", "flag_lines", "flag_topic", "publish_flags",
            "publish_site_alarms", "write_flags"]

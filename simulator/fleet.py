@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from connectors.reading import check_id
 
@@ -70,9 +71,9 @@ _KINDS = (("macro", 0.45), ("micro", 0.20), ("pole", 0.20), ("indoor", 0.15))
 _LOAD_KW = {"macro": (7.0, 12.0), "micro": (3.5, 6.0), "pole": (3.0, 4.5), "indoor": (2.5, 4.0)}
 _BANDS = {"macro": ("n78", "n41"), "micro": ("n78", "n41"), "pole": ("n78", "n28"),
           "indoor": ("n41", "B3")}
-PRB_BANDS = {"n78": 273, "n41": 273}
+PRB_BANDS = {"n78": 273, "n41": 273}  # bands whose cells report per-PRB vectors (100 MHz, 30 kHz)
 NARROWBAND_PRBS = 16  # width of the narrowband interferer's block
-BATTERY_EMPTY_PCT = 3.0  # the low-voltage disconnect drops the load: the site goes dark  # bands whose cells report per-PRB vectors (100 MHz, 30 kHz)
+BATTERY_EMPTY_PCT = 3.0  # the low-voltage disconnect drops the load: the site goes dark
 _DAILY_SWING = {"macro": 0.25, "micro": 0.30, "pole": 0.30, "indoor": 0.20}
 _POWER_CONNECTED_LOAD = 0.3  # powered but not on air: rectifiers, cooling, transport only
 _ENERGY_EPOCH = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
@@ -419,7 +420,7 @@ class Fleet:
         out: dict[str, Anomaly] = {}
         plan = self.plan(scenario)
         site_of = {c.cell_id: s.site_id for s in self.sites for c in s.cells}
-        if plan.jammer_rise_db:
+        if plan.jammer_rise_db and plan.jammer_at is not None:
             cells = tuple(sorted(plan.jammer_rise_db))
             out["interference_wideband"] = Anomaly(
                 "interference", tuple(sorted({site_of[c] for c in cells})), cells,
@@ -495,7 +496,7 @@ class Fleet:
                         key=h)
         out = {}
         for sid in direct[:max(1, len(direct) // _CONVERTED_ONE_IN)] if direct else []:
-            day = datetime(local_now.year, 1, 1) + timedelta(days=h(sid) % days)
+            day = datetime(local_now.year, 1, 1, tzinfo=local_now.tzinfo) + timedelta(days=h(sid) % days)
             if day.date() < local_now.date():
                 out[sid] = day.strftime("%Y-%m-%d")
         return out
@@ -507,7 +508,7 @@ class Fleet:
         for r in self.reservations:
             sub, kw = feeders.get(r.feeder, (r.substation, 0.0))
             feeders[r.feeder] = (sub, kw + r.reserved_kw)
-        frows = [{"feeder": f, "substation": sub, "rated_kw": 50 * math.ceil(kw * 1.2 / 50)}
+        frows: list[dict[str, Any]] = [{"feeder": f, "substation": sub, "rated_kw": 50 * math.ceil(kw * 1.2 / 50)}
                  for f, (sub, kw) in sorted(feeders.items())]
         subs: dict[str, float] = {}
         for row in frows:

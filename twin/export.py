@@ -78,7 +78,7 @@ _SUFFIXES = (("_cny_per_kwh", "cny_per_kwh"), ("_cny", "cny"), ("_kwh", "kwh"), 
              ("_pct", "pct"), ("_share", "share"))
 _CSV_DECIMALS = {"cny": 2}
 _MAX_WIDTH = 60
-_INVALID_SHEET_CHARS = str.maketrans({c: " " for c in "[]:*?/\\"})
+_INVALID_SHEET_CHARS = str.maketrans(dict.fromkeys("[]:*?/\\", " "))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +160,8 @@ def _csv_cell(value: Any, unit: str | None, zone: tzinfo | None) -> str:
         return "true" if value else "false"
     if _is_time(value):
         ts = _local(value, zone)
-        return (ts.strftime("%Y-%m-%dT%H:%M:%SZ") if zone is None
-                else ts.isoformat(timespec="seconds"))
+        return str(ts.strftime("%Y-%m-%dT%H:%M:%SZ") if zone is None
+                   else ts.isoformat(timespec="seconds"))
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, int):

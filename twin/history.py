@@ -26,12 +26,12 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Table, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from core.timeutil import parse_instant
 from twin.models import Reservation, ReservationChange, Site, SupplyChange
+from twin.store import upsert_insert
 
 __all__ = [
     "RESERVATION_VALUES",
@@ -116,9 +116,6 @@ def _load(session: Session, model: Any, columns: Sequence[str],
     return _frame(rows, columns)
 
 
-def _insert(dialect: str, table: Table):
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-
 
 def _effective(value: Any, zone: str | tzinfo) -> datetime | None:
     if value is None or isinstance(value, datetime):
@@ -195,7 +192,7 @@ def _upsert_changes(session: Session, dialect: str, model: Any, frame: pd.DataFr
                for r in frame.to_dict(orient="records")]
     table = model.__table__
     cols = ["site_id", "effective_from", *(["dated"] if "dated" in table.c else []), *values]
-    stmt = _insert(dialect, table)
+    stmt = upsert_insert(dialect, table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["site_id", "effective_from"],
         set_={c: stmt.excluded[c] for c in [*cols[2:], "recorded_at"]})
@@ -220,7 +217,7 @@ def record_reservations(session: Session, dialect: str, rows: list[dict[str, Any
         session.execute(delete(Reservation).where(Reservation.site_id.in_(gone[i:i + _CHUNK])))
     if len(current):
         cols = ["site_id", *RESERVATION_VALUES]
-        stmt = _insert(dialect, Reservation.__table__)
+        stmt = upsert_insert(dialect, Reservation.__table__)
         stmt = stmt.on_conflict_do_update(
             index_elements=["site_id"],
             set_={c: stmt.excluded[c] for c in [*RESERVATION_VALUES, "updated_at"]})

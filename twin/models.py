@@ -11,7 +11,7 @@ there and hands back aware values.  Identifiers are at most 64 characters
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -33,6 +34,7 @@ from sqlalchemy.types import TypeDecorator
 from core.timeutil import utcnow
 
 __all__ = [
+    "OPEN_FLAG_INDEX",
     "Base",
     "Bill",
     "Cell",
@@ -41,10 +43,9 @@ __all__ = [
     "FlagAction",
     "FlagReview",
     "Interferer",
-    "MaintenanceWindow",
     "LifecycleEvent",
     "LiveSiteState",
-    "OPEN_FLAG_INDEX",
+    "MaintenanceWindow",
     "Meter",
     "NotifyOutbox",
     "NotifyState",
@@ -62,7 +63,7 @@ ID = String(64)
 OPEN_FLAG_INDEX = "uq_flags_open_condition"
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend; naive values are refused."""
 
     impl = DateTime(timezone=True)
@@ -90,7 +91,9 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 class Base(DeclarativeBase):
     """Declarative base of every registry table."""
 
-    type_annotation_map = {datetime: UTCDateTime()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+    # Every model here is mapped to a Table (never a join or a select), so say so to the checker.
+    __table__: ClassVar[Table]
 
 
 class Site(Base):

@@ -72,7 +72,7 @@ def progress_frame(sites: pd.DataFrame, events: pd.DataFrame, targets: dict[str,
     if len(events):
         ev = events.sort_values(["at"], kind="stable")
         state = ev.groupby("site_id")["to_state"].last()
-        dated = ev["dated"] if "dated" in ev else True
+        dated = ev.get("dated", True)
         on_air_at = ev[(ev["to_state"] == "on_air") & dated].groupby("site_id")["at"].min()
     else:
         state = pd.Series(dtype=object)

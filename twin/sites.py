@@ -74,7 +74,7 @@ def list_unregistered(session: Session, *, now: datetime, window_s: float) -> li
     """Site ids seen in telemetry that the registry does not know, ordered by id."""
     q = (select(LiveSiteState).where(~LiveSiteState.site_id.in_(select(Site.site_id)))
          .order_by(LiveSiteState.site_id))
-    return [{"site_id": r.site_id, **_live(r, now, window_s)} for r in session.scalars(q)]
+    return [{"site_id": r.site_id, **(_live(r, now, window_s) or {})} for r in session.scalars(q)]
 
 
 def show_site(session: Session, site_id: str, *, now: datetime, window_s: float,

@@ -129,10 +129,11 @@ class _Demo:
         log_path = self.dir / "run.log"
         self.say(f"$ sitetwin --config {self._rel(self.config)} run --no-rules   "
                  f"# in the background, log in {self._rel(log_path)}")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sitetwin", "--config", str(self.config), "run", "--no-rules"],
-            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env={**os.environ},
-        )
+        with open(log_path, "ab") as out:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sitetwin", "--config", str(self.config), "run", "--no-rules"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ},
+            )
         # Publish only once the shared subscription exists: the broker keeps messages
         # for a subscription, not for a subscriber that has not subscribed yet.
         deadline = time.monotonic() + 60
