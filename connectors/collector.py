@@ -45,10 +45,8 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -58,6 +56,8 @@ from connectors.errors import ConnectorError, SpoolError, SpoolLocked, WriteRetr
 from connectors.influx import InfluxWriter, RejectedLine
 from connectors.lineprotocol import encode_reading
 from connectors.metrics import PipelineMetrics
+from connectors.mqtt import mqtt_client
+from connectors.mqtt import server_address as _server
 from connectors.reading import Parsed, Reading, Rejection, parse_message
 from connectors.spool import RETIRED_MARK, InstanceLock, Spool, peer_directories
 from core.settings import Settings
@@ -87,37 +87,6 @@ class _Batch:
     acks: list[tuple[int, int]] = field(default_factory=list)  # (mid, epoch)
     letters: list[tuple[DeadLetter, bool]] = field(default_factory=list)  # (letter, dup)
     digests: list[Hashable] = field(default_factory=list)  # for the live sink, when there is one
-
-
-def _server(url: str) -> tuple[str, int, bool]:
-    parts = urlsplit(url if "://" in url else f"tcp://{url}")
-    tls = parts.scheme in ("ssl", "mqtts", "tls")
-    if parts.scheme not in ("tcp", "mqtt", "ssl", "mqtts", "tls"):
-        raise ConnectorError(f"unsupported MQTT server scheme in {url!r} (use tcp:// or ssl://)")
-    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
-
-
-def mqtt_client(settings: Settings, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
-    """A paho MQTT 5 client with the configured credentials and TLS (not yet connected)."""
-    m = settings.mqtt
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5,
-        manual_ack=manual_ack,
-    )
-    if m.username:
-        client.username_pw_set(m.username, m.password.get_secret_value() if m.password else None)
-    _host, _port, tls = _server(m.servers[0])
-    if tls or m.tls_ca or m.tls_cert:
-        import ssl
-
-        client.tls_set(ca_certs=m.tls_ca, certfile=m.tls_cert, keyfile=m.tls_key,
-                       cert_reqs=ssl.CERT_NONE if m.insecure_skip_verify else ssl.CERT_REQUIRED)
-        if m.insecure_skip_verify:
-            client.tls_insecure_set(True)
-    client.reconnect_delay_set(int(max(1, m.reconnect_min)), int(max(1, m.reconnect_max)))
-    return client
 
 
 class Collector:

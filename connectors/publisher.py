@@ -32,8 +32,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from connectors.collector import _server, mqtt_client
 from connectors.errors import PublishError
+from connectors.mqtt import mqtt_client
+from connectors.mqtt import server_address as _server
 from core.settings import Settings
 
 __all__ = ["PublishError", "PublishStats", "Publisher", "WirePublisher"]

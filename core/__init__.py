@@ -11,4 +11,5 @@ the CLI and its wiring), which only the shell itself imports.
     core.jsonout   JSON for machines
     core.text      free text typed by people: control characters refused
     core.tariff    time-of-use tariff hours ("8-11;18-21"), read alike by import and rules
+    core.states    a site's lifecycle State and a flag's FlagStatus, shared by every package
 """

@@ -13,7 +13,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "DEFAULT_ZONE",
@@ -22,6 +26,7 @@ __all__ = [
     "get_zone",
     "local_month",
     "parse_instant",
+    "utc_timestamp",
     "utcnow",
 ]
 
@@ -50,6 +55,15 @@ def get_zone(name: str) -> tzinfo:
 def as_utc(value: datetime) -> datetime:
     """``value`` in UTC; a naive value is taken to be UTC already (internal use only)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc_timestamp(value: Any) -> pd.Timestamp:
+    """``value`` (datetime, Timestamp, ISO text, epoch ns) as a pandas ``Timestamp`` in UTC; a
+    naive value is taken to be UTC already.  The pandas twin of ``as_utc``, for the readers."""
+    import pandas as pd  # imported here: the collector uses this module and never needs pandas
+
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def parse_instant(text: str, zone: str | tzinfo = DEFAULT_ZONE) -> datetime:

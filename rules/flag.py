@@ -39,16 +39,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from core.states import FlagStatus
 from core.text import control_character
 from rules.errors import ReviewError, RuleDataError, UnknownFlag
 from rules.finding import Finding, iso_utc
 
-__all__ = ["ACTIONS", "DECISIONS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
+__all__ = ["ACTIONS", "DECISIONS", "STATUSES", "FlagBook", "FlagStatus", "SyncResult", "flag_dict"]
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("open", "confirmed", "dismissed", "resolved")
-DECISIONS = ("confirmed", "dismissed")
+# Plain text for the CLI's choices and messages; ``FlagStatus`` is the vocabulary.
+STATUSES = tuple(s.value for s in FlagStatus)
+DECISIONS = (FlagStatus.CONFIRMED.value, FlagStatus.DISMISSED.value)
 
 # Evaluations of one rule racing each other: each retry sees the flags the others committed.
 SYNC_ATTEMPTS = 5
@@ -59,7 +61,7 @@ class _OpenedMeanwhile(Exception):
 
 
 def _resolve(flag: Any, now: datetime) -> None:
-    flag.status = "resolved"
+    flag.status = FlagStatus.RESOLVED.value
     flag.resolved_at = now
     flag.updated_at = now
 
@@ -124,7 +126,7 @@ class FlagBook:
         with self._session() as s:
             rows = s.execute(select(Flag.id, Flag.status, Flag.updated_at)
                              .where(Flag.rule.in_(list(rules)))).all()
-        return frozenset(r.id for r in rows if not (r.status == "open" and r.updated_at <= since))
+        return frozenset(r.id for r in rows if not (r.status == FlagStatus.OPEN and r.updated_at <= since))
 
     def sync(self, rule: str, findings: Sequence[Finding], now: datetime, hold_off_s: float, *,
              in_scope: Callable[[Any], bool] = lambda flag: True,
@@ -169,7 +171,7 @@ class FlagBook:
         slack = timedelta(seconds=hold_off_s)
         out = SyncResult()
         with self._session() as s:
-            live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != "resolved")
+            live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != FlagStatus.RESOLVED.value)
                              .order_by(Flag.id)).all()
             # A backfill's frozen flags: matched against (to skip what they cover), never written.
             recorded: dict[str, list[Any]] = {}
@@ -179,7 +181,7 @@ class FlagBook:
                 for flag in s.scalars(select(Flag).where(Flag.rule == rule, Flag.id.in_(kept))):
                     for key in _keys(flag):
                         recorded.setdefault(key, []).append(flag)
-                    if flag.status == "open":
+                    if flag.status == FlagStatus.OPEN:
                         frozen_open.add(flag.dedup_key)
                 live = [flag for flag in live if flag.id not in kept]
             by_key: dict[str, list[Any]] = {}
@@ -187,7 +189,7 @@ class FlagBook:
             for flag in live:
                 for key in _keys(flag):
                     by_key.setdefault(key, []).append(flag)
-                if flag.status == "open":
+                if flag.status == FlagStatus.OPEN:
                     open_by_key.setdefault(flag.dedup_key, flag)
             seen: set[int] = set()
             for f in findings:
@@ -202,9 +204,9 @@ class FlagBook:
                     continue
                 if match is None:
                     same = open_by_key.get(f.dedup_key)
-                    if same is not None and same.status == "open" and same.id in seen:
+                    if same is not None and same.status == FlagStatus.OPEN and same.id in seen:
                         match = same  # a second finding of a condition this evaluation already has
-                    elif same is not None and same.status == "open":
+                    elif same is not None and same.status == FlagStatus.OPEN:
                         # An earlier occurrence, apart by more than the hold-off: it ends here.
                         _resolve(same, now)
                         s.flush()  # before the new one is inserted: the index allows one open
@@ -213,7 +215,7 @@ class FlagBook:
                 if match is None:
                     match = Flag(kind=f.kind, rule=f.rule, site_id=f.site_id, cell_id=f.cell_id,
                                  bill_id=f.bill_id, supplier_id=f.supplier_id, severity=f.severity,
-                                 status="open", opened_at=now, updated_at=now,
+                                 status=FlagStatus.OPEN.value, opened_at=now, updated_at=now,
                                  window_start=f.window_start, window_end=f.window_end,
                                  summary=f.summary, evidence=_link_cause(s, _evidence(f)),
                                  dedup_key=f.dedup_key)
@@ -239,7 +241,7 @@ class FlagBook:
                         out.updated.append(flag_dict(match))
                 seen.add(match.id)
             for flag in live:
-                if flag.id in seen or flag.status != "open" or not in_scope(flag):
+                if flag.id in seen or flag.status != FlagStatus.OPEN or not in_scope(flag):
                     continue
                 if flag.clear_since is None:
                     flag.clear_since = now
@@ -311,7 +313,7 @@ class FlagBook:
             flag = s.get(Flag, flag_id)
             if flag is None:
                 raise UnknownFlag(flag_id)
-            if action == "ack" and flag.status == "resolved":
+            if action == "ack" and flag.status == FlagStatus.RESOLVED:
                 raise ReviewError(f"flag {flag_id} is resolved; there is nothing to acknowledge")
             s.add(FlagAction(flag_id=flag_id, action=action, actor=by.strip(), value=value, at=at,
                              note=note))
@@ -382,7 +384,7 @@ def _link_cause(session: Any, evidence: dict[str, Any], before: dict[str, Any] |
     if not isinstance(cause, dict) or not cause.get("dedup_key"):
         return evidence
     flag_id = session.scalars(select(Flag.id).where(Flag.dedup_key == cause["dedup_key"],
-                                                    Flag.status != "resolved")
+                                                    Flag.status != FlagStatus.RESOLVED.value)
                               .order_by(Flag.id.desc()).limit(1)).first()
     if flag_id is None and "probable_cause" not in evidence:
         return evidence  # the earlier cause has ended: no longer linked

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from core.i18n import gettext_for, normalise_lang
+from core.states import FlagStatus
 from core.timeutil import DEFAULT_ZONE, local_month
 
 __all__ = [
@@ -194,7 +195,7 @@ def _bill_rows(flags: Sequence[dict[str, Any]], start: pd.Timestamp, end: pd.Tim
 
 
 def _totals(bills: pd.DataFrame) -> pd.DataFrame:
-    counted = bills[bills["status"] != "dismissed"]
+    counted = bills[bills["status"] != FlagStatus.DISMISSED]
     if counted.empty:
         return pd.DataFrame(columns=list(TOTAL_COLUMNS))
     firsts = {k: (k, "first") for k in ("supplier_name", "supplier_credit_code",

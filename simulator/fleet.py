@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.reading import check_id
+from core.states import ON_AIR_STATES, State
 
 __all__ = [
     "CITY_CENTRE",
@@ -63,7 +64,8 @@ COUNTIES = (
 )
 _DISTRICTS = ("North", "South", "East", "West", "Central")
 _OPERATORS = ("CMCC", "CUCC", "CTCC", "CBN")
-STATES_BEFORE_AIR = ("planned", "site_secured", "approved", "under_construction", "power_connected")
+STATES_BEFORE_AIR = (State.PLANNED, State.SITE_SECURED, State.APPROVED, State.UNDER_CONSTRUCTION,
+                     State.POWER_CONNECTED)
 # Share of the fleet in each state before on_air; the rest is on_air.
 _STATE_SHARES = {"planned": 0.06, "site_secured": 0.04, "approved": 0.05,
                  "under_construction": 0.08, "power_connected": 0.05}
@@ -146,11 +148,11 @@ class Site:
     @property
     def publishes(self) -> bool:
         """Sites with power publish tower and power readings; those on air also interference."""
-        return self.state in ("power_connected", "on_air", "relocating")
+        return self.state in (State.POWER_CONNECTED, State.ON_AIR, State.RELOCATING)
 
     @property
     def on_air(self) -> bool:
-        return self.state in ("on_air", "relocating")
+        return self.state in ON_AIR_STATES
 
     @property
     def load_kw(self) -> float:
@@ -473,7 +475,7 @@ class Fleet:
         """
         h = int.from_bytes(hashlib.blake2b(site.site_id.encode(), digest_size=4).digest(), "big")
         latest = self.bill_start - timedelta(days=7)
-        if site.state == "on_air":
+        if site.state == State.ON_AIR:
             first = datetime(min(site.planned_year, latest.year), 1, 1, tzinfo=UTC)
             span_days = max(1, min((latest - first).days, 365))
             return min(latest, first + timedelta(days=h % span_days, hours=h % 24))
@@ -492,7 +494,7 @@ class Fleet:
         def h(site_id: str) -> int:
             return int.from_bytes(hashlib.blake2b(f"conv:{site_id}".encode(), digest_size=4).digest(),
                                   "big")
-        direct = sorted((s.site_id for s in self.sites if s.supply == "direct" and s.state == "on_air"),
+        direct = sorted((s.site_id for s in self.sites if s.supply == "direct" and s.state == State.ON_AIR),
                         key=h)
         out = {}
         for sid in direct[:max(1, len(direct) // _CONVERTED_ONE_IN)] if direct else []:
@@ -605,11 +607,11 @@ class _Builder:
             lat = rng.gauss(county[2], county[4])
             lon = rng.gauss(county[3], county[4] * 1.15)
             sites.append(self._site(county, counters, lat, lon, states[i], None))
-        for old in [s for s in sites if s.state == "relocating"]:
+        for old in [s for s in sites if s.state == State.RELOCATING]:
             county = next(c for c in COUNTIES if c[1] == old.county)
             lat = old.lat + rng.uniform(-0.003, 0.003)
             lon = old.lon + rng.uniform(-0.003, 0.003)
-            state = "on_air" if len([s for s in sites if s.replaces_site_id]) % 2 == 0 else "under_construction"
+            state = State.ON_AIR if len([s for s in sites if s.replaces_site_id]) % 2 == 0 else State.UNDER_CONSTRUCTION
             sites.append(self._site(county, counters, lat, lon, state, old.site_id))
         sites = self._meter_swaps(sites)
         reservations, over, missing, underused = self._reservations(sites)
@@ -626,8 +628,8 @@ class _Builder:
         states: list[str] = []
         for state, share in _STATE_SHARES.items():
             states += [state] * int(base_n * share)
-        states += ["relocating"] * relocations
-        states += ["on_air"] * (base_n - len(states))
+        states += [State.RELOCATING] * relocations
+        states += [State.ON_AIR] * (base_n - len(states))
         self.rng.shuffle(states)
         return states[:base_n]
 
@@ -649,7 +651,7 @@ class _Builder:
                            floor_dbm=round(rng.uniform(-118.0, -114.5), 2))
                       for k in range(ncells))
         operators = ";".join(sorted(rng.sample(_OPERATORS, rng.choice((1, 1, 2, 3)))))
-        before = state in ("planned", "site_secured", "approved")
+        before = state in (State.PLANNED, State.SITE_SECURED, State.APPROVED)
         return Site(
             site_id=site_id,
             name=f"{name} {rng.choice(_DISTRICTS)} {kind} {counters[code]}",
@@ -683,17 +685,17 @@ class _Builder:
                                  for k, (dy, dx) in enumerate(((0.6, -0.6), (-0.6, 0.6)), start=1)]
         code_of = {c[1]: c[0] for c in COUNTIES}
         reservations, over, missing, underused = [], [], [], []
-        building = [s.site_id for s in sites if s.state == "under_construction"]
+        building = [s.site_id for s in sites if s.state == State.UNDER_CONSTRUCTION]
         n_missing = min(len(building), max(1, len(building) // 4)) if building else 0
         missing_ids = set(rng.sample(building, n_missing))
-        air = [s.site_id for s in sites if s.on_air and s.state == "on_air"]
+        air = [s.site_id for s in sites if s.on_air and s.state == State.ON_AIR]
         n_over = min(len(air), max(1, len(sites) // 40)) if len(air) >= 4 else 0
         over_ids = set(rng.sample(air, n_over))
         rest = [s for s in air if s not in over_ids]
         n_under = min(len(rest), max(1, len(sites) // 50)) if len(rest) >= 4 else 0
         under_ids = set(rng.sample(rest, n_under))
         for s in sites:
-            if s.state in ("planned", "site_secured") or s.site_id in missing_ids:
+            if s.state in (State.PLANNED, State.SITE_SECURED) or s.site_id in missing_ids:
                 if s.site_id in missing_ids:
                     missing.append(s.site_id)
                 continue

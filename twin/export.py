@@ -52,7 +52,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 
 from core.errors import UserError
-from core.timeutil import get_zone
+from core.timeutil import get_zone, utc_timestamp
 
 __all__ = ["FORMATS", "FORMULA_PREFIXES", "Sheet", "neutralise", "unit_of", "write_sheets",
            "write_table", "write_workbook"]
@@ -130,10 +130,7 @@ def _is_time(value: Any) -> bool:
 
 
 def _local(value: Any, zone: tzinfo | None) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
-    return ts.tz_convert(zone if zone is not None else "UTC")
+    return utc_timestamp(value).tz_convert(zone if zone is not None else "UTC")
 
 
 def _plain(value: Any) -> Any:

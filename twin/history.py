@@ -29,7 +29,7 @@ import pandas as pd
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from core.timeutil import parse_instant
+from core.timeutil import parse_instant, utc_timestamp
 from twin.models import Reservation, ReservationChange, Site, SupplyChange
 from twin.store import upsert_insert
 
@@ -62,8 +62,7 @@ def in_force(changes: pd.DataFrame, at: datetime | pd.Timestamp, *,
     """
     if changes.empty:
         return changes.iloc[:0]
-    t = pd.Timestamp(at)
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    t = utc_timestamp(at)
     ordered = changes.sort_values(["site_id", "effective_from"], kind="stable")
     eff = pd.to_datetime(ordered["effective_from"], utc=True)
     last = ordered[(eff <= t).to_numpy()].groupby("site_id", sort=False).tail(1)

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from connectors.errors import InvalidIdentifier
 from connectors.reading import check_id
 from core.creditcode import check_credit_code
+from core.states import State
 from core.tariff import HOURS_EXAMPLE, format_hours, normalise_hours, parse_hours
 from core.text import control_character
 from core.timeutil import DEFAULT_ZONE, as_utc, format_local, get_zone, parse_instant
@@ -338,8 +339,7 @@ def _check_bill(row: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-_STATES = ("planned", "site_secured", "approved", "under_construction", "power_connected",
-           "on_air", "relocating", "decommissioned", "blocked")
+_STATES = tuple(s.value for s in State)
 
 SITES = Schema(
     name="sites",
@@ -359,7 +359,7 @@ SITES = Schema(
         Column("owner", text(200), required=False),
         Column("operators", operators, required=False),
         Column("planned_year", integer(2000, 2100), required=False),
-        Column("state", choice(*_STATES), required=False, default="planned"),
+        Column("state", choice(*_STATES), required=False, default=State.PLANNED.value),
         Column("replaces_site_id", identifier, required=False),
         Column("address", text(300), required=False),
         # An extension: when a new site reached its imported state (default: the import time).
@@ -851,7 +851,7 @@ def _sites_after(session: Session, rows: list[dict[str, Any]], before: set[tuple
                  now: datetime, actor: str) -> None:
     """New sites start their history with an ``import`` event; live state learns they exist."""
     new = [r for r in rows if (r["site_id"],) not in before]
-    events = [{"site_id": r["site_id"], "from_state": None, "to_state": r.get("state") or "planned",
+    events = [{"site_id": r["site_id"], "from_state": None, "to_state": r.get("state") or State.PLANNED.value,
                "verb": "import", "at": r.get("state_since") or now, "actor": actor,
                "note": None if r.get("state_since") else UNDATED_IMPORT_NOTE, "reason": None}
               for r in sorted(new, key=lambda r: r["site_id"])]

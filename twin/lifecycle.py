@@ -29,7 +29,6 @@ state and a current state that was not the last event's.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import CursorResult, exists, select, update
 from sqlalchemy.orm import Session
 
+from core.states import State
 from core.text import control_character
 from twin.errors import StateChanged, TransitionNotAllowed, UnknownSite
 
@@ -55,20 +55,6 @@ __all__ = [
     "state_at",
     "transition",
 ]
-
-
-class State(enum.StrEnum):
-    """Lifecycle states, in order."""
-
-    PLANNED = "planned"
-    SITE_SECURED = "site_secured"
-    APPROVED = "approved"
-    UNDER_CONSTRUCTION = "under_construction"
-    POWER_CONNECTED = "power_connected"
-    ON_AIR = "on_air"
-    RELOCATING = "relocating"
-    DECOMMISSIONED = "decommissioned"
-    BLOCKED = "blocked"
 
 
 # The note of an ``import`` event whose file gave no ``state_since``: the event is dated at

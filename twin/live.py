@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from connectors.errors import LineProtocolError
 from connectors.lineprotocol import line
+from core.states import ON_AIR_STATES
 from twin.models import Cell, LiveSiteState, Meter, Reservation, Site
 from twin.store import Store, upsert_insert
 
@@ -49,8 +50,6 @@ __all__ = ["DEFAULT_ONLINE_WINDOW_S", "ON_AIR_STATES", "LiveState", "is_offline"
 log = logging.getLogger(__name__)
 
 DEFAULT_ONLINE_WINDOW_S = 180.0
-# The lifecycle states in which a site is expected to transmit (the rules' site_offline agrees).
-ON_AIR_STATES = ("on_air", "relocating")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

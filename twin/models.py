@@ -31,6 +31,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from core.states import State
 from core.timeutil import utcnow
 
 __all__ = [
@@ -113,7 +114,7 @@ class Site(Base):
     owner: Mapped[str | None] = mapped_column(String(200))
     operators: Mapped[str | None] = mapped_column(String(200))  # ';'-separated, as in the CSV
     planned_year: Mapped[int | None] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(32), index=True, default="planned")
+    state: Mapped[str] = mapped_column(String(32), index=True, default=State.PLANNED.value)
     replaces_site_id: Mapped[str | None] = mapped_column(ID, index=True)
     address: Mapped[str | None] = mapped_column(String(300))  # postal address, for reports
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

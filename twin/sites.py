@@ -59,7 +59,7 @@ def list_sites(session: Session, *, now: datetime, window_s: float, county: str 
     if online is True:
         q = q.where(LiveSiteState.last_seen >= since)
     elif online is False:  # offline: expected on air and silent (never-built sites are not)
-        q = q.where(Site.state.in_(ON_AIR_STATES),
+        q = q.where(Site.state.in_([s.value for s in ON_AIR_STATES]),
                     (LiveSiteState.last_seen.is_(None)) | (LiveSiteState.last_seen < since))
     return [{"site_id": r.site_id, "name": r.name, "county": r.county, "kind": r.kind,
              "supply": r.supply, "state": r.state,

@@ -38,6 +38,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.states import State
 from sitetwin.config import Settings, load_settings
 from sitetwin.errors import UserError
 from sitetwin.services import free_port
@@ -188,7 +189,7 @@ def _relocation_pair(settings: Settings) -> tuple[str, str] | None:
             sites = {s.site_id: s for s in session.scalars(select(Site))}
         for new in sites.values():
             old = sites.get(new.replaces_site_id or "")
-            if old is not None and new.state != "on_air" and old.state == "relocating":
+            if old is not None and new.state != State.ON_AIR and old.state == State.RELOCATING:
                 return old.site_id, new.site_id
         return None
     finally:
