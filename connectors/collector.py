@@ -105,7 +105,13 @@ class Collector:
         watchdog: float | None = None,
         on_stall: Callable[[str], None] | None = None,
         instance_lock: InstanceLock | None = None,
+        client: mqtt.Client | None = None,
+        spool: Spool | None = None,
+        dead_letters: DeadLetterStore | None = None,
     ) -> None:
+        """``writer``, ``client``, ``spool`` and ``dead_letters`` default to the real ones
+        built from ``settings``; a test passes fakes to drive batching, acks and retries
+        without sockets (tests/connectors/test_collector_unit.py)."""
         self.settings = settings
         self.client_id = client_id or settings.mqtt.client_id
         self.live = live
@@ -115,11 +121,12 @@ class Collector:
         self.batch_age = c.batch_age
         self.writer = writer or InfluxWriter.from_settings(settings.influxdb)
         # The spool is opened by start(), once this instance holds its directory's lock.
-        self.spool: Spool | None = None
+        self.spool: Spool | None = spool
         self._instance_lock = instance_lock or InstanceLock(settings.spool_path / self.client_id)
         d = settings.dead_letter
-        self.dead_letters = DeadLetterStore(settings.dead_letter_path, max_payload_bytes=d.max_payload_bytes,
-                                            max_bytes=d.max_bytes, max_age=d.max_age)
+        self.dead_letters = dead_letters or DeadLetterStore(
+            settings.dead_letter_path, max_payload_bytes=d.max_payload_bytes, max_bytes=d.max_bytes,
+            max_age=d.max_age)
         # False: a peer's session is being emptied (adoption) - no subscription, and the
         # session's own subscriptions are dropped on connect.
         self._subscribe = subscribe
@@ -148,7 +155,7 @@ class Collector:
         self._server_index = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._client = mqtt_client(settings, self.client_id, manual_ack=True)
+        self._client = client or mqtt_client(settings, self.client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
@@ -169,7 +176,8 @@ class Collector:
             self._instance_lock.release()
             raise SpoolLocked(f"start of {self.client_id} cancelled while waiting for its lock")
         s = self.settings
-        self.spool = Spool(self._instance_lock.directory, max_bytes=s.spool.max_bytes, fsync=s.spool.fsync)
+        if self.spool is None:
+            self.spool = Spool(self._instance_lock.directory, max_bytes=s.spool.max_bytes, fsync=s.spool.fsync)
         if self._subscribe:
             (self._instance_lock.directory / RETIRED_MARK).unlink(missing_ok=True)
         if self.settings.influxdb.create_database:
