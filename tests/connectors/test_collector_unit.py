@@ -80,6 +80,13 @@ def _message(mid: int, *, ok: bool = True, dup: bool = False):
                            dup=dup)
 
 
+def _three(c: Collector, client: FakeClient, oks: tuple[bool, ...] = (True, True, True)):
+    """Messages 1, 2 and 3 received: the batch they fill, as the sealer would queue it."""
+    for mid, ok in enumerate(oks, start=1):
+        c._on_message(client, None, _message(mid, ok=ok))
+    return c._queue.get_nowait()
+
+
 def _connect(c: Collector, client: FakeClient, *, resumed: bool) -> None:
     c._on_connect(client, None, SimpleNamespace(session_present=resumed),
                   SimpleNamespace(is_failure=False), None)
@@ -103,24 +110,18 @@ def test_a_batch_is_sealed_at_batch_size_and_acked_only_once_durable(tmp_path):
 def test_acks_of_an_earlier_session_are_dropped(tmp_path):
     c, client, _writer = _collector(tmp_path)
     _connect(c, client, resumed=False)
-    for mid in (1, 2, 3):
-        c._on_message(client, None, _message(mid))
-    batch = c._queue.get_nowait()
+    batch = _three(c, client)
     _connect(c, client, resumed=False)  # a new session: its message ids name other messages
     c._make_durable(batch)
     assert client.acks == []
-    for mid in (1, 2, 3):
-        c._on_message(client, None, _message(mid))
-    c._make_durable(c._queue.get_nowait())
+    c._make_durable(_three(c, client))
     assert client.acks == [1, 2, 3]
 
 
 def test_a_resumed_session_keeps_its_acks(tmp_path):
     c, client, _writer = _collector(tmp_path)
     _connect(c, client, resumed=False)
-    for mid in (1, 2, 3):
-        c._on_message(client, None, _message(mid))
-    batch = c._queue.get_nowait()
+    batch = _three(c, client)
     _connect(c, client, resumed=True)
     c._make_durable(batch)
     assert client.acks == [1, 2, 3]
@@ -129,9 +130,7 @@ def test_a_resumed_session_keeps_its_acks(tmp_path):
 def test_influxdb_down_spools_acks_and_the_drain_replays(tmp_path):
     c, client, writer = _collector(tmp_path, writer=FakeWriter(down=True))
     _connect(c, client, resumed=False)
-    for mid in (1, 2, 3):
-        c._on_message(client, None, _message(mid))
-    c._make_durable(c._queue.get_nowait())
+    c._make_durable(_three(c, client))
     assert client.acks == [1, 2, 3]  # durable in the spool is durable
     assert c.metrics.spooled_points == 3 and writer.bodies == []
     assert c.spool is not None and c.spool.batches == 1
@@ -146,11 +145,7 @@ def test_a_rejected_message_is_dead_lettered_and_acked(tmp_path):
     store = FakeDeadLetters()
     c, client, writer = _collector(tmp_path, dead_letters=store)
     _connect(c, client, resumed=False)
-    c._on_message(client, None, _message(1, ok=False))
-    c._on_message(client, None, _message(2))
-    c._on_message(client, None, _message(3))
-    batch = c._queue.get_nowait()
-    c._make_durable(batch)
+    c._make_durable(_three(c, client, (False, True, True)))
     assert [letter.reason for letter in store.letters] == ["schema"]
     assert client.acks == [1, 2, 3] and c.metrics.rejected_by_reason["schema"] == 1
     assert writer.bodies[0].count(b"\n") == 1
@@ -159,10 +154,9 @@ def test_a_rejected_message_is_dead_lettered_and_acked(tmp_path):
 def test_a_failing_dead_letter_store_never_holds_back_valid_readings(tmp_path):
     c, client, writer = _collector(tmp_path, dead_letters=FakeDeadLetters(broken=True))
     _connect(c, client, resumed=False)
-    for mid, ok in ((1, False), (2, True), (3, True)):
-        c._on_message(client, None, _message(mid, ok=ok))
+    batch = _three(c, client, (False, True, True))
     started = time.monotonic()
-    c._make_durable(c._queue.get_nowait())
+    c._make_durable(batch)
     assert time.monotonic() - started < 1.0
     assert client.acks == [1, 2, 3] and writer.bodies
     assert c.metrics.dead_letter_failed == 1
