@@ -43,6 +43,8 @@ demo: setup
 	$(VENV)/bin/sitetwin demo
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest
 

@@ -26,6 +26,7 @@ checksum or an answer to another address).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -171,10 +172,8 @@ class Dlt645Bus:
     def close(self) -> None:
         """Drop the connection (after any failure: a late answer must not be read as the next)."""
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.close()
-            except OSError:
-                pass
             self._sock = None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from connectors.reading import Rejection
 
@@ -53,7 +54,7 @@ class Point:
 
     measurement: str
     tags: dict[str, str]
-    fields: dict[str, float | int | bool | str]
+    fields: dict[str, Any]  # a scalar per field; the PRB vector (a list) after ``join_prb``
     ts_ns: int | None
 
 
@@ -179,7 +180,9 @@ def join_prb(points: list[tuple[int, Point]]) -> tuple[list[tuple[int, Point]],
                                                        list[tuple[int, Rejection]]]:
     """Fold ``interference_prb`` points into the ``interference`` point of the same
     cell, band, site and time as its ``prb_dbm``; a PRB point without one is refused."""
-    key_of = lambda p: (p.tags.get("site_id"), p.tags.get("cell_id"), p.tags.get("band"), p.ts_ns)
+    def key_of(p):
+        return (p.tags.get("site_id"), p.tags.get("cell_id"), p.tags.get("band"), p.ts_ns)
+
     prbs = {key_of(p): (n, p) for n, p in points if p.measurement == "interference_prb"}
     if not prbs:
         return points, []

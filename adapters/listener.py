@@ -32,6 +32,7 @@ thread pings the broker between requests.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hmac
 import logging
@@ -103,10 +104,8 @@ class Listener:
         if scheme.lower() in ("token", "bearer"):
             given.append(value.strip())
         elif scheme.lower() == "basic":
-            try:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
                 given.append(base64.b64decode(value.strip()).decode().partition(":")[2])
-            except (ValueError, UnicodeDecodeError):
-                pass
         given += query.get("p", [])
         return any(hmac.compare_digest(g.encode(), t.encode())
                    for g in given if g for t in self.tokens)
@@ -153,7 +152,7 @@ class Listener:
                 if rejection is not None:
                     # offer() has queued the dead letter already.
                     errors.append((n, b"", rejection))
-            for n, raw, rejection in errors:
+            for _n, raw, rejection in errors:
                 if raw:
                     sink.refuse(rejection, raw, topic=None)
             accepted = sink.pending
@@ -293,7 +292,8 @@ class Listener:
             raise ListenerError(f"cannot listen on {self.address[0]}:{self.address[1]}: "
                                 f"{exc.strerror or exc}") from None
         self._server.daemon_threads = True
-        self.address = self._server.server_address[:2]
+        host, port = self._server.server_address[:2]
+        self.address = (str(host), port)
         serve = threading.Thread(target=self._server.serve_forever, name="listener-http",
                                  daemon=True)
         keep = threading.Thread(target=self._keep_alive, name="listener-keepalive", daemon=True)

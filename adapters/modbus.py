@@ -13,6 +13,7 @@ can never be read as the answer to the next one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import struct
@@ -43,7 +44,8 @@ def plan(profile: Profile) -> list[tuple[str, int, int]]:
     for table in ("holding", "input"):
         spans = sorted({(r.address, r.address + r.width) for r in profile.registers
                         if r.table == table})
-        start = end = None
+        start: int | None = None
+        end = 0
         for lo, hi in spans:
             if start is None:
                 start, end = lo, hi
@@ -140,8 +142,6 @@ class ModbusReader:
 
     def close(self) -> None:
         if self._client is not None:
-            try:
+            with contextlib.suppress(OSError, ModbusException):
                 self._client.close()
-            except (OSError, ModbusException):
-                pass
             self._client = None

@@ -22,12 +22,13 @@ and loads no DTD or network resource (a PM file comes from outside).
 
 from __future__ import annotations
 
+import gzip
 import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, cast
 
 from lxml import etree
 
@@ -183,7 +184,7 @@ def _meas_info(info: etree._Element, vendor: str, element_dn: str) -> Iterator[M
                         end=end, period_s=period_s, counters=counters, suspect=suspect)
 
 
-def read_values(stream: IO[bytes]) -> Iterator[MeasValue]:
+def read_values(stream: IO[bytes] | gzip.GzipFile) -> Iterator[MeasValue]:
     """Every ``MeasValue`` of a ``measCollecFile``; raises ``PmFileError`` if it is not one.
 
     A file that breaks part-way raises after yielding what came before it: callers
@@ -326,7 +327,8 @@ class CounterMapper:
             stats.not_ours += 1
             return None
         _key, table = found
-        mean = prb_dbm = usage = None
+        mean = usage = None
+        prb_dbm: list[float] | None = None
         prbs: dict[int, float | None] = {}
         ours = False
         for name, number in value.counters.items():
@@ -350,7 +352,7 @@ class CounterMapper:
             n = max(prbs) + 1
             if len(prbs) == n and all(v is not None for v in prbs.values()):
                 if scale == 1.0 and offset == 0.0:
-                    prb_dbm = [prbs[i] for i in range(n)]  # type: ignore[misc]
+                    prb_dbm = cast("list[float]", [prbs[i] for i in range(n)])  # none is None: checked above
                 else:
                     prb_dbm = [round(prbs[i] * scale + offset, 3)  # type: ignore[operator]
                                for i in range(n)]

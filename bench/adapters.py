@@ -143,8 +143,9 @@ def bench_pm_end_to_end(work: Path, files: Path, readings: int) -> dict:
            "SITETWIN_SERVICES__STATE_DIR": str(work / "collector"),
            "SITETWIN_SPOOL__FSYNC": "false"}
     log = work / "collector.log"
-    proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--no-rules", "--no-twin"],
-                            env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--no-rules", "--no-twin"],
+                                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while b"MQTT subscribed" not in log.read_bytes():

@@ -24,18 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
+import httpx
+import uvicorn
 
-from bench.twin_import import write_sites  # noqa: E402
-from core.settings import load_settings  # noqa: E402
-from rules.finding import KINDS  # noqa: E402
-from sitetwin.services import PostgreSQL, free_port, temp_root  # noqa: E402
-from twin.accounts import add_user, create_token  # noqa: E402
-from twin.imports import SITES, import_csv  # noqa: E402
-from twin.models import Flag  # noqa: E402
-from twin.store import open_store  # noqa: E402
-from web.app import create_app  # noqa: E402
+from bench.twin_import import write_sites
+from core.settings import load_settings
+from rules.finding import KINDS
+from sitetwin.services import PostgreSQL, free_port, temp_root
+from twin.accounts import add_user, create_token
+from twin.imports import SITES, import_csv
+from twin.models import Flag
+from twin.store import open_store
+from web.app import create_app
 
 QUERIES = {
     "sites, first page": "/api/v1/sites?limit=50",

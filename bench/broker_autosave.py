@@ -32,8 +32,8 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sitetwin.services import Mosquitto, free_port  # noqa: E402
-from tests.support import publish  # noqa: E402
+from sitetwin.services import Mosquitto, free_port
+from tests.support import publish
 
 
 def _session(port: int, *, got: list | None = None) -> mqtt.Client:

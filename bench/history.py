@@ -25,8 +25,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rules.data import SiteHistory  # noqa: E402
-from rules.rule import Facts  # noqa: E402
+from rules.data import SiteHistory
+from rules.rule import Facts
 
 STATES = ["planned", "site_secured", "approved", "under_construction", "power_connected", "on_air",
           "relocating", "decommissioned"]

@@ -35,9 +35,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.publisher import WirePublisher  # noqa: E402
-from sitetwin.config import load_settings  # noqa: E402
-from sitetwin.services import InfluxDB, Mosquitto, free_port  # noqa: E402
+from connectors.publisher import WirePublisher
+from sitetwin.config import load_settings
+from sitetwin.services import InfluxDB, Mosquitto, free_port
 
 SITES = 2000
 START_S = int(time.time()) - 30 * 86400  # a month ago: well inside any retention
@@ -146,8 +146,8 @@ def _collectors(env: dict, count: int, twin: bool, log: Path) -> list[subprocess
 
         if not twin:
             argv.append("--no-twin")
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=open(log, "ab"),
-                                stderr=subprocess.STDOUT)
+        with open(log, "ab") as out:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         procs.append(proc)
         if PROFILE_DIR is not None:
             out = PROFILE_DIR / f"{env['SITETWIN_MQTT__SHARED_GROUP']}-{i}-{time.time_ns()}.txt"
@@ -208,7 +208,7 @@ def _twin_up_to_date(state: Path, expected_last: dict[str, int]) -> int:
     try:
         with store.session() as session:
             rows = session.execute(select(LiveSiteState.site_id, LiveSiteState.last_seen)).all()
-    except Exception:  # the collector holds the write lock for a moment: try again
+    except Exception:  # noqa: BLE001 - the collector holds the write lock for a moment: try again
         return 0
     finally:
         store.engine.dispose()
@@ -352,7 +352,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"\n| case | msgs/s (steady) | msgs/s (wall) | points verified |")
+        print("\n| case | msgs/s (steady) | msgs/s (wall) | points verified |")
         print("|---|---:|---:|---:|")
         for key, r in results.items():
             print(f"| {key} | {r['msgs_per_s']:,.0f} | {r.get('wall_msgs_per_s', r['msgs_per_s']):,.0f}"
@@ -367,7 +367,7 @@ def main() -> int:
             for key, r in results.items():
                 print(f"({key}) rounds: {', '.join(f'{x:,}' for x in r['rounds_msgs_per_s'])} msgs/s")
             if "b" in rounds and "d" in rounds:
-                per_round = [d["msgs_per_s"] / b["msgs_per_s"] for b, d in zip(rounds["b"], rounds["d"])]
+                per_round = [d["msgs_per_s"] / b["msgs_per_s"] for b, d in zip(rounds["b"], rounds["d"], strict=False)]
                 print("d/b per round: " + ", ".join(f"{x:.2f}" for x in per_round))
         if "d" in results:
             print(f"twin lag after the last point = {results['d']['twin_lag_s']:.1f} s")

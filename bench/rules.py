@@ -43,7 +43,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from twin.imports import (  # noqa: E402
+from connectors.influx import InfluxWriter
+from simulator.fleet import LOAD_PEAK_LOCAL_HOUR, LOCAL_UTC_OFFSET_H, Fleet
+from sitetwin.config import load_settings
+from sitetwin.services import InfluxDB, free_port
+from twin.imports import (
     BILLS,
     FEEDERS,
     RESERVATIONS,
@@ -52,10 +56,6 @@ from twin.imports import (  # noqa: E402
     TARIFFS,
     import_csv,
 )
-from simulator.fleet import LOAD_PEAK_LOCAL_HOUR, LOCAL_UTC_OFFSET_H, Fleet  # noqa: E402
-from connectors.influx import InfluxWriter  # noqa: E402
-from sitetwin.config import load_settings  # noqa: E402
-from sitetwin.services import InfluxDB, free_port  # noqa: E402
 
 # The data ends here: early in a month, so the bill month (October) overlaps the last days.
 DATA_END = datetime(2026, 11, 3, tzinfo=UTC)
@@ -125,14 +125,14 @@ def telemetry(fleet: Fleet, days: float, seed: int):
         batt = np.where(on_batt[idx], "true", "false").tolist()
         head = f"tower,site_id={site.site_id} "
         out += [f"{head}mains_ok={m},on_battery={b},battery_soc_pct={s},cabinet_temp_c={c} {t}"
-                for m, b, s, c, t in zip(mains, batt, _fmt(soc, 1), _fmt(temp, 1), stamps)]
+                for m, b, s, c, t in zip(mains, batt, _fmt(soc, 1), _fmt(temp, 1), stamps, strict=False)]
         # power: 15-minute load curve with noise; the meter integrates it (standing still on battery)
         kw = site.load_kw * (1 + site.swing * load_shape) * (1 + rng.normal(0, 0.03, len(ts)))
         kw = np.where(on_batt, 0.0, kw)
         energy = site.energy0_kwh + np.cumsum(kw) * STEP_S / 3600.0
         head = f"power,meter_id={site.meter_id},site_id={site.site_id} "
         out += [f"{head}energy_kwh={e},power_kw={p} {t}"
-                for e, p, t in zip(_fmt(energy[idx], 3), _fmt(kw[idx], 3), stamps)]
+                for e, p, t in zip(_fmt(energy[idx], 3), _fmt(kw[idx], 3), stamps, strict=False)]
         points += 2 * len(idx)
         # interference per cell
         if site.on_air:
@@ -142,7 +142,7 @@ def telemetry(fleet: Fleet, days: float, seed: int):
                 usage = np.clip(35 + 30 * load_shape + rng.normal(0, 5, len(ts)), 0, 100)
                 head = f"interference,band={cell.band},cell_id={cell.cell_id},site_id={site.site_id} "
                 out += [f"{head}ul_interference_dbm={d},ul_prb_usage_pct={u},period_s=900i {t}"
-                        for d, u, t in zip(_fmt(dbm[idx], 1), _fmt(usage[idx], 1), stamps)]
+                        for d, u, t in zip(_fmt(dbm[idx], 1), _fmt(usage[idx], 1), stamps, strict=False)]
                 points += len(idx)
                 if cell.cell_id in jammed:
                     # wideband: every PRB raised, flat within a dB

@@ -38,7 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sitetwin.services import InfluxDB, Mosquitto, free_port  # noqa: E402
+from sitetwin.services import InfluxDB, Mosquitto, free_port
 
 SITES = 2000
 START_S = int(time.time()) - 20 * 86400  # distinct, well inside any retention
@@ -111,7 +111,7 @@ def _slope(xs: list[float], ys: list[float]) -> float:
         return 0.0
     mx, my = sum(xs) / n, sum(ys) / n
     den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / den if den else 0.0
 
 
 class Run:

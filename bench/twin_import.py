@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twin.imports import SITES, import_csv  # noqa: E402
-from twin.store import open_store  # noqa: E402
+from twin.imports import SITES, import_csv
+from twin.store import open_store
 
 COUNTIES = ["Jinjiang", "Qingyang", "Jinniu", "Wuhou", "Chenghua", "Longquanyi", "Xindu",
             "Wenjiang", "Shuangliu", "Pidu", "Xinjin"]

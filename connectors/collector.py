@@ -36,26 +36,28 @@ which InfluxDB absorbs (an identical point overwrites itself).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from connectors.deadletter import DeadLetter, DeadLetterStore
 from connectors.errors import ConnectorError, SpoolError, SpoolLocked, WriteRetryable
-from connectors.influx import InfluxWriter
+from connectors.influx import InfluxWriter, RejectedLine
 from connectors.lineprotocol import encode_reading
 from connectors.metrics import PipelineMetrics
+from connectors.mqtt import mqtt_client
+from connectors.mqtt import server_address as _server
 from connectors.reading import Parsed, Reading, Rejection, parse_message
 from connectors.spool import RETIRED_MARK, InstanceLock, Spool, peer_directories
 from core.settings import Settings
@@ -84,38 +86,7 @@ class _Batch:
     points: int = 0
     acks: list[tuple[int, int]] = field(default_factory=list)  # (mid, epoch)
     letters: list[tuple[DeadLetter, bool]] = field(default_factory=list)  # (letter, dup)
-    digests: list = field(default_factory=list)  # for the live sink, when there is one
-
-
-def _server(url: str) -> tuple[str, int, bool]:
-    parts = urlsplit(url if "://" in url else f"tcp://{url}")
-    tls = parts.scheme in ("ssl", "mqtts", "tls")
-    if parts.scheme not in ("tcp", "mqtt", "ssl", "mqtts", "tls"):
-        raise ConnectorError(f"unsupported MQTT server scheme in {url!r} (use tcp:// or ssl://)")
-    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
-
-
-def mqtt_client(settings: Settings, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
-    """A paho MQTT 5 client with the configured credentials and TLS (not yet connected)."""
-    m = settings.mqtt
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5,
-        manual_ack=manual_ack,
-    )
-    if m.username:
-        client.username_pw_set(m.username, m.password.get_secret_value() if m.password else None)
-    _host, _port, tls = _server(m.servers[0])
-    if tls or m.tls_ca or m.tls_cert:
-        import ssl
-
-        client.tls_set(ca_certs=m.tls_ca, certfile=m.tls_cert, keyfile=m.tls_key,
-                       cert_reqs=ssl.CERT_NONE if m.insecure_skip_verify else ssl.CERT_REQUIRED)
-        if m.insecure_skip_verify:
-            client.tls_insecure_set(True)
-    client.reconnect_delay_set(int(max(1, m.reconnect_min)), int(max(1, m.reconnect_max)))
-    return client
+    digests: list[Hashable] = field(default_factory=list)  # for the live sink, when there is one
 
 
 class Collector:
@@ -134,7 +105,13 @@ class Collector:
         watchdog: float | None = None,
         on_stall: Callable[[str], None] | None = None,
         instance_lock: InstanceLock | None = None,
+        client: mqtt.Client | None = None,
+        spool: Spool | None = None,
+        dead_letters: DeadLetterStore | None = None,
     ) -> None:
+        """``writer``, ``client``, ``spool`` and ``dead_letters`` default to the real ones
+        built from ``settings``; a test passes fakes to drive batching, acks and retries
+        without sockets (tests/connectors/test_collector_unit.py)."""
         self.settings = settings
         self.client_id = client_id or settings.mqtt.client_id
         self.live = live
@@ -144,11 +121,12 @@ class Collector:
         self.batch_age = c.batch_age
         self.writer = writer or InfluxWriter.from_settings(settings.influxdb)
         # The spool is opened by start(), once this instance holds its directory's lock.
-        self.spool: Spool | None = None
+        self.spool: Spool | None = spool
         self._instance_lock = instance_lock or InstanceLock(settings.spool_path / self.client_id)
         d = settings.dead_letter
-        self.dead_letters = DeadLetterStore(settings.dead_letter_path, max_payload_bytes=d.max_payload_bytes,
-                                            max_bytes=d.max_bytes, max_age=d.max_age)
+        self.dead_letters = dead_letters or DeadLetterStore(
+            settings.dead_letter_path, max_payload_bytes=d.max_payload_bytes, max_bytes=d.max_bytes,
+            max_age=d.max_age)
         # False: a peer's session is being emptied (adoption) - no subscription, and the
         # session's own subscriptions are dropped on connect.
         self._subscribe = subscribe
@@ -177,7 +155,7 @@ class Collector:
         self._server_index = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._client = mqtt_client(settings, self.client_id, manual_ack=True)
+        self._client = client or mqtt_client(settings, self.client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
@@ -198,7 +176,8 @@ class Collector:
             self._instance_lock.release()
             raise SpoolLocked(f"start of {self.client_id} cancelled while waiting for its lock")
         s = self.settings
-        self.spool = Spool(self._instance_lock.directory, max_bytes=s.spool.max_bytes, fsync=s.spool.fsync)
+        if self.spool is None:
+            self.spool = Spool(self._instance_lock.directory, max_bytes=s.spool.max_bytes, fsync=s.spool.fsync)
         if self._subscribe:
             (self._instance_lock.directory / RETIRED_MARK).unlink(missing_ok=True)
         if self.settings.influxdb.create_database:
@@ -249,7 +228,7 @@ class Collector:
         self._cancel.set()
 
     def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated
         if self.settings.mqtt.persistent_session:
             props.SessionExpiryInterval = min(int(self.settings.mqtt.session_expiry), 0xFFFFFFFF)
         props.ReceiveMaximum = self.settings.mqtt.receive_maximum
@@ -278,7 +257,7 @@ class Collector:
         for t in self._threads[1:]:
             t.join(max(0.1, deadline - time.monotonic()))
         if end_session and durable:
-            props = Properties(PacketTypes.DISCONNECT)
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated
             props.SessionExpiryInterval = 0
             self._client.disconnect(properties=props)
         else:
@@ -353,7 +332,8 @@ class Collector:
             self.stop()
 
     # -- MQTT callbacks (network thread) ---------------------------------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.error("MQTT connection refused: %s", reason_code)
             return
@@ -383,10 +363,12 @@ class Collector:
         self._unsubscribed.clear()
         self._client.unsubscribe(self._filters())
 
-    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                        properties: Properties | None) -> None:
         self._unsubscribed.set()
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      properties: Properties | None) -> None:
         failed = [rc for rc in reason_codes if rc.is_failure]
         if failed:
             log.error("MQTT subscription refused: %s", ", ".join(str(rc) for rc in failed))
@@ -395,28 +377,27 @@ class Collector:
                      ", ".join(self.settings.mqtt.topics), self.settings.mqtt.shared_group)
             self.subscribed.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None) -> None:
         self.connected.clear()
         self.subscribed.clear()
         self._disconnected.set()
         if not self._stop.is_set():
             log.warning("MQTT disconnected (%s); reconnecting", reason_code)
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if len(self._servers) > 1:
             self._server_index = (self._server_index + 1) % len(self._servers)
             host, port, _ = self._servers[self._server_index]
-            try:
+            with contextlib.suppress(RuntimeError):
                 client.host, client.port = host, port  # paho reconnects to the stored address
-            except RuntimeError:
-                pass
         host, port, _ = self._servers[self._server_index]
         log.warning("MQTT connection to %s:%s failed; retrying with backoff", host, port)
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = self.clock()
         self._last_message = time.monotonic()
-        payload = msg.payload
+        payload = bytes(msg.payload)  # paho types it bytes | bytearray; bytes(b) of bytes is b itself
         try:
             parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload,
                                    max_age_s=self._max_age_s)
@@ -429,8 +410,10 @@ class Collector:
         m = self.metrics
         m.received_msgs += 1
         # Serialise (and digest for the twin) outside the lock the sealer thread shares.
-        lines = digests = None
-        if parsed.rejection is None:
+        rej = parsed.rejection
+        lines: list[str] = []
+        digests = None
+        if rej is None:
             lines = [encode_reading(r) for r in parsed.readings]
             live = self.live
             if live is not None:
@@ -443,7 +426,7 @@ class Collector:
                 batch = self._batch = _Batch(opened=time.monotonic())
             if msg.qos > 0:
                 batch.acks.append((msg.mid, self._epoch))
-            if lines is not None:
+            if rej is None:
                 batch.lines.extend(lines)
                 if digests:
                     batch.digests.extend(digests)
@@ -452,7 +435,6 @@ class Collector:
                 if parsed.unknown_fields:
                     m.unknown_fields += parsed.unknown_fields
             else:
-                rej = parsed.rejection
                 batch.letters.append((DeadLetter(reason=rej.reason, detail=rej.detail, payload=payload,
                                                  topic=msg.topic, received_at=now), bool(msg.dup)))
                 m.rejected_msgs += 1
@@ -536,6 +518,12 @@ class Collector:
                 log.exception("live-state update failed; ingest continues")
             batch.digests = []
 
+    @property
+    def _started_spool(self) -> Spool:
+        if self.spool is None:
+            raise SpoolError("the collector is not started: it has no spool yet")
+        return self.spool
+
     def _persist(self, body: bytes) -> None:
         points = body.count(b"\n") + 1
         # Only InfluxDB's health decides; batches still in the spool are replayed by the
@@ -546,16 +534,16 @@ class Collector:
             try:
                 result = self.writer.write(body)
             except WriteRetryable as exc:
-                log.warning("InfluxDB write failed (%s); spooling to %s", exc, self.spool.path)
+                log.warning("InfluxDB write failed (%s); spooling to %s", exc, self._started_spool.path)
                 self._influx_down.set()
             else:
                 self._record_rejected_lines(result.rejected)
                 self.metrics.written_points += points - len(result.rejected)
                 return
-        self.spool.put(body)  # raises SpoolFull / SpoolError: caller holds the acks
+        self._started_spool.put(body)  # raises SpoolFull / SpoolError: caller holds the acks
         self.metrics.spooled_points += points
 
-    def _record_rejected_lines(self, rejected) -> None:
+    def _record_rejected_lines(self, rejected: Sequence[RejectedLine]) -> None:
         if not rejected:
             return
         self.metrics.write_rejected_points += len(rejected)
@@ -574,7 +562,7 @@ class Collector:
             fresh = [letter for letter, dup in letters
                      if not (dup and self.dead_letters.contains(letter.topic, letter.payload))]
             self.dead_letters.add_many(fresh)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing dead-letter store must never stop valid readings
             self.metrics.dead_letter_failed += len(letters)
             log.error("dead-letter store failed (%s); %d rejected message(s) counted, not kept "
                       "(%d so far); valid readings go on", exc, len(letters), self.metrics.dead_letter_failed)
@@ -598,9 +586,10 @@ class Collector:
     def drain_once(self) -> int:
         """Replay spooled batches, oldest first, until the spool is empty or InfluxDB fails."""
         replayed = 0
+        spool = self._started_spool
         while True:
             try:
-                item = self.spool.oldest()
+                item = spool.oldest()
             except SpoolError as exc:
                 log.error("cannot read the spool: %s", exc)
                 return replayed
@@ -619,14 +608,14 @@ class Collector:
             except ConnectorError as exc:
                 log.error("cannot store rejected lines from the spool: %s", exc)
                 return replayed
-            self.spool.remove(path)
+            spool.remove(path)
             points = body.count(b"\n") + 1
             self.metrics.drained_points += points
             self.metrics.written_points += points - len(result.rejected)
             replayed += 1
             if replayed == 1:
-                log.info("draining the spool (%d batches, %d bytes)", len(self.spool) + 1,
-                         self.spool.bytes + len(body))
+                log.info("draining the spool (%d batches, %d bytes)", len(spool) + 1,
+                         spool.bytes + len(body))
 
     # -- watchdog ------------------------------------------------------------------------------
     def _watchdog_loop(self) -> None:
@@ -717,7 +706,7 @@ class Collector:
             batch.lines.append(point)
 
     # -- introspection -------------------------------------------------------------------------
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {
             "collector": self.client_id,
             "connected": self.connected.is_set(),

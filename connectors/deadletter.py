@@ -23,17 +23,20 @@ failure and writes the valid readings anyway.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from connectors.errors import DeadLetterError
 
+T = TypeVar("T")
 __all__ = ["DeadLetter", "DeadLetterStore", "payload_digest"]
 
 
@@ -86,7 +89,7 @@ class DeadLetter:
     truncated: bool = False
     payload_dropped: bool = False  # the body was pruned to keep the store under its size cap
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         text = self.payload.decode("utf-8", errors="backslashreplace")
         return {
             "id": self.id,
@@ -136,7 +139,7 @@ class DeadLetterStore:
             self._db = db
         return self._db
 
-    def _run(self, what: str, fn):
+    def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` under the lock, SQLite and OS errors mapped to ``DeadLetterError``."""
         with self._lock:
             db = self._conn()
@@ -149,10 +152,8 @@ class DeadLetterStore:
 
     def _reset_locked(self) -> None:
         if self._db is not None:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._db.close()
-            except sqlite3.Error:
-                pass
             self._db = None
 
     # -- writing -------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class DeadLetterStore:
         """Store letters in one transaction, then prune to the caps; returns how many."""
         now = time.time()
         cap = self.max_payload_bytes
-        rows = [
+        rows: list[tuple[Any, ...]] = [
             (
                 letter.received_at or now,
                 letter.source,
@@ -212,7 +213,7 @@ class DeadLetterStore:
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         size = db.execute("PRAGMA page_size").fetchone()[0]
-        return (pages - free) * size
+        return int((pages - free) * size)
 
     def _prune_locked(self, db: sqlite3.Connection, now: float, room: int = 0) -> None:
         """Age cap, then size cap leaving ``room`` bytes for rows about to be inserted."""
@@ -238,7 +239,7 @@ class DeadLetterStore:
                     break
 
     @staticmethod
-    def _forget(db: sqlite3.Connection, which: tuple[str, str], args: tuple) -> int:
+    def _forget(db: sqlite3.Connection, which: tuple[str, str], args: tuple[Any, ...]) -> int:
         """Delete the rows ``which`` selects, adding their counts to ``pruned``."""
         count_sql, delete_sql = which
         counts = db.execute(count_sql, args).fetchall()
@@ -264,7 +265,7 @@ class DeadLetterStore:
         """Newest first."""
         sql = ("SELECT id, received_at, source, topic, reason, detail, payload, payload_bytes, truncated"
                " FROM rejected WHERE 1=1")
-        args: list = []
+        args: list[Any] = []
         if reason:
             sql += " AND reason = ?"
             args.append(reason)

@@ -18,13 +18,12 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
-
-from typing import TYPE_CHECKING
 
 from connectors.errors import QueryError, WriteRejected, WriteRetryable
 from core.settings import InfluxSettings
@@ -32,7 +31,7 @@ from core.settings import InfluxSettings
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["InfluxReader", "InfluxWriter", "RejectedLine", "WriteResult", "quote_identifier"]
+__all__ = ["InfluxReader", "InfluxWriter", "RejectedLine", "WriteResult", "quote_identifier", "series_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +157,8 @@ class InfluxWriter:
         try:
             with self._v2_lock:
                 self._write_api.write(bucket=self._bucket, org=self._org, record=body,
-                                      write_precision="ns")
+                                      # its WritePrecision constants are plain str
+                                      write_precision="ns")  # type: ignore[arg-type]
         except ApiException as exc:
             self._check(exc.status or 0, exc.body if isinstance(exc.body, str) else str(exc.body))
         except (HTTPError, OSError) as exc:
@@ -232,7 +232,7 @@ class InfluxWriter:
                 session.close()
             self._local = threading.local()
         else:
-            self._client.close()
+            self._client.close()  # type: ignore[no-untyped-call]  # influxdb-client is unannotated
 
 
 def quote_identifier(name: str) -> str:
@@ -288,7 +288,7 @@ class InfluxReader:
             timeout=max(s.timeout, 60.0),
         )
 
-    def raw(self, q: str) -> list[dict]:
+    def raw(self, q: str) -> list[dict[str, Any]]:
         """The decoded ``results`` list of ``/query``; raises ``QueryError`` on any error."""
         params = {"db": self.database, "epoch": "ns"}
         if self.retention_policy:
@@ -309,7 +309,7 @@ class InfluxReader:
             raise QueryError(f"InfluxDB answered HTTP 200 with unexpected JSON: {resp.text[:200]!r}")
         if "error" in doc:
             raise QueryError(f"query failed: {doc['error']}")
-        results = doc.get("results", [])
+        results: list[dict[str, Any]] = doc.get("results", [])
         for r in results:
             if "error" in r:
                 raise QueryError(f"query failed: {r['error']}")
@@ -328,7 +328,7 @@ class InfluxReader:
 
     def frames(self, q: str) -> list[pd.DataFrame]:
         """One frame per statement of ``q`` (statements separated by ``;``)."""
-        return [_frame(r) for r in self.raw(q)]
+        return [series_frame(r) for r in self.raw(q)]
 
     def frame(self, q: str) -> pd.DataFrame:
         """The frame of a single InfluxQL statement (empty if it returned no rows)."""
@@ -346,21 +346,50 @@ class InfluxReader:
         self._local = threading.local()
 
 
-def _frame(result: dict) -> pd.DataFrame:
-    import pandas as pd  # only readers need pandas; the collector's start-up stays light
+def series_frame(result: dict[str, Any]) -> pd.DataFrame:
+    """One frame for all the series of one statement's result (``/query`` JSON), tags as
+    columns and ``time`` as UTC; empty when the statement returned no rows.
+
+    Built in one go: a ``GROUP BY "site_id"`` over 10 000 sites answers 10 000 series,
+    and a frame per series (then a concat) cost the rules more than the query itself.
+    """
+    import numpy as np  # only readers need pandas; the collector's start-up stays light
+    import pandas as pd
 
     series = result.get("series") or []
     if not series:
         return pd.DataFrame()
+    columns = series[0]["columns"]
+    if any(s["columns"] != columns for s in series):  # never in one InfluxQL statement; stay correct
+        return _frame_per_series(series)
+    values = [s.get("values") or [] for s in series]
+    lengths = [len(v) for v in values]
+    rows = [row for v in values for row in v]
+    df = pd.DataFrame(rows, columns=columns)
+    keys: dict[str, None] = {}
+    for s in series:
+        keys.update(dict.fromkeys(s.get("tags") or {}))
+    for key in keys:
+        tags = np.array([(s.get("tags") or {}).get(key) for s in series], dtype=object)
+        df[key] = np.repeat(tags, lengths)
+    if len(series) > 1 or "name" in series[0]:
+        df.attrs["measurement"] = series[-1].get("name")
+    if "time" in df.columns:
+        df["time"] = pd.to_datetime(df["time"], unit="ns", utc=True)
+    return df
+
+
+def _frame_per_series(series: list[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     parts = []
     for s in series:
         df = pd.DataFrame(s.get("values") or [], columns=s["columns"])
         for key, value in (s.get("tags") or {}).items():
             df[key] = value
-        if len(series) > 1 or "name" in s:
-            df.attrs["measurement"] = s.get("name")
         parts.append(df)
-    df = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    df = pd.concat(parts, ignore_index=True)
+    df.attrs["measurement"] = series[-1].get("name")
     if "time" in df.columns:
         df["time"] = pd.to_datetime(df["time"], unit="ns", utc=True)
     return df

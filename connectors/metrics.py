@@ -32,7 +32,7 @@ class PipelineMetrics:
     pending_acks: int = 0
     dead_letter_failed: int = 0  # rejected messages the dead-letter store could not take
     writer_errors: int = 0  # unexpected errors in the writer loop (the batch is retried)
-    rejected_by_reason: Counter = field(default_factory=Counter)
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
     _latencies_ms: list[float] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -20,15 +20,21 @@ paho's and the socket's errors are translated into ``PublishError`` here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
-from connectors.collector import _server, mqtt_client
 from connectors.errors import PublishError
+from connectors.mqtt import mqtt_client
+from connectors.mqtt import server_address as _server
 from core.settings import Settings
 
 __all__ = ["PublishError", "PublishStats", "Publisher", "WirePublisher"]
@@ -118,13 +124,20 @@ class Publisher:
         return client
 
     @property
+    def _paho(self) -> mqtt.Client:
+        if self._client is None:
+            raise PublishError("this publisher does not use paho")
+        return self._client
+
+    @property
     def unacked(self) -> int:
         """QoS 1 messages published and not yet acknowledged by the broker."""
         return self.published - self.acked if self.qos else 0
 
     # -- paho callbacks (run inside ``client.loop``, in our thread) ------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             self._refused = str(reason_code)
             log.warning("broker refused the connection: %s", reason_code)
@@ -139,12 +152,14 @@ class Publisher:
         self._backoff_s = self.settings.mqtt.reconnect_min
         self._connected = True
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None) -> None:
         self._connected = False
         if reason_code != 0:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                    properties: Properties) -> None:
         if self.qos:
             self.acked += 1
             if getattr(reason_code, "is_failure", False):
@@ -160,19 +175,19 @@ class Publisher:
         for url in self.settings.mqtt.servers:
             host, port, _tls = _server(url)
             try:
-                self._client.connect(host, port, keepalive=int(self.settings.mqtt.keepalive))
+                self._paho.connect(host, port, keepalive=int(self.settings.mqtt.keepalive))
             except (OSError, ValueError) as exc:
                 errors.append(f"{url}: {exc}")
                 continue
             deadline = time.monotonic() + timeout_s
             while not self._connected and self._refused is None and time.monotonic() < deadline:
-                self._client.loop(0.05)
+                self._paho.loop(0.05)
             if self._connected:
                 self._started = time.monotonic()
                 self._next_progress = self._started + self.progress_interval_s
                 return
-            errors.append(f"{url}: {self._refused or 'no CONNACK within %.0fs' % timeout_s}")
-            self._client.disconnect()
+            errors.append(f"{url}: {self._refused or f'no CONNACK within {timeout_s:.0f}s'}")
+            self._paho.disconnect()
         raise PublishError("cannot connect to any MQTT broker: " + "; ".join(errors))
 
     def close(self, timeout_s: float = 60.0) -> PublishStats:
@@ -181,7 +196,7 @@ class Publisher:
             self.flush(timeout_s)
         finally:
             self._finished = time.monotonic()
-            self._client.disconnect()
+            self._paho.disconnect()
         return self.stats()
 
     def __enter__(self) -> Publisher:
@@ -193,14 +208,14 @@ class Publisher:
             self.close()
         else:
             self._finished = time.monotonic()
-            self._client.disconnect()
+            self._paho.disconnect()
 
     # -- the network loop -----------------------------------------------------------------
 
     def _pump(self, timeout_s: float) -> None:
         """Read acknowledgements (waiting up to ``timeout_s``), keep alive, reconnect if needed."""
         if self._connected:
-            rc = self._client.loop(timeout_s)
+            rc = self._paho.loop(timeout_s)
             if rc == mqtt.MQTT_ERR_SUCCESS:
                 return
             self._connected = False
@@ -212,7 +227,7 @@ class Publisher:
             time.sleep(min(timeout_s or 0.01, self._retry_at - now))
             return
         try:
-            self._client.reconnect()
+            self._paho.reconnect()
         except (OSError, ValueError) as exc:
             log.info("reconnect failed: %s; next try in %.0fs", exc, self._backoff_s)
             self._retry_at = time.monotonic() + self._backoff_s
@@ -220,7 +235,7 @@ class Publisher:
             return
         deadline = time.monotonic() + self.settings.mqtt.connection_timeout
         while not self._connected and time.monotonic() < deadline:
-            if self._client.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
+            if self._paho.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
                 break
         if not self._connected:
             self._retry_at = time.monotonic() + self._backoff_s
@@ -235,7 +250,7 @@ class Publisher:
         if self.qos:
             while self.published - self.acked >= self.window:
                 self._pump(0.01)
-        info = self._client.publish(topic, payload, qos=self.qos)
+        info = self._paho.publish(topic, payload, qos=self.qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             if info.rc not in _LOST or not self.qos:
                 raise PublishError(f"cannot publish to {topic}: {mqtt.error_string(info.rc)}")
@@ -382,8 +397,8 @@ class WirePublisher(Publisher):
     subscriptions, no QoS 2, no topic aliases.
     """
 
-    def __init__(self, settings: Settings, **kwargs) -> None:
-        self._sock = None
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self._sock: socket.socket | None = None
         self._out = bytearray()
         self._in = bytearray()
         self._pending: dict[int, tuple[bytes, bytes]] = {}
@@ -397,7 +412,6 @@ class WirePublisher(Publisher):
     # -- connection -------------------------------------------------------------------
 
     def _open(self, url: str, timeout_s: float) -> None:
-        import socket
 
         host, port, tls = _server(url)
         m = self.settings.mqtt
@@ -484,10 +498,8 @@ class WirePublisher(Publisher):
             log.warning("MQTT connection lost (%s); reconnecting", why)
         self._connected = False
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.close()
-            except OSError:
-                pass
             self._sock = None
         self._out.clear()
         self._retry_at = time.monotonic() + self._backoff_s

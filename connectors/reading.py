@@ -165,7 +165,7 @@ class InterferenceReading(_Reading):
 
 
 Reading = TowerReading | PowerReading | InterferenceReading
-MODELS: dict[str, type[_Reading]] = {
+MODELS: dict[str, type[TowerReading] | type[PowerReading] | type[InterferenceReading]] = {
     "tower": TowerReading,
     "power": PowerReading,
     "interference": InterferenceReading,
@@ -279,7 +279,7 @@ def parse_message(
     oldest_ns = int((now_s - max_age_s) * 1e9)
     model = MODELS[stream]
     known = _KNOWN[stream]
-    readings = []
+    readings: list[Reading] = []
     unknown = 0
     for i, item in enumerate(items):
         idx = i if indexed else None
@@ -289,7 +289,7 @@ def parse_message(
         given = item.get("site_id", site_id)
         if given != site_id:
             return _reject("site_mismatch",
-                           f"{'reading[%d].' % i if indexed else ''}site_id {_short(given)!r}"
+                           f"{f'reading[{i}].' if indexed else ''}site_id {_short(given)!r}"
                            f" differs from the topic's {site_id!r}", site_id, stream)
         if "site_id" not in item:
             item["site_id"] = site_id
@@ -299,13 +299,13 @@ def parse_message(
             return _reject("schema", _describe(exc, idx), site_id, stream)
         ts_ns = reading.ts_ns
         if ts_ns > latest_ns:
-            return _reject("future_ts", f"{'reading[%d].' % i if indexed else ''}ts {reading.ts.isoformat()}"
+            return _reject("future_ts", f"{f'reading[{i}].' if indexed else ''}ts {reading.ts.isoformat()}"
                            f" is more than {FUTURE_TOLERANCE_S}s in the future", site_id, stream)
         if ts_ns < EARLIEST_TS_S * 1_000_000_000:
-            return _reject("ancient_ts", f"{'reading[%d].' % i if indexed else ''}ts {reading.ts.isoformat()}"
+            return _reject("ancient_ts", f"{f'reading[{i}].' if indexed else ''}ts {reading.ts.isoformat()}"
                            " is before 2000-01-01", site_id, stream)
         if ts_ns < oldest_ns:
-            return _reject("too_old", f"{'reading[%d].' % i if indexed else ''}ts {reading.ts.isoformat()}"
+            return _reject("too_old", f"{f'reading[{i}].' if indexed else ''}ts {reading.ts.isoformat()}"
                            f" is older than the {max_age_s / 86400:g}-day horizon"
                            " ([collector] max_reading_age)", site_id, stream)
         if len(item) > len(known) or not known.issuperset(item):

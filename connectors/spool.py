@@ -23,6 +23,8 @@ per NFS server with care): peers on other hosts do not see each other's spools.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import fcntl
 import os
 import threading
@@ -127,7 +129,7 @@ class Spool:
     def has_room(self, size: int = 0) -> bool:
         return self._bytes + size <= self.max_bytes
 
-    def put(self, body: bytes) -> Path:
+    def put(self, body: builtins.bytes) -> Path:
         """Store one batch durably; raises ``SpoolFull`` or ``SpoolError`` if it cannot."""
         with self._lock:
             if self._bytes + len(body) > self.max_bytes:
@@ -155,17 +157,15 @@ class Spool:
                     finally:
                         os.close(dfd)
             except OSError as exc:
-                try:
+                with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)
-                except OSError:
-                    pass
                 raise SpoolError(f"cannot write to the spool {self.path}: {exc.strerror or exc}") from exc
             self._next += 1
             self._sizes[final] = len(body)
             self._bytes += len(body)
             return final
 
-    def oldest(self) -> tuple[Path, bytes] | None:
+    def oldest(self) -> tuple[Path, builtins.bytes] | None:
         """The oldest batch, without removing it."""
         with self._lock:
             if not self._sizes:

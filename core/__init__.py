@@ -11,6 +11,7 @@ the CLI and its wiring), which only the shell itself imports.
     core.jsonout   JSON for machines
     core.text      free text typed by people: control characters refused
     core.tariff    time-of-use tariff hours ("8-11;18-21"), read alike by import and rules
+    core.states    a site's lifecycle State and a flag's FlagStatus, shared by every package
 """
 
 __version__ = "0.1.0"  # the package's version (pyproject.toml); the shell and the web app show it

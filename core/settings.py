@@ -28,8 +28,8 @@ from core.units import Duration, Size, parse_duration, parse_size
 __all__ = [
     "ConfigError",
     "Duration",
-    "Size",
     "Settings",
+    "Size",
     "load_settings",
     "parse_duration",
     "parse_size",
@@ -215,7 +215,8 @@ class RulesSettings(_Section):
 
 
 SEVERITIES = ("info", "warning", "critical")
-EVENTS = ("open", "escalate", "resolve", "review", "remind")
+NotifyEvent = Literal["open", "escalate", "resolve", "review", "remind"]
+EVENTS: tuple[NotifyEvent, ...] = ("open", "escalate", "resolve", "review", "remind")
 
 
 class ChannelSettings(_Section):
@@ -230,7 +231,7 @@ class ChannelSettings(_Section):
     kinds: list[str] = []
     min_severity: Literal["info", "warning", "critical"] = "warning"
     counties: list[str] = []
-    events: list[Literal["open", "escalate", "resolve", "review", "remind"]] = list(EVENTS)
+    events: list[NotifyEvent] = list(EVENTS)
     digest: Duration = 0.0
     quiet_hours: str = ""
 

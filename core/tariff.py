@@ -52,7 +52,7 @@ def parse_hours(spec: Any) -> frozenset[int]:
             raise ValueError(f"hour range {item!r} must start within 0-23 and end within 0-24")
         if start == end:
             raise ValueError(f"hour range {item!r} is empty (for all day, leave hours empty)")
-        hours.update(range(start, end) if start < end else (*range(start, 24), *range(0, end)))
+        hours.update(range(start, end) if start < end else (*range(start, 24), *range(end)))
     return frozenset(hours)
 
 
@@ -64,7 +64,8 @@ def normalise_hours(spec: str) -> str:
 
 def format_hours(hours: Iterable[int]) -> str:
     """Hours as ranges, for messages: {8, 9, 10, 18} -> ``"8-11;18-19"``."""
-    out, run = [], []
+    out: list[str] = []
+    run: list[int] = []
     for h in sorted(set(hours)):
         if run and h == run[-1] + 1:
             run.append(h)

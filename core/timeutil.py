@@ -13,7 +13,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "DEFAULT_ZONE",
@@ -22,6 +26,7 @@ __all__ = [
     "get_zone",
     "local_month",
     "parse_instant",
+    "utc_timestamp",
     "utcnow",
 ]
 
@@ -52,6 +57,15 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def utc_timestamp(value: Any) -> pd.Timestamp:
+    """``value`` (datetime, Timestamp, ISO text, epoch ns) as a pandas ``Timestamp`` in UTC; a
+    naive value is taken to be UTC already.  The pandas twin of ``as_utc``, for the readers."""
+    import pandas as pd  # imported here: the collector uses this module and never needs pandas
+
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def parse_instant(text: str, zone: str | tzinfo = DEFAULT_ZONE) -> datetime:
     """An ISO 8601 date or date-time as typed by a person, as an aware UTC datetime.
 
@@ -67,7 +81,7 @@ def parse_instant(text: str, zone: str | tzinfo = DEFAULT_ZONE) -> datetime:
     try:
         if len(cell) == 10:
             d = date.fromisoformat(cell)
-            parsed = datetime(d.year, d.month, d.day)
+            parsed = datetime(d.year, d.month, d.day, tzinfo=tz)
         else:
             parsed = datetime.fromisoformat(cell.replace("Z", "+00:00"))
         local = parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed

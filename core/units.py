@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Annotated, Any
 
@@ -39,7 +40,7 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"not a duration: {value!r} (use e.g. '500ms', '30s', '5m', '1h30m', '7d')")
     parts = _DURATION_PART.findall(text)
     scales = [_DURATION_UNITS[unit] for _, unit in parts]
-    if any(a <= b for a, b in zip(scales, scales[1:], strict=False)):
+    if any(a <= b for a, b in itertools.pairwise(scales)):
         raise ValueError(f"not a duration: {value!r} (units once each, largest first: '1h30m')")
     return sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts)
 

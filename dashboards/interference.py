@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dashboards.model import Dashboard, Link, Panel, Query, Row
 from dashboards.display import Setting
+from dashboards.model import Dashboard, Link, Panel, Query, Row
 from dashboards.panels import (
     flags_annotation,
     flags_table,

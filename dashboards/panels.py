@@ -40,7 +40,7 @@ FLAG_SERIES = ("flag_id", "kind", "site_id", "cell_id", "supplier_id")
 _GROUP_FLAGS = "GROUP BY " + ", ".join(f'"{t}"' for t in FLAG_SERIES)
 
 
-def thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
+def thresholds(*steps: tuple[float | Setting | None, str]) -> dict[str, Any]:
     """Field defaults colouring by absolute thresholds: ``(None, "red"), (1, "green")``."""
     return {"color": {"mode": "thresholds"},
             "thresholds": {"mode": "absolute",
@@ -56,7 +56,7 @@ def right_axis(ref_id: str, unit: str) -> dict[str, Any]:
                            {"id": "custom.thresholdsStyle", "value": {"mode": "off"}}]}
 
 
-def threshold_lines(*steps: tuple[float | None, str]) -> dict[str, Any]:
+def threshold_lines(*steps: tuple[float | Setting | None, str]) -> dict[str, Any]:
     """Field defaults drawing ``steps`` as dashed lines on a time series (colours unchanged)."""
     return {**thresholds(*steps), "color": {"mode": "palette-classic"},
             "custom": {"thresholdsStyle": {"mode": "dashed"}}}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dashboards.model import Dashboard, Link, Panel, Query, Row
 from dashboards.display import Setting
+from dashboards.model import Dashboard, Link, Panel, Query, Row
 from dashboards.panels import flags_annotation, flags_table, right_axis, threshold_lines, thresholds
 from dashboards.variables import BAND, CELL, COUNTY, SITE_ONE, by_band, by_cell, by_site
 

@@ -144,7 +144,7 @@ class Notifier:
                 self.tick()
             except NotifyError as exc:
                 log.warning("notify pass failed (%s); will retry", exc)
-            except Exception:  # noqa: BLE001 - the notifier must never die silently
+            except Exception:
                 log.exception("notify pass failed; will retry")
 
     def stop(self, timeout_s: float = 10.0) -> None:

@@ -30,11 +30,12 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from core.settings import EVENTS, SEVERITIES, ChannelSettings, quiet_window
+from core.states import FlagStatus
 
 __all__ = ["EVENTS", "SEVERITIES", "Announced", "due_at", "events_for", "quiet_until", "routes",
            "severity_rank"]
 
-LIVE = ("open", "confirmed")
+LIVE = (FlagStatus.OPEN, FlagStatus.CONFIRMED)
 
 
 def severity_rank(severity: str) -> int:
@@ -60,9 +61,9 @@ def events_for(flag: Any, announced: Announced | None, now: datetime, repeat_s: 
     if flag.status in LIVE and severity_rank(flag.severity) > severity_rank(announced.severity):
         events.append("escalate")
     if flag.status != announced.status:
-        if flag.status == "resolved":
+        if flag.status == FlagStatus.RESOLVED:
             events.append("resolve")
-        elif flag.status in ("confirmed", "dismissed"):
+        elif flag.status in (FlagStatus.CONFIRMED, FlagStatus.DISMISSED):
             events.append("review")
     if (not events and repeat_s > 0 and flag.status in LIVE and flag.acknowledged_at is None
             and (now - announced.notified_at).total_seconds() >= repeat_s):

@@ -13,17 +13,19 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import func, or_, select
 
 from connectors.errors import ConnectorError
-from connectors.influx import InfluxReader
+from connectors.influx import InfluxReader, series_frame
+from core.states import State
+from core.timeutil import utc_timestamp
 from rules.errors import RuleDataError
 from rules.rule import Facts, Frames, Rule, Thresholds
 
@@ -44,8 +46,7 @@ DEFAULT_CONCURRENCY = 2
 
 def influx_time(ts: datetime | pd.Timestamp) -> str:
     """An InfluxQL time literal (RFC 3339, UTC)."""
-    t = pd.Timestamp(ts)
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    t = utc_timestamp(ts)
     return "'" + t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "'"
 
 
@@ -58,11 +59,6 @@ def _id_filter(tag: str, ids: Iterable[str]) -> str:
     if not ids or len(ids) > _MAX_FILTER_IDS:
         return ""
     return f' AND "{tag}" =~ /^({"|".join(re.escape(i) for i in ids)})$/'
-
-
-def _as_utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
-    t = pd.Timestamp(ts)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 def _floor(ts: datetime, minutes: int) -> pd.Timestamp:
@@ -103,14 +99,14 @@ class WindowData:
             raise RuleDataError(str(exc)) from exc
         if len(results) != 1:
             raise RuleDataError(f"expected one statement, got {len(results)}")
-        return _series_frame(results[0])
+        return series_frame(results[0])
 
     def _frame(self, q: str, *, memo: bool | str = False) -> pd.DataFrame:
         """The frame of one statement.  ``memo=True`` keeps it for identical statements later
         (for windows settled in the past); ``memo="run"`` only until ``new_run``."""
         return self._frames([q], memo=memo)[0]
 
-    def _frames(self, statements: list[str], *, memo: bool | str | list[bool | str] = False
+    def _frames(self, statements: list[str], *, memo: bool | str | Sequence[bool | str] = False
                 ) -> list[pd.DataFrame]:
         """The frames of independent statements, ``concurrency`` of them in flight at once.
 
@@ -172,8 +168,8 @@ class WindowData:
         return _concat(parts)
 
     # For a rule, some frames only need the rows it could flag; a report asks for them all.
-    _FOR_RULES = {"power_peak": "flaggable_power_peak",
-                  "interference_baseline": "flaggable_interference_baseline"}
+    _FOR_RULES: ClassVar[dict[str, str]] = {"power_peak": "flaggable_power_peak",
+                                            "interference_baseline": "flaggable_interference_baseline"}
 
     def fetch(self, rule: Rule, facts: Facts, now: datetime, t: Thresholds) -> dict[str, pd.DataFrame]:
         frames: dict[str, pd.DataFrame] = {}
@@ -208,7 +204,7 @@ class WindowData:
         memos: list[bool | str] = []
         for (a, b), group in spans.groupby(["start", "end"], sort=True):
             # Never past ``now``: a backfill step sees only what had been read by then.
-            stop = min(b + gap, _as_utc(now))
+            stop = min(b + gap, utc_timestamp(now))
             q = (f'SELECT "energy_kwh" FROM "power" WHERE time >= {influx_time(a - gap)} AND '
                  f'time <= {influx_time(stop)}{{filter}} GROUP BY "site_id", "meter_id"')
             # A bill period a day in the past is settled: the same statement later in the run
@@ -352,8 +348,9 @@ class WindowData:
         """Per site: the maximum over the window of the 15-minute mean power summed over meters.
 
         InfluxDB gives each meter's peak of its 15-minute means (nested queries; the whole
-        days of the window are asked once and remembered); a site with one meter is done.  Sites with several meters (a swap, a second supply) need the
-        coincident sum, so only their 15-minute means are fetched and summed here.
+        days of the window are asked once and remembered); a site with one meter is done.
+        Sites with several meters (a swap, a second supply) need the coincident sum, so only
+        their 15-minute means are fetched and summed here.
         ``sites`` limits the answer to those sites (all when None).
         """
         start = _floor(now - timedelta(seconds=t.window), 15)
@@ -465,7 +462,7 @@ class WindowData:
                 raise RuleDataError(str(exc)) from exc
             if len(results) != len(batch):
                 raise RuleDataError(f"expected {len(batch)} statement results, got {len(results)}")
-            return [_series_frame(r) for r in results]
+            return [series_frame(r) for r in results]
 
         if len(requests) > 1 and self.concurrency > 1:
             return list(self._workers().map(ask, requests))
@@ -560,50 +557,6 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame())
 
 
-def _series_frame(result: dict) -> pd.DataFrame:
-    """One frame for all the series of one statement's result, tags as columns.
-
-    The same frame as ``InfluxReader.frame`` gives, built in one go: a ``GROUP BY
-    "site_id"`` over 10 000 sites answers 10 000 series, and a frame per series
-    (then a concat) cost more than the query itself.
-    """
-    series = result.get("series") or []
-    if not series:
-        return pd.DataFrame()
-    columns = series[0]["columns"]
-    if any(s["columns"] != columns for s in series):  # never in one InfluxQL statement; stay correct
-        return _frame_per_series(series)
-    values = [s.get("values") or [] for s in series]
-    lengths = [len(v) for v in values]
-    rows = [row for v in values for row in v]
-    df = pd.DataFrame(rows, columns=columns)
-    keys: dict[str, None] = {}
-    for s in series:
-        keys.update(dict.fromkeys(s.get("tags") or {}))
-    for key in keys:
-        tags = np.array([(s.get("tags") or {}).get(key) for s in series], dtype=object)
-        df[key] = np.repeat(tags, lengths)
-    if len(series) > 1 or "name" in series[0]:
-        df.attrs["measurement"] = series[-1].get("name")
-    if "time" in df.columns:
-        df["time"] = pd.to_datetime(df["time"], unit="ns", utc=True)
-    return df
-
-
-def _frame_per_series(series: list[dict]) -> pd.DataFrame:
-    parts = []
-    for s in series:
-        df = pd.DataFrame(s.get("values") or [], columns=s["columns"])
-        for key, value in (s.get("tags") or {}).items():
-            df[key] = value
-        parts.append(df)
-    df = pd.concat(parts, ignore_index=True)
-    df.attrs["measurement"] = series[-1].get("name")
-    if "time" in df.columns:
-        df["time"] = pd.to_datetime(df["time"], unit="ns", utc=True)
-    return df
-
-
 def load_facts(store: Any) -> Facts:
     """Sites (with the time they entered their state and went on air), reservations, tariffs, bills."""
     from twin.errors import TwinError
@@ -621,7 +574,7 @@ def load_facts(store: Any) -> Facts:
                 .where(dated).group_by(LifecycleEvent.site_id)).all())
             on_air = dict(s.execute(
                 select(LifecycleEvent.site_id, func.max(LifecycleEvent.at))
-                .where(LifecycleEvent.to_state == "on_air", dated).group_by(LifecycleEvent.site_id)).all())
+                .where(LifecycleEvent.to_state == State.ON_AIR.value, dated).group_by(LifecycleEvent.site_id)).all())
             site_rows = [
                 {"site_id": r.site_id, "name": r.name, "lat": r.lat, "lon": r.lon, "state": r.state,
                  "region": r.region,
@@ -712,7 +665,7 @@ class SiteHistory:
         self._site, self._ids = pd.factorize(self.events["site_id"])
         self._state, self._states = pd.factorize(self.events["to_state"])
         self._dated = self.events["dated"].to_numpy(dtype=bool)
-        self._on_air = self._states.get_indexer(["on_air"])[0]  # -1: nobody went on air
+        self._on_air = self._states.get_indexer([State.ON_AIR.value])[0]  # -1: nobody went on air
         # per site: the state assumed before its first event, if that is an undated import
         _, first = np.unique(self._site, return_index=True)
         self._before = np.where(self._dated[first], -1, self._state[first])
@@ -720,8 +673,7 @@ class SiteHistory:
 
     def _at(self, at: datetime | pd.Timestamp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per site code: state code (-1: none yet), state_since and on_air_since (NaT: unknown)."""
-        t = pd.Timestamp(at)
-        t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        t = utc_timestamp(at)
         n = int(np.searchsorted(self._times, t.tz_localize(None).to_datetime64(), side="right"))
         if self._cache is not None and self._cache[0] == n:
             return self._cache[1]  # no event between the previous step and this one
@@ -750,7 +702,8 @@ class SiteHistory:
         c = np.where(has, code, 0)  # rows without history are overwritten below
         state_code = np.where(now_state[c] >= 0, now_state[c], self._before[c])
         labels = np.asarray(self._states, dtype=object)
-        state = np.where(state_code >= 0, labels[np.maximum(state_code, 0)], None)
+        # None as the fill of an object array; numpy's stubs only know array-like fills.
+        state = np.where(state_code >= 0, labels[np.maximum(state_code, 0)], None)  # type: ignore[call-overload]
         state[~has] = sites["state"].to_numpy(dtype=object)[~has]  # no history at all: today's
         sites["state"] = state
         for col, values in (("state_since", since), ("on_air_since", on_air)):
@@ -787,8 +740,7 @@ def load_site_history(store: Any) -> SiteHistory:
 def _aware(value: Any) -> pd.Timestamp | None:
     if value is None:
         return None
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return utc_timestamp(value)
 
 
 class GridHistory:
@@ -821,8 +773,7 @@ class GridHistory:
         return frame
 
     def facts_at(self, facts: Facts, at: datetime | pd.Timestamp) -> Facts:
-        t = pd.Timestamp(at)
-        t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        t = utc_timestamp(at)
         reservations, sites = facts.reservations, facts.sites
         if not self.reservations.empty:
             cols = ["site_id", "declared_kw", "reserved_kw", "feeder", "substation", "status"]

@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from core.settings import Settings
 from rules.data import WindowData, load_facts, load_grid_history, load_site_history
 from rules.errors import RuleError
 from rules.flag import FlagBook
 from rules.registry import RULES, thresholds_for
 from rules.rule import Facts, Rule, Thresholds
 from rules.sink import publish_flags, publish_site_alarms, write_flags
-from core.settings import Settings
 
 __all__ = ["Engine", "Outcome", "summarise", "thresholds_for"]
 
@@ -151,7 +151,7 @@ class Engine:
                 in_scope = lambda flag: flag.site_id in seen and windowed(flag)  # noqa: E731
             sync = self.flags.sync(rule.name, findings, now, self.settings.rules.hold_off,
                                    in_scope=in_scope, frozen=frozen)
-        except Exception as exc:  # noqa: BLE001 - one failing rule must not stop the others
+        except Exception as exc:
             log.error("rule %s failed at %s: %s", rule.name, now.isoformat(), exc,
                       exc_info=log.isEnabledFor(logging.DEBUG))
             return Outcome(rule.name, "error", now, error=f"{type(exc).__name__}: {exc}",

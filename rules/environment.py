@@ -38,7 +38,7 @@ import pandas as pd
 from pydantic import Field
 
 from core.settings import Duration
-from rules.finding import Finding, iso_utc
+from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
 
 __all__ = [
@@ -141,7 +141,7 @@ def evaluate_door_open(frames: Frames, facts: Facts, now: datetime, t: DoorThres
         open_s = (times[-1] - run[0]).total_seconds()
         if open_s < t.open_after:
             continue
-        severity = "critical" if open_s >= t.critical_after else "warning"
+        severity: Severity = "critical" if open_s >= t.critical_after else "warning"
         booked = [[iso_utc(a), iso_utc(b)] for a, b in windows.get(site_id, [])
                   if a < times[-1] + BUCKET and run[0] < b]
         out.append(Finding(

@@ -7,7 +7,7 @@ store turns them into flags (open, update, resolve) keyed by ``dedup_key``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 __all__ = ["KINDS", "SEVERITIES", "Finding", "Severity", "iso_utc", "subject_key"]
@@ -78,5 +78,5 @@ def iso_utc(ts: datetime) -> str:
     """A time as docs/contracts.md writes it: ISO 8601 in UTC with ``Z`` (``2026-11-24T08:15:00Z``)."""
     if ts.tzinfo is None:
         raise ValueError("a naive time has no place in evidence: times are UTC-aware")
-    text = ts.astimezone(timezone.utc).isoformat()
+    text = ts.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")

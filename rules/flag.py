@@ -1,10 +1,11 @@
 """The flag lifecycle in the twin database: open, update, resolve after a hold-off, review.
 
 A finding updates the one flag with its ``dedup_key`` (kind, site, cell or
-bill) — or one of its ``member_keys``, the cells of an incident — whose window overlaps the finding's, widened by the hold-off so that a
-condition that blinks off and on within the hold-off stays one flag.  A flag
-of a rule that no longer finds it gets ``clear_since``; once that is older
-than the hold-off it is resolved.  A reviewed flag (``confirmed`` or
+bill) — or one of its ``member_keys``, the cells of an incident — whose window
+overlaps the finding's, widened by the hold-off so that a condition that blinks
+off and on within the hold-off stays one flag.  A flag of a rule that no longer
+finds it gets ``clear_since``; once that is older than the hold-off it is
+resolved.  A reviewed flag (``confirmed`` or
 ``dismissed``) keeps its decision: findings still refresh its evidence, but
 it is never resolved or reopened by the engine.  Every review is a row of
 ``flag_reviews``, so the history is kept.
@@ -28,6 +29,7 @@ A finding naming a ``probable_cause``
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -37,18 +39,21 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from core.states import FlagStatus
 from core.text import control_character
 from rules.errors import ReviewError, RuleDataError, UnknownFlag
 from rules.finding import Finding, iso_utc
 
-__all__ = ["ACTIONS", "DECISIONS", "SORTS", "STATUSES", "FlagBook", "SyncResult", "flag_dict"]
+__all__ = ["ACTIONS", "DECISIONS", "SORTS", "STATUSES", "FlagBook", "FlagStatus", "SyncResult",
+           "flag_dict"]
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("open", "confirmed", "dismissed", "resolved")
+# Plain text for the CLI's choices and messages; ``FlagStatus`` is the vocabulary.
+STATUSES = tuple(s.value for s in FlagStatus)
 SORTS = ("id", "opened_at", "updated_at", "window_start", "severity", "kind", "site_id",
          "supplier_id")
-DECISIONS = ("confirmed", "dismissed")
+DECISIONS = (FlagStatus.CONFIRMED.value, FlagStatus.DISMISSED.value)
 
 # Evaluations of one rule racing each other: each retry sees the flags the others committed.
 SYNC_ATTEMPTS = 5
@@ -59,7 +64,7 @@ class _OpenedMeanwhile(Exception):
 
 
 def _resolve(flag: Any, now: datetime) -> None:
-    flag.status = "resolved"
+    flag.status = FlagStatus.RESOLVED.value
     flag.resolved_at = now
     flag.updated_at = now
 
@@ -124,7 +129,7 @@ class FlagBook:
         with self._session() as s:
             rows = s.execute(select(Flag.id, Flag.status, Flag.updated_at)
                              .where(Flag.rule.in_(list(rules)))).all()
-        return frozenset(r.id for r in rows if not (r.status == "open" and r.updated_at <= since))
+        return frozenset(r.id for r in rows if not (r.status == FlagStatus.OPEN and r.updated_at <= since))
 
     def sync(self, rule: str, findings: Sequence[Finding], now: datetime, hold_off_s: float, *,
              in_scope: Callable[[Any], bool] = lambda flag: True,
@@ -169,7 +174,7 @@ class FlagBook:
         slack = timedelta(seconds=hold_off_s)
         out = SyncResult()
         with self._session() as s:
-            live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != "resolved")
+            live = s.scalars(select(Flag).where(Flag.rule == rule, Flag.status != FlagStatus.RESOLVED.value)
                              .order_by(Flag.id)).all()
             # A backfill's frozen flags: matched against (to skip what they cover), never written.
             recorded: dict[str, list[Any]] = {}
@@ -179,7 +184,7 @@ class FlagBook:
                 for flag in s.scalars(select(Flag).where(Flag.rule == rule, Flag.id.in_(kept))):
                     for key in _keys(flag):
                         recorded.setdefault(key, []).append(flag)
-                    if flag.status == "open":
+                    if flag.status == FlagStatus.OPEN:
                         frozen_open.add(flag.dedup_key)
                 live = [flag for flag in live if flag.id not in kept]
             by_key: dict[str, list[Any]] = {}
@@ -187,7 +192,7 @@ class FlagBook:
             for flag in live:
                 for key in _keys(flag):
                     by_key.setdefault(key, []).append(flag)
-                if flag.status == "open":
+                if flag.status == FlagStatus.OPEN:
                     open_by_key.setdefault(flag.dedup_key, flag)
             seen: set[int] = set()
             for f in findings:
@@ -202,9 +207,9 @@ class FlagBook:
                     continue
                 if match is None:
                     same = open_by_key.get(f.dedup_key)
-                    if same is not None and same.status == "open" and same.id in seen:
+                    if same is not None and same.status == FlagStatus.OPEN and same.id in seen:
                         match = same  # a second finding of a condition this evaluation already has
-                    elif same is not None and same.status == "open":
+                    elif same is not None and same.status == FlagStatus.OPEN:
                         # An earlier occurrence, apart by more than the hold-off: it ends here.
                         _resolve(same, now)
                         s.flush()  # before the new one is inserted: the index allows one open
@@ -213,7 +218,7 @@ class FlagBook:
                 if match is None:
                     match = Flag(kind=f.kind, rule=f.rule, site_id=f.site_id, cell_id=f.cell_id,
                                  bill_id=f.bill_id, supplier_id=f.supplier_id, severity=f.severity,
-                                 status="open", opened_at=now, updated_at=now,
+                                 status=FlagStatus.OPEN.value, opened_at=now, updated_at=now,
                                  window_start=f.window_start, window_end=f.window_end,
                                  summary=f.summary, evidence=_link_cause(s, _evidence(f)),
                                  dedup_key=f.dedup_key)
@@ -239,7 +244,7 @@ class FlagBook:
                         out.updated.append(flag_dict(match))
                 seen.add(match.id)
             for flag in live:
-                if flag.id in seen or flag.status != "open" or not in_scope(flag):
+                if flag.id in seen or flag.status != FlagStatus.OPEN or not in_scope(flag):
                     continue
                 if flag.clear_since is None:
                     flag.clear_since = now
@@ -326,7 +331,7 @@ class FlagBook:
             flag = s.get(Flag, flag_id)
             if flag is None:
                 raise UnknownFlag(flag_id)
-            if flag.status == "resolved":
+            if flag.status == FlagStatus.RESOLVED:
                 raise ReviewError(f"flag {flag_id} is resolved; there is nothing to"
                                   f" {'acknowledge' if action == 'ack' else 'assign'}")
             before = flag_dict(flag)
@@ -342,7 +347,7 @@ class FlagBook:
                 audit(s, before, flag_dict(flag))
         return self.show(flag_id)
 
-    def reviews(self, flag_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    def reviews(self, flag_ids: Sequence[int]) -> dict[int, builtins.list[dict[str, Any]]]:
         """The review history (oldest first) of each of ``flag_ids`` that has one."""
         _, FlagReview = _models()
         out: dict[int, list[dict[str, Any]]] = {}
@@ -394,7 +399,7 @@ class FlagBook:
               severity: str | None = None, site_id: str | None = None, county: str | None = None,
               supplier_id: str | None = None, since: datetime | None = None,
               until: datetime | None = None, sort: str = "id", limit: int = 50,
-              offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+              offset: int = 0) -> tuple[int, builtins.list[dict[str, Any]]]:
         """``(total, page)`` of flags matching every filter; ``since``/``until`` select flags whose
         window overlaps ``[since, until)``; ``sort`` is a column of ``SORTS``, ``-`` for descending."""
         from sqlalchemy import func
@@ -442,7 +447,7 @@ class FlagBook:
         return out
 
     def supplier_summary(self, kinds: Sequence[str] = ("overcharging", "overbilling")
-                         ) -> list[dict[str, Any]]:
+                         ) -> builtins.list[dict[str, Any]]:
         """Per supplier: flags by status, repeat offenders (most confirmed, then most flags) first."""
         from sqlalchemy import func
 
@@ -454,13 +459,13 @@ class FlagBook:
         with self._session() as s:
             for supplier, status, n in s.execute(q):
                 row = out.setdefault(supplier, {"supplier_id": supplier, "total": 0,
-                                                **{st: 0 for st in STATUSES}})
+                                                **dict.fromkeys(STATUSES, 0)})
                 row[status] = row.get(status, 0) + n
                 row["total"] += n
         return sorted(out.values(), key=lambda r: (-r["confirmed"], -r["total"], r["supplier_id"]))
 
 
-def _evidence(f: Finding, also: list[str] = ()) -> dict[str, Any]:
+def _evidence(f: Finding, also: Sequence[str] = ()) -> dict[str, Any]:
     """The finding's evidence, with every subject key the flag answers to (once it has more
     than one, they are kept: the flag stays the incident's even when it shrinks)."""
     evidence = _jsonable(f.evidence)
@@ -481,7 +486,7 @@ def _link_cause(session: Any, evidence: dict[str, Any], before: dict[str, Any] |
     if not isinstance(cause, dict) or not cause.get("dedup_key"):
         return evidence
     flag_id = session.scalars(select(Flag.id).where(Flag.dedup_key == cause["dedup_key"],
-                                                    Flag.status != "resolved")
+                                                    Flag.status != FlagStatus.RESOLVED.value)
                               .order_by(Flag.id.desc()).limit(1)).first()
     if flag_id is None and "probable_cause" not in evidence:
         return evidence  # the earlier cause has ended: no longer linked

@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from core.settings import Duration
 from rules.finding import Finding, Severity, iso_utc, subject_key
 from rules.rule import Facts, Frames, Rule, Thresholds
-from core.settings import Duration
 
 __all__ = [
     "INTERFERENCE",
@@ -170,7 +170,7 @@ def _may_run(df: pd.DataFrame, base_hour: dict, latest_ok: pd.Timestamp, t: Inte
     df = df.reset_index(drop=True)
     levels = df["ul_dbm"].to_numpy(dtype=float)
     if base_hour:
-        base = np.array([base_hour.get(k, np.nan) for k in zip(df["cell_id"], df["time"].dt.hour)],
+        base = np.array([base_hour.get(k, np.nan) for k in zip(df["cell_id"], df["time"].dt.hour, strict=False)],
                         dtype=float)
         cond = (levels >= t.warning_dbm) | (~np.isnan(base) & (levels - base >= t.rise_db))
     else:
@@ -296,7 +296,7 @@ def evaluate_interference(frames: Frames, facts: Facts, now: datetime, t: Interf
     for group in _groups(hits, coords, t.incident_radius_km):
         cells = [hits[i] for i in group]
         anchor = max(cells, key=lambda h: (h["weight_db"], h["level_dbm"]))
-        severity = "critical" if any(_severity(h["level_dbm"], t) == "critical" for h in cells) else "warning"
+        severity: Severity = "critical" if any(_severity(h["level_dbm"], t) == "critical" for h in cells) else "warning"
         start = min(h["start"] for h in cells).to_pydatetime()
         end = max(h["end"] for h in cells).to_pydatetime()
         listed = [{k: (iso_utc(v) if isinstance(v, pd.Timestamp) else v) for k, v in h.items()}

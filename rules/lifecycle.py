@@ -16,9 +16,11 @@ from typing import Any
 import pandas as pd
 from pydantic import Field
 
+from core.settings import Duration
+from core.states import State
+from core.timeutil import utc_timestamp
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
-from core.settings import Duration
 
 __all__ = ["LIFECYCLE", "LifecycleThresholds", "evaluate_lifecycle", "last_seen_map"]
 
@@ -32,7 +34,7 @@ DEFAULT_LIMITS_DAYS = {
     "blocked": 30.0,
 }
 # States in which an old site counts as taken down if its telemetry has gone silent.
-_RUNNING = ("power_connected", "on_air", "relocating")
+_RUNNING = (State.POWER_CONNECTED, State.ON_AIR, State.RELOCATING)
 
 
 class LifecycleThresholds(Thresholds):
@@ -55,8 +57,7 @@ def last_seen_map(frame: pd.DataFrame | None) -> dict[str, pd.Timestamp]:
 def _ts(value: Any) -> pd.Timestamp | None:
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return utc_timestamp(value)
 
 
 def evaluate_lifecycle(frames: Frames, facts: Facts, now: datetime, t: LifecycleThresholds
@@ -71,18 +72,18 @@ def evaluate_lifecycle(frames: Frames, facts: Facts, now: datetime, t: Lifecycle
     by_id = sites.set_index("site_id").to_dict("index")
     for new in sites.itertuples(index=False):
         old_id = getattr(new, "replaces_site_id", None)
-        if not isinstance(old_id, str) or not old_id or old_id not in by_id or new.state == "on_air":
+        if not isinstance(old_id, str) or not old_id or old_id not in by_id or new.state == State.ON_AIR:
             continue
         old = by_id[old_id]
         last = seen.get(old_id)
         silent = last is None or now_ts - last > pd.Timedelta(seconds=t.offline_after)
-        taken_down = old["state"] == "decommissioned" or (old["state"] in _RUNNING and silent
+        taken_down = old["state"] == State.DECOMMISSIONED or (old["state"] in _RUNNING and silent
                                                           and last is not None)
         if not taken_down:
             continue
-        since = _ts(old.get("state_since")) if old["state"] == "decommissioned" else last
+        since = _ts(old.get("state_since")) if old["state"] == State.DECOMMISSIONED else last
         start = min(since, now_ts).to_pydatetime() if since is not None else now - timedelta(seconds=t.window)
-        how = "decommissioned" if old["state"] == "decommissioned" else "silent"
+        how = "decommissioned" if old["state"] == State.DECOMMISSIONED else "silent"
         out.append(Finding(
             kind="relocation_violation", rule="lifecycle", site_id=old_id, severity="critical",
             window_start=start, window_end=now,

@@ -30,10 +30,11 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from core.settings import Duration
+from core.states import ON_AIR_STATES
 from rules.finding import Finding, Severity, iso_utc, subject_key
 from rules.lifecycle import last_seen_map
 from rules.rule import Facts, Frames, Rule, Thresholds
-from core.settings import Duration
 
 __all__ = [
     "MAINS_FAILURE",
@@ -48,9 +49,8 @@ __all__ = [
 ]
 
 BUCKET = pd.Timedelta(minutes=5)
-# The states in which a site should transmit (``twin.live.ON_AIR_STATES`` agrees): a site
-# never built, or taken down, is silent by design and never offline.
-ON_AIR_STATES = ("on_air", "relocating")
+# A site never built, or taken down, is silent by design and never offline: only the
+# ``ON_AIR_STATES`` (core.states, which twin.live uses too) should transmit.
 
 
 class OfflineThresholds(Thresholds):

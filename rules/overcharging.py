@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from core.settings import Duration
 from core.tariff import parse_hours  # one parser for import and rule (re-exported)
+from core.timeutil import utc_timestamp
 from rules.energy import HOUR_NS, IntervalEnergy, bill_intervals, interval_energy
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
@@ -79,8 +80,7 @@ def _severity(excess_cny: float, t: BillThresholds) -> Severity:
 
 
 def _as_ts(value: Any) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return utc_timestamp(value)
 
 
 def _bills_in_window(facts: Facts, now: datetime, t: BillThresholds) -> pd.DataFrame:

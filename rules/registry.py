@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.settings import Settings
-from rules.errors import ThresholdError, UnknownRule
 from rules.environment import BATTERY_LLVD_RISK, CABINET_OVERTEMP, DOOR_OPEN, TILT_EXCEEDED
+from rules.errors import ThresholdError, UnknownRule
 from rules.interference import INTERFERENCE
 from rules.lifecycle import LIFECYCLE
 from rules.operations import MAINS_FAILURE, SITE_OFFLINE

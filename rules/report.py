@@ -18,12 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
 from core.i18n import gettext_for, normalise_lang
+from core.states import FlagStatus
 from core.timeutil import DEFAULT_ZONE, local_month
 
 __all__ = [
@@ -174,7 +174,7 @@ def _bill_rows(flags: Sequence[dict[str, Any]], start: pd.Timestamp, end: pd.Tim
             continue
         ev = f.get("evidence") or {}
         party = dict(parties.get(f.get("bill_id") or "", {}))
-        last = (reviews.get(f["id"]) or [None])[-1] or {}
+        last = (reviews.get(f["id"]) or [{}])[-1] or {}
         row = {k: ev.get(k) for k in BILL_COLUMNS}
         row.update({
             "row": "bill", "flag_id": f["id"], "bill_id": f.get("bill_id"), "kind": f["kind"],
@@ -195,7 +195,7 @@ def _bill_rows(flags: Sequence[dict[str, Any]], start: pd.Timestamp, end: pd.Tim
 
 
 def _totals(bills: pd.DataFrame) -> pd.DataFrame:
-    counted = bills[bills["status"] != "dismissed"]
+    counted = bills[bills["status"] != FlagStatus.DISMISSED]
     if counted.empty:
         return pd.DataFrame(columns=list(TOTAL_COLUMNS))
     firsts = {k: (k, "first") for k in ("supplier_name", "supplier_credit_code",
@@ -338,7 +338,8 @@ def overcharging_report(flags: Sequence[dict[str, Any]], period: str, *,
 _RESERVATION_COLUMNS = [
     "level", "site_id", "name", "county", "lat", "lon", "feeder", "substation", "feeders", "state",
     "status", "rated_kw", "sites", "declared_kw", "reserved_kw", "reserved_pct", "peak_kw",
-    "coincident_peak_kw", "peak_at", "sum_site_peaks_kw", "headroom_kw", "utilisation_pct", "window_start", "window_end"]
+    "coincident_peak_kw", "peak_at", "sum_site_peaks_kw", "headroom_kw", "utilisation_pct", "window_start",
+    "window_end"]
 
 
 def reservations_table(sheets: dict[str, pd.DataFrame]) -> pd.DataFrame:

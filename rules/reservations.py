@@ -17,13 +17,15 @@ from typing import Any
 import pandas as pd
 from pydantic import Field
 
+from core.settings import Duration
+from core.states import State
+from core.timeutil import utc_timestamp
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
-from core.settings import Duration
 
 __all__ = ["RESERVATIONS", "ReservationThresholds", "evaluate_reservations", "peak_candidates", "site_peaks"]
 
-NEEDS_RESERVATION = ("under_construction", "power_connected", "on_air", "relocating")
+NEEDS_RESERVATION = (State.UNDER_CONSTRUCTION, State.POWER_CONNECTED, State.ON_AIR, State.RELOCATING)
 
 
 class ReservationThresholds(Thresholds):
@@ -50,8 +52,7 @@ def site_peaks(frame: pd.DataFrame | None) -> dict[str, tuple[float, pd.Timestam
 def _ts(value: Any) -> pd.Timestamp | None:
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return utc_timestamp(value)
 
 
 def _established(site: Any, now: datetime, t: ReservationThresholds) -> bool:
@@ -95,7 +96,7 @@ def peak_candidates(bounds: pd.DataFrame | None, facts: Facts, now: datetime, t:
             out.add(sid)
         elif sid in sites.index and low_kw < reserved_kw * t.underused_share * (1 + _BOUND_MARGIN):
             site = sites.loc[sid]
-            if site["state"] == "on_air" and _established(site, now, t):
+            if site["state"] == State.ON_AIR and _established(site, now, t):
                 out.add(sid)
     return out
 
@@ -140,7 +141,7 @@ def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: Reserv
                 evidence={**evidence, "over_kw": round(over, 3)}))
             continue
         on_air = _ts(getattr(site, "on_air_since", None))
-        if site.state == "on_air" and _established(site, now, t) and peak_kw < reserved_kw * t.underused_share:
+        if site.state == State.ON_AIR and _established(site, now, t) and peak_kw < reserved_kw * t.underused_share:
             since = f"after {(pd.Timestamp(now) - on_air).days} days on air" if on_air is not None else "on air"
             out.append(Finding(
                 kind="reservation_underused", rule="reservations", site_id=sid, severity="info",

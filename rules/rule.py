@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from core.settings import Duration
 from rules.errors import ThresholdError
 from rules.finding import Finding
-from core.settings import Duration
 
 __all__ = ["Facts", "Frames", "Rule", "Thresholds"]
 

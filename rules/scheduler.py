@@ -15,6 +15,7 @@ up ingest: see ``sitetwin.wiring``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from datetime import UTC, datetime
@@ -53,7 +54,7 @@ def run_scheduled(rule_name: str) -> None:
     try:
         engine = _engine()
         (outcome,) = engine.run(datetime.now(UTC), [get_rule(rule_name)])
-    except Exception:  # noqa: BLE001 - a scheduled job must never kill the scheduler thread
+    except Exception:
         log.exception("rule %s could not run", rule_name)
         return
     if outcome.status == "error":
@@ -97,10 +98,9 @@ def start(settings: Settings, *, paused: bool = False):
 
 
 def _shutdown_quietly(scheduler) -> None:
-    try:
+    # Not started, or its job store is the thing that failed: either way there is nothing to stop.
+    with contextlib.suppress(Exception):
         scheduler.shutdown(wait=False)
-    except Exception:  # noqa: BLE001 - not started, or its job store is the thing that failed
-        pass
 
 
 def _schedule(scheduler, settings: Settings) -> None:

@@ -19,23 +19,22 @@ of events that a lost message could skew.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from connectors.lineprotocol import line
-from core.settings import Settings
+from connectors.mqtt import publish_once
 from core.jsonout import to_json
+from core.settings import Settings
+from core.states import FlagStatus
 
 __all__ = ["ALARMS_TOPIC", "alarm_messages", "flag_lines", "flag_topic", "publish_flags",
            "publish_site_alarms", "write_flags"]
 
 log = logging.getLogger(__name__)
 
-_OPEN = ("open", "confirmed")
+_OPEN = (FlagStatus.OPEN, FlagStatus.CONFIRMED)
 ALARMS_TOPIC = "sitetwin/alarms"
 
 
@@ -55,7 +54,7 @@ def _ended_at(f: dict[str, Any]) -> datetime | None:
     """When the flag's span ends on a graph: resolution, or the review that dismissed it."""
     if f.get("resolved_at") is not None:
         return f["resolved_at"]
-    return f["updated_at"] if f["status"] == "dismissed" else None
+    return f["updated_at"] if f["status"] == FlagStatus.DISMISSED else None
 
 
 def flag_lines(flags: Sequence[dict[str, Any]]) -> bytes:
@@ -114,8 +113,8 @@ def publish_flags(settings: Settings, flags: Sequence[dict[str, Any]], *, timeou
     """Publish the flags over MQTT (QoS 1) and wait for the broker's acks; returns how many."""
     if not flags:
         return 0
-    return _publish(settings, [(flag_topic(f), to_json(f).encode(), False) for f in flags],
-                    timeout_s=timeout_s)
+    return publish_once(settings, [(flag_topic(f), to_json(f).encode()) for f in flags],
+                        role="rules", timeout_s=timeout_s)
 
 
 def alarm_messages(open_flags: Sequence[dict[str, Any]], site_ids: Sequence[str], now: datetime
@@ -150,47 +149,12 @@ def publish_site_alarms(settings: Settings, store: Any, site_ids: Sequence[str],
 
     try:
         book = FlagBook(store)
-        open_flags = [f for status in _OPEN for f in book.list(status=status)]
+        open_flags = [f for status in _OPEN for f in book.list(status=status.value)]
     except Exception as exc:  # noqa: BLE001 - best effort, as every publication here
         log.warning("reading the open flags for MQTT failed: %s", exc)
         return 0
     open_flags.sort(key=lambda f: f["id"])
     from core.timeutil import utcnow
 
-    return _publish(settings, alarm_messages(open_flags, site_ids, utcnow()), timeout_s=timeout_s)
-
-
-def _publish(settings: Settings, messages: Sequence[tuple[str, bytes, bool]], *,
-             timeout_s: float) -> int:
-    """Publish (topic, payload, retain) at QoS 1 and wait for the broker's acks; how many."""
-    from connectors.collector import mqtt_client
-
-    url = settings.mqtt.servers[0]
-    parts = urlsplit(url if "://" in url else f"tcp://{url}")
-    tls = parts.scheme in ("ssl", "mqtts", "tls")
-    client = mqtt_client(settings, f"{settings.mqtt.client_id}-rules-{os.getpid()}-{threading.get_ident()}")
-    connected = threading.Event()
-    client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None
-    try:
-        client.connect(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883),
-                       keepalive=int(max(5, settings.mqtt.keepalive)))
-        client.loop_start()
-        if not connected.wait(timeout_s):
-            log.warning("MQTT broker %s did not accept the flag publisher", parts.hostname)
-            return 0
-        infos = [client.publish(topic, payload, qos=1, retain=retain)
-                 for topic, payload, retain in messages]
-        done = 0
-        for info in infos:
-            info.wait_for_publish(timeout=timeout_s)
-            done += info.is_published()
-        return done
-    except (OSError, ValueError, RuntimeError) as exc:
-        log.warning("publishing %d flag message(s) over MQTT failed: %s", len(messages), exc)
-        return 0
-    finally:
-        try:
-            client.disconnect()
-            client.loop_stop()
-        except Exception:  # noqa: BLE001 - closing a broken client must not mask the result
-            pass
+    messages = [(topic, payload) for topic, payload, _retain in alarm_messages(open_flags, site_ids, utcnow())]
+    return publish_once(settings, messages, retain=True, role="rules", timeout_s=timeout_s)

@@ -27,8 +27,10 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from connectors.reading import check_id
+from core.states import ON_AIR_STATES, State
 
 __all__ = [
     "CITY_CENTRE",
@@ -62,7 +64,8 @@ COUNTIES = (
 )
 _DISTRICTS = ("North", "South", "East", "West", "Central")
 _OPERATORS = ("CMCC", "CUCC", "CTCC", "CBN")
-STATES_BEFORE_AIR = ("planned", "site_secured", "approved", "under_construction", "power_connected")
+STATES_BEFORE_AIR = (State.PLANNED, State.SITE_SECURED, State.APPROVED, State.UNDER_CONSTRUCTION,
+                     State.POWER_CONNECTED)
 # Share of the fleet in each state before on_air; the rest is on_air.
 _STATE_SHARES = {"planned": 0.06, "site_secured": 0.04, "approved": 0.05,
                  "under_construction": 0.08, "power_connected": 0.05}
@@ -70,9 +73,9 @@ _KINDS = (("macro", 0.45), ("micro", 0.20), ("pole", 0.20), ("indoor", 0.15))
 _LOAD_KW = {"macro": (7.0, 12.0), "micro": (3.5, 6.0), "pole": (3.0, 4.5), "indoor": (2.5, 4.0)}
 _BANDS = {"macro": ("n78", "n41"), "micro": ("n78", "n41"), "pole": ("n78", "n28"),
           "indoor": ("n41", "B3")}
-PRB_BANDS = {"n78": 273, "n41": 273}
+PRB_BANDS = {"n78": 273, "n41": 273}  # bands whose cells report per-PRB vectors (100 MHz, 30 kHz)
 NARROWBAND_PRBS = 16  # width of the narrowband interferer's block
-BATTERY_EMPTY_PCT = 3.0  # the low-voltage disconnect drops the load: the site goes dark  # bands whose cells report per-PRB vectors (100 MHz, 30 kHz)
+BATTERY_EMPTY_PCT = 3.0  # the low-voltage disconnect drops the load: the site goes dark
 _DAILY_SWING = {"macro": 0.25, "micro": 0.30, "pole": 0.30, "indoor": 0.20}
 _POWER_CONNECTED_LOAD = 0.3  # powered but not on air: rectifiers, cooling, transport only
 _ENERGY_EPOCH = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
@@ -145,11 +148,11 @@ class Site:
     @property
     def publishes(self) -> bool:
         """Sites with power publish tower and power readings; those on air also interference."""
-        return self.state in ("power_connected", "on_air", "relocating")
+        return self.state in (State.POWER_CONNECTED, State.ON_AIR, State.RELOCATING)
 
     @property
     def on_air(self) -> bool:
-        return self.state in ("on_air", "relocating")
+        return self.state in ON_AIR_STATES
 
     @property
     def load_kw(self) -> float:
@@ -419,7 +422,7 @@ class Fleet:
         out: dict[str, Anomaly] = {}
         plan = self.plan(scenario)
         site_of = {c.cell_id: s.site_id for s in self.sites for c in s.cells}
-        if plan.jammer_rise_db:
+        if plan.jammer_rise_db and plan.jammer_at is not None:
             cells = tuple(sorted(plan.jammer_rise_db))
             out["interference_wideband"] = Anomaly(
                 "interference", tuple(sorted({site_of[c] for c in cells})), cells,
@@ -472,7 +475,7 @@ class Fleet:
         """
         h = int.from_bytes(hashlib.blake2b(site.site_id.encode(), digest_size=4).digest(), "big")
         latest = self.bill_start - timedelta(days=7)
-        if site.state == "on_air":
+        if site.state == State.ON_AIR:
             first = datetime(min(site.planned_year, latest.year), 1, 1, tzinfo=UTC)
             span_days = max(1, min((latest - first).days, 365))
             return min(latest, first + timedelta(days=h % span_days, hours=h % 24))
@@ -491,11 +494,11 @@ class Fleet:
         def h(site_id: str) -> int:
             return int.from_bytes(hashlib.blake2b(f"conv:{site_id}".encode(), digest_size=4).digest(),
                                   "big")
-        direct = sorted((s.site_id for s in self.sites if s.supply == "direct" and s.state == "on_air"),
+        direct = sorted((s.site_id for s in self.sites if s.supply == "direct" and s.state == State.ON_AIR),
                         key=h)
         out = {}
         for sid in direct[:max(1, len(direct) // _CONVERTED_ONE_IN)] if direct else []:
-            day = datetime(local_now.year, 1, 1) + timedelta(days=h(sid) % days)
+            day = datetime(local_now.year, 1, 1, tzinfo=local_now.tzinfo) + timedelta(days=h(sid) % days)
             if day.date() < local_now.date():
                 out[sid] = day.strftime("%Y-%m-%d")
         return out
@@ -507,7 +510,7 @@ class Fleet:
         for r in self.reservations:
             sub, kw = feeders.get(r.feeder, (r.substation, 0.0))
             feeders[r.feeder] = (sub, kw + r.reserved_kw)
-        frows = [{"feeder": f, "substation": sub, "rated_kw": 50 * math.ceil(kw * 1.2 / 50)}
+        frows: list[dict[str, Any]] = [{"feeder": f, "substation": sub, "rated_kw": 50 * math.ceil(kw * 1.2 / 50)}
                  for f, (sub, kw) in sorted(feeders.items())]
         subs: dict[str, float] = {}
         for row in frows:
@@ -604,11 +607,11 @@ class _Builder:
             lat = rng.gauss(county[2], county[4])
             lon = rng.gauss(county[3], county[4] * 1.15)
             sites.append(self._site(county, counters, lat, lon, states[i], None))
-        for old in [s for s in sites if s.state == "relocating"]:
+        for old in [s for s in sites if s.state == State.RELOCATING]:
             county = next(c for c in COUNTIES if c[1] == old.county)
             lat = old.lat + rng.uniform(-0.003, 0.003)
             lon = old.lon + rng.uniform(-0.003, 0.003)
-            state = "on_air" if len([s for s in sites if s.replaces_site_id]) % 2 == 0 else "under_construction"
+            state = State.ON_AIR if len([s for s in sites if s.replaces_site_id]) % 2 == 0 else State.UNDER_CONSTRUCTION
             sites.append(self._site(county, counters, lat, lon, state, old.site_id))
         sites = self._meter_swaps(sites)
         reservations, over, missing, underused = self._reservations(sites)
@@ -625,8 +628,8 @@ class _Builder:
         states: list[str] = []
         for state, share in _STATE_SHARES.items():
             states += [state] * int(base_n * share)
-        states += ["relocating"] * relocations
-        states += ["on_air"] * (base_n - len(states))
+        states += [State.RELOCATING] * relocations
+        states += [State.ON_AIR] * (base_n - len(states))
         self.rng.shuffle(states)
         return states[:base_n]
 
@@ -648,7 +651,7 @@ class _Builder:
                            floor_dbm=round(rng.uniform(-118.0, -114.5), 2))
                       for k in range(ncells))
         operators = ";".join(sorted(rng.sample(_OPERATORS, rng.choice((1, 1, 2, 3)))))
-        before = state in ("planned", "site_secured", "approved")
+        before = state in (State.PLANNED, State.SITE_SECURED, State.APPROVED)
         return Site(
             site_id=site_id,
             name=f"{name} {rng.choice(_DISTRICTS)} {kind} {counters[code]}",
@@ -682,17 +685,17 @@ class _Builder:
                                  for k, (dy, dx) in enumerate(((0.6, -0.6), (-0.6, 0.6)), start=1)]
         code_of = {c[1]: c[0] for c in COUNTIES}
         reservations, over, missing, underused = [], [], [], []
-        building = [s.site_id for s in sites if s.state == "under_construction"]
+        building = [s.site_id for s in sites if s.state == State.UNDER_CONSTRUCTION]
         n_missing = min(len(building), max(1, len(building) // 4)) if building else 0
         missing_ids = set(rng.sample(building, n_missing))
-        air = [s.site_id for s in sites if s.on_air and s.state == "on_air"]
+        air = [s.site_id for s in sites if s.on_air and s.state == State.ON_AIR]
         n_over = min(len(air), max(1, len(sites) // 40)) if len(air) >= 4 else 0
         over_ids = set(rng.sample(air, n_over))
         rest = [s for s in air if s not in over_ids]
         n_under = min(len(rest), max(1, len(sites) // 50)) if len(rest) >= 4 else 0
         under_ids = set(rng.sample(rest, n_under))
         for s in sites:
-            if s.state in ("planned", "site_secured") or s.site_id in missing_ids:
+            if s.state in (State.PLANNED, State.SITE_SECURED) or s.site_id in missing_ids:
                 if s.site_id in missing_ids:
                     missing.append(s.site_id)
                 continue

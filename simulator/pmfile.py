@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from lxml import etree
@@ -38,7 +39,7 @@ def interference_docs(fleet: Fleet, start: datetime | float, end: datetime | flo
                       scenario: str = "normal", *, site_ids: Collection[str] | None = None,
                       prb_window_s: float | None = None) -> dict[str, dict[int, list[dict]]]:
     """``site_id -> period end (epoch s) -> the interference documents of its cells``."""
-    kwargs = {} if prb_window_s is None else {"prb_window_s": prb_window_s}
+    kwargs: dict[str, Any] = {} if prb_window_s is None else {"prb_window_s": prb_window_s}
     out: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for topic, payload in readings(fleet, start, end, period_s=INTERFERENCE_PERIOD_S,
                                    scenario=scenario, site_ids=site_ids, **kwargs):

@@ -238,7 +238,7 @@ def _backlog(topic: str, docs: list[dict]) -> list[tuple[str, bytes]]:
 
 def _aligned(start: float, end: float, step: int) -> range:
     first = int(math.ceil(start / step) * step)
-    return range(first, int(math.ceil(end)), step)
+    return range(first, math.ceil(end), step)
 
 
 def chunks(

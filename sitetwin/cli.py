@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"sitetwin {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+    # argparse calls parser_class(**kw); typeshed wants a class, a factory does the same.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,  # type: ignore[call-overload]
                                      parser_class=lambda **kw: argparse.ArgumentParser(
                                          parents=[common], **kw))
     report = commands.add_parser("report", help="write a report (.csv or .xlsx)")

@@ -10,8 +10,6 @@ system-wide daemon.
 
 from __future__ import annotations
 
-from sitetwin.errors import SitetwinError
-
 import contextlib
 import os
 import pwd
@@ -28,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.broker import AUTOSAVE_CHANGES
+from sitetwin.errors import SitetwinError
 
 __all__ = [
     "InfluxDB",

@@ -17,9 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from connectors.collector import Collector
 from sitetwin.config import Settings
+
+if TYPE_CHECKING:
+    from notify import Notifier
+    from twin.live import LiveState
+    from twin.store import Store
 
 __all__ = ["RULES_RETRY_MAX_S", "Pipeline"]
 
@@ -34,10 +40,10 @@ class Pipeline:
     def __init__(self, settings: Settings, *, client_id: str | None = None, twin: bool = True,
                  rules: bool = True) -> None:
         self.settings = settings
-        self.live = None
-        self.store = None
-        self.scheduler = None
-        self.notifier = None
+        self.live: LiveState | None = None
+        self.store: Store | None = None
+        self.scheduler: Any = None
+        self.notifier: Notifier | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._want_twin = twin
@@ -129,17 +135,19 @@ class Pipeline:
                 self._write_site_state()
 
     def _flush_live(self) -> None:
+        if self.live is None:
+            return
         try:
             if self.store is None:
                 from twin.store import open_store
 
                 self.store = open_store(self.settings.twin_url)
             self.live.flush(self.store)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a background flush retries; it must not kill the timer
             log.warning("live-state flush failed (%s); will retry", exc)
 
     def _write_site_state(self) -> None:
-        if self.store is None:
+        if self.store is None or self.live is None:
             return
         try:
             from datetime import UTC, datetime
@@ -150,7 +158,7 @@ class Pipeline:
                                     online_window_s=self.live.online_window_s)
             if body:
                 self.collector.writer.write(body)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a background write retries; it must not kill the timer
             log.warning("writing site_state failed (%s); will retry", exc)
 
     def stop(self, *, retire: bool = False) -> None:

@@ -36,7 +36,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     svc.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def private_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A Mosquitto of the test's own, which the test may stop and restart."""
     svc = Mosquitto(root=tmp_path / "mosquitto", port=free_port())
@@ -54,7 +54,7 @@ def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
     svc.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def private_influxdb(tmp_path: Path) -> Iterator[InfluxDB]:
     """An InfluxDB of the test's own, which the test may stop and restart."""
     svc = InfluxDB(root=tmp_path / "influxdb", port=free_port(), database="sitetwin")
@@ -63,7 +63,7 @@ def private_influxdb(tmp_path: Path) -> Iterator[InfluxDB]:
     svc.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def influx_db(influxdb: InfluxDB) -> Iterator[str]:
     """A fresh database name in the session InfluxDB, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
@@ -92,7 +92,7 @@ def postgresql() -> Iterator[PostgreSQL]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture()
+@pytest.fixture
 def postgresql_url(postgresql: PostgreSQL) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test."""
     import psycopg
@@ -115,7 +115,7 @@ def twin_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgresql_url")
 
 
-@pytest.fixture()
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings with every local path under the test's own directory."""
     return load_settings(None, services={"state_dir": str(tmp_path / "state")},

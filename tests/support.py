@@ -106,9 +106,9 @@ def collector_process(env: dict[str, str], *, instance: int | None = None,
         argv += ["--instance", str(instance)]
     argv += list(args)
     before = log_path.read_bytes().count(SUBSCRIBED) if log_path and log_path.exists() else 0
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                            cwd=ROOT)
+    with open(log_path or os.devnull, "ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT)
     if wait_subscribed:
         assert log_path is not None, "wait_subscribed needs log_path"
         deadline = time.monotonic() + timeout

@@ -150,7 +150,8 @@ def test_a_full_run_at_debug_level_prints_no_secret(tmp_path, mosquitto, influxd
             k += 1
             time.sleep(0.3)
         publish(mosquitto.host, mosquitto.port,
-                tower_messages(5, 20) + [("sites/S0001/tower", b"{bad json " + SECRETS["SITETWIN_MQTT__PASSWORD"][:3].encode())])
+                [*tower_messages(5, 20),
+                 ("sites/S0001/tower", b"{bad json " + SECRETS["SITETWIN_MQTT__PASSWORD"][:3].encode())])
         wait_for(lambda: count(influxdb, influx_db, "SELECT count(mains_ok) FROM tower") >= 100,
                  message="ingest")
         wait_for(lambda: count(influxdb, influx_db, "SELECT count(received_msgs) FROM sitetwin_pipeline"),

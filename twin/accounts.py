@@ -38,8 +38,8 @@ __all__ = [
     "list_tokens",
     "list_users",
     "open_session",
-    "resolve_session",
     "reset_password",
+    "resolve_session",
     "revoke_token",
     "set_disabled",
     "set_role",
@@ -191,7 +191,7 @@ def create_token(session: Session, username: str, name: str, *, actor: str,
     return token, info
 
 
-def _token_dict(row: ApiToken, username: str) -> dict[str, Any]:
+def _token_dict(row: ApiToken, username: str | None) -> dict[str, Any]:
     return {"id": row.id, "username": username, "name": row.name, "prefix": row.prefix,
             "created_at": row.created_at, "last_used_at": row.last_used_at,
             "revoked_at": row.revoked_at}

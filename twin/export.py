@@ -52,7 +52,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 
 from core.errors import UserError
-from core.timeutil import get_zone
+from core.timeutil import get_zone, utc_timestamp
 
 __all__ = ["FORMATS", "FORMULA_PREFIXES", "Sheet", "neutralise", "unit_of", "write_sheets",
            "write_table", "write_workbook"]
@@ -78,7 +78,7 @@ _SUFFIXES = (("_cny_per_kwh", "cny_per_kwh"), ("_cny", "cny"), ("_kwh", "kwh"), 
              ("_pct", "pct"), ("_share", "share"))
 _CSV_DECIMALS = {"cny": 2}
 _MAX_WIDTH = 60
-_INVALID_SHEET_CHARS = str.maketrans({c: " " for c in "[]:*?/\\"})
+_INVALID_SHEET_CHARS = str.maketrans(dict.fromkeys("[]:*?/\\", " "))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +130,7 @@ def _is_time(value: Any) -> bool:
 
 
 def _local(value: Any, zone: tzinfo | None) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
-    return ts.tz_convert(zone if zone is not None else "UTC")
+    return utc_timestamp(value).tz_convert(zone if zone is not None else "UTC")
 
 
 def _plain(value: Any) -> Any:
@@ -160,8 +157,8 @@ def _csv_cell(value: Any, unit: str | None, zone: tzinfo | None) -> str:
         return "true" if value else "false"
     if _is_time(value):
         ts = _local(value, zone)
-        return (ts.strftime("%Y-%m-%dT%H:%M:%SZ") if zone is None
-                else ts.isoformat(timespec="seconds"))
+        return str(ts.strftime("%Y-%m-%dT%H:%M:%SZ") if zone is None
+                   else ts.isoformat(timespec="seconds"))
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, int):

@@ -26,12 +26,12 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Table, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from core.timeutil import parse_instant
+from core.timeutil import parse_instant, utc_timestamp
 from twin.models import Reservation, ReservationChange, Site, SupplyChange
+from twin.store import upsert_insert
 
 __all__ = [
     "RESERVATION_VALUES",
@@ -62,8 +62,7 @@ def in_force(changes: pd.DataFrame, at: datetime | pd.Timestamp, *,
     """
     if changes.empty:
         return changes.iloc[:0]
-    t = pd.Timestamp(at)
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    t = utc_timestamp(at)
     ordered = changes.sort_values(["site_id", "effective_from"], kind="stable")
     eff = pd.to_datetime(ordered["effective_from"], utc=True)
     last = ordered[(eff <= t).to_numpy()].groupby("site_id", sort=False).tail(1)
@@ -115,9 +114,6 @@ def _load(session: Session, model: Any, columns: Sequence[str],
                                 .order_by(*order)).all()
     return _frame(rows, columns)
 
-
-def _insert(dialect: str, table: Table):
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
 
 def _effective(value: Any, zone: str | tzinfo) -> datetime | None:
@@ -195,7 +191,7 @@ def _upsert_changes(session: Session, dialect: str, model: Any, frame: pd.DataFr
                for r in frame.to_dict(orient="records")]
     table = model.__table__
     cols = ["site_id", "effective_from", *(["dated"] if "dated" in table.c else []), *values]
-    stmt = _insert(dialect, table)
+    stmt = upsert_insert(dialect, table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["site_id", "effective_from"],
         set_={c: stmt.excluded[c] for c in [*cols[2:], "recorded_at"]})
@@ -220,7 +216,7 @@ def record_reservations(session: Session, dialect: str, rows: list[dict[str, Any
         session.execute(delete(Reservation).where(Reservation.site_id.in_(gone[i:i + _CHUNK])))
     if len(current):
         cols = ["site_id", *RESERVATION_VALUES]
-        stmt = _insert(dialect, Reservation.__table__)
+        stmt = upsert_insert(dialect, Reservation.__table__)
         stmt = stmt.on_conflict_do_update(
             index_elements=["site_id"],
             set_={c: stmt.excluded[c] for c in [*RESERVATION_VALUES, "updated_at"]})

@@ -30,18 +30,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connectors.errors import InvalidIdentifier
 from connectors.reading import check_id
 from core.creditcode import check_credit_code
-from core.timeutil import DEFAULT_ZONE, as_utc, format_local, get_zone, parse_instant
+from core.states import State
 from core.tariff import HOURS_EXAMPLE, format_hours, normalise_hours, parse_hours
 from core.text import control_character
+from core.timeutil import DEFAULT_ZONE, as_utc, format_local, get_zone, parse_instant
 from twin.errors import ImportFailed, RowError
 from twin.history import record_reservations, record_supply
 from twin.lifecycle import UNDATED_IMPORT_NOTE
@@ -58,6 +58,9 @@ from twin.models import (
     Tariff,
     utcnow,
 )
+from twin.store import Store, upsert_insert
+
+T = TypeVar("T")
 
 __all__ = [
     "BILLS",
@@ -113,7 +116,8 @@ def identifier(cell: str) -> str:
             from None
 
 
-def number(lo: float | None = None, hi: float | None = None, *, above: float | None = None):
+def number(lo: float | None = None, hi: float | None = None, *,
+           above: float | None = None) -> Callable[[str], float]:
     def parse(cell: str) -> float:
         if not _NUMBER.match(cell.strip()):
             raise ValueError(f"{cell!r} is not a number (ASCII digits, '.' for decimals,"
@@ -273,7 +277,7 @@ def _check_tariff_overlaps(session: Session, parsed: ParsedFile,
         return
     pairs = {(row["region"], row["customer_class"]) for _, row in tou}
     key = ("region", "customer_class", "period", "effective_from")
-    entries: dict[tuple, tuple[int | None, dict[str, Any]]] = {}
+    entries: dict[tuple[Any, ...], tuple[int | None, dict[str, Any]]] = {}
     t = Tariff.__table__
     for chunk in _chunks(sorted(pairs), 500):
         for r in session.execute(select(t.c.region, t.c.customer_class, t.c.period,
@@ -284,17 +288,17 @@ def _check_tariff_overlaps(session: Session, parsed: ParsedFile,
             entries[tuple(row[k] for k in key)] = (None, row)
     for line, row in tou:
         entries[tuple(row[k] for k in key)] = (line, row)
-    groups: dict[tuple, list[tuple[int | None, dict[str, Any], frozenset[int]]]] = {}
-    for line, row in entries.values():
+    groups: dict[tuple[Any, ...], list[tuple[int | None, dict[str, Any], frozenset[int]]]] = {}
+    for at_line, row in entries.values():
         try:
             hrs = parse_hours(row.get("hours"))
         except ValueError:
             continue  # a registered row from before the parser was strict: not ours to judge
-        groups.setdefault((row["region"], row["customer_class"]), []).append((line, row, hrs))
+        groups.setdefault((row["region"], row["customer_class"]), []).append((at_line, row, hrs))
     refused: dict[int, list[str]] = {}
     for (region, klass), items in groups.items():
         for when in sorted({row["effective_from"] for _, row, _ in items}):
-            in_force: dict[str, tuple] = {}
+            in_force: dict[str, tuple[Any, ...]] = {}
             for item in items:
                 frm = item[1]["effective_from"]
                 current = in_force.get(item[1]["period"])
@@ -335,8 +339,7 @@ def _check_bill(row: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-_STATES = ("planned", "site_secured", "approved", "under_construction", "power_connected",
-           "on_air", "relocating", "decommissioned", "blocked")
+_STATES = tuple(s.value for s in State)
 
 SITES = Schema(
     name="sites",
@@ -356,7 +359,7 @@ SITES = Schema(
         Column("owner", text(200), required=False),
         Column("operators", operators, required=False),
         Column("planned_year", integer(2000, 2100), required=False),
-        Column("state", choice(*_STATES), required=False, default="planned"),
+        Column("state", choice(*_STATES), required=False, default=State.PLANNED.value),
         Column("replaces_site_id", identifier, required=False),
         Column("address", text(300), required=False),
         # An extension: when a new site reached its imported state (default: the import time).
@@ -586,7 +589,7 @@ def read_rows(path: str | Path, schema: Schema,
                        for _, c in positions}
             present = {c.name for _, c in positions}
             absent_optional = [c for c in schema.columns if c.name not in present]
-            first_line_of: dict[tuple, int] = {}
+            first_line_of: dict[tuple[Any, ...], int] = {}
             row_key = schema.row_key or schema.key
             done = 0
             for cells in reader:
@@ -680,18 +683,18 @@ class ImportResult:
                            for e in self.errors]}
 
 
-def _chunks(seq: Sequence, n: int = CHUNK_ROWS) -> Iterable[Sequence]:
+def _chunks(seq: Sequence[T], n: int = CHUNK_ROWS) -> Iterable[Sequence[T]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
 
 
 def _existing(session: Session, table: Table, columns: Sequence[str],
-              wanted: set[tuple] | None = None) -> set[tuple]:
+              wanted: set[tuple[Any, ...]] | None = None) -> set[tuple[Any, ...]]:
     """Key tuples of ``table`` (all of them, or those among ``wanted``)."""
     cols = [table.c[c] for c in columns]
     if wanted is None:
         return {tuple(r) for r in session.execute(select(*cols))}
-    found: set[tuple] = set()
+    found: set[tuple[Any, ...]] = set()
     items = list(wanted)
     for chunk in _chunks(items, 1000):
         cond = cols[0].in_([k[0] for k in chunk]) if len(cols) == 1 else tuple_(*cols).in_(chunk)
@@ -747,7 +750,7 @@ def _write_rejects(path: Path, parsed: ParsedFile) -> None:
                         neutralise("; ".join(reasons[line_no]))])
 
 
-def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: bool = False,
+def import_csv(store: Store, path: str | Path, schema: Schema | str, *, skip_invalid: bool = False,
                rejects: str | Path | None = None, actor: str = "import",
                progress: Callable[[int], None] | None = None,
                write_progress: Callable[[int], None] | None = None,
@@ -763,6 +766,9 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
     """
     if isinstance(schema, str):
         schema = SCHEMAS[schema]
+    table = schema.table
+    if table is None:
+        raise ValueError(f"{schema.name} files are read (read_rows), not imported")
     path = Path(path)
     parsed = read_rows(path, schema, progress, zone=zone)
     now = utcnow()
@@ -774,7 +780,7 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
             raise ImportFailed(str(path), sorted(parsed.errors, key=lambda e: e.line))
         rows = [row for _, row in parsed.rows]
         keys = {tuple(r[k] for k in schema.key) for r in rows}
-        before = _existing(session, schema.table, schema.key,
+        before = _existing(session, table, schema.key,
                            keys if len(keys) < 10_000 else None) if keys else set()
         inserted = sum(1 for k in keys if k not in before)
         present = {c for c in parsed.header if c in schema.by_name}
@@ -786,7 +792,7 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
             if write_progress is not None:
                 write_progress(len(rows))
         else:
-            _upsert(session, store.dialect, schema, rows, present, now, write_progress)
+            _upsert(session, store.dialect, schema, table, rows, present, now, write_progress)
         if schema is SITES:
             _sites_after(session, rows, before, now, actor)
             record_supply(session, store.dialect, rows, now, zone)
@@ -801,19 +807,15 @@ def import_csv(store, path: str | Path, schema: Schema | str, *, skip_invalid: b
                         rejects_path=str(rejects_path) if rejects_path else None)
 
 
-def _insert(dialect: str, table: Table):
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-
-
-def _upsert(session: Session, dialect: str, schema: Schema, rows: list[dict[str, Any]],
+def _upsert(session: Session, dialect: str, schema: Schema, table: Table, rows: list[dict[str, Any]],
             present: set[str], now: datetime,
             progress: Callable[[int], None] | None = None) -> None:
     if not rows:
         return
     columns = [c.name for c in schema.columns if c.name in present
                and c.name not in schema.not_stored]
-    stamped = {c: now for c in schema.stamped}
-    stmt = _insert(dialect, schema.table)
+    stamped = dict.fromkeys(schema.stamped, now)
+    stmt = upsert_insert(dialect, table)
     update = {c: stmt.excluded[c] for c in [*columns, *stamped]
               if c not in schema.key and c not in schema.insert_only}
     if update:
@@ -828,7 +830,7 @@ def _upsert(session: Session, dialect: str, schema: Schema, rows: list[dict[str,
             progress(len(chunk))
 
 
-def _sites_before(session: Session, parsed: ParsedFile, before: set[tuple]) -> None:
+def _sites_before(session: Session, parsed: ParsedFile, before: set[tuple[Any, ...]]) -> None:
     """Warn about states the file would change: only ``sites transition`` moves a site."""
     existing = [row for _, row in parsed.rows if (row["site_id"],) in before and "state" in row]
     if not existing:
@@ -845,11 +847,11 @@ def _sites_before(session: Session, parsed: ParsedFile, before: set[tuple]) -> N
                                f" left unchanged (use `sitetwin sites transition`): {shown}")
 
 
-def _sites_after(session: Session, rows: list[dict[str, Any]], before: set[tuple],
+def _sites_after(session: Session, rows: list[dict[str, Any]], before: set[tuple[Any, ...]],
                  now: datetime, actor: str) -> None:
     """New sites start their history with an ``import`` event; live state learns they exist."""
     new = [r for r in rows if (r["site_id"],) not in before]
-    events = [{"site_id": r["site_id"], "from_state": None, "to_state": r.get("state") or "planned",
+    events = [{"site_id": r["site_id"], "from_state": None, "to_state": r.get("state") or State.PLANNED.value,
                "verb": "import", "at": r.get("state_since") or now, "actor": actor,
                "note": None if r.get("state_since") else UNDATED_IMPORT_NOTE, "reason": None}
               for r in sorted(new, key=lambda r: r["site_id"])]

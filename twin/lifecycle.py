@@ -29,15 +29,19 @@ state and a current state that was not the last event's.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import CursorResult, exists, select, update
 from sqlalchemy.orm import Session
 
+from core.states import State
 from core.text import control_character
 from twin.errors import StateChanged, TransitionNotAllowed, UnknownSite
+
+if TYPE_CHECKING:
+    from twin.models import LifecycleEvent
 
 __all__ = [
     "PRE_ON_AIR",
@@ -51,20 +55,6 @@ __all__ = [
     "state_at",
     "transition",
 ]
-
-
-class State(enum.StrEnum):
-    """Lifecycle states, in order."""
-
-    PLANNED = "planned"
-    SITE_SECURED = "site_secured"
-    APPROVED = "approved"
-    UNDER_CONSTRUCTION = "under_construction"
-    POWER_CONNECTED = "power_connected"
-    ON_AIR = "on_air"
-    RELOCATING = "relocating"
-    DECOMMISSIONED = "decommissioned"
-    BLOCKED = "blocked"
 
 
 # The note of an ``import`` event whose file gave no ``state_since``: the event is dated at
@@ -95,8 +85,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("put_on_air", State.POWER_CONNECTED, State.ON_AIR),
     Transition("start_relocation", State.ON_AIR, State.RELOCATING),
     Transition("decommission", State.RELOCATING, State.DECOMMISSIONED),
-) + tuple(Transition("block", s, State.BLOCKED) for s in PRE_ON_AIR) + tuple(
-    Transition("unblock", State.BLOCKED, s) for s in PRE_ON_AIR
+    *(Transition("block", s, State.BLOCKED) for s in PRE_ON_AIR),
+    *(Transition("unblock", State.BLOCKED, s) for s in PRE_ON_AIR),
 )
 
 _BY_MOVE = {(t.source, t.target): t for t in TRANSITIONS}
@@ -153,7 +143,7 @@ def check_move(site_id: str, state: State, target: State, *, interrupted: State 
     return move
 
 
-def history(session: Session, site_id: str) -> list:
+def history(session: Session, site_id: str) -> list[LifecycleEvent]:
     """The site's lifecycle events, oldest first."""
     from twin.models import LifecycleEvent
 
@@ -176,7 +166,8 @@ def state_at(session: Session, site_id: str, ts: datetime) -> State | None:
 
 
 def transition(session: Session, site_id: str, target: State | str, at: datetime | None = None,
-               actor: str = "sitetwin", note: str | None = None, reason: str | None = None):
+               actor: str = "sitetwin", note: str | None = None,
+               reason: str | None = None) -> LifecycleEvent:
     """Move a site to ``target`` at ``at`` (default now) and record the event.
 
     Raises ``UnknownSite`` or ``TransitionNotAllowed`` (nothing changed).  For
@@ -233,11 +224,11 @@ def transition(session: Session, site_id: str, target: State | str, at: datetime
     newer = select(LifecycleEvent.id).where(LifecycleEvent.site_id == site_id)
     if events:
         newer = newer.where(LifecycleEvent.id > events[-1].id)
-    moved = session.execute(
+    moved = cast("CursorResult[Any]", session.execute(
         update(Site)
         .where(Site.site_id == site_id, Site.state == state.value, ~exists(newer))
         .values(state=target.value, updated_at=datetime.now(UTC))
-        .execution_options(synchronize_session="fetch"))
+        .execution_options(synchronize_session="fetch")))
     if moved.rowcount != 1:
         raise StateChanged(site_id, state.value, target.value)
     event = LifecycleEvent(site_id=site_id, from_state=state.value, to_state=target.value,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from twin.models import Bill, Reservation, Tariff
@@ -13,7 +14,8 @@ from twin.models import Bill, Reservation, Tariff
 __all__ = ["page_bills", "page_reservations", "page_tariffs"]
 
 
-def _page(session: Session, q, order, limit: int, offset: int) -> tuple[int, list[Any]]:
+def _page(session: Session, q: Select[Any], order: Sequence[Any], limit: int, offset: int
+          ) -> tuple[int, list[Any]]:
     total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
     return total, list(session.scalars(q.order_by(*order).limit(limit).offset(offset)))
 

@@ -24,14 +24,25 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from connectors.errors import LineProtocolError
 from connectors.lineprotocol import line
+from core.states import ON_AIR_STATES
 from twin.models import Cell, LiveSiteState, Meter, Reservation, Site
-from twin.store import Store
+from twin.store import Store, upsert_insert
+
+if TYPE_CHECKING:
+    from connectors.reading import Reading
+    from core.settings import Settings
+
+_R = TypeVar("_R", "_SiteRecord", "_Seen")
+
+# What live state keeps of a reading (``LiveState.digest``): stream, site, time and four values.
+Digest = tuple[Any, ...]
 
 __all__ = ["DEFAULT_ONLINE_WINDOW_S", "ON_AIR_STATES", "LiveState", "is_offline", "is_online",
            "site_state_lines"]
@@ -39,8 +50,6 @@ __all__ = ["DEFAULT_ONLINE_WINDOW_S", "ON_AIR_STATES", "LiveState", "is_offline"
 log = logging.getLogger(__name__)
 
 DEFAULT_ONLINE_WINDOW_S = 180.0
-# The lifecycle states in which a site is expected to transmit (the rules' site_offline agrees).
-ON_AIR_STATES = ("on_air", "relocating")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -58,8 +67,18 @@ def is_offline(state: str | None, last_seen: datetime | None, now: datetime, win
 class _SiteRecord:
     """The latest values of one site since the last flush (fields ``None`` = not reported)."""
 
-    __slots__ = ("site_id", "last_seen", "tower_ts", "mains_ok", "on_battery", "battery_soc_pct",
-                 "cabinet_temp_c", "power_ts", "power_kw", "energy_kwh")
+    __slots__ = (
+        "battery_soc_pct",
+        "cabinet_temp_c",
+        "energy_kwh",
+        "last_seen",
+        "mains_ok",
+        "on_battery",
+        "power_kw",
+        "power_ts",
+        "site_id",
+        "tower_ts",
+    )
 
     def __init__(self, site_id: str, ts: datetime) -> None:
         self.site_id = site_id
@@ -80,7 +99,7 @@ class _SiteRecord:
             self.power_ts, self.power_kw, self.energy_kwh = (older.power_ts, older.power_kw,
                                                             older.energy_kwh)
 
-    def row(self) -> dict:
+    def row(self) -> dict[str, Any]:
         return {"site_id": self.site_id, "last_seen": self.last_seen, "mains_ok": self.mains_ok,
                 "on_battery": self.on_battery, "battery_soc_pct": self.battery_soc_pct,
                 "cabinet_temp_c": self.cabinet_temp_c, "power_kw": self.power_kw,
@@ -103,7 +122,7 @@ class _Seen:
 class LiveState:
     """Thread-safe in-memory aggregate of the latest reading per site, flushed by ``flush``."""
 
-    def __init__(self, settings=None, *, online_window_s: float | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, online_window_s: float | None = None) -> None:
         if online_window_s is None:
             online_window_s = (settings.twin.online_window_s if settings is not None
                                else DEFAULT_ONLINE_WINDOW_S)
@@ -117,8 +136,8 @@ class LiveState:
         self.flushed_sites = 0
 
     @staticmethod
-    def digest(r) -> tuple:
-        """What live state keeps of a reading: a flat tuple of plain values.
+    def digest(r: Any) -> Digest:
+        """What live state keeps of a reading (any ``connectors.reading.Reading``): a flat tuple.
 
         The collector digests each reading as it arrives and holds the digests until its
         batch is durable.  Holding the readings themselves (three garbage-collected objects
@@ -134,12 +153,12 @@ class LiveState:
             return (stream, r.site_id, r.ts, r.cell_id, r.band, None, None)
         return (stream, r.site_id, r.ts, None, None, None, None)
 
-    def observe_batch(self, readings: Iterable) -> None:
+    def observe_batch(self, readings: Iterable[Reading]) -> None:
         """Remember the newest values of each site, meter and cell in ``readings``."""
         self.observe_digests([self.digest(r) for r in readings])
 
     # Hot path: runs in the collector's writer thread at full ingest rate.
-    def observe_digests(self, digests: Iterable[tuple]) -> None:
+    def observe_digests(self, digests: Iterable[Digest]) -> None:
         """``observe_batch`` for readings already digested (``digest``)."""
         n = 0
         with self._lock:
@@ -209,27 +228,29 @@ class LiveState:
             self.flushed_sites += len(sites)
             return len(sites)
 
-    def _restore(self, sites, meters, cells) -> None:
+    def _restore(self, sites: dict[str, _SiteRecord], meters: dict[str, _Seen],
+                 cells: dict[str, _Seen]) -> None:
         with self._lock:
-            for mine, theirs in ((sites, self._sites), (meters, self._meters),
-                                 (cells, self._cells)):
-                for key, older in mine.items():
-                    newer = theirs.get(key)
-                    if newer is None:
-                        theirs[key] = older
-                    else:
-                        newer.merge_older(older)
+            _merge_back(sites, self._sites)
+            _merge_back(meters, self._meters)
+            _merge_back(cells, self._cells)
 
 
-def _insert(dialect: str, table):
-    return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
+def _merge_back(mine: dict[str, _R], theirs: dict[str, _R]) -> None:
+    for key, older in mine.items():
+        newer = theirs.get(key)
+        if newer is None:
+            theirs[key] = older
+        else:
+            newer.merge_older(older)
 
 
-def _upsert_live(session, dialect: str, sites: dict[str, _SiteRecord]) -> None:
+
+def _upsert_live(session: Session, dialect: str, sites: dict[str, _SiteRecord]) -> None:
     if not sites:
         return
     t = LiveSiteState.__table__
-    stmt = _insert(dialect, t)
+    stmt = upsert_insert(dialect, t)
     ex = stmt.excluded
     newer = ex.last_seen >= t.c.last_seen
     values = {"last_seen": case((ex.last_seen > t.c.last_seen, ex.last_seen), else_=t.c.last_seen)}
@@ -242,11 +263,12 @@ def _upsert_live(session, dialect: str, sites: dict[str, _SiteRecord]) -> None:
     session.execute(stmt, [sites[k].row() for k in sorted(sites)])
 
 
-def _upsert_seen(session, dialect: str, model, key: str, seen: dict[str, _Seen]) -> None:
+def _upsert_seen(session: Session, dialect: str, model: type[Meter] | type[Cell], key: str,
+                 seen: dict[str, _Seen]) -> None:
     if not seen:
         return
     t = model.__table__
-    stmt = _insert(dialect, t)
+    stmt = upsert_insert(dialect, t)
     ex = stmt.excluded
     newer = ex.last_seen > t.c.last_seen
     values = {
@@ -292,7 +314,7 @@ def site_state_lines(store: Store, now: datetime, *,
     return "\n".join(out).encode()
 
 
-def _site_line(r, now: datetime, age_s: float | None, online_window_s: float, ts_ns: int) -> str:
+def _site_line(r: Any, now: datetime, age_s: float | None, online_window_s: float, ts_ns: int) -> str:
     return line(
                 "site_state",
                 {"site_id": r.site_id, "county": r.county, "kind": r.kind, "supply": r.supply,
@@ -310,5 +332,5 @@ def _site_line(r, now: datetime, age_s: float | None, online_window_s: float, ts
                 ts_ns)
 
 
-def _f(value) -> float | None:
+def _f(value: Any) -> float | None:
     return None if value is None else float(value)

@@ -18,10 +18,11 @@ next number and set ``revision``/``down_revision`` to numbers) whose
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, inspect, text
@@ -59,7 +60,8 @@ def current_version(conn: Connection) -> str | None:
 def _legacy_version(conn: Connection) -> int | None:
     if not inspect(conn).has_table(LEGACY_TABLE):
         return None
-    return conn.scalar(text("SELECT max(version) FROM schema_version"))
+    version = conn.scalar(text("SELECT max(version) FROM schema_version"))
+    return None if version is None else int(version)
 
 
 def upgrade(conn: Connection) -> str:
@@ -90,7 +92,7 @@ def upgrade(conn: Connection) -> str:
     if current == head:
         return head
 
-    def steps(rev, _context):
+    def steps(rev: Any, _context: Any) -> Any:
         return script._upgrade_revs(head, rev)
 
     with EnvironmentContext(_config(), script, fn=steps, destination_rev=head) as env:

@@ -11,7 +11,7 @@ there and hands back aware values.  Identifiers are at most 64 characters
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -22,18 +22,21 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
-    text,
     event,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from core.states import State
 from core.timeutil import utcnow
 
 __all__ = [
+    "OPEN_FLAG_INDEX",
     "ApiToken",
     "AuditEntry",
     "Base",
@@ -44,10 +47,9 @@ __all__ = [
     "FlagAction",
     "FlagReview",
     "Interferer",
-    "MaintenanceWindow",
     "LifecycleEvent",
     "LiveSiteState",
-    "OPEN_FLAG_INDEX",
+    "MaintenanceWindow",
     "Meter",
     "NotifyOutbox",
     "NotifyState",
@@ -67,7 +69,7 @@ ID = String(64)
 OPEN_FLAG_INDEX = "uq_flags_open_condition"
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend; naive values are refused."""
 
     impl = DateTime(timezone=True)
@@ -95,7 +97,9 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 class Base(DeclarativeBase):
     """Declarative base of every registry table."""
 
-    type_annotation_map = {datetime: UTCDateTime()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+    # Every model here is mapped to a Table (never a join or a select), so say so to the checker.
+    __table__: ClassVar[Table]
 
 
 class Site(Base):
@@ -115,7 +119,7 @@ class Site(Base):
     owner: Mapped[str | None] = mapped_column(String(200))
     operators: Mapped[str | None] = mapped_column(String(200))  # ';'-separated, as in the CSV
     planned_year: Mapped[int | None] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(32), index=True, default="planned")
+    state: Mapped[str] = mapped_column(String(32), index=True, default=State.PLANNED.value)
     replaces_site_id: Mapped[str | None] = mapped_column(ID, index=True)
     address: Mapped[str | None] = mapped_column(String(300))  # postal address, for reports
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

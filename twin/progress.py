@@ -22,6 +22,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.states import State
 from core.timeutil import get_zone
 from twin.history import in_force, load_supply_changes
 from twin.lifecycle import UNDATED_IMPORT_NOTE
@@ -38,8 +39,8 @@ COLUMNS = [
 _SUMMED = ["planned_in_year", "in_planning", "under_construction", "blocked", "on_air",
            "on_air_in_year", "on_air_in_period", "direct_sites", "transfer_sites"]
 TARGET_KINDS = ("annual", "cumulative")
-_PLANNING = {"planned", "site_secured", "approved"}
-_BUILDING = {"under_construction", "power_connected"}
+_PLANNING = {State.PLANNED, State.SITE_SECURED, State.APPROVED}
+_BUILDING = {State.UNDER_CONSTRUCTION, State.POWER_CONNECTED}
 
 
 def period_bounds(year: int, half: int | None, zone: str | tzinfo) -> tuple[datetime, datetime]:
@@ -72,8 +73,8 @@ def progress_frame(sites: pd.DataFrame, events: pd.DataFrame, targets: dict[str,
     if len(events):
         ev = events.sort_values(["at"], kind="stable")
         state = ev.groupby("site_id")["to_state"].last()
-        dated = ev["dated"] if "dated" in ev else True
-        on_air_at = ev[(ev["to_state"] == "on_air") & dated].groupby("site_id")["at"].min()
+        dated = ev.get("dated", True)
+        on_air_at = ev[(ev["to_state"] == State.ON_AIR) & dated].groupby("site_id")["at"].min()
     else:
         state = pd.Series(dtype=object)
         on_air_at = pd.Series(dtype="datetime64[ns, UTC]")
@@ -86,10 +87,10 @@ def progress_frame(sites: pd.DataFrame, events: pd.DataFrame, targets: dict[str,
                       | set(s.loc[s["planned_year"] == year, "county"]))
     for county in counties:
         c = existing[existing["county"] == county]
-        active = c[c["state"] != "decommissioned"]
+        active = c[c["state"] != State.DECOMMISSIONED]
         first = c["first_on_air"]
         on_air_in_year = int(((first >= start) & (first <= as_of)).sum())
-        on_air = int((c["state"] == "on_air").sum())
+        on_air = int((c["state"] == State.ON_AIR).sum())
         done = on_air_in_year if target_kind == "annual" else on_air
         target = targets.get(county)
         direct = int((active["supply"] == "direct").sum())
@@ -100,7 +101,7 @@ def progress_frame(sites: pd.DataFrame, events: pd.DataFrame, targets: dict[str,
             "planned_in_year": int(((s["county"] == county) & (s["planned_year"] == year)).sum()),
             "in_planning": int(c["state"].isin(_PLANNING).sum()),
             "under_construction": int(c["state"].isin(_BUILDING).sum()),
-            "blocked": int((c["state"] == "blocked").sum()),
+            "blocked": int((c["state"] == State.BLOCKED).sum()),
             "on_air": on_air,
             "on_air_in_year": on_air_in_year,
             "on_air_in_period": int(((first >= p_start) & (first <= as_of)).sum()),

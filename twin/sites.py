@@ -61,7 +61,7 @@ def list_sites(session: Session, *, now: datetime, window_s: float, county: str 
     if online is True:
         q = q.where(LiveSiteState.last_seen >= since)
     elif online is False:  # offline: expected on air and silent (never-built sites are not)
-        q = q.where(Site.state.in_(ON_AIR_STATES),
+        q = q.where(Site.state.in_([s.value for s in ON_AIR_STATES]),
                     (LiveSiteState.last_seen.is_(None)) | (LiveSiteState.last_seen < since))
     return [{"site_id": r.site_id, "name": r.name, "county": r.county, "kind": r.kind,
              "supply": r.supply, "state": r.state,
@@ -76,7 +76,7 @@ def list_unregistered(session: Session, *, now: datetime, window_s: float) -> li
     """Site ids seen in telemetry that the registry does not know, ordered by id."""
     q = (select(LiveSiteState).where(~LiveSiteState.site_id.in_(select(Site.site_id)))
          .order_by(LiveSiteState.site_id))
-    return [{"site_id": r.site_id, **_live(r, now, window_s)} for r in session.scalars(q)]
+    return [{"site_id": r.site_id, **(_live(r, now, window_s) or {})} for r in session.scalars(q)]
 
 
 def show_site(session: Session, site_id: str, *, now: datetime, window_s: float,
@@ -147,8 +147,8 @@ def page_sites(session: Session, *, now: datetime, window_s: float, county: str 
                         func.lower(func.coalesce(Site.district, "")).like(like, escape="\\")))
     joined = (LiveSiteState, LiveSiteState.site_id == Site.site_id)
     total = session.scalar(select(func.count(Site.site_id)).select_from(Site).outerjoin(*joined).where(*cond)) or 0
-    column = LiveSiteState.last_seen if name == "last_seen" else getattr(Site, name)
-    order = (column.desc(), Site.site_id.desc()) if sort.startswith("-") else (column, Site.site_id)
+    order_by: Any = LiveSiteState.last_seen if name == "last_seen" else getattr(Site, name)
+    order = (order_by.desc(), Site.site_id.desc()) if sort.startswith("-") else (order_by, Site.site_id)
     rows = session.execute(
         select(Site.site_id, Site.name, Site.county, Site.kind, Site.supply, Site.state,
                LiveSiteState.last_seen, LiveSiteState.on_battery, LiveSiteState.battery_soc_pct,

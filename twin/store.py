@@ -13,8 +13,10 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,14 +24,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from twin.errors import StoreError
 from twin.migrations import upgrade
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "open_store", "upsert_insert"]
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def upsert_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``table`` that takes ``on_conflict_do_update`` on either backend."""
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: object) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -85,7 +92,7 @@ def open_store(url: str) -> Store:
         # The URL may hold a password: never repeat it.
         raise StoreError("twin.url is not a database URL"
                          " (sqlite:///path or postgresql+psycopg://user@host/db)") from None
-    kwargs: dict = {}
+    kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

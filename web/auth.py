@@ -25,7 +25,7 @@ from twin.accounts import Principal, authenticate_token, resolve_session
 from web.permissions import PUBLIC, allowed
 from web.problems import Problem
 
-__all__ = ["LoginThrottle", "SESSION_COOKIE", "client_ip", "principal_of", "require"]
+__all__ = ["SESSION_COOKIE", "LoginThrottle", "client_ip", "principal_of", "require"]
 
 SESSION_COOKIE = "sitetwin_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -40,6 +40,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.states import State
 from sitetwin.config import Settings, load_settings
 from sitetwin.errors import UserError
 from sitetwin.services import free_port
@@ -91,7 +92,7 @@ def demo_accounts(settings: Settings) -> dict[str, tuple[str, str]]:
     return out
 
 
-def serve_demo(demo: "_Demo", settings: Settings, port: int) -> None:
+def serve_demo(demo: _Demo, settings: Settings, port: int) -> None:
     """Print the URL and the demo accounts, then serve until Ctrl-C."""
     import uvicorn
 
@@ -184,10 +185,11 @@ class _Demo:
         log_path = self.dir / "run.log"
         self.say(f"$ sitetwin --config {self._rel(self.config)} run --no-rules   "
                  f"# in the background, log in {self._rel(log_path)}")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sitetwin", "--config", str(self.config), "run", "--no-rules"],
-            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env={**os.environ},
-        )
+        with open(log_path, "ab") as out:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sitetwin", "--config", str(self.config), "run", "--no-rules"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ},
+            )
         # Publish only once the shared subscription exists: the broker keeps messages
         # for a subscription, not for a subscriber that has not subscribed yet.
         deadline = time.monotonic() + 60
@@ -242,7 +244,7 @@ def _relocation_pair(settings: Settings) -> tuple[str, str] | None:
             sites = {s.site_id: s for s in session.scalars(select(Site))}
         for new in sites.values():
             old = sites.get(new.replaces_site_id or "")
-            if old is not None and new.state != "on_air" and old.state == "relocating":
+            if old is not None and new.state != State.ON_AIR and old.state == State.RELOCATING:
                 return old.site_id, new.site_id
         return None
     finally:

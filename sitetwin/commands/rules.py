@@ -6,6 +6,7 @@ import argparse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.states import FlagStatus
 from sitetwin.arguments import cli_time, positive_int
 from sitetwin.config import Settings
 from sitetwin.errors import UserError
@@ -119,7 +120,7 @@ def run_rules(args: argparse.Namespace, settings: Settings) -> int:
         outcomes = (engine.backfill(since, until, selected) if since is not None
                     else engine.run(until, selected))
         summary = summarise(outcomes)
-        open_flags = len(engine.flags.list(status="open"))
+        open_flags = len(engine.flags.list(status=FlagStatus.OPEN.value))
         if not args.no_notify and settings.notify.enabled:
             from sitetwin.commands.notify import notify_pass
 
@@ -327,7 +328,7 @@ def report_overcharging(args: argparse.Namespace, settings: Settings) -> int:
     sheets = report.sheets(lang) if args.out.lower().endswith(".xlsx") else [report.csv_sheet(lang)]
     path = write_workbook(sheets, args.out, zone=zone)
     bills = report.bills
-    counted = bills[bills["status"] != "dismissed"] if len(bills) else bills
+    counted = bills[bills["status"] != FlagStatus.DISMISSED] if len(bills) else bills
     data = {"path": str(path), "period": args.period, "zone": zone,
             "period_start": start, "period_end": end, "lang": lang,
             "bills": int(bills["bill_id"].nunique()) if len(bills) else 0,

@@ -218,7 +218,7 @@ def simulate(settings: Settings, sim: Simulation, *, progress: bool = True) -> d
     publisher.progress = lambda stats: tally.draw(phase, stats)
     publisher.connect()
     try:
-        common = {"onset_ts": onset_ts, "run_end_ts": max(run_end, live_end),
+        common: dict[str, Any] = {"onset_ts": onset_ts, "run_end_ts": max(run_end, live_end),
                   "prb_window_s": ANOMALY_MAX_S}
         if sim.history_from is not None:
             end = min(now, live_start) if duration else now

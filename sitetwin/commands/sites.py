@@ -22,7 +22,6 @@ from twin.errors import ImportFailed
 from twin.lifecycle import State, transition
 from twin.store import open_store
 
-
 _KINDS = ("macro", "micro", "pole", "indoor")
 
 
@@ -104,7 +103,7 @@ def _actor(args: argparse.Namespace) -> str:
         return args.by
     try:
         return getpass.getuser()
-    except Exception:
+    except Exception:  # noqa: BLE001 - getuser raises OSError, KeyError or ImportError by platform
         return os.environ.get("USER", "sitetwin")
 
 
@@ -190,8 +189,8 @@ def _table(rows: list[dict], columns: list[str], zone: str) -> str:
     heads = [f"{c} ({zone})" if any(isinstance(r.get(c), datetime) for r in rows) else c
              for c in columns]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(heads, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(heads, widths, strict=False))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) for row in cells]
     return "\n".join(line.rstrip() for line in lines) + f"\n{len(rows)} site(s)"
 
 
@@ -379,7 +378,7 @@ def run_conversions(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     out = write_sheets({"by county and month": summary, "conversions": detail}, args.out,
                        combined=summary, label=label)
-    total = int(len(detail))
+    total = len(detail)
     emit(args, {"out": str(out), "year": args.year, "conversions": total,
                 "rows": summary.to_dict(orient="records")},
          lambda d: f"{total} transfer -> direct conversion(s) in {args.year} -> {out}")

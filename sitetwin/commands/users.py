@@ -62,7 +62,7 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
 def _actor() -> str:
     try:
         return "cli:" + getpass.getuser()
-    except Exception:
+    except (OSError, KeyError):  # no user name in this environment
         return "cli:" + os.environ.get("USER", "unknown")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -31,7 +32,7 @@ class ModbusServer:
     def __init__(self, units: dict[int, list[int]], *, tick: frozenset[int] = frozenset()) -> None:
         self.port = free_port()
         self.units = units
-        self.reads: dict[int, int] = {u: 0 for u in units}
+        self.reads: dict[int, int] = dict.fromkeys(units, 0)
         self._tick = tick
         self._loop = asyncio.new_event_loop()
         self._server: ModbusTcpServer | None = None
@@ -151,10 +152,8 @@ class Proxy:
         except OSError:
             pass
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def cut(self) -> None:
@@ -163,10 +162,8 @@ class Proxy:
             pairs, self._pairs = self._pairs, []
         for a, b in pairs:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
     def restore(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -104,7 +105,7 @@ def test_a_dead_and_a_refusing_device_do_not_delay_the_others(tmp_path, mosquitt
     assert elapsed < 10.0, f"10 polls took {elapsed:.1f}s"
     times = sorted(r["time"] for r in _stored(influxdb, influx_db, "power", "ms")
                    if r["meter_id"] == "GA1-M")
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) < 1500, f"a working meter waited {max(gaps)} ms between polls"
     dead, short = by_name["dead"], by_name["short"]
     assert dead.polls_ok == 0 and set(dead.errors) == {"timeout"}

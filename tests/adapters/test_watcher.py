@@ -42,7 +42,7 @@ def _stored(influx, db: str, measurement: str = "interference", epoch: str = "s"
     with urllib.request.urlopen(urllib.request.Request(f"{influx.url}/query", data=body),
                                 timeout=30) as r:
         res = orjson.loads(r.read())
-    return [{**s["tags"], **dict(zip(s["columns"], v))}
+    return [{**s["tags"], **dict(zip(s["columns"], v, strict=False))}
             for s in res["results"][0].get("series") or [] for v in s["values"]]
 
 

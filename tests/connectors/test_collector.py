@@ -278,7 +278,8 @@ def test_a_failing_dead_letter_store_holds_back_no_valid_reading(tmp_path, mosqu
     bad = [("sites/JUNK/tower", orjson.dumps({"ts": 1_790_000_000 + i, "mains_ok": "junk"})) for i in range(30)]
     try:
         wait_for(collector.subscribed.is_set, message="subscription")
-        publish(*_host_port(mosquitto), [m for pair in zip(good, bad * 7) for m in pair] + good[len(bad) * 7:])
+        interleaved = [m for pair in zip(good, bad * 7, strict=False) for m in pair]
+        publish(*_host_port(mosquitto), interleaved + good[len(bad) * 7:])
         wait_for(lambda: count(influxdb, influx_db, "SELECT count(mains_ok) FROM tower") == len(good),
                  message="every valid reading")
         wait_for(lambda: collector.metrics.dead_letter_failed == min(len(bad) * 7, len(good)),

@@ -253,7 +253,7 @@ def test_mosquitto_restart_collector_reconnects_and_the_broker_keeps_its_backlog
 # -- 4. disk full on the spool path -----------------------------------------------------------------
 
 
-@pytest.fixture()
+@pytest.fixture
 def small_fs(tmp_path):
     """A 1 MiB tmpfs (needs root: mount(2)); unmounted afterwards."""
     mnt = tmp_path / "spoolfs"

@@ -232,7 +232,7 @@ def test_the_spool_of_a_dead_instance_is_drained_by_a_live_peer(tmp_path, mosqui
 
 @pytest.mark.parametrize("cap", ["256KiB", "256MiB"], ids=["store-capped", "disk-full"])
 def test_junk_filling_the_dead_letter_disk_never_stops_valid_readings(
-        tmp_path, mosquitto, influxdb, influx_db, small_fs, cap):
+        tmp_path, mosquitto, influxdb, influx_db, small_fs, cap):  # noqa: F811 - the imported fixture
     """1 MiB tmpfs; 300 junk messages of 16 KiB (4.8 MB) from one device amid valid readings
     of 20 sites.  Capped below the disk: the store prunes bodies and rows and keeps the
     counts.  Capped above it: SQLite hits ENOSPC, which is counted and logged."""

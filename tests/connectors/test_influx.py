@@ -195,7 +195,7 @@ def test_a_200_that_is_not_json_is_a_query_error():
     from connectors.errors import QueryError
 
     class NotJson(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b"<html>proxy says hello</html>")

@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from connectors.publisher import PublishError, Publisher, WirePublisher
+from connectors.publisher import Publisher, PublishError, WirePublisher
 from sitetwin.config import load_settings
 from sitetwin.services import free_port
 from tests.support import wait_for
@@ -137,7 +137,7 @@ def test_the_rate_limit_holds_publishing_back(mosquitto, make):
     assert elapsed >= 0.19
 
 
-@pytest.fixture()
+@pytest.fixture
 def password_mosquitto(tmp_path):
     from connectors.broker import password_file
     from sitetwin.services import Mosquitto

@@ -36,3 +36,14 @@ def test_format_local_names_the_offset():
     t = datetime(2026, 9, 30, 16, tzinfo=UTC)
     assert format_local(t, "Asia/Shanghai") == "2026-10-01 00:00 +08:00"
     assert format_local(t, "America/New_York", seconds=True) == "2026-09-30 12:00:00 -04:00"
+
+
+def test_utc_timestamp_takes_naive_as_utc_and_converts_aware():
+    import pandas as pd
+
+    from core.timeutil import utc_timestamp
+
+    assert utc_timestamp(datetime(2026, 10, 1, 8)) == pd.Timestamp("2026-10-01T08:00Z")
+    shanghai = utc_timestamp(pd.Timestamp("2026-10-01T08:00+08:00"))
+    assert shanghai == pd.Timestamp("2026-10-01T00:00Z") and str(shanghai.tz) == "UTC"
+    assert str(utc_timestamp("2026-10-01").tz) == "UTC"

@@ -52,7 +52,7 @@ def test_configured_thresholds_and_zone_reach_the_dashboards_and_alerts():
 
 
 def test_a_bad_threshold_or_setting_is_refused_with_its_key():
-    with pytest.raises(ThresholdError, match="rules.interference.warning_dbm"):
+    with pytest.raises(ThresholdError, match=r"rules\.interference\.warning_dbm"):
         Display.from_settings(load_settings(None, rules={"interference": {"warning_dbm": "x"}}))
     with pytest.raises(ConfigError, match="map_tiles"):
         load_settings(None, grafana={"map_tiles": "tiles.local/{z}/{x}.png"})

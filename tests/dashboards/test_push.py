@@ -105,7 +105,7 @@ def _handler(state: FakeGrafana):
     return Handler
 
 
-@pytest.fixture()
+@pytest.fixture
 def grafana() -> Iterator[FakeGrafana]:
     state = FakeGrafana()
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _handler(state))

@@ -13,11 +13,10 @@ from datetime import datetime
 
 import pytest
 
-from tests.dashboards.checks import ALL_IS_LIST, all_queries, check_query, records, run
+from tests.dashboards.checks import ALL_IS_LIST, all_queries, check_query, records, run, variable_values
 from tests.dashboards.checks import DASHBOARDS as _DASHBOARDS
 from tests.dashboards.checks import schema as written_schema
 from tests.dashboards.checks import substitute as _substitute
-from tests.dashboards.checks import variable_values
 from tests.dashboards.conftest import SITES, Demo
 
 pytestmark = pytest.mark.integration

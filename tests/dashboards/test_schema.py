@@ -54,7 +54,7 @@ def _lost(written: Any, read: Any, path: str = "") -> list[str]:
     if isinstance(written, list):
         if not isinstance(read, list) or len(read) != len(written):
             return [f"{path}: list changed"]
-        return [p for i, (a, b) in enumerate(zip(written, read))
+        return [p for i, (a, b) in enumerate(zip(written, read, strict=False))
                 for p in _lost(a, b, f"{path}[{i}]")]
     return [] if written == read else [f"{path}: {written!r} read as {read!r}"]
 

@@ -39,7 +39,7 @@ class Webhook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with hook._lock:
                     hook.received.append((self.path, json.loads(body)))
@@ -77,7 +77,7 @@ class Mailbox:
         box = self
 
         class Handler:
-            async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+            async def handle_DATA(self, server, session, envelope):
                 box.messages.append(envelope)
                 return "250 OK"
 
@@ -101,7 +101,7 @@ class Mailbox:
         self.controller.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def webhook() -> Iterator[Webhook]:
     hook = Webhook()
     hook.up()
@@ -109,14 +109,14 @@ def webhook() -> Iterator[Webhook]:
     hook.down()
 
 
-@pytest.fixture()
+@pytest.fixture
 def mailbox() -> Iterator[Mailbox]:
     box = Mailbox()
     yield box
     box.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def store(twin_url: str) -> Iterator[Store]:
     s = open_store(twin_url)
     with s.session() as ses:

@@ -218,13 +218,14 @@ def test_sitetwin_run_notifies_from_its_own_thread(tmp_path, mosquitto, influxdb
     twin_url = f"sqlite:///{tmp_path / 'twin.sqlite'}"
 
     def pipeline(url: str) -> Pipeline:
-        cfg = load_settings(None, **{
-            "mqtt": {"servers": [mosquitto.url], "client_id": f"notify-run-{tmp_path.name}",
-                     "shared_group": f"nr{abs(hash(str(tmp_path))) % 10**8}"},
-            "influxdb": {"url": influxdb.url, "database": influx_db},
-            "services": {"state_dir": str(tmp_path / "state")}, "spool": {"fsync": False},
-            "twin": {"url": twin_url}, "rules": {"enabled": False},
-            "notify": {"interval": "200ms", "channels": [{"name": "hook", "url": url}]}})
+        cfg = load_settings(
+            None,
+            mqtt={"servers": [mosquitto.url], "client_id": f"notify-run-{tmp_path.name}",
+                  "shared_group": f"nr{abs(hash(str(tmp_path))) % 10**8}"},
+            influxdb={"url": influxdb.url, "database": influx_db},
+            services={"state_dir": str(tmp_path / "state")}, spool={"fsync": False},
+            twin={"url": twin_url}, rules={"enabled": False},
+            notify={"interval": "200ms", "channels": [{"name": "hook", "url": url}]})
         return Pipeline(cfg, twin=True, rules=True)
 
     bad = pipeline("nosuchscheme://x")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture()
+@pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[object]:
     from twin.store import open_store
 

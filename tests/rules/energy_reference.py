@@ -8,6 +8,7 @@ phase and period, irregular times, gaps, resets) and the true energy of a load c
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ def reference_energy(readings: list[Reading], site_id: str, a: int, b: int, max_
     for rs in meters.values():
         rs = sorted(rs, key=lambda r: r.t_ns)
         spans.append((rs[0].t_ns, rs[-1].t_ns))
-        for r0, r1 in zip(rs, rs[1:], strict=False):
+        for r0, r1 in itertools.pairwise(rs):
             overlap = min(b, r1.t_ns) - max(a, r0.t_ns)
             if overlap <= 0:
                 continue
@@ -124,11 +125,8 @@ def meter_readings(site_id: str, energy: Callable[[float], float], times_s: list
     resets = sorted(resets_s)
     for t in sorted(times_s):
         done = [r for r in resets if r <= t]
-        if done:
-            value = restart_kwh + energy(t) - energy(done[-1])
-        else:
-            value = start_kwh + energy(t)
-        out.append(Reading(site_id, meter_id, int(round(float(t) * 1e6)) * 1000, round(float(value), 3)))
+        value = restart_kwh + energy(t) - energy(done[-1]) if done else start_kwh + energy(t)
+        out.append(Reading(site_id, meter_id, round(float(t) * 1e6) * 1000, round(float(value), 3)))
     return out
 
 

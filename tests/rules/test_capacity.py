@@ -63,7 +63,7 @@ def _points() -> list[str]:
     return lines
 
 
-@pytest.fixture()
+@pytest.fixture
 def cli(influxdb, influx_db, twin_url, tmp_path, capsys):
     writer = InfluxWriter(influxdb.url, database=influx_db)
     assert not writer.write("\n".join(_points()).encode()).rejected

@@ -108,7 +108,7 @@ def _property_settings(n: int):
 @_property_settings(120)
 @given(scenarios())
 def test_interval_energy_equals_the_brute_force_reckoning(sc):
-    period, a, b = bill_intervals([sc["start"]], [sc["end"]], sc["tz"])
+    _period, a, b = bill_intervals([sc["start"]], [sc["end"]], sc["tz"])
     assert list(zip(a.tolist(), b.tolist(), strict=True)) == clock_hours(sc["start"], sc["end"], sc["tz"])
     e = interval_energy(readings_frame(sc["readings"]), ["S1"] * len(a), a, b, max_gap_s=sc["max_gap_s"])
     for i, (x, y) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):

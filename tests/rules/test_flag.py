@@ -259,7 +259,7 @@ def test_two_rules_run_commands_racing_on_postgresql_leave_one_open_flag_per_sit
                    f'[twin]\nurl = "{postgresql_url}"\n'
                    f'[services]\nstate_dir = "{tmp_path / "state"}"\n')
     url = make_url(postgresql_url)
-    conninfo = dict(host=url.host, port=url.port, user=url.username, dbname=url.database)
+    conninfo = {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database}
     argv = [sys.executable, "-m", "sitetwin", "rules", "run", "--rule", "site_offline",
             "--no-publish", "--json", "--config", str(cfg)]
     with psycopg.connect(**conninfo) as lock, psycopg.connect(**conninfo, autocommit=True) as probe:

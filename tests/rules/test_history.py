@@ -28,7 +28,7 @@ def h(hours: float) -> datetime:
     return T0 + timedelta(hours=hours)
 
 
-@pytest.fixture()
+@pytest.fixture
 def store(twin_url):
     s = open_store(twin_url)
     yield s

@@ -96,7 +96,8 @@ def _registry(url: str) -> None:
         for sid, reserved in (("S-OC", 5.0), ("S-OB", 20.0), ("S-CLEAN", 20.0), ("S-INT", 20.0),
                               ("S-BATT", 20.0), ("S-OFF", 20.0), ("S-NEW", 20.0)):
             s.add(Reservation(site_id=sid, declared_kw=reserved * 0.8, reserved_kw=reserved,
-                              feeder="F-1" if sid in ("S-OC", "S-OB", "S-CLEAN") else "F-2", substation="SUB-A", status="energized"))
+                              feeder="F-1" if sid in ("S-OC", "S-OB", "S-CLEAN") else "F-2",
+                              substation="SUB-A", status="energized"))
         s.add(Tariff(region="SH", customer_class="C", period="flat", hours=None,
                      effective_from=datetime(2026, 1, 1, tzinfo=UTC), price_cny_per_kwh=0.8))
         for bill_id, sid, kwh, amount in (("B-OC", "S-OC", 240.0, 300.0), ("B-OB", "S-OB", 400.0, 320.0),

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
+from rules.energy import interval_energy
 from rules.errors import ThresholdError
 from rules.overcharging import (
     OVERCHARGING,
@@ -15,7 +16,6 @@ from rules.overcharging import (
     evaluate_overcharging,
     parse_hours,
 )
-from rules.energy import interval_energy
 from tests.rules.helpers import facts, sites
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
@@ -64,9 +64,9 @@ def test_loss_share_raises_the_cap_and_is_capped():
     f = facts(sites=sites({"site_id": "S1"}), tariffs=FLAT, bills=bill(amount_cny=0.85 * 240))
     assert len(evaluate_overcharging({}, f, NOW, BillThresholds())) == 1
     assert evaluate_overcharging({}, f, NOW, BillThresholds(loss_share=0.08)) == []
-    with pytest.raises(ThresholdError, match="rules.overcharging"):
+    with pytest.raises(ThresholdError, match=r"rules\.overcharging"):
         OVERCHARGING.configure({"loss_share": 0.2})
-    with pytest.raises(ThresholdError, match="rules.overcharging.tolrance"):
+    with pytest.raises(ThresholdError, match=r"rules\.overcharging\.tolrance"):
         OVERCHARGING.configure({"tolrance": 0.2})
 
 

@@ -138,7 +138,7 @@ def _energy_hourly() -> pd.DataFrame:
                          "energy_kwh": 1000.0 + 10.0 * np.arange(len(times))})
 
 
-@pytest.fixture()
+@pytest.fixture
 def cli(twin_url, tmp_path, monkeypatch, capsys):
     from sitetwin.cli import main
 
@@ -193,7 +193,7 @@ def test_overcharging_report_end_to_end(cli, twin_url, tmp_path):
     assert wb.sheetnames == ["疑似违规账单", "按转供电方汇总", "账单证据明细", "复核记录", "限价计算方法"]
     ws = wb["疑似违规账单"]
     header = [c.value for c in ws[1]]
-    row = dict(zip(header, [c for c in ws[2]], strict=True))
+    row = dict(zip(header, list(ws[2]), strict=True))
     assert ws.freeze_panes == "A2" and ws.auto_filter.ref.startswith("A1:")
     assert ws.max_row == 2
     assert row["账单编号"].value == "B-OCT" and row["问题类型"].value == "超标收费"

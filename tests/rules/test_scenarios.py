@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from twin.imports import import_csv
-from simulator.fleet import Fleet
 from connectors.influx import InfluxWriter
 from connectors.lineprotocol import encode
 from connectors.reading import parse_message
-from simulator.telemetry import onset, readings
 from rules.engine import Engine
+from simulator.fleet import Fleet
+from simulator.telemetry import onset, readings
 from sitetwin.config import load_settings
+from twin.imports import import_csv
 
 pytestmark = pytest.mark.integration
 

@@ -43,14 +43,15 @@ def test_sitetwin_run_schedules_the_rules(tmp_path, mosquitto, influxdb, influx_
     from sitetwin.wiring import Pipeline
     from tests.support import wait_for
 
-    settings = load_settings(None, **{
-        "mqtt": {"servers": [mosquitto.url], "client_id": f"rules-run-{tmp_path.name}",
-                 "shared_group": f"rr{abs(hash(str(tmp_path))) % 10**8}"},
-        "influxdb": {"url": influxdb.url, "database": influx_db},
-        "services": {"state_dir": str(tmp_path / "state")},
-        "spool": {"fsync": False},
-        "twin": {"url": f"sqlite:///{tmp_path / 'twin.sqlite'}"},
-    })
+    settings = load_settings(
+        None,
+        mqtt={"servers": [mosquitto.url], "client_id": f"rules-run-{tmp_path.name}",
+              "shared_group": f"rr{abs(hash(str(tmp_path))) % 10**8}"},
+        influxdb={"url": influxdb.url, "database": influx_db},
+        services={"state_dir": str(tmp_path / "state")},
+        spool={"fsync": False},
+        twin={"url": f"sqlite:///{tmp_path / 'twin.sqlite'}"},
+    )
     pipeline = Pipeline(settings, twin=True, rules=True)
     pipeline.start()
     try:

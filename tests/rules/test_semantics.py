@@ -117,7 +117,7 @@ class Flags:
         return self.cli("flags", "list")[1]
 
 
-@pytest.fixture()
+@pytest.fixture
 def flags(influxdb, influx_db, twin_url, mosquitto, tmp_path, capsys):
     f = Flags(influxdb, influx_db, twin_url, mosquitto, tmp_path, capsys)
     yield f
@@ -308,7 +308,7 @@ def test_an_authorised_jammers_incident_is_marked_authorised(influxdb, influx_db
     far = by_site["S-FAR"]
     assert far["severity"] == "critical" and "authorised_interferer" not in far["evidence"]
     wait_for(lambda: len(flags.received) >= 2, timeout=15, message="flags over MQTT")
-    announced = {t: m for t, m in flags.received}
+    announced = dict(flags.received)
     assert announced["sitetwin/flags/interference/S-A"]["severity"] == "info"
 
 
@@ -318,8 +318,7 @@ def test_power_monitoring_flags_and_the_honest_inputs_they_leave_alone(influxdb,
     opened during a booked visit (not), a hot cabinet (flagged), a cabinet warming on a sunny
     afternoon (not), a leaning pole (flagged), a pole in a gust (not), a battery near its
     low-voltage disconnect (flagged)."""
-    _registry(twin_url, {s: "on_air" for s in ("S-DOOR", "S-VISIT", "S-HOT", "S-SUN", "S-LEAN",
-                                               "S-GUST", "S-LLVD")})
+    _registry(twin_url, dict.fromkeys(("S-DOOR", "S-VISIT", "S-HOT", "S-SUN", "S-LEAN", "S-GUST", "S-LLVD"), "on_air"))
     lines = []
     for i in range(12):
         t = NOW - 60 * M + 5 * M * i

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -13,11 +14,11 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from twin.imports import SCHEMAS, TARGETS, import_csv, read_rows
-from simulator.fleet import SCENARIOS, TOU_HOURS, Fleet, tou_period
 from connectors.reading import InterferenceReading, PowerReading, TowerReading, check_id, parse_message
+from simulator.fleet import SCENARIOS, TOU_HOURS, Fleet, tou_period
 from simulator.telemetry import chunks, malformed, onset, readings
 from tests.support import ROOT, collector_process, count, wait_for
+from twin.imports import SCHEMAS, TARGETS, import_csv, read_rows
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 REQUIRED = {
@@ -209,9 +210,9 @@ def test_energy_rises_with_power_and_restarts_at_a_meter_swap(fleet):
     power = sorted(_parse_all(readings(fleet, start, end, 900, "normal", chunk_s=86400,
                                        site_ids=sample), now=end)["power"], key=lambda r: r.ts)
     mine = [r for r in power if r.site_id == swapped.site_id]
-    drops = [(a, b) for a, b in zip(mine, mine[1:], strict=False) if b.energy_kwh < a.energy_kwh]
+    drops = [(a, b) for a, b in itertools.pairwise(mine) if b.energy_kwh < a.energy_kwh]
     assert len(drops) == 1 and drops[0][1].energy_kwh < 10
-    increments = sum(max(0.0, b.energy_kwh - a.energy_kwh) for a, b in zip(mine, mine[1:], strict=False))
+    increments = sum(max(0.0, b.energy_kwh - a.energy_kwh) for a, b in itertools.pairwise(mine))
     bill = next(b for b in fleet.bills if b.site_id == swapped.site_id)
     # the sum of positive increments recovers the month's energy to within one period
     assert bill.metered_kwh * 0.995 < increments <= bill.metered_kwh

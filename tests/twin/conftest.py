@@ -13,7 +13,7 @@ from twin.store import Store, open_store
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture()
+@pytest.fixture
 def store(twin_url: str) -> Iterator[Store]:
     s = open_store(twin_url)
     yield s

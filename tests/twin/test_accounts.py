@@ -19,7 +19,7 @@ from twin.store import open_store
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture()
+@pytest.fixture
 def cli(twin_url, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SITETWIN_TWIN__URL", twin_url)
     monkeypatch.setenv("SITETWIN_SERVICES__STATE_DIR", str(tmp_path / "state"))
@@ -70,7 +70,7 @@ def test_users_lifecycle(cli, twin_url):
         with store.session() as s:
             assert authenticate_token(s, token) is None
             assert authenticate_password(s, "li.wei", "a newer passphrase") is None
-            total, entries = list_entries(s)
+            _total, entries = list_entries(s)
         actions = [e["action"] for e in reversed(entries)]
         assert actions == ["user.add", "user.set_role", "user.reset_password", "token.create",
                            "token.revoke", "user.disable"]

@@ -47,15 +47,15 @@ def test_0006_upgrades_the_registry_before_it(twin_url):
     try:
         assert store.version == latest_version()
         found = inspect(store.engine)
-        assert NEW_TABLES <= set(found.get_table_names())
-        assert NEW_FLAG_COLUMNS <= {c["name"] for c in found.get_columns("flags")}
+        assert set(found.get_table_names()) >= NEW_TABLES
+        assert {c["name"] for c in found.get_columns("flags")} >= NEW_FLAG_COLUMNS
         with store.session() as s:
             states = s.execute(text("SELECT f.site_id, n.status, n.seq FROM notify_state n"
                                     " JOIN flags f ON f.id = n.flag_id ORDER BY f.site_id")).all()
         assert [tuple(r) for r in states] == [("S1", "open", 0), ("S2", "resolved", 0)]
-        from rules.flag import FlagBook
         from core.settings import load_settings
         from notify import Notifier
+        from rules.flag import FlagBook
 
         settings = load_settings(None, notify={"channels": []})
         assert Notifier(settings, store).tick(datetime.now(UTC)).events == 0

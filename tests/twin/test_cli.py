@@ -24,7 +24,7 @@ A4,Four,30.4,104.4,Pi,indoor,transfer,Sichuan,industrial,2026,under_construction
 """
 
 
-@pytest.fixture()
+@pytest.fixture
 def cli(twin_url, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SITETWIN_TWIN__URL", twin_url)
     monkeypatch.setenv("SITETWIN_SERVICES__STATE_DIR", str(tmp_path / "state"))
@@ -95,20 +95,25 @@ def test_online_filters_and_unregistered(cli, tmp_path, twin_url):
     live.flush(store)
     store.close()
     code, out, _ = cli("sites", "list", "--online", "--json")
+    assert code == 0, out
     assert [s["site_id"] for s in json.loads(out)] == ["A1"]
     assert json.loads(out)[0]["last_seen"].endswith("Z")  # --json stays UTC
     code, out, _ = cli("sites", "list", "--online")
+    assert code == 0, out
     header, row = out.splitlines()[:2]
     seen = (now - timedelta(seconds=10)).astimezone(timezone(timedelta(hours=8)))
     assert "last_seen (Asia/Shanghai)" in header
     assert seen.strftime("%Y-%m-%d %H:%M:%S +08:00") in row  # local, its offset shown
     code, out, _ = cli("sites", "list", "--offline", "--json")
+    assert code == 0, out
     # Offline is a site that should be on air and is silent: A2 (planned, seen an hour ago) and
     # A4 (under construction, never seen) are expected to be silent; A1 is online.
     assert [(s["site_id"], s["offline"]) for s in json.loads(out)] == [("A3", True)]
     code, out, _ = cli("sites", "list", "--json")
+    assert code == 0, out
     assert [s["site_id"] for s in json.loads(out) if s["offline"]] == ["A3"]
     code, out, _ = cli("sites", "list", "--unregistered", "--json")
+    assert code == 0, out
     rows = json.loads(out)
     assert [(r["site_id"], r["online"]) for r in rows] == [("X9", True)]
 

@@ -50,7 +50,7 @@ def test_xlsx_has_no_formulas(tmp_path):
 
 
 def test_unknown_suffix(tmp_path):
-    with pytest.raises(UserError, match=".csv or .xlsx"):
+    with pytest.raises(UserError, match=r"\.csv or \.xlsx"):
         write_table(frame(), tmp_path / "r.json")
 
 

@@ -16,8 +16,8 @@ from sqlalchemy import select, text
 from sitetwin.cli import main
 from twin.history import SINCE_ALWAYS, in_force
 from twin.imports import import_csv
-from twin.models import Reservation, ReservationChange, Site, SupplyChange
 from twin.migrations import latest_version
+from twin.models import Reservation, ReservationChange, Site, SupplyChange
 from twin.store import open_store
 
 SITES = """site_id,name,lat,lon,county,kind,supply,region,customer_class,state,state_since
@@ -162,7 +162,7 @@ def test_in_force_picks_the_last_row_and_assumes_only_undated_first_rows():
         ("A", ts("2026-01-01"), True, 8.0), ("A", ts("2026-04-01"), True, 12.0),
         ("B", ts("2026-05-01"), False, 6.0), ("C", ts("2026-05-01"), True, 3.0),
     ], columns=["site_id", "effective_from", "dated", "reserved_kw"])
-    at = lambda t: dict(zip(*in_force(changes, ts(t))[["site_id", "reserved_kw"]].T.values))  # noqa: E731
+    at = lambda t: dict(zip(*in_force(changes, ts(t))[["site_id", "reserved_kw"]].T.values, strict=False))  # noqa: E731
     assert at("2026-02-01") == {"A": 8.0, "B": 6.0}   # B undated: held before; C did not exist
     assert at("2026-04-01") == {"A": 12.0, "B": 6.0}  # a change at the instant counts
     assert at("2025-06-01") == {"B": 6.0}
@@ -199,7 +199,7 @@ def test_grid_history_gives_the_reservations_and_supply_then():
     assert list(before.reservations["site_id"]) == ["Z"]
 
 
-@pytest.fixture()
+@pytest.fixture
 def cli(twin_url, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SITETWIN_TWIN__URL", twin_url)
     monkeypatch.setenv("SITETWIN_SERVICES__STATE_DIR", str(tmp_path / "state"))

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from twin.imports import BILLS, RESERVATIONS, SITES, TARIFFS, import_csv
 from twin.errors import ImportFailed
+from twin.imports import BILLS, RESERVATIONS, SITES, TARIFFS, import_csv
 from twin.lifecycle import history, state_at
 from twin.models import Bill, LifecycleEvent, Reservation, Site, Tariff
 
 pytestmark = pytest.mark.integration
 
-SITES_CSV = """\ufeffcounty,site_id,name,lat,lon,kind,supply,region,customer_class,operators,state,replaces_site_id,colour
+SITES_CSV = """\ufeff\
+county,site_id,name,lat,lon,kind,supply,region,customer_class,operators,state,replaces_site_id,colour
 Xinjin,S001,Huayuan Rd,30.41,103.81,macro,direct,Sichuan,industrial,CM;CT,on_air,,blue
 Xinjin,S002,=HYPERLINK("http://x"),30.42,103.82,pole,transfer,Sichuan,commercial,CU,planned,S001,red
 Pi,S003,Xipu,30.8,103.9,micro,direct,Sichuan,industrial,,,,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 
 from tests.twin.conftest import T0, add_site
 from twin.errors import TransitionNotAllowed, UnknownSite
-from twin.lifecycle import PRE_ON_AIR, check_move, TRANSITIONS, State, history, state_at, transition
+from twin.lifecycle import PRE_ON_AIR, TRANSITIONS, State, check_move, history, state_at, transition
 from twin.models import LifecycleEvent, Site
 from twin.store import open_store
 
@@ -73,7 +74,7 @@ def test_every_illegal_move_is_refused_and_changes_nothing(store):
             before = s.scalar(select(func.count()).select_from(LifecycleEvent)
                               .where(LifecycleEvent.site_id == site))
         for target in State:
-            if (state, target) in legal and not (state == State.BLOCKED):
+            if (state, target) in legal and state != State.BLOCKED:
                 continue
             if state == State.BLOCKED and target == State.APPROVED:
                 continue  # the one way back from this block
@@ -213,7 +214,7 @@ def test_random_move_sequences_keep_history_consistent(moves):
                 events = history(s, site)
                 state = events[0].to_state
                 seen = [state]
-                for prev, ev in zip(events, events[1:]):
+                for prev, ev in itertools.pairwise(events):
                     assert ev.from_state == prev.to_state
                     assert (ev.from_state, ev.to_state, ev.verb) in legal
                     if ev.verb == "unblock":
@@ -309,7 +310,7 @@ def test_two_moves_of_one_site_at_once_keep_one_chain(store, twin_url):
             site_id = f"R{i:02d}"
             events = history(s, site_id)
             assert len(events) == 2, [(e.from_state, e.to_state) for e in events]
-            for before, after in zip(events, events[1:]):
+            for before, after in itertools.pairwise(events):
                 assert after.from_state == before.to_state
             assert s.get(Site, site_id).state == events[-1].to_state
 

@@ -22,15 +22,16 @@ def test_telemetry_reaches_the_twin_registered_or_not(tmp_path, mosquitto, influ
     url = f"sqlite:///{tmp_path / 'twin.sqlite'}"
     store = open_store(url)
     add_site(store, "REG1")
-    settings = load_settings(None, **{
-        "mqtt": {"servers": [mosquitto.url], "client_id": f"twin-{tmp_path.name}",
-                 "shared_group": f"tw{abs(hash(str(tmp_path))) % 10**8}"},
-        "influxdb": {"url": influxdb.url, "database": influx_db},
-        "collector": {"batch_size": 100, "batch_age": "100ms", "live_flush_interval": "200ms"},
-        "services": {"state_dir": str(tmp_path / "state")},
-        "spool": {"fsync": False},
-        "twin": {"url": url},
-    })
+    settings = load_settings(
+        None,
+        mqtt={"servers": [mosquitto.url], "client_id": f"twin-{tmp_path.name}",
+              "shared_group": f"tw{abs(hash(str(tmp_path))) % 10**8}"},
+        influxdb={"url": influxdb.url, "database": influx_db},
+        collector={"batch_size": 100, "batch_age": "100ms", "live_flush_interval": "200ms"},
+        services={"state_dir": str(tmp_path / "state")},
+        spool={"fsync": False},
+        twin={"url": url},
+    )
     now = int(time.time())
     payloads = [
         ("REG1/tower", {"ts": now - 60, "mains_ok": True, "battery_soc_pct": 99.0}),

@@ -118,7 +118,7 @@ def no_collectors(now):
     return []
 
 
-@pytest.fixture()
+@pytest.fixture
 def world(twin_url: str, tmp_path: Path) -> Iterator[World]:
     store = open_store(twin_url)
     try:
@@ -127,18 +127,18 @@ def world(twin_url: str, tmp_path: Path) -> Iterator[World]:
         store.close()
 
 
-@pytest.fixture()
+@pytest.fixture
 def web_settings(settings):
     return settings
 
 
-@pytest.fixture()
+@pytest.fixture
 def app(world: World, web_settings):
     return create_app(web_settings, world.store, peaks=no_peaks, pipeline=no_collectors,
                       clock=lambda: NOW)
 
 
-@pytest.fixture()
+@pytest.fixture
 def client(app) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=True) as c:
         yield c

@@ -36,7 +36,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--window-size=1400,1000")
 
 
-@pytest.fixture()
+@pytest.fixture
 def server(world, settings) -> Iterator[str]:
     """uvicorn serving the app on the test's registry, on a free port."""
     app = create_app(settings, world.store, peaks=no_peaks, clock=lambda: NOW)
@@ -52,7 +52,7 @@ def server(world, settings) -> Iterator[str]:
     thread.join(10)
 
 
-@pytest.fixture()
+@pytest.fixture
 def open_browser(tmp_path, monkeypatch):
     """A factory of fresh headless Chromium sessions (each its own profile and language)."""
     from selenium.webdriver.common import selenium_manager

@@ -1,8 +1,9 @@
 """``/api/v1/reservations``, ``/ledger``, ``/tariffs``, ``/bills`` and the overcharging report.
 
 The ledger's peaks come from InfluxDB (``WindowData.power_peak`` per site and
-``coincident_peaks`` per feeder and substation, over the reservations rule's window); they are kept for a minute, since a 7-day peak does not move between
-two page loads and the query costs seconds at 10 000 sites.  If InfluxDB cannot
+``coincident_peaks`` per feeder and substation, over the reservations rule's window);
+they are kept for a minute, since a 7-day peak does not move between two page loads
+and the query costs seconds at 10 000 sites.  If InfluxDB cannot
 answer, the ledger still has the reservations, with the peaks empty and a reason.
 """
 

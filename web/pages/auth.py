@@ -96,11 +96,11 @@ async def login(request: Request, username: Annotated[str, Form(max_length=64)],
         return response
     throttle.succeeded(username)
     sid, _csrf = opened
-    response = RedirectResponse(_safe_next(next) or "/", status_code=303)
-    response.set_cookie(SESSION_COOKIE, sid, max_age=int(settings.web.session_lifetime),
+    redirect = RedirectResponse(_safe_next(next) or "/", status_code=303)
+    redirect.set_cookie(SESSION_COOKIE, sid, max_age=int(settings.web.session_lifetime),
                         httponly=True, samesite="lax", secure=settings.web.secure_cookies)
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
-    return response
+    redirect.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return redirect
 
 
 @router.post("/logout")

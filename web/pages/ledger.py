@@ -27,7 +27,7 @@ def ledger_tree(table: pd.DataFrame) -> list[dict[str, Any]]:
             feeders[r["feeder"]] = {**r, "sites": []}
             subs.setdefault(r["substation"], {"substation": r["substation"], "feeders": []}
                             )["feeders"].append(feeders[r["feeder"]])
-    missing = {"substation": None, "feeders": [{"feeder": None, "sites": []}]}
+    missing: dict[str, Any] = {"substation": None, "feeders": [{"feeder": None, "sites": []}]}
     for r in rows:
         if r["level"] == "site":
             if r["feeder"] in feeders:

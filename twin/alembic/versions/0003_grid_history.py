@@ -82,7 +82,7 @@ def _supply_changes() -> None:
                        " SELECT site_id, :since, supply, created_at FROM sites").bindparams(_since()))
 
 
-def _since() -> sa.BindParameter:
+def _since() -> sa.BindParameter[datetime]:
     return sa.bindparam("since", datetime(1970, 1, 1, tzinfo=UTC), type_=UTCDateTime())
 
 
