@@ -58,6 +58,7 @@ from connectors.lineprotocol import encode_reading
 from connectors.metrics import PipelineMetrics
 from connectors.reading import Parsed, Reading, Rejection, parse_message
 from connectors.spool import RETIRED_MARK, InstanceLock, Spool, peer_directories
+from connectors.transport import LeanClient
 from core.settings import Settings
 
 __all__ = ["EXIT_STALLED", "Collector", "LiveSink", "mqtt_client"]
@@ -95,10 +96,12 @@ def _server(url: str) -> tuple[str, int, bool]:
     return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
 
 
-def mqtt_client(settings: Settings, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
-    """A paho MQTT 5 client with the configured credentials and TLS (not yet connected)."""
+def mqtt_client(settings: Settings, client_id: str, *, manual_ack: bool = False,
+                lean: bool = False) -> mqtt.Client:
+    """A paho MQTT 5 client with the configured credentials and TLS (not yet connected);
+    ``lean``: a ``LeanClient`` (buffered reads, ``ack_many``)."""
     m = settings.mqtt
-    client = mqtt.Client(
+    client = (LeanClient if lean else mqtt.Client)(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
@@ -177,7 +180,8 @@ class Collector:
         self._server_index = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._client = mqtt_client(settings, self.client_id, manual_ack=True)
+        self._client = mqtt_client(settings, self.client_id, manual_ack=True,
+                                   lean=settings.mqtt.client == "lean")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
@@ -582,9 +586,13 @@ class Collector:
 
     def _ack(self, acks: list[tuple[int, int]]) -> None:
         epoch = self._epoch
+        client = self._client
+        if isinstance(client, LeanClient):
+            client.ack_many(mid for mid, mid_epoch in acks if mid_epoch == epoch)
+            return
         for mid, mid_epoch in acks:
             if mid_epoch == epoch:
-                self._client.ack(mid, 1)
+                client.ack(mid, 1)
 
     # -- spool drain ---------------------------------------------------------------------------
     def _drain_loop(self) -> None:
