@@ -118,10 +118,23 @@ def case_a(mq: Mosquitto, messages, group: str = "benchraw") -> dict:
     out = subprocess.run([*argv, "drain", group], check=True, capture_output=True, text=True)
     res = json.loads(out.stdout)
     assert res["received"] == len(messages), res
+    end_session(mq, cid)
     per_10k = 10_000 / len(messages)
     return {"msgs_per_s": res["received"] / res["seconds"], "publish_msgs_per_s": pub_rate,
             "cpu_s_per_10k_msgs": {"mosquitto": round((_cpu_s(mq._proc.pid) - mq_cpu0) * per_10k, 3),
                                    "subscriber": round(res["cpu_s"] * per_10k, 3)}}
+
+
+def end_session(mq: Mosquitto, client_id: str) -> None:
+    """Drop a case's persistent session once it is done: else its subscription keeps
+    taking a copy of every later case's backlog (slower publishing, a larger broker
+    state to save, a busier broker in every later case)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.connect(mq.host, mq.port, clean_start=True)  # no Session Expiry: ends with the connection
+    c.disconnect()
 
 
 # -- (r) the broker's limit: ack-only on a raw socket --------------------------------------------
@@ -136,6 +149,7 @@ def case_r(mq: Mosquitto, messages, group: str = "benchack") -> dict:
     out = subprocess.run([*argv, "drain", topic], check=True, capture_output=True, text=True)
     res = json.loads(out.stdout)
     assert res["received"] == len(messages), res
+    end_session(mq, cid)
     per_10k = 10_000 / len(messages)
     return {"msgs_per_s": res["received"] / res["seconds"], "publish_msgs_per_s": pub_rate,
             "cpu_s_per_10k_msgs": {"mosquitto": round((_cpu_s(mq._proc.pid) - mq_cpu0) * per_10k, 3),
@@ -231,6 +245,7 @@ def case_nodered(mq: Mosquitto, influx: InfluxDB, messages, *, home: Path, work:
     proc = start()
     res = _drain(mq, influx, db, [proc], base, len(messages), t_start)
     _stop([proc])
+    end_session(mq, f"bench-nr-{name}")
     if res["verified_points"] != len(messages):
         raise SystemExit(f"case {name}: {res['verified_points']} of {len(messages)} points in "
                          f"InfluxDB; see {log}")
@@ -408,6 +423,8 @@ def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int,
             time.sleep(0.25)
         out["twin_lag_s"] = time.perf_counter() - t_done
     _stop(procs)
+    for i in range(collectors):
+        end_session(mq, f"{env['SITETWIN_MQTT__CLIENT_ID']}-{i}")
     if out["verified_points"] != len(messages):
         raise SystemExit(f"case {name}: {out['verified_points']} of {len(messages)} points in "
                          f"InfluxDB; see {log}")
@@ -466,7 +483,8 @@ def main() -> int:
                                       name=key if args.rounds == 1 else f"{key}{i + 1}",
                                       client=client)
                     rounds.setdefault(key, []).append(r)
-                    print(f"{tag}({key}) sitetwin, {n} collector(s){' + twin' if twin else ''}: "
+                    print(f"{tag}({key}) sitetwin, {n} collector(s){' + twin' if twin else ''}"
+                          f"{', paho transport' if client == 'paho' else ''}: "
                           f"{r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
     finally:
         mq.stop()

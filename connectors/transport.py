@@ -18,7 +18,8 @@ control, DISCONNECT) and changes two things only:
 - ``ack_many`` queues the PUBACKs of a whole batch as one write: one wake-up of
   the network thread and one ``send`` per batch instead of per message.
 
-Both lean on paho internals (``_create_socket``, ``_packet_queue``), present in
+These lean on paho internals (``_create_socket``, ``_packet_queue``,
+``_send_pingreq`` and ``_ping_t`` for the barrier before DISCONNECT), present in
 paho-mqtt 2.1 and 2.2; ``pyproject.toml`` bounds paho below 3 and the
 collector's tests (against the real Mosquitto) cover session resume,
 redelivery and the fault cases through this class.
@@ -37,7 +38,7 @@ __all__ = ["BufferedSocket", "LeanClient", "puback_packets"]
 
 READ_SIZE = 256 * 1024
 MAX_PACKETS_PER_READ = 1000
-FLUSH_TIMEOUT = 2.0  # seconds disconnect() waits for queued packets to be written
+FLUSH_TIMEOUT = 2.0  # seconds disconnect() waits for the broker to answer a PINGREQ
 _PUBACK = 0x40
 
 
@@ -94,6 +95,8 @@ def puback_packets(mids: Iterable[int]) -> bytes:
 class LeanClient(mqtt.Client):
     """paho's MQTT client with buffered reads and batch acknowledgements (see the module)."""
 
+    _acked_since_ping = False
+
     def _create_socket(self):  # type: ignore[override]
         return BufferedSocket(super()._create_socket())
 
@@ -109,19 +112,28 @@ class LeanClient(mqtt.Client):
         return rc
 
     def disconnect(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
-        """Let queued PUBACKs go out before DISCONNECT (up to ``FLUSH_TIMEOUT``).
+        """Make sure the broker has applied the PUBACKs sent so far, then DISCONNECT.
 
-        Measured against Mosquitto 2: a batch's PUBACKs written together with the
-        DISCONNECT were mostly not applied (98 of 100 messages came again, not 60), while
-        PUBACKs already on the wire were.  Lost acks only mean redelivery, but a clean
-        stop should not cost a batch of duplicates."""
-        deadline = time.monotonic() + FLUSH_TIMEOUT
-        while self._out_packet and self._thread is not None and time.monotonic() < deadline:
-            time.sleep(0.002)
+        Measured against Mosquitto 2: PUBACKs written just before DISCONNECT were often
+        not applied - 98 of 100 messages came again instead of 60 when a batch's acks
+        and DISCONNECT went out together, and 304 of 70 000 came again on a loaded
+        machine even after the acks had been written.  A broker answers packets in
+        order, so a PINGRESP proves every PUBACK before the PINGREQ was handled: the
+        client pings and waits for the answer (up to ``FLUSH_TIMEOUT``).  Lost acks
+        would only mean redelivery, but a clean stop should not cost a batch of
+        duplicates."""
+        if self._thread is not None and self.is_connected() and self._acked_since_ping:
+            self._acked_since_ping = False
+            deadline = time.monotonic() + FLUSH_TIMEOUT
+            if self._ping_t == 0:
+                self._send_pingreq()
+            while self._ping_t != 0 and self.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.002)
         return super().disconnect(*args, **kwargs)
 
     def ack_many(self, mids: Iterable[int]) -> None:
         """Acknowledge QoS 1 messages (``manual_ack``) in one queued write."""
         packet = puback_packets(mids)
         if packet:
+            self._acked_since_ping = True
             self._packet_queue(_PUBACK, packet, 0, 1)
