@@ -1,20 +1,26 @@
-"""Ingest benchmark: broker raw delivery vs sitetwin end to end, one and two collectors.
+"""Ingest benchmark: the broker's limit, paho, Node-RED and sitetwin end to end.
 
-Run:  .venv/bin/python bench/ingest.py [--messages 200000] [--cases a,b,c,d] [--rounds N]
+Run:  .venv/bin/python bench/ingest.py [--messages 200000] [--cases r,a,n,p,b,c,d] [--rounds N]
 
 Each case drains the same backlog of QoS 1 messages that the broker queued for
 a persistent session while its consumer was away, so publishing cost (a Python
 publisher on the same two cores) is kept out of the figures:
 
-  (a) a paho subscriber that only counts (auto-ack) - the broker's delivery rate;
+  (r) a subscriber on a raw socket that frames PUBLISH packets and answers PUBACK,
+      many per syscall (bench/ackonly.py) - the broker's limit on this machine;
+  (a) a paho subscriber that only counts (auto-ack);
+  (n) Node-RED 4 + node-red-contrib-influxdb, installed from npm into the bench's
+      temp folder: mqtt in (QoS 1, persistent session) -> function -> join
+      (5000 / 1 s) -> influxdb batch; acks on receipt, validates nothing;
   (b) ``sitetwin run`` (one collector process): MQTT -> validate -> line protocol
       -> InfluxDB, acked after the write; every point is counted in InfluxDB;
+  (p) as (b) with ``[mqtt] client = "paho"`` (paho as it comes: before/after);
   (c) the same with two collector processes on the shared subscription;
   (d) as (b) with the twin's live state on (flushed to SQLite), plus the twin's
       lag behind telemetry (newest reading vs newest ``last_seen``).
 
 Figures are msgs/s over the steady part (first to last point), printed with
-the ratios b/a, c/b and d/b.  Services are private instances on free ports.
+the ratios b/r, b/n, b/a, b/p, c/b and d/b.  Services are private instances on free ports.
 """
 
 from __future__ import annotations
@@ -112,10 +118,168 @@ def case_a(mq: Mosquitto, messages, group: str = "benchraw") -> dict:
     out = subprocess.run([*argv, "drain", group], check=True, capture_output=True, text=True)
     res = json.loads(out.stdout)
     assert res["received"] == len(messages), res
+    end_session(mq, cid)
     per_10k = 10_000 / len(messages)
     return {"msgs_per_s": res["received"] / res["seconds"], "publish_msgs_per_s": pub_rate,
             "cpu_s_per_10k_msgs": {"mosquitto": round((_cpu_s(mq._proc.pid) - mq_cpu0) * per_10k, 3),
                                    "subscriber": round(res["cpu_s"] * per_10k, 3)}}
+
+
+def end_session(mq: Mosquitto, client_id: str) -> None:
+    """Drop a case's persistent session once it is done: else its subscription keeps
+    taking a copy of every later case's backlog (slower publishing, a larger broker
+    state to save, a busier broker in every later case)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.connect(mq.host, mq.port, clean_start=True)  # no Session Expiry: ends with the connection
+    c.disconnect()
+
+
+# -- (r) the broker's limit: ack-only on a raw socket --------------------------------------------
+def case_r(mq: Mosquitto, messages, group: str = "benchack") -> dict:
+    cid = f"bench-ack-{time.time_ns()}"
+    argv = [sys.executable, str(ROOT / "bench" / "ackonly.py"), mq.host, str(mq.port), cid,
+            str(len(messages))]
+    topic = f"$share/{group}/sites/+/+"
+    subprocess.run([*argv, "subscribe", topic], check=True, capture_output=True)
+    pub_rate = publish(mq, messages)
+    mq_cpu0 = _cpu_s(mq._proc.pid)
+    out = subprocess.run([*argv, "drain", topic], check=True, capture_output=True, text=True)
+    res = json.loads(out.stdout)
+    assert res["received"] == len(messages), res
+    end_session(mq, cid)
+    per_10k = 10_000 / len(messages)
+    return {"msgs_per_s": res["received"] / res["seconds"], "publish_msgs_per_s": pub_rate,
+            "cpu_s_per_10k_msgs": {"mosquitto": round((_cpu_s(mq._proc.pid) - mq_cpu0) * per_10k, 3),
+                                   "subscriber": round(res["cpu_s"] * per_10k, 3)}}
+
+
+# -- (n) Node-RED ------------------------------------------------------------------------------------
+NODE_RED_PACKAGES = ["node-red@4", "node-red-contrib-influxdb@0.7"]
+
+_NODE_RED_FUNCTION = """
+const d = msg.payload;
+const ts = d.ts;
+delete d.ts;
+msg.payload = {measurement: msg.topic.split("/")[2], tags: {site: msg.topic.split("/")[1]},
+               fields: d, timestamp: ts};
+return msg;
+"""
+
+
+def install_node_red(work: Path) -> Path:
+    """npm install Node-RED and the InfluxDB nodes into ``work/node-red``; its directory."""
+    home = work / "node-red"
+    home.mkdir(parents=True, exist_ok=True)
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit("case n needs npm (Node.js 18+) on PATH")
+    t0 = time.perf_counter()
+    res = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error",
+                          *NODE_RED_PACKAGES], cwd=home, capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        raise SystemExit(f"npm install {' '.join(NODE_RED_PACKAGES)} failed:\n{res.stderr[-2000:]}")
+    print(f"Node-RED installed from npm in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return home
+
+
+def _node_red_flow(mq: Mosquitto, influx: InfluxDB, db: str, cid: str, group: str) -> list[dict]:
+    return [
+        {"id": "bench-tab", "type": "tab", "label": "bench"},
+        {"id": "bench-broker", "type": "mqtt-broker", "broker": mq.host, "port": str(mq.port),
+         "clientid": cid, "autoConnect": True, "usetls": False, "protocolVersion": "5",
+         "keepalive": "60", "cleansession": False, "sessionExpiry": "3600",
+         "autoUnsubscribe": False},  # else it unsubscribes when stopped: no backlog
+        {"id": "bench-in", "type": "mqtt in", "z": "bench-tab", "topic": f"$share/{group}/sites/+/+", "qos": "1",
+         "datatype": "json", "broker": "bench-broker", "nl": False, "rap": True, "inputs": 0,
+         "wires": [["bench-fn"]]},
+        {"id": "bench-fn", "type": "function", "z": "bench-tab", "func": _NODE_RED_FUNCTION, "outputs": 1,
+         "wires": [["bench-join"]]},
+        {"id": "bench-join", "type": "join", "z": "bench-tab", "mode": "custom", "build": "array",
+         "property": "payload", "propertyType": "msg", "key": "topic", "joiner": "\\n",
+         "joinerType": "str", "accumulate": False, "timeout": "1", "count": "5000",
+         "reduceRight": False, "wires": [["bench-out"]]},
+        {"id": "bench-influx", "type": "influxdb", "hostname": influx.host, "port": str(influx.port),
+         "protocol": "http", "database": db, "name": "", "usetls": False, "influxdbVersion": "1.x"},
+        {"id": "bench-out", "type": "influxdb batch", "z": "bench-tab", "influxdb": "bench-influx", "precision": "s",
+         "retentionPolicy": "", "wires": []},
+    ]
+
+
+def case_nodered(mq: Mosquitto, influx: InfluxDB, messages, *, home: Path, work: Path,
+                 name: str) -> dict:
+    db = f"bench_{name}"
+    influx.query(f'DROP DATABASE "{db}"')
+    influx.query(f'CREATE DATABASE "{db}"')
+    user_dir = work / f"node-red-{name}"
+    user_dir.mkdir(parents=True, exist_ok=True)
+    flow = user_dir / "flows.json"
+    flow.write_text(json.dumps(_node_red_flow(mq, influx, db, f"bench-nr-{name}", f"g{name}")))
+    settings = user_dir / "settings.js"
+    settings.write_text(f"module.exports = {{uiPort: {free_port()}, uiHost: '127.0.0.1',"
+                        " credentialSecret: false, logging: {console: {level: 'warn'}}};\n")
+    log = work / f"node-red-{name}.log"
+    argv = ["node", str(home / "node_modules" / "node-red" / "red.js"), "--settings", str(settings),
+            "--userDir", str(user_dir), str(flow)]
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(argv, cwd=user_dir, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+    # 1. the persistent session and its subscription; probes prove the flow writes.
+    proc = start()
+    probe = [(f"sites/P{i:03d}/tower", orjson.dumps({"ts": START_S - 60, "mains_ok": True}))
+             for i in range(20)]
+    t_end = time.monotonic() + 120
+    while _count(influx, db) < len(probe) and time.monotonic() < t_end:
+        publish(mq, probe)
+        time.sleep(1.0)
+    _stop([proc])
+    base = _count(influx, db)
+    if base < len(probe):
+        raise SystemExit(f"case {name}: Node-RED wrote {base} of {len(probe)} probes; see {log}")
+    # 2. the backlog waits in the broker; 3. Node-RED returns and drains it.
+    pub_rate = publish(mq, messages)
+    t_start = time.perf_counter()
+    proc = start()
+    res = _drain(mq, influx, db, [proc], base, len(messages), t_start)
+    _stop([proc])
+    end_session(mq, f"bench-nr-{name}")
+    if res["verified_points"] != len(messages):
+        raise SystemExit(f"case {name}: {res['verified_points']} of {len(messages)} points in "
+                         f"InfluxDB; see {log}")
+    return {**res, "publish_msgs_per_s": pub_rate}
+
+
+def _drain(mq: Mosquitto, influx: InfluxDB, db: str, procs: list[subprocess.Popen], base: int,
+           count: int, t_start: float) -> dict:
+    """Wait until ``count`` new points are in ``db``: rates and the CPU split by process."""
+    cpu0 = _cpu_split(mq, influx, procs)
+    first = None
+    want = base + count
+    n = seen = base
+    progress = time.monotonic()
+    while time.monotonic() - progress < 120:  # give up after two minutes without a new point
+        n = _count(influx, db)
+        now = time.perf_counter()
+        if first is None and n > base:
+            first = (now, n)
+        if n >= want:
+            break
+        if n > seen:
+            seen, progress = n, time.monotonic()
+        time.sleep(0.5)
+    t_done = time.perf_counter()
+    cpu1 = _cpu_split(mq, influx, procs)
+    steady_s = t_done - first[0] if first else 0.0
+    return {
+        "msgs_per_s": (want - first[1]) / steady_s if steady_s > 0 else float("nan"),
+        "wall_msgs_per_s": count / (t_done - t_start),
+        "verified_points": n - base,
+        "cpu_s_per_10k_msgs": {k: round((cpu1[k] - cpu0[k]) * 10_000 / count, 3) for k in cpu0},
+        "cpu_cores_busy": round(sum(cpu1[k] - cpu0[k] for k in cpu0) / (t_done - t_start), 2),
+    }
 
 
 # -- (b), (c), (d): sitetwin end to end ------------------------------------------------------------
@@ -185,7 +349,7 @@ def _cpu_s(pid: int) -> float:
 
 def _cpu_split(mq: Mosquitto, influx: InfluxDB, procs: list[subprocess.Popen]) -> dict[str, float]:
     return {"mosquitto": _cpu_s(mq._proc.pid), "influxd": _cpu_s(influx._proc.pid),
-            "collectors": sum(_cpu_s(p.pid) for p in procs)}
+            "consumer": sum(_cpu_s(p.pid) for p in procs)}
 
 
 def _count(influx: InfluxDB, db: str) -> int:
@@ -222,13 +386,15 @@ def _expected_last(n: int) -> dict[str, int]:
 
 
 def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int, twin: bool,
-                  work: Path, name: str) -> dict:
+                  work: Path, name: str, client: str | None = None) -> dict:
     db = f"bench_{name}"
     state = work / f"state-{name}"
     state.mkdir(parents=True, exist_ok=True)
     influx.query(f'DROP DATABASE "{db}"')
     influx.query(f'CREATE DATABASE "{db}"')
     env = _env(mq, influx, db, state, f"g{name}", twin)
+    if client:
+        env["SITETWIN_MQTT__CLIENT"] = client
     log = work / f"collector-{name}.log"
     # 1. establish the persistent sessions and the shared subscription, then leave.
     procs = _collectors(env, collectors, twin, log)
@@ -245,22 +411,9 @@ def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int,
     # 3. the collectors return and drain it.
     t_start = time.perf_counter()
     procs = _collectors(env, collectors, twin, log)
-    cpu0 = _cpu_split(mq, influx, procs)
-    first = None
-    want = base + len(messages)
-    lags = []
-    deadline = time.monotonic() + 900
-    n = base
-    while time.monotonic() < deadline:
-        n = _count(influx, db)
-        now = time.perf_counter()
-        if first is None and n > base:
-            first = (now, n)
-        if n >= want:
-            break
-        time.sleep(0.5)
+    out = _drain(mq, influx, db, procs, base, len(messages), t_start)
+    out["publish_msgs_per_s"] = pub_rate
     t_done = time.perf_counter()
-    cpu1 = _cpu_split(mq, influx, procs)
     if twin:
         # The twin's lag: from the moment the last point is in InfluxDB until every
         # site's last_seen in the twin is its newest reading.
@@ -268,31 +421,20 @@ def case_sitetwin(mq: Mosquitto, influx: InfluxDB, messages, *, collectors: int,
         while (_twin_up_to_date(state, expected_last) < len(expected_last)
                and time.perf_counter() - t_done < 120):
             time.sleep(0.25)
-        lags.append(time.perf_counter() - t_done)
+        out["twin_lag_s"] = time.perf_counter() - t_done
     _stop(procs)
-    if n != want:
-        raise SystemExit(f"case {name}: {n - base} of {len(messages)} points in InfluxDB; "
-                         f"see {log}")
-    steady_s = t_done - first[0]
-    out = {
-        "msgs_per_s": (want - first[1]) / steady_s if steady_s > 0 else float("nan"),
-        "wall_msgs_per_s": len(messages) / (t_done - t_start),
-        "publish_msgs_per_s": pub_rate,
-        "verified_points": n - base,
-        # CPU seconds per 10 000 messages, by process: where the time goes.
-        "cpu_s_per_10k_msgs": {k: round((cpu1[k] - cpu0[k]) * 10_000 / len(messages), 3)
-                               for k in cpu0},
-        "cpu_cores_busy": round(sum(cpu1[k] - cpu0[k] for k in cpu0) / (t_done - t_start), 2),
-    }
-    if twin:
-        out["twin_lag_s"] = lags[0]
+    for i in range(collectors):
+        end_session(mq, f"{env['SITETWIN_MQTT__CLIENT_ID']}-{i}")
+    if out["verified_points"] != len(messages):
+        raise SystemExit(f"case {name}: {out['verified_points']} of {len(messages)} points in "
+                         f"InfluxDB; see {log}")
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=200_000)
-    ap.add_argument("--cases", default="a,b,c,d")
+    ap.add_argument("--cases", default="r,a,n,p,b,c,d")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the cases this many times, interleaved; figures are per-case medians")
@@ -310,26 +452,39 @@ def main() -> int:
     mq.start()
     influx.start()
     messages = backlog(args.messages)
+    node_red = install_node_red(work) if "n" in cases else None
     size = sum(len(p) for _, p in messages) / len(messages)
     print(f"{len(messages)} messages of {size:.0f} bytes, {os.cpu_count()} cores", file=sys.stderr)
     rounds: dict[str, list[dict]] = {}
     try:
         for i in range(max(1, args.rounds)):
             tag = f"round {i + 1}: " if args.rounds > 1 else ""
+            if "r" in cases:
+                r = case_r(mq, messages, group=f"benchack{i + 1}")
+                rounds.setdefault("r", []).append(r)
+                print(f"{tag}(r) broker -> ack-only raw socket: {r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
+            if "n" in cases:
+                r = case_nodered(mq, influx, messages, home=node_red, work=work,
+                                 name="n" if args.rounds == 1 else f"n{i + 1}")
+                rounds.setdefault("n", []).append(r)
+                print(f"{tag}(n) Node-RED -> InfluxDB: {r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
             if "a" in cases:
                 r = case_a(mq, messages, group=f"benchraw{i + 1}")
                 rounds.setdefault("a", []).append(r)
                 print(f"{tag}(a) broker -> counting subscriber: {r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
-            for key, n, twin in (("b", 1, False), ("c", 2, False), ("d", 1, True)):
+            for key, n, twin, client in (("p", 1, False, "paho"), ("b", 1, False, None),
+                                         ("c", 2, False, None), ("d", 1, True, None)):
                 if key in cases:
                     # A fresh database, session group and state per round.  A round's last
                     # batch can be stored but not yet acknowledged when its collector stops;
                     # with the same session the broker redelivers it in the next round, whose
                     # count then starts above the probes and never reaches base + N.
                     r = case_sitetwin(mq, influx, messages, collectors=n, twin=twin, work=work,
-                                      name=key if args.rounds == 1 else f"{key}{i + 1}")
+                                      name=key if args.rounds == 1 else f"{key}{i + 1}",
+                                      client=client)
                     rounds.setdefault(key, []).append(r)
-                    print(f"{tag}({key}) sitetwin, {n} collector(s){' + twin' if twin else ''}: "
+                    print(f"{tag}({key}) sitetwin, {n} collector(s){' + twin' if twin else ''}"
+                          f"{', paho transport' if client == 'paho' else ''}: "
                           f"{r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
     finally:
         mq.stop()
@@ -341,8 +496,13 @@ def main() -> int:
         results[key] = {**ordered[(len(ordered) - 1) // 2],
                         "rounds_msgs_per_s": [round(r["msgs_per_s"]) for r in runs]}
     ratios = {}
+    for base in ("r", "n"):
+        if base in results and "b" in results:
+            ratios[f"b/{base}"] = results["b"]["msgs_per_s"] / results[base]["msgs_per_s"]
     if "a" in results and "b" in results:
         ratios["b/a"] = results["b"]["msgs_per_s"] / results["a"]["msgs_per_s"]
+    if "p" in results and "b" in results:
+        ratios["b/p"] = results["b"]["msgs_per_s"] / results["p"]["msgs_per_s"]
     if "b" in results and "c" in results:
         ratios["c/b"] = results["c"]["msgs_per_s"] / results["b"]["msgs_per_s"]
     if "b" in results and "d" in results:

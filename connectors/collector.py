@@ -60,6 +60,7 @@ from connectors.mqtt import mqtt_client
 from connectors.mqtt import server_address as _server
 from connectors.reading import Parsed, Reading, Rejection, parse_message
 from connectors.spool import RETIRED_MARK, InstanceLock, Spool, peer_directories
+from connectors.transport import LeanClient
 from core.settings import Settings
 
 __all__ = ["EXIT_STALLED", "Collector", "LiveSink", "mqtt_client"]
@@ -155,7 +156,8 @@ class Collector:
         self._server_index = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._client = client or mqtt_client(settings, self.client_id, manual_ack=True)
+        self._client = client or mqtt_client(settings, self.client_id, manual_ack=True,
+                                             lean=settings.mqtt.client == "lean")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
@@ -570,9 +572,13 @@ class Collector:
 
     def _ack(self, acks: list[tuple[int, int]]) -> None:
         epoch = self._epoch
+        client = self._client
+        if isinstance(client, LeanClient):
+            client.ack_many(mid for mid, mid_epoch in acks if mid_epoch == epoch)
+            return
         for mid, mid_epoch in acks:
             if mid_epoch == epoch:
-                self._client.ack(mid, 1)
+                client.ack(mid, 1)
 
     # -- spool drain ---------------------------------------------------------------------------
     def _drain_loop(self) -> None:

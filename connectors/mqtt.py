@@ -39,10 +39,14 @@ def server_address(url: str) -> tuple[str, int, bool]:
     return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
 
 
-def mqtt_client(settings: Settings, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
-    """A paho MQTT 5 client with the configured credentials and TLS (not yet connected)."""
+def mqtt_client(settings: Settings, client_id: str, *, manual_ack: bool = False,
+                lean: bool = False) -> mqtt.Client:
+    """A paho MQTT 5 client with the configured credentials and TLS (not yet connected);
+    ``lean``: a ``connectors.transport.LeanClient`` (buffered reads, ``ack_many``)."""
+    from connectors.transport import LeanClient
+
     m = settings.mqtt
-    client = mqtt.Client(
+    client = (LeanClient if lean else mqtt.Client)(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,

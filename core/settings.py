@@ -62,6 +62,9 @@ class MqttSettings(_Section):
     reconnect_min: Duration = 1.0
     reconnect_max: Duration = 60.0
     receive_maximum: int = Field(default=20000, ge=1, le=65535)
+    # The collector's transport: "lean" = paho with buffered reads and one write for a
+    # batch's PUBACKs (connectors/transport.py); "paho" = paho as it comes.
+    client: Literal["paho", "lean"] = "lean"
     username: str | None = None
     password: SecretStr | None = None
     tls_ca: str | None = None
