@@ -53,8 +53,11 @@ def test_backfill_opens_then_resolves_a_past_mains_failure(influxdb, influx_db, 
 
     code = main(["rules", "run", "--rule", "mains_failure", "--since", (T - timedelta(minutes=180)).isoformat(),
                  "--until", T.isoformat(), "--no-publish", "--json", "--config", str(cfg)])
-    (summary,) = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    (summary,) = json.loads(printed.out)  # --json: only the summary on stdout
     assert code == 0 and summary["runs"] == 36 and summary["errors"] == 0
+    # progress on stderr: steps done, the range covered, the rate
+    assert "backfill: 36/36 steps 100.0% of the range (to 2026-11-20 12:00Z)" in printed.err
     assert (summary["opened"], summary["resolved"]) == (1, 1)
     main(["flags", "list", "--json", "--config", str(cfg)])
     (flag,) = json.loads(capsys.readouterr().out)
