@@ -122,3 +122,19 @@ def test_backfill_sees_the_reservation_in_force_at_each_step(influxdb, influx_db
         "reservation_exceeded", "resolved", 8.0)
     resolved = datetime.fromisoformat(flag["resolved_at"].replace("Z", "+00:00"))
     assert raised < resolved <= raised + timedelta(hours=12)
+
+
+def test_backfill_progress_line_has_range_rate_and_time_left():
+    import io
+
+    from sitetwin.commands.rules import BackfillProgress
+
+    stream = io.StringIO()
+    progress = BackfillProgress(T - timedelta(hours=10), T, stream=stream, interval=0.0)
+    progress.step(3, 12, T - timedelta(hours=5))
+    progress.step(12, 12, T)
+    progress.close()
+    first, *_, last = stream.getvalue().splitlines()
+    assert first.startswith("backfill: 3/12 steps  50.0% of the range (to 2026-11-20 07:00Z), ")
+    assert first.endswith("s left") and "/s, " in first
+    assert last.startswith("backfill: 12/12 steps 100.0% of the range") and "left" not in last
