@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,6 +61,9 @@ class _Buckets:
         self.parts: list[tuple[pd.Timestamp, pd.Timestamp, pd.DataFrame]] = []
         self.fetches = 0
         self._joined: tuple[pd.DataFrame, np.ndarray] | None = None
+        # The next chunk, asked while the steps use this one: (start, end, its frame).
+        self._ahead: tuple[pd.Timestamp, pd.Timestamp, Future] | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     def between(self, start: pd.Timestamp, end: pd.Timestamp, limit: pd.Timestamp) -> pd.DataFrame:
         """The buckets in [start, end); both on bucket boundaries.  ``limit``: fetch no further."""
@@ -69,13 +73,17 @@ class _Buckets:
         else:
             hi = self.parts[-1][1]
         while hi < end:
-            b = max(min(hi + self.chunk, limit.ceil(self.bucket)), end)
-            frame = self.data._frame(self.template.format(where=_between(hi, b)))
-            if not frame.empty:
-                frame = frame.sort_values("time", kind="stable")
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and ahead[0] == hi and ahead[1] >= end:
+                b, frame = ahead[1], ahead[2].result()
+            else:
+                b = max(min(hi + self.chunk, limit.ceil(self.bucket)), end)
+                frame = self._chunk(hi, b)
             self.parts.append((hi, b, frame))
-            self.fetches += 1
             self._joined, hi = None, b
+        if self._ahead is None and hi < limit:  # InfluxDB reads the next chunk meanwhile
+            b = min(hi + self.chunk, limit.ceil(self.bucket))
+            self._ahead = (hi, b, self._pool().submit(self._chunk, hi, b))
         kept = [p for p in self.parts if p[1] > start]
         if len(kept) != len(self.parts):
             self.parts, self._joined = kept, None
@@ -91,6 +99,24 @@ class _Buckets:
             return joined
         i, j = np.searchsorted(times, [start.value, end.value], side="left")
         return joined.iloc[i:j]
+
+    def _chunk(self, a: pd.Timestamp, b: pd.Timestamp) -> pd.DataFrame:
+        frame = self.data._frame(self.template.format(where=_between(a, b)))
+        self.fetches += 1
+        return frame.sort_values("time", kind="stable") if not frame.empty else frame
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-ahead")
+        return self._executor
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead[2].cancel()
+        self._ahead = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
     @property
     def joined(self) -> pd.DataFrame:
@@ -129,7 +155,9 @@ class RangeData:
         self.data.new_run()
 
     def close(self) -> None:
-        self.data.close()
+        """Stop the read-ahead (the wrapped ``WindowData`` stays open: it is the engine's)."""
+        self._recent.close()
+        self._hourly.close()
 
     @property
     def fetches(self) -> int:
@@ -179,16 +207,15 @@ class RangeData:
         key = (id(joined), id(baseline), t.warning_dbm, t.rise_db, t.min_baseline_days)
         if self._meets_key == key:
             return self._meets_rows
-        cells, codes = np.unique(joined["cell_id"].to_numpy(dtype=object), return_inverse=True)
+        codes, cells = pd.factorize(joined["cell_id"])
         hours = joined["time"].dt.hour.to_numpy()
         levels = joined["ul_dbm"].to_numpy(dtype=float)
         table = np.full((len(cells), 24), np.nan)
         base_hour, _ = _baselines(baseline, t)
         if base_hour:
             keys = list(base_hour)
-            where = np.searchsorted(cells, np.array([k[0] for k in keys], dtype=object))
-            where = np.minimum(where, len(cells) - 1)
-            known = cells[where] == np.array([k[0] for k in keys], dtype=object)
+            where = pd.Index(cells).get_indexer([k[0] for k in keys])
+            known = where >= 0
             table[where[known], np.array([k[1] for k in keys])[known]] = \
                 np.array(list(base_hour.values()), dtype=float)[known]
         base = table[codes, hours]
@@ -205,7 +232,7 @@ class RangeData:
         start = end - pd.Timedelta(days=t.baseline_days)
         if self._baseline is not None and self._baseline[0] == (start, end):
             return self._baseline[1]
-        frame = self._hourly.between(start, end, end)
+        frame = self._hourly.between(start, end, max(end, self.until.floor("D")))
         self._baseline = ((start, end), frame)
         return frame
 

@@ -212,6 +212,8 @@ class Engine:
                 if progress is not None:
                     progress(done, total, now)
         finally:
+            if self.data is not plain:
+                self.data.close()
             self.data = plain
             sites, self._alarm_sites = self._alarm_sites, None
             if self.publish_mqtt and sites:
