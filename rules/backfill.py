@@ -148,6 +148,11 @@ class RangeData:
         self._meets_key: tuple | None = None
         self._meets_rows = self._codes = np.array([])
         self._meets_joined: pd.DataFrame | None = None
+        self._cells = pd.Index([], dtype=object)
+        self._part_rows: dict[int, tuple] = {}
+        self._table = np.empty((0, 24))
+        self._table_key: tuple | None = None
+        self._table_baseline: pd.DataFrame | None = None
         self.sliced_steps = 0
         self.stepped = 0
 
@@ -207,20 +212,44 @@ class RangeData:
         key = (id(joined), id(baseline), t.warning_dbm, t.rise_db, t.min_baseline_days)
         if self._meets_key == key:
             return self._meets_rows
-        codes, cells = pd.factorize(joined["cell_id"])
-        hours = joined["time"].dt.hour.to_numpy()
-        levels = joined["ul_dbm"].to_numpy(dtype=float)
-        table = np.full((len(cells), 24), np.nan)
-        base_hour, _ = _baselines(baseline, t)
-        if base_hour:
-            keys = list(base_hour)
-            where = pd.Index(cells).get_indexer([k[0] for k in keys])
-            known = where >= 0
-            table[where[known], np.array([k[1] for k in keys])[known]] = \
-                np.array(list(base_hour.values()), dtype=float)[known]
-        base = table[codes, hours]
-        with np.errstate(invalid="ignore"):
-            meets = (levels >= t.warning_dbm) | (~np.isnan(base) & (levels - base >= t.rise_db))
+        # Per held chunk, once: its rows' cell codes (in a table of every cell seen), hours
+        # and levels; per chunk and baseline day, once: which rows meet a level.
+        parts = [f for _, _, f in self._recent.parts if not f.empty]
+        live = {id(f) for f in parts}
+        self._part_rows = {k: v for k, v in self._part_rows.items() if k in live}
+        for f in parts:
+            if id(f) not in self._part_rows:
+                where = self._cells.get_indexer(f["cell_id"])
+                if (where < 0).any():
+                    self._cells = self._cells.append(pd.Index(pd.unique(f["cell_id"][where < 0])))
+                    where = self._cells.get_indexer(f["cell_id"])
+                self._part_rows[id(f)] = (f, where, f["time"].dt.hour.to_numpy(),
+                                          f["ul_dbm"].to_numpy(dtype=float), {})
+        base_key = (id(baseline), len(self._cells), t.warning_dbm, t.rise_db, t.min_baseline_days)
+        if self._table_key != base_key:
+            table = np.full((len(self._cells), 24), np.nan)
+            base_hour, _ = _baselines(baseline, t)
+            if base_hour:
+                keys = list(base_hour)
+                where = self._cells.get_indexer([k[0] for k in keys])
+                known = where >= 0
+                table[where[known], np.array([k[1] for k in keys])[known]] = \
+                    np.array(list(base_hour.values()), dtype=float)[known]
+            self._table, self._table_key, self._table_baseline = table, base_key, baseline
+        pieces_codes, pieces_meets = [], []
+        for f in parts:
+            _, codes, hours, levels, memo = self._part_rows[id(f)]
+            meets = memo.get(base_key)
+            if meets is None:
+                base = self._table[codes, hours]
+                with np.errstate(invalid="ignore"):
+                    meets = (levels >= t.warning_dbm) | (~np.isnan(base) & (levels - base >= t.rise_db))
+                memo.clear()
+                memo[base_key] = meets
+            pieces_codes.append(codes)
+            pieces_meets.append(meets)
+        codes = np.concatenate(pieces_codes) if pieces_codes else np.array([], dtype=np.intp)
+        meets = np.concatenate(pieces_meets) if pieces_meets else np.array([], dtype=bool)
         self._codes, self._meets_rows, self._meets_key = codes, meets, key
         self._meets_joined = joined  # keeps ``id(joined)`` unique while the key holds it
         return meets
