@@ -13,6 +13,11 @@ the step path would have asked for, so its findings and flags are the same:
 ``tests/rules/test_backfill_equivalence.py`` compares the two flag tables on
 random data through real InfluxDB.
 
+The next chunk is read ahead in a thread while the steps use the held one (InfluxDB
+answers on one core while Python evaluates on the other), and the cells a step may
+flag are screened from the held buckets with one vectorised level test per chunk
+and baseline day, so the rule walks a few cells a step instead of every row.
+
 Exact only where a bucket is whole: a step at a time that is not on a bucket
 boundary (``--until`` now) would see a partial last bucket, so that step takes the
 step path.  Frames that are not buckets (per-PRB means over the window) are still
