@@ -7,14 +7,15 @@ error, a bug) is an ``error`` outcome with the message, logged, and the others
 still run — and its flags are left untouched, so a failing rule never
 resolves anything.  Backfill steps each rule through history at its own
 interval, against the registry's states as they were then, and never touches a
-flag that existed before it began (issue 14).
+flag that existed before it began (issue 14); a rule declared ``one_pass`` reads
+its steps' frames sliced from range fetches (``rules.backfill``, issue 15).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -28,9 +29,12 @@ from rules.registry import RULES, thresholds_for
 from rules.rule import Facts, Rule, Thresholds
 from rules.sink import publish_flags, publish_site_alarms, write_flags
 
-__all__ = ["Engine", "Outcome", "summarise", "thresholds_for"]
+__all__ = ["BackfillProgress", "Engine", "Outcome", "summarise", "thresholds_for"]
 
 log = logging.getLogger(__name__)
+
+# Told after each backfill step: (rule evaluations done, in all, the step's time).
+BackfillProgress = Callable[[int, int, datetime], None]
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,14 @@ class Engine:
                        updated=len(sync.updated), resolved=len(sync.resolved), clearing=sync.clearing,
                        duration_s=fetch_s + time.perf_counter() - started), sync
 
-    def backfill(self, since: datetime, until: datetime, rules: Sequence[Rule] = RULES) -> list[Outcome]:
+    def backfill(self, since: datetime, until: datetime, rules: Sequence[Rule] = RULES, *,
+                 one_pass: bool = True, progress: BackfillProgress | None = None) -> list[Outcome]:
         """Step every rule from ``since`` to ``until`` at its own interval (``until`` included).
+
+        ``one_pass``: the rules declared ``one_pass`` read their frames sliced from range
+        fetches (``rules.backfill.RangeData``) instead of asking InfluxDB at every step; the
+        steps, facts, frozen flags and flag lifecycle are the same either way.
+        ``progress(steps_done, steps_total, at)`` is called after each step.
 
         Each step sees the sites' lifecycle states (``SiteHistory``), reservations and supply
         (``GridHistory``) as they were at its time.
@@ -187,11 +197,24 @@ class Engine:
             steps.setdefault(until, []).append(rule)
         outcomes: list[Outcome] = []
         self._alarm_sites = set()
+        plain = self.data
+        if one_pass and any(r.one_pass for r in rules):
+            from rules.backfill import RangeData
+
+            self.data = RangeData(plain, until)
+        total = sum(len(v) for v in steps.values())
+        done = 0
         try:
             for now in sorted(steps):
                 then = grid.facts_at(history.facts_at(facts, now), now)
                 outcomes.extend(self.run(now, steps[now], facts=then, frozen=frozen))
+                done += len(steps[now])
+                if progress is not None:
+                    progress(done, total, now)
         finally:
+            if self.data is not plain:
+                self.data.close()
+            self.data = plain
             sites, self._alarm_sites = self._alarm_sites, None
             if self.publish_mqtt and sites:
                 publish_site_alarms(self.settings, self.store, sorted(sites))

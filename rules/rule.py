@@ -94,6 +94,10 @@ class Rule:
     # observe is out of scope: never cleared for going unseen (a silent site's mains failure
     # is not over).
     observed: Callable[[Frames], set[str]] | None = None
+    # True when a backfill may slice this rule's frames from range fetches (``rules.backfill``):
+    # set only for a rule whose one-pass flags are proven equal to the step path's
+    # (tests/rules/test_backfill_equivalence.py).
+    one_pass: bool = False
 
     def configure(self, table: Mapping[str, Any] | None) -> Thresholds:
         """The thresholds of ``[rules.<name>]`` over the defaults; a bad key is named."""

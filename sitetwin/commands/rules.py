@@ -10,7 +10,7 @@ from core.states import FlagStatus
 from sitetwin.arguments import cli_time, positive_int
 from sitetwin.config import Settings
 from sitetwin.errors import UserError
-from sitetwin.output import emit
+from sitetwin.output import Progress, emit
 
 
 def register(commands: argparse._SubParsersAction, reports: argparse._SubParsersAction) -> None:
@@ -23,6 +23,8 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     run.add_argument("--rule", action="append", metavar="NAME", help="only this rule (repeatable)")
     run.add_argument("--since", metavar="TS", help="backfill: step each rule from TS at its interval")
     run.add_argument("--until", metavar="TS", help="evaluate at TS instead of now (end of a backfill)")
+    run.add_argument("--step-by-step", action="store_true",
+                     help="backfill: ask InfluxDB every step's window (the one-pass path's reference)")
     run.add_argument("--no-publish", action="store_true", help="do not publish flag changes over MQTT")
     run.add_argument("--no-notify", action="store_true",
                      help="do not send notifications now (they stay queued for `sitetwin run`)")
@@ -106,6 +108,35 @@ def _rules(names: list[str] | None):
         raise UserError(str(exc)) from None
 
 
+class BackfillProgress(Progress):
+    """A backfill's progress on stderr (``--json`` keeps stdout to the summary): rule steps
+    done of all, the range covered so far, steps per second and the time left."""
+
+    def __init__(self, since: datetime, until: datetime, **kwargs: Any) -> None:
+        super().__init__("backfill", unit="steps", **kwargs)
+        self.since, self.until, self.at = since, until, since
+
+    def step(self, done: int, total: int, at: datetime) -> None:
+        self.total, self.at = total, at
+        self.advance(done - self.done)
+
+    def _draw(self, final: bool) -> None:
+        if not self.enabled or self.total is None:
+            return
+        import time
+
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        covered = (self.at - self.since) / (self.until - self.since)
+        line = (f"{self.label}: {self.done}/{self.total} {self.unit} {100 * covered:5.1f}% of the range "
+                f"(to {self.at.astimezone(UTC):%Y-%m-%d %H:%M}Z), {rate:,.1f}/s, {elapsed:.0f}s elapsed"
+                + ("" if final else f", ~{left:.0f}s left"))
+        end = "\n" if (final or not self.tty) else ""
+        self.stream.write(("\r" if self.tty else "") + line + end)
+        self.stream.flush()
+
+
 def run_rules(args: argparse.Namespace, settings: Settings) -> int:
     from rules.engine import Engine, summarise
 
@@ -117,8 +148,12 @@ def run_rules(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     try:
         engine = Engine(settings, store, publish_mqtt=not args.no_publish)
-        outcomes = (engine.backfill(since, until, selected) if since is not None
-                    else engine.run(until, selected))
+        if since is not None:
+            with BackfillProgress(since, until) as progress:
+                outcomes = engine.backfill(since, until, selected, one_pass=not args.step_by_step,
+                                           progress=progress.step)
+        else:
+            outcomes = engine.run(until, selected)
         summary = summarise(outcomes)
         open_flags = len(engine.flags.list(status=FlagStatus.OPEN.value))
         if not args.no_notify and settings.notify.enabled:

@@ -53,8 +53,11 @@ def test_backfill_opens_then_resolves_a_past_mains_failure(influxdb, influx_db, 
 
     code = main(["rules", "run", "--rule", "mains_failure", "--since", (T - timedelta(minutes=180)).isoformat(),
                  "--until", T.isoformat(), "--no-publish", "--json", "--config", str(cfg)])
-    (summary,) = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    (summary,) = json.loads(printed.out)  # --json: only the summary on stdout
     assert code == 0 and summary["runs"] == 36 and summary["errors"] == 0
+    # progress on stderr: steps done, the range covered, the rate
+    assert "backfill: 36/36 steps 100.0% of the range (to 2026-11-20 12:00Z)" in printed.err
     assert (summary["opened"], summary["resolved"]) == (1, 1)
     main(["flags", "list", "--json", "--config", str(cfg)])
     (flag,) = json.loads(capsys.readouterr().out)
@@ -119,3 +122,19 @@ def test_backfill_sees_the_reservation_in_force_at_each_step(influxdb, influx_db
         "reservation_exceeded", "resolved", 8.0)
     resolved = datetime.fromisoformat(flag["resolved_at"].replace("Z", "+00:00"))
     assert raised < resolved <= raised + timedelta(hours=12)
+
+
+def test_backfill_progress_line_has_range_rate_and_time_left():
+    import io
+
+    from sitetwin.commands.rules import BackfillProgress
+
+    stream = io.StringIO()
+    progress = BackfillProgress(T - timedelta(hours=10), T, stream=stream, interval=0.0)
+    progress.step(3, 12, T - timedelta(hours=5))
+    progress.step(12, 12, T)
+    progress.close()
+    first, *_, last = stream.getvalue().splitlines()
+    assert first.startswith("backfill: 3/12 steps  50.0% of the range (to 2026-11-20 07:00Z), ")
+    assert first.endswith("s left") and "/s, " in first
+    assert last.startswith("backfill: 12/12 steps 100.0% of the range") and "left" not in last
