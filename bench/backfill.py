@@ -37,11 +37,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.influx import InfluxWriter  # noqa: E402
-from core.settings import load_settings  # noqa: E402
-from simulator.fleet import Fleet  # noqa: E402
-from sitetwin.services import InfluxDB, free_port  # noqa: E402
-from twin.imports import BILLS, FEEDERS, RESERVATIONS, SITES, SUBSTATIONS, TARIFFS, import_csv  # noqa: E402
+from connectors.influx import InfluxWriter
+from core.settings import load_settings
+from simulator.fleet import Fleet
+from sitetwin.services import InfluxDB, free_port
+from twin.imports import BILLS, FEEDERS, RESERVATIONS, SITES, SUBSTATIONS, TARIFFS, import_csv
 
 # The month ends here; the data starts BASELINE_DAYS (and a window) before the month.
 UNTIL = datetime(2026, 11, 1, tzinfo=UTC)
@@ -206,7 +206,7 @@ def main() -> None:
                       f"peak RSS {runs[label]['peak_rss_mb']} MB", file=sys.stderr, flush=True)
         finally:
             influx.stop()
-    stepped, sliced, month = (runs[k] for k in ("step by step", "one pass (same range)", "one pass (whole range)"))
+    stepped, sliced, _month = (runs[k] for k in ("step by step", "one pass (same range)", "one pass (whole range)"))
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "sites": args.sites, "cells": cells,
               "days": args.days, "points": points, "load_s": round(load_s, 1),
               "compare_hours": args.compare_hours,

@@ -72,7 +72,7 @@ class Engine:
 
             data = WindowData(InfluxReader.from_settings(settings.influxdb),
                               concurrency=settings.rules.query_concurrency)
-        self.data = data
+        self.data: Any = data  # a WindowData; a RangeData while a backfill runs one pass
         self.concurrency = settings.rules.query_concurrency
         self.write_influx = write_influx
         self.publish_mqtt = publish_mqtt

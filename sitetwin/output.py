@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from core.jsonout import to_json
 
@@ -70,7 +70,7 @@ class Progress:
         self.stream.write(("\r" if self.tty else "") + line + end)
         self.stream.flush()
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
