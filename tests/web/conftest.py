@@ -118,6 +118,19 @@ def no_collectors(now):
     return []
 
 
+@pytest.fixture(autouse=True)
+def _cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2id at its lowest cost: these tests log in hundreds of times, each default hash
+    costs about 0.2 s here.  The production parameters are checked in
+    tests/twin/test_accounts.py."""
+    from argon2 import PasswordHasher
+
+    import twin.accounts
+
+    monkeypatch.setattr(twin.accounts, "_hasher",
+                        PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
 @pytest.fixture
 def world(twin_url: str, tmp_path: Path) -> Iterator[World]:
     store = open_store(twin_url)
