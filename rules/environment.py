@@ -199,43 +199,41 @@ def _trend(run: pd.DataFrame, column: str) -> list[list[Any]]:
             if pd.notna(v)][-12:]
 
 
-def evaluate_cabinet_overtemp(frames: Frames, facts: Facts, now: datetime, t: OvertempThresholds
-                              ) -> list[Finding]:
+def _sustained_findings(kind: str, frames: Frames, now: datetime, column: str, limit: float,
+                        critical: float, sustained_for: float, describe: str, unit: str,
+                        digits: int, names: tuple[str, str, str, str]) -> list[Finding]:
+    """One finding per site whose ``column`` stayed at or above ``limit`` for
+    ``sustained_for``; critical once its peak reaches ``critical``.  ``names``: the
+    evidence keys of the last value, the peak, the limit and the critical level."""
     out: list[Finding] = []
-    for site_id, run, duration_s in _sustained(frames, now, "cabinet_temp_c", t.overtemp_c,
-                                               t.sustained_for):
-        temps = pd.to_numeric(run["cabinet_temp_c"], errors="coerce")
-        peak = float(temps.max())
+    for site_id, run, duration_s in _sustained(frames, now, column, limit, sustained_for):
+        values = pd.to_numeric(run[column], errors="coerce")
+        peak, last = float(values.max()), float(values.iloc[-1])
         out.append(Finding(
-            kind="cabinet_overtemp", rule="cabinet_overtemp", site_id=site_id,
-            severity="critical" if peak >= t.critical_c else "warning",
+            kind=kind, rule=kind, site_id=site_id,
+            severity="critical" if peak >= critical else "warning",
             window_start=run["time"].iloc[0].to_pydatetime(),
             window_end=(run["time"].iloc[-1] + BUCKET).to_pydatetime(),
-            summary=(f"site {site_id}: cabinet at {float(temps.iloc[-1]):.1f} °C, at or above "
-                     f"{t.overtemp_c:g} °C for {duration_s / 60:.0f} min"),
-            evidence={"cabinet_temp_c": round(float(temps.iloc[-1]), 2), "max_temp_c": round(peak, 2),
-                      "overtemp_c": t.overtemp_c, "critical_c": t.critical_c,
-                      "duration_s": duration_s, "trend": _trend(run, "cabinet_temp_c")}))
+            summary=(f"site {site_id}: {describe} {last:.{digits - 1}f}{unit}, at or above "
+                     f"{limit:g}{unit} for {duration_s / 60:.0f} min"),
+            evidence={names[0]: round(last, digits), names[1]: round(peak, digits),
+                      names[2]: limit, names[3]: critical,
+                      "duration_s": duration_s, "trend": _trend(run, column)}))
     return out
+
+
+def evaluate_cabinet_overtemp(frames: Frames, facts: Facts, now: datetime, t: OvertempThresholds
+                              ) -> list[Finding]:
+    return _sustained_findings("cabinet_overtemp", frames, now, "cabinet_temp_c", t.overtemp_c,
+                               t.critical_c, t.sustained_for, "cabinet at", " °C", 2,
+                               ("cabinet_temp_c", "max_temp_c", "overtemp_c", "critical_c"))
 
 
 def evaluate_tilt_exceeded(frames: Frames, facts: Facts, now: datetime, t: TiltThresholds
                            ) -> list[Finding]:
-    out: list[Finding] = []
-    for site_id, run, duration_s in _sustained(frames, now, "tilt_deg", t.limit_deg, t.sustained_for):
-        tilt = pd.to_numeric(run["tilt_deg"], errors="coerce")
-        peak = float(tilt.max())
-        out.append(Finding(
-            kind="tilt_exceeded", rule="tilt_exceeded", site_id=site_id,
-            severity="critical" if peak >= t.critical_deg else "warning",
-            window_start=run["time"].iloc[0].to_pydatetime(),
-            window_end=(run["time"].iloc[-1] + BUCKET).to_pydatetime(),
-            summary=(f"site {site_id}: pole/tower tilted {float(tilt.iloc[-1]):.2f}°, at or above "
-                     f"{t.limit_deg:g}° for {duration_s / 60:.0f} min"),
-            evidence={"tilt_deg": round(float(tilt.iloc[-1]), 3), "max_tilt_deg": round(peak, 3),
-                      "limit_deg": t.limit_deg, "critical_deg": t.critical_deg,
-                      "duration_s": duration_s, "trend": _trend(run, "tilt_deg")}))
-    return out
+    return _sustained_findings("tilt_exceeded", frames, now, "tilt_deg", t.limit_deg,
+                               t.critical_deg, t.sustained_for, "pole/tower tilted", "°", 3,
+                               ("tilt_deg", "max_tilt_deg", "limit_deg", "critical_deg"))
 
 
 def _on_battery(on_battery: Any, mains_ok: Any) -> bool:
