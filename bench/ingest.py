@@ -317,7 +317,7 @@ def _collectors(env: dict, count: int, twin: bool, log: Path) -> list[subprocess
             out = PROFILE_DIR / f"{env['SITETWIN_MQTT__SHARED_GROUP']}-{i}-{time.time_ns()}.txt"
             proc.profiler = subprocess.Popen(
                 [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
-                 "--format", "raw", "--threads", "--nonblocking", "-r", "100", "-o", str(out)],
+                 "--format", "raw", "--threads", "--idle", "--nonblocking", "-r", "100", "-o", str(out)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return procs
 

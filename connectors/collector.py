@@ -60,7 +60,7 @@ from connectors.mqtt import mqtt_client
 from connectors.mqtt import server_address as _server
 from connectors.reading import Parsed, Reading, Rejection, parse_message
 from connectors.spool import RETIRED_MARK, InstanceLock, Spool, peer_directories
-from connectors.transport import LeanClient
+from connectors.transport import InboundPublish, LeanClient
 from core.settings import Settings
 
 __all__ = ["EXIT_STALLED", "Collector", "LiveSink", "mqtt_client"]
@@ -88,6 +88,7 @@ class _Batch:
     acks: list[tuple[int, int]] = field(default_factory=list)  # (mid, epoch)
     letters: list[tuple[DeadLetter, bool]] = field(default_factory=list)  # (letter, dup)
     digests: list[Hashable] = field(default_factory=list)  # for the live sink, when there is one
+    seq: int = 0  # order of sealing: acknowledgements go out in this order
 
 
 class Collector:
@@ -139,7 +140,15 @@ class Collector:
         self._disconnected = threading.Event()
         self._last_message = time.monotonic()  # when the last message arrived
         self._last_durable = time.monotonic()  # when a batch was last made durable (or nothing waited)
-        self._writing: _Batch | None = None
+        # Batches taken by a writer and not yet acknowledged (seq numbers), and the durable
+        # ones waiting for an earlier batch before their acks may go (MQTT 5 4.6: PUBACKs
+        # in the order the PUBLISHes came).
+        self._writing: set[int] = set()
+        self._durable: dict[int, _Batch] = {}
+        self._next_seq = 0
+        self._next_ack = 0
+        self._ack_lock = threading.Lock()
+        self._writers = max(1, c.writers)
         self._cancel = threading.Event()
         self.metrics = PipelineMetrics(collector=self.client_id)
         self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=c.max_pending_batches)
@@ -164,6 +173,8 @@ class Collector:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._client.on_unsubscribe = self._on_unsubscribe
+        if isinstance(self._client, LeanClient):
+            self._client.on_publish_batch = self._on_publish_batch
         self._max_payload = settings.mqtt.max_payload_bytes
         self._max_age_s = settings.collector.max_reading_age
         self._qos = settings.mqtt.qos
@@ -188,7 +199,8 @@ class Collector:
             except WriteRetryable as exc:
                 log.warning("cannot create the InfluxDB database yet (%s); spooling until it answers", exc)
                 self._influx_down.set()
-        loops = [("writer", self._write_loop), ("sealer", self._seal_loop), ("drain", self._drain_loop)]
+        loops = [(f"writer{k}" if k else "writer", self._write_loop) for k in range(self._writers)]
+        loops += [("sealer", self._seal_loop), ("drain", self._drain_loop)]
         if self._subscribe:
             loops.append(("metrics", self._metrics_loop))
         if self._watchdog > 0:
@@ -247,16 +259,18 @@ class Collector:
             return
         # Stop taking new messages first, so nothing arrives after the last batch.
         self._client.on_message = None
+        if isinstance(self._client, LeanClient):
+            self._client.on_publish_batch = None
         if self._subscribe:
             self._write_metrics()
         self._close_queue()
         deadline = time.monotonic() + timeout
-        writer = self._threads[0] if self._threads else None
-        if writer is not None:
+        writers = self._threads[:self._writers]
+        for writer in writers:
             writer.join(max(0.0, deadline - time.monotonic()))
-        durable = writer is None or not writer.is_alive()
+        durable = not any(w.is_alive() for w in writers)
         self._stop.set()
-        for t in self._threads[1:]:
+        for t in self._threads[self._writers:]:
             t.join(max(0.1, deadline - time.monotonic()))
         if end_session and durable:
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated
@@ -314,16 +328,18 @@ class Collector:
     def _pending(self) -> bool:
         """Messages received and not yet made durable and acknowledged."""
         batch = self._batch
-        return (self._writing is not None or not self._queue.empty()
+        return (bool(self._writing) or not self._queue.empty()
                 or (batch is not None and bool(batch.acks)))
 
     def _close_queue(self) -> None:
-        """Queue the open batch and then the end marker; a message callback still running
-        finds ``_closing`` set and leaves its message un-acked for the broker to redeliver."""
+        """Queue the open batch and then an end marker per writer; a message callback still
+        running finds ``_closing`` set and leaves its message un-acked for the broker to
+        redeliver."""
         with self._lock:
             self._closing.set()
             self._seal_locked()
-            self._queue.put(None)
+            for _ in range(self._writers):
+                self._queue.put(None)
 
     def run_forever(self) -> None:
         self.start()
@@ -397,63 +413,86 @@ class Collector:
         log.warning("MQTT connection to %s:%s failed; retrying with backoff", host, port)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's path, one message at a time (``[mqtt] client = "paho"``, QoS 0 and 2)."""
+        payload = bytes(msg.payload)  # paho types it bytes | bytearray; bytes(b) of bytes is b itself
+        self._take([(msg.topic, payload, msg.mid if msg.qos > 0 else None, bool(msg.dup))])
+
+    def _on_publish_batch(self, publishes: list[InboundPublish]) -> None:
+        """The lean transport's path: the QoS 1 PUBLISH packets of one socket read."""
+        self._take(publishes)
+
+    def _take(self, messages: Sequence[tuple[str, bytes, int | None, bool]]) -> None:
+        """Validate and serialise ``messages`` (topic, payload, packet id or None for QoS 0,
+        DUP), then add them to the open batch in one hold of the lock, sealing it each time
+        it is full."""
         now = self.clock()
         self._last_message = time.monotonic()
-        payload = bytes(msg.payload)  # paho types it bytes | bytearray; bytes(b) of bytes is b itself
-        try:
-            parsed = parse_message(msg.topic, payload, now, max_payload_bytes=self._max_payload,
-                                   max_age_s=self._max_age_s)
-        except Exception as exc:
-            # parse_message must not raise; if it ever does, an exception escaping this
-            # callback would end paho's network thread and with it all ingest.
-            log.exception("unexpected error parsing a message; dead-lettered")
-            parsed = Parsed(site_id=None, stream=None,
-                            rejection=Rejection("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
+        live = self.live
+        max_payload, max_age = self._max_payload, self._max_age_s
+        # Parse and serialise (and digest for the twin) outside the lock the sealer shares.
+        done: list[tuple[Parsed, list[str], list[Hashable] | None]] = []
+        for topic, payload, _mid, _dup in messages:
+            try:
+                parsed = parse_message(topic, payload, now, max_payload_bytes=max_payload,
+                                       max_age_s=max_age)
+            except Exception as exc:
+                # parse_message must not raise; if it ever does, an exception escaping here
+                # would end paho's network thread and with it all ingest.
+                log.exception("unexpected error parsing a message; dead-lettered")
+                parsed = Parsed(site_id=None, stream=None,
+                                rejection=Rejection("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
+            if parsed.rejection is None:
+                readings = parsed.readings
+                lines = [encode_reading(r) for r in readings]
+                digests = [live.digest(r) for r in readings] if live is not None else None
+                done.append((parsed, lines, digests))
+            else:
+                done.append((parsed, [], None))
         m = self.metrics
-        m.received_msgs += 1
-        # Serialise (and digest for the twin) outside the lock the sealer thread shares.
-        rej = parsed.rejection
-        lines: list[str] = []
-        digests = None
-        if rej is None:
-            lines = [encode_reading(r) for r in parsed.readings]
-            live = self.live
-            if live is not None:
-                digests = [live.digest(r) for r in parsed.readings]
+        m.received_msgs += len(messages)
         with self._lock:
             if self._closing.is_set():
                 return  # stop() already queued its end marker: not acked, so redelivered
             batch = self._batch
-            if batch is None:
-                batch = self._batch = _Batch(opened=time.monotonic())
-            if msg.qos > 0:
-                batch.acks.append((msg.mid, self._epoch))
-            if rej is None:
-                batch.lines.extend(lines)
-                if digests:
-                    batch.digests.extend(digests)
-                batch.points += len(parsed.readings)
-                m.received_points += len(parsed.readings)
-                if parsed.unknown_fields:
-                    m.unknown_fields += parsed.unknown_fields
-            else:
-                batch.letters.append((DeadLetter(reason=rej.reason, detail=rej.detail, payload=payload,
-                                                 topic=msg.topic, received_at=now), bool(msg.dup)))
-                m.rejected_msgs += 1
-                m.rejected_by_reason[rej.reason] += 1
-                batch.points += 1
-            if batch.points >= self.batch_size:
-                self._batch = None
-                # Blocks when max_pending_batches are waiting: reading pauses, the broker
-                # holds on.  The writer never takes ``_lock``, so it keeps draining meanwhile.
-                self._queue.put(batch)
-
+            epoch = self._epoch
+            for (topic, payload, mid, dup), (parsed, lines, digests) in zip(messages, done, strict=True):
+                if batch is None:
+                    batch = self._batch = _Batch(opened=time.monotonic())
+                if mid is not None:
+                    batch.acks.append((mid, epoch))
+                rej = parsed.rejection
+                if rej is None:
+                    batch.lines.extend(lines)
+                    if digests:
+                        batch.digests.extend(digests)
+                    batch.points += len(parsed.readings)
+                    m.received_points += len(parsed.readings)
+                    if parsed.unknown_fields:
+                        m.unknown_fields += parsed.unknown_fields
+                else:
+                    batch.letters.append((DeadLetter(reason=rej.reason, detail=rej.detail, payload=payload,
+                                                     topic=topic, received_at=now), dup))
+                    m.rejected_msgs += 1
+                    m.rejected_by_reason[rej.reason] += 1
+                    batch.points += 1
+                if batch.points >= self.batch_size:
+                    self._batch = None
+                    # Blocks when max_pending_batches are waiting: reading pauses, the broker
+                    # holds on.  The writers never take ``_lock``, so they keep draining meanwhile.
+                    self._queue_locked(batch)
+                    batch = None
     # -- batching ------------------------------------------------------------------------------
+    def _queue_locked(self, batch: _Batch) -> None:
+        """Hand a sealed batch to the writers (under ``_lock``: its number is its place)."""
+        batch.seq = self._next_seq
+        self._next_seq += 1
+        self._queue.put(batch)
+
     def _seal_locked(self) -> None:
         batch = self._batch
         if batch is not None and (batch.lines or batch.acks or batch.letters):
             self._batch = None
-            self._queue.put(batch)
+            self._queue_locked(batch)
 
     def _seal_loop(self) -> None:
         tick = min(0.1, self.batch_age / 4)
@@ -463,15 +502,15 @@ class Collector:
                 if (not self._closing.is_set() and batch is not None
                         and time.monotonic() - batch.opened >= self.batch_age):
                     self._batch = None
-                    self._queue.put(batch)
+                    self._queue_locked(batch)
 
-    # -- durability (writer thread) ------------------------------------------------------------
+    # -- durability (writer threads) ------------------------------------------------------------
     def _write_loop(self) -> None:
         while True:
             batch = self._queue.get()
             if batch is None:
                 return
-            self._writing = batch
+            self._writing.add(batch.seq)
             delay = 0.5
             while True:
                 try:
@@ -487,7 +526,6 @@ class Collector:
                     if self._stop.wait(delay):
                         return
                     delay = min(delay * 2, 10.0)
-            self._writing = None
 
     def _make_durable(self, batch: _Batch) -> None:
         body = "\n".join(batch.lines).encode() if batch.lines else b""
@@ -508,17 +546,29 @@ class Collector:
                 if self._stop.wait(delay):
                     return  # shutting down: the unacknowledged messages will be redelivered
                 delay = min(delay * 2, 10.0)
-        self._ack(batch.acks)
-        batch.acks.clear()
-        self._last_durable = time.monotonic()
-        self.metrics.pending_acks = 0
-        self.metrics.batch_done(time.monotonic() - batch.opened)
-        if self.live is not None and batch.digests:
-            try:
-                self.live.observe_digests(batch.digests)
-            except Exception:  # the twin must never stop ingest
-                log.exception("live-state update failed; ingest continues")
-            batch.digests = []
+        self._release(batch)
+
+    def _release(self, batch: _Batch) -> None:
+        """``batch`` is durable: acknowledge it and every durable batch after it in
+        sealing order, stopping at the first one still being written.  With several
+        writers a later batch can be durable first; its PUBACKs wait for the earlier."""
+        with self._ack_lock:
+            self._durable[batch.seq] = batch
+            while self._next_ack in self._durable:
+                done = self._durable.pop(self._next_ack)
+                self._next_ack += 1
+                self._ack(done.acks)
+                done.acks.clear()
+                self._writing.discard(done.seq)
+                self._last_durable = time.monotonic()
+                self.metrics.batch_done(time.monotonic() - done.opened)
+                if self.live is not None and done.digests:
+                    try:
+                        self.live.observe_digests(done.digests)
+                    except Exception:  # the twin must never stop ingest
+                        log.exception("live-state update failed; ingest continues")
+                    done.digests = []
+            self.metrics.pending_acks = sum(len(b.acks) for b in self._durable.values())
 
     @property
     def _started_spool(self) -> Spool:

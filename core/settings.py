@@ -98,6 +98,8 @@ class CollectorSettings(_Section):
     metrics_interval: Duration = 10.0
     live_flush_interval: Duration = 5.0
     max_pending_batches: int = Field(default=4, ge=1)
+    # Batches written to InfluxDB at once (one thread each); acks still go out in order.
+    writers: int = Field(default=2, ge=1, le=16)
     # Exit non-zero when nothing was made durable for this long while messages wait (0 = off).
     watchdog: Duration = 600.0
     # A peer instance whose lock has been free this long is adopted: its spool drained,

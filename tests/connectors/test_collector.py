@@ -218,7 +218,8 @@ def test_nothing_is_queued_behind_stops_end_marker(tmp_path):
         collector._close_queue()  # what stop() does once on_message is detached
         collector._on_message(None, None, message(2))  # a callback that was already running
         collector._seal_loop()  # the sealer too ends at once and queues nothing
-        collector._write_loop()  # returns at the end marker
+        for _ in range(collector._writers):
+            collector._write_loop()  # each writer returns at its end marker
     finally:
         collector.dead_letters.close()
     assert [[mid for mid, _ in b.acks] for b in done] == [[1]]
