@@ -21,7 +21,15 @@ import pytest
 from sitetwin.cli import main
 from sitetwin.errors import UserError
 from sitetwin.supervisor import EXIT_WORKERS_FAILED, MAX_QUICK_FAILURES, available_cores, resolve_workers
-from tests.connectors.test_faults import SteadyLoad, _log_has, assert_exactly_once, readings, wait_all
+from tests.connectors.test_faults import (
+    SteadyLoad,
+    _live_last_seen,
+    _log_has,
+    _newest_per_site,
+    assert_exactly_once,
+    readings,
+    wait_all,
+)
 from tests.connectors.test_hostile import collector_env
 from tests.support import ROOT, SUBSCRIBED, publish, wait_for
 
@@ -267,3 +275,40 @@ def test_workers_that_keep_crashing_make_the_supervisor_exit_non_zero(tmp_path, 
     assert "restarting it in 1s" in text and "restarting it in 8s" in text
     restarted = len(re.findall(r"exited with status 1 unexpectedly", text))
     assert restarted >= MAX_QUICK_FAILURES - 1
+
+
+@pytest.mark.integration
+def test_rules_run_in_worker_0_only_and_every_worker_feeds_the_live_state(
+        tmp_path, mosquitto, influxdb, influx_db):
+    from twin.store import open_store
+
+    twin_db = tmp_path / "twin.sqlite"
+    config = tmp_path / "sitetwin.toml"
+    config.write_text('[rules.site_offline]\ninterval = "1s"\n')
+    env = _env(tmp_path, mosquitto, influxdb, influx_db, SITETWIN_TWIN__URL=f"sqlite:///{twin_db}",
+               SITETWIN_COLLECTOR__LIVE_FLUSH_INTERVAL="0.3")
+    log = tmp_path / "run.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--workers", "2", "--config",
+                                 str(config)], env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+    good = readings("L", 20, 30, 1_790_000_000)
+    try:
+        wait_for(lambda: log.read_bytes().count(SUBSCRIBED) >= 2, timeout=90, message="two subscriptions")
+        publish(mosquitto.host, mosquitto.port, good)
+        wait_all(influxdb, influx_db, "L", len(good))
+        wait_for(lambda: log.read_text().count("rule site_offline:") >= 2, timeout=90,
+                 message="two scheduled rule runs")
+        store = open_store(f"sqlite:///{twin_db}")
+        try:
+            wait_for(lambda: _live_last_seen(store, "L") == _newest_per_site(good), timeout=60,
+                     message="the live state of every site")
+        finally:
+            store.close()
+    finally:
+        _stop(proc, log)
+    rules_lines = [ln for ln in log.read_text().splitlines()
+                   if "rule scheduler started" in ln or "rule site_offline:" in ln]
+    assert rules_lines and all(" worker-0 " in ln for ln in rules_lines), rules_lines
+    received = _received_per_worker(influxdb, influx_db)
+    assert len(received) == 2 and all(n > 0 for n in received.values()), received
