@@ -312,3 +312,48 @@ def test_rules_run_in_worker_0_only_and_every_worker_feeds_the_live_state(
     assert rules_lines and all(" worker-0 " in ln for ln in rules_lines), rules_lines
     received = _received_per_worker(influxdb, influx_db)
     assert len(received) == 2 and all(n > 0 for n in received.values()), received
+
+
+@pytest.mark.integration
+def test_retire_makes_every_worker_leave_the_group(tmp_path, mosquitto, influxdb, influx_db):
+    env = _env(tmp_path, mosquitto, influxdb, influx_db)
+    log = tmp_path / "run.log"
+    proc = _start(env, log, "--workers", "2", "--retire")
+    stream = readings("R", 20, 50, 1_790_000_000)
+    publish(mosquitto.host, mosquitto.port, stream)
+    wait_all(influxdb, influx_db, "R", len(stream))
+    _stop(proc, log)
+    cid = env["SITETWIN_MQTT__CLIENT_ID"]
+    text = log.read_text()
+    assert f"{cid}-0 retired: session ended" in text and f"{cid}-1 retired: session ended" in text
+    spool = tmp_path / "state" / "spool"
+    assert (spool / f"{cid}-0" / "retired").exists() and (spool / f"{cid}-1" / "retired").exists()
+    # The broker dropped both sessions (and with them their places in the group).
+    assert not _session_present(mosquitto, f"{cid}-0") and not _session_present(mosquitto, f"{cid}-1")
+    assert_exactly_once(influxdb, influx_db, "R", stream)
+
+
+def _session_present(mosquitto, client_id: str) -> bool:
+    """Whether the broker still holds a session for ``client_id`` (ends it if so)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[bool] = []
+    done = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        got.append(flags.session_present)
+        done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = on_connect
+    client.connect(mosquitto.host, mosquitto.port, clean_start=False)
+    client.loop_start()
+    try:
+        assert done.wait(10), "no CONNACK"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0]
