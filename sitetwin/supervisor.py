@@ -69,6 +69,7 @@ RESTART_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # a worker that ran this long before dying starts a new series of failures
 MAX_QUICK_FAILURES = 5
 STOP_TIMEOUT_S = 180.0  # a retiring worker may take 2 minutes to make its batches durable
+STARTING_S = 30.0  # a worker killed by SIGTERM this soon may not have had its handler yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +222,15 @@ class Supervisor:
                 w.proc.wait()
                 status = EXIT_WORKERS_FAILED
                 continue
-            if code != 0:
+            if code == 0:
+                log.info("worker %d stopped cleanly", w.index)
+            elif code == -signal.SIGTERM and time.monotonic() - w.started_at < STARTING_S:
+                # Stopped while still importing, before its handlers were in place: it had
+                # connected to nothing, so there was nothing to make durable.
+                log.info("worker %d stopped while starting", w.index)
+            else:
                 log.error("worker %d (pid %d) stopped %s", w.index, w.proc.pid, _describe(code))
                 status = EXIT_WORKERS_FAILED
-            else:
-                log.info("worker %d stopped cleanly", w.index)
         if self.restarts:
             log.warning("workers restarted %d time(s) while running", self.restarts)
         return status

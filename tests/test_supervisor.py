@@ -357,3 +357,18 @@ def _session_present(mosquitto, client_id: str) -> bool:
         client.disconnect()
         client.loop_stop()
     return got[0]
+
+
+@pytest.mark.integration
+def test_sigterm_while_the_workers_are_still_starting_is_a_clean_stop(tmp_path, mosquitto, influxdb, influx_db):
+    env = _env(tmp_path, mosquitto, influxdb, influx_db)
+    log = tmp_path / "run.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "sitetwin", "run", "--no-rules", "--no-twin",
+                                 "--workers", "2"], env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+    wait_for(lambda: len(_worker_pids(log)) == 2, timeout=60, message="both workers spawned")
+    pids = _worker_pids(log)
+    _stop(proc, log)
+    assert not any(_alive(pid) for pid in pids.values())
+    assert "restarting" not in log.read_text()
