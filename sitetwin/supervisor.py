@@ -122,15 +122,20 @@ class _Worker:
 class Supervisor:
     """Runs ``count`` workers until stopped; ``argv(i, fd)`` is worker i's command line.
 
-    ``run`` installs the SIGTERM/SIGINT handlers, so call it from the main thread.
+    ``run`` installs the SIGTERM/SIGINT handlers, so call it from the main thread.  The
+    timings default to the module's constants (tests shorten them).
     """
 
     def __init__(self, count: int, argv: Callable[[int, int], Sequence[str]], *,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, restart_first_s: float = RESTART_FIRST_S,
+                 restart_max_s: float = RESTART_MAX_S, stable_after_s: float = STABLE_AFTER_S,
+                 max_quick_failures: int = MAX_QUICK_FAILURES) -> None:
         if count < 1:
             raise ValueError("count must be >= 1")
         self._argv = argv
         self._env = env
+        self._restart_first_s, self._restart_max_s = restart_first_s, restart_max_s
+        self._stable_after_s, self._max_quick_failures = stable_after_s, max_quick_failures
         self._workers = [_Worker(i) for i in range(count)]
         self._stop = threading.Event()
         self._stopping = False
@@ -186,18 +191,18 @@ class Supervisor:
                 w.proc = None
                 if self._stop.is_set():  # a signal came meanwhile: its exit is the stop's
                     break
-                if now - w.started_at >= STABLE_AFTER_S:
+                if now - w.started_at >= self._stable_after_s:
                     w.quick_failures = 0
                 w.quick_failures += 1
                 w.restarts += 1
-                if w.quick_failures >= MAX_QUICK_FAILURES:
+                if w.quick_failures >= self._max_quick_failures:
                     log.critical("worker %d (pid %d) exited %s: %d failures in a row, each within "
-                                 "%.0fs of starting; giving up: stopping the other workers",
-                                 w.index, pid, _describe(code), w.quick_failures, STABLE_AFTER_S)
+                                 "%.3gs of starting; giving up: stopping the other workers",
+                                 w.index, pid, _describe(code), w.quick_failures, self._stable_after_s)
                     return EXIT_WORKERS_FAILED
-                delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** (w.quick_failures - 1))
+                delay = min(self._restart_max_s, self._restart_first_s * 2 ** (w.quick_failures - 1))
                 w.restart_at = now + delay
-                log.error("worker %d (pid %d) exited %s unexpectedly; restarting it in %.0fs "
+                log.error("worker %d (pid %d) exited %s unexpectedly; restarting it in %.3gs "
                           "(restart %d of this worker, %d in all)", w.index, pid, _describe(code),
                           delay, w.restarts, self.restarts)
         return 0

@@ -8,11 +8,13 @@ SIGTERM to the supervisor.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import orjson
@@ -20,7 +22,13 @@ import pytest
 
 from sitetwin.cli import main
 from sitetwin.errors import UserError
-from sitetwin.supervisor import EXIT_WORKERS_FAILED, MAX_QUICK_FAILURES, available_cores, resolve_workers
+from sitetwin.supervisor import (
+    EXIT_WORKERS_FAILED,
+    MAX_QUICK_FAILURES,
+    Supervisor,
+    available_cores,
+    resolve_workers,
+)
 from tests.connectors.test_faults import (
     SteadyLoad,
     _live_last_seen,
@@ -82,6 +90,54 @@ def test_a_bad_workers_value_is_a_usage_error(value, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--workers", value])
     assert exc.value.code == 2
+
+
+# -- the supervisor's restart policy, with stand-in workers ------------------------------------------
+
+_CLEAN_ON_SIGTERM = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+
+
+def _stop_when(sup: Supervisor, condition) -> threading.Thread:
+    def watch() -> None:
+        wait_for(condition, timeout=60, interval=0.02, message="the supervisor's progress")
+        sup.stop()
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_worker_failing_quickly_is_restarted_with_doubling_back_off_then_given_up(caplog):
+    caplog.set_level(logging.INFO, "sitetwin.supervisor")
+    sup = Supervisor(2, lambda i, fd: [sys.executable, "-c", _CLEAN_ON_SIGTERM + (
+        "sys.exit(7)" if i == 1 else "time.sleep(60)")],
+        restart_first_s=0.05, restart_max_s=0.2, max_quick_failures=4)
+    assert sup.run() == EXIT_WORKERS_FAILED
+    assert sup.restarts == 4
+    text = caplog.text
+    delays = re.findall(r"worker 1 \(pid \d+\) exited with status 7 unexpectedly; restarting it in ([\d.]+)s", text)
+    assert delays == ["0.05", "0.1", "0.2"]  # doubling, capped
+    assert "4 failures in a row" in text and "giving up" in text
+    assert "worker 0 stopped cleanly" in text  # the healthy one is stopped, not killed
+
+
+def test_a_worker_that_ran_long_enough_before_failing_starts_a_new_series():
+    sup = Supervisor(1, lambda i, fd: [sys.executable, "-c", _CLEAN_ON_SIGTERM + "time.sleep(0.3); sys.exit(1)"],
+                     restart_first_s=0.01, stable_after_s=0.2, max_quick_failures=2)
+    _stop_when(sup, lambda: sup.restarts >= 4)
+    assert sup.run() == 0  # four failures, none quick: restarted every time, never given up
+
+
+def test_workers_hold_the_lifeline_and_see_it_open_while_the_supervisor_lives(tmp_path):
+    ready = tmp_path / "ready"
+    probe = ("import os, select, sys; fd = int(sys.argv[1]); "
+             "r, _, _ = select.select([fd], [], [], 0); "
+             f"open({str(ready)!r} + sys.argv[2], 'w').write('eof' if r and not os.read(fd, 1) else 'open')")
+    sup = Supervisor(2, lambda i, fd: [sys.executable, "-c", probe, str(fd), str(i)],
+                     stable_after_s=0.0, restart_first_s=30)
+    _stop_when(sup, lambda: sup.restarts >= 2)
+    sup.run()
+    assert (tmp_path / "ready0").read_text() == "open" and (tmp_path / "ready1").read_text() == "open"
 
 
 # -- supervised workers, on real services -----------------------------------------------------------
