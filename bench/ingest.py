@@ -305,26 +305,22 @@ PROFILE_DIR: Path | None = None
 
 
 def _collectors(env: dict, count: int, twin: bool, log: Path) -> list[subprocess.Popen]:
-    """One ``sitetwin run --instance 0`` for one collector; ``sitetwin run --workers N`` (one
-    supervisor, its workers connected as ``<client_id>-0``... like ``--instance``) for more."""
-    procs = []
-    for i in range(1 if count > 1 else count):
-        argv = [sys.executable, "-m", "sitetwin", "run", "--no-rules"]
-        argv += ["--workers", str(count)] if count > 1 else ["--instance", str(i)]
-
-        if not twin:
-            argv.append("--no-twin")
-        with open(log, "ab") as out:  # the child keeps its own descriptor
-            proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        if PROFILE_DIR is not None:
-            out = PROFILE_DIR / f"{env['SITETWIN_MQTT__SHARED_GROUP']}-{i}-{time.time_ns()}.txt"
-            proc.profiler = subprocess.Popen(
-                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
-                 "--format", "raw", "--threads", "--nonblocking", "-r", "100", "-o", str(out),
-                 *(["--subprocesses"] if count > 1 else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return procs
+    """``sitetwin run --instance 0`` for one collector, ``sitetwin run --workers N`` for more:
+    one process either way (the supervisor's workers connect as ``<client_id>-0``, ``-1``...)."""
+    argv = [sys.executable, "-m", "sitetwin", "run", "--no-rules"]
+    argv += ["--workers", str(count)] if count > 1 else ["--instance", "0"]
+    if not twin:
+        argv.append("--no-twin")
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if PROFILE_DIR is not None:
+        out_path = PROFILE_DIR / f"{env['SITETWIN_MQTT__SHARED_GROUP']}-{time.time_ns()}.txt"
+        proc.profiler = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
+             "--format", "raw", "--threads", "--nonblocking", "-r", "100", "-o", str(out_path),
+             *(["--subprocesses"] if count > 1 else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [proc]
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
