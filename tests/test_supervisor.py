@@ -428,3 +428,13 @@ def test_sigterm_while_the_workers_are_still_starting_is_a_clean_stop(tmp_path, 
     _stop(proc, log)
     assert not any(_alive(pid) for pid in pids.values())
     assert "restarting" not in log.read_text()
+
+
+def test_a_misspelled_rule_table_stops_start_up_before_any_worker(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    config = tmp_path / "sitetwin.toml"
+    config.write_text('[mqtt]\nshared_group = "g"\n\n[rules.site_ofline]\ninterval = "1m"\n')
+    assert main(["run", "--workers", "2", "--config", str(config)]) == 1
+    assert "site_ofline" in capsys.readouterr().err
+    assert "2 collector worker(s)" in caplog.text
+    assert "supervising" not in caplog.text and "started (pid" not in caplog.text
