@@ -15,7 +15,8 @@ publisher on the same two cores) is kept out of the figures:
   (b) ``sitetwin run`` (one collector process): MQTT -> validate -> line protocol
       -> InfluxDB, acked after the write; every point is counted in InfluxDB;
   (p) as (b) with ``[mqtt] client = "paho"`` (paho as it comes: before/after);
-  (c) the same with two collector processes on the shared subscription;
+  (c) ``sitetwin run --workers 2``: the supervisor and two collector processes on the
+      shared subscription (c/b is the scaling; CPU counts the supervisor and its workers);
   (d) as (b) with the twin's live state on (flushed to SQLite), plus the twin's
       lag behind telemetry (newest reading vs newest ``last_seen``).
 
@@ -304,22 +305,22 @@ PROFILE_DIR: Path | None = None
 
 
 def _collectors(env: dict, count: int, twin: bool, log: Path) -> list[subprocess.Popen]:
-    procs = []
-    for i in range(count):
-        argv = [sys.executable, "-m", "sitetwin", "run", "--no-rules", "--instance", str(i)]
-
-        if not twin:
-            argv.append("--no-twin")
-        with open(log, "ab") as out:  # the child keeps its own descriptor
-            proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        if PROFILE_DIR is not None:
-            out = PROFILE_DIR / f"{env['SITETWIN_MQTT__SHARED_GROUP']}-{i}-{time.time_ns()}.txt"
-            proc.profiler = subprocess.Popen(
-                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
-                 "--format", "raw", "--threads", "--idle", "--nonblocking", "-r", "100", "-o", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return procs
+    """``sitetwin run --instance 0`` for one collector, ``sitetwin run --workers N`` for more:
+    one process either way (the supervisor's workers connect as ``<client_id>-0``, ``-1``...)."""
+    argv = [sys.executable, "-m", "sitetwin", "run", "--no-rules"]
+    argv += ["--workers", str(count)] if count > 1 else ["--instance", "0"]
+    if not twin:
+        argv.append("--no-twin")
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if PROFILE_DIR is not None:
+        out_path = PROFILE_DIR / f"{env['SITETWIN_MQTT__SHARED_GROUP']}-{time.time_ns()}.txt"
+        proc.profiler = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
+             "--format", "raw", "--threads", "--idle", "--nonblocking", "-r", "100", "-o", str(out_path),
+             *(["--subprocesses"] if count > 1 else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [proc]
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -347,9 +348,21 @@ def _cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / ticks
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a supervisor's workers)."""
+    out = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in children:
+        out += _tree(int(child))
+    return out
+
+
 def _cpu_split(mq: Mosquitto, influx: InfluxDB, procs: list[subprocess.Popen]) -> dict[str, float]:
     return {"mosquitto": _cpu_s(mq._proc.pid), "influxd": _cpu_s(influx._proc.pid),
-            "consumer": sum(_cpu_s(p.pid) for p in procs)}
+            "consumer": sum(_cpu_s(pid) for p in procs for pid in _tree(p.pid))}
 
 
 def _count(influx: InfluxDB, db: str) -> int:
@@ -454,7 +467,8 @@ def main() -> int:
     messages = backlog(args.messages)
     node_red = install_node_red(work) if "n" in cases else None
     size = sum(len(p) for _, p in messages) / len(messages)
-    print(f"{len(messages)} messages of {size:.0f} bytes, {os.cpu_count()} cores", file=sys.stderr)
+    print(f"{len(messages)} messages of {size:.0f} bytes, {os.cpu_count()} cores, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} before", file=sys.stderr)
     rounds: dict[str, list[dict]] = {}
     try:
         for i in range(max(1, args.rounds)):
@@ -483,7 +497,8 @@ def main() -> int:
                                       name=key if args.rounds == 1 else f"{key}{i + 1}",
                                       client=client)
                     rounds.setdefault(key, []).append(r)
-                    print(f"{tag}({key}) sitetwin, {n} collector(s){' + twin' if twin else ''}"
+                    print(f"{tag}({key}) sitetwin, {n} collector(s){' (--workers 2)' if n > 1 else ''}"
+                          f"{' + twin' if twin else ''}"
                           f"{', paho transport' if client == 'paho' else ''}: "
                           f"{r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
     finally:
@@ -508,6 +523,7 @@ def main() -> int:
     if "b" in results and "d" in results:
         ratios["d/b"] = results["d"]["msgs_per_s"] / results["b"]["msgs_per_s"]
     report = {"messages": len(messages), "payload_bytes": round(size), "cores": os.cpu_count(),
+              "load_average_after": [round(x, 2) for x in os.getloadavg()],
               "results": results, "ratios": ratios}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -523,6 +539,7 @@ def main() -> int:
                       f"cores busy {r.get('cpu_cores_busy', '-')}")
         for k, v in ratios.items():
             print(f"{k} = {v:.2f}")
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if args.rounds > 1:
             for key, r in results.items():
                 print(f"({key}) rounds: {', '.join(f'{x:,}' for x in r['rounds_msgs_per_s'])} msgs/s")

@@ -107,6 +107,16 @@ class CollectorSettings(_Section):
     adopt_after: Duration = 30.0
     # Readings older than this are dead-lettered as ``too_old`` (see connectors.reading).
     max_reading_age: Duration = Field(default=400 * 86400.0, gt=0)
+    # Collector processes of ``sitetwin run``: a number, or "auto" = one per core when
+    # ``mqtt.shared_group`` is set and 1 with a plain subscription (sitetwin.supervisor).
+    workers: int | Literal["auto"] = "auto"
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError('workers must be a positive number or "auto"')
+        return value
 
 
 class SpoolSettings(_Section):

@@ -10,6 +10,10 @@ started by a thread that retries with a back-off of 1 s doubling to
 ``RULES_RETRY_MAX_S``, logging each failure.  A locked SQLite file (a person's
 long transaction, ``locking_mode=EXCLUSIVE``) or a stopped PostgreSQL at
 start-up used to make ``sitetwin run`` exit before it collected anything.
+
+With several workers (``sitetwin.supervisor``) every worker has a ``Pipeline``; only
+worker 0 runs the rules, the notifier and the ``site_state`` snapshot (``site_state``),
+while each keeps the live state of the readings it receives.
 """
 
 from __future__ import annotations
@@ -27,18 +31,32 @@ if TYPE_CHECKING:
     from twin.live import LiveState
     from twin.store import Store
 
-__all__ = ["RULES_RETRY_MAX_S", "Pipeline"]
+__all__ = ["RULES_RETRY_MAX_S", "Pipeline", "preflight"]
 
 log = logging.getLogger(__name__)
 
 RULES_RETRY_MAX_S = 60.0
 
 
+def preflight(settings: Settings, *, rules: bool) -> None:
+    """The start-up checks that need no service: a misspelled ``[rules.<name>]`` table or a
+    bad notification channel stops start-up with its name (before any worker starts)."""
+    if not rules:
+        return
+    from rules.registry import check_rule_tables
+
+    check_rule_tables(settings.rules.model_extra)
+    if settings.notify.enabled:
+        from notify import Notifier
+
+        Notifier(settings, None)
+
+
 class Pipeline:
     """Everything ``sitetwin run`` runs in one process."""
 
     def __init__(self, settings: Settings, *, client_id: str | None = None, twin: bool = True,
-                 rules: bool = True) -> None:
+                 rules: bool = True, site_state: bool = True) -> None:
         self.settings = settings
         self.live: LiveState | None = None
         self.store: Store | None = None
@@ -48,6 +66,7 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._want_twin = twin
         self._want_rules = rules
+        self._want_site_state = site_state
         self._rules_lock = threading.Lock()
         if twin:
             self._setup_twin()
@@ -130,7 +149,7 @@ class Pipeline:
         while not self._stop.wait(interval):
             self._flush_live()
             now = time.monotonic()
-            if now - last_state >= state_every:
+            if self._want_site_state and now - last_state >= state_every:
                 last_state = now
                 self._write_site_state()
 

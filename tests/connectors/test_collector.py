@@ -43,6 +43,7 @@ def _env(settings) -> dict[str, str]:
         "SITETWIN_SERVICES__STATE_DIR": str(settings.state_dir),
         "SITETWIN_SPOOL__FSYNC": "false",
         "SITETWIN_SPOOL__DRAIN_INTERVAL": "0.2",
+        "SITETWIN_COLLECTOR__WORKERS": "1",  # one process as this client id (spool paths)
     }
 
 

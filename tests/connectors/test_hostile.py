@@ -286,6 +286,9 @@ def collector_env(tmp_path: Path, mosquitto, influx_url: str, db: str, **extra: 
         "SITETWIN_SERVICES__STATE_DIR": str(tmp_path / "state"),
         "SITETWIN_SPOOL__FSYNC": "false",
         "SITETWIN_SPOOL__DRAIN_INTERVAL": "0.2",
+        # One process per `sitetwin run` (client id as given), as the tests' spool paths assume;
+        # tests/test_supervisor.py runs the supervised workers.
+        "SITETWIN_COLLECTOR__WORKERS": "1",
     }
     env.update(extra)
     return env
