@@ -152,7 +152,7 @@ class Pipeline:
         try:
             from datetime import UTC, datetime
 
-            from twin.live import site_state_lines
+            from exports.site_state import site_state_lines
 
             body = site_state_lines(self.store, datetime.now(UTC),
                                     online_window_s=self.live.online_window_s)

@@ -339,10 +339,10 @@ def assign_flag(args: argparse.Namespace, settings: Settings) -> int:
 def report_overcharging(args: argparse.Namespace, settings: Settings) -> int:
     from core.i18n import normalise_lang
     from core.timeutil import local_month
+    from exports.tables import write_workbook
     from rules.flag import FlagBook
     from rules.report import overcharging_report
     from twin.bills import bill_parties
-    from twin.export import write_workbook
 
     zone = settings.time.zone
     try:
@@ -396,12 +396,12 @@ def report_labels(lang: str):
 def report_reservations(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.influx import InfluxReader
     from core.timeutil import local_month
+    from exports.tables import write_sheets
     from rules.capacity import capacity_sheets, members
     from rules.data import WindowData, load_facts, load_grid_history, load_ratings, load_site_history
     from rules.engine import thresholds_for
     from rules.registry import get_rule
     from rules.report import reservations_table
-    from twin.export import write_sheets
 
     label = report_labels(args.lang)
     t = thresholds_for(settings, get_rule("reservations"))

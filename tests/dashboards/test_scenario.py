@@ -21,13 +21,14 @@ from connectors.influx import InfluxWriter
 from connectors.lineprotocol import encode
 from connectors.metrics import PipelineMetrics
 from connectors.reading import parse_message
+from exports.site_state import site_state_lines
 from rules.engine import Engine
 from simulator.fleet import Fleet
 from simulator.telemetry import chunks, onset, readings
 from sitetwin.config import load_settings
 from tests.dashboards.checks import all_queries, check_query, records, schema, substitute
 from twin.imports import import_csv
-from twin.live import LiveState, site_state_lines
+from twin.live import LiveState
 from twin.store import open_store
 
 pytestmark = pytest.mark.integration

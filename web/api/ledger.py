@@ -164,7 +164,7 @@ def report_overcharging(request: Request,
                         period: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")],
                         _p=Depends(require("bills.read")),
                         format: Literal["json", "csv", "xlsx"] = "json"):
-    from twin.export import write_table
+    from exports.tables import write_table
 
     rows = overcharging_rows(request, period)
     if format == "json":
