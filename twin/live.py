@@ -35,7 +35,6 @@ from twin.store import Store, upsert_insert
 
 if TYPE_CHECKING:
     from connectors.reading import Reading
-    from core.settings import Settings
 
 _R = TypeVar("_R", "_SiteRecord", "_Seen")
 
@@ -119,10 +118,8 @@ class _Seen:
 class LiveState:
     """Thread-safe in-memory aggregate of the latest reading per site, flushed by ``flush``."""
 
-    def __init__(self, settings: Settings | None = None, *, online_window_s: float | None = None) -> None:
-        if online_window_s is None:
-            online_window_s = (settings.twin.online_window_s if settings is not None
-                               else DEFAULT_ONLINE_WINDOW_S)
+    def __init__(self, *, online_window_s: float = DEFAULT_ONLINE_WINDOW_S) -> None:
+        """``online_window_s``: ``[twin] reporting_period * online_periods`` (``TwinSettings.online_window_s``)."""
         self.online_window_s = online_window_s
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()

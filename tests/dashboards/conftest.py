@@ -194,7 +194,7 @@ def demo(influxdb, mosquitto, tmp_path_factory) -> Iterator[Demo]:
     start_s = int(now.timestamp()) - (STEPS + 1) * STEP_S
     store = open_store(f"sqlite:///{root / 'twin.sqlite'}")
     _register(store)
-    live = LiveState(settings)
+    live = LiveState(online_window_s=settings.twin.online_window_s)
     writer = InfluxWriter.from_settings(settings.influxdb)
     collector = Collector(settings, live=live)
     collector.start()

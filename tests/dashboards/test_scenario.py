@@ -99,8 +99,8 @@ def scenario(influxdb, tmp_path_factory):
         paths = fleet.write_csvs(root / "csv")
         for name in ("sites", "reservations", "tariffs", "bills"):
             import_csv(store, paths[name], name)
-        _play(fleet, writer, store, LiveState(settings))
-        outcomes = Engine(settings, store, publish_mqtt=False).run(NOW)
+        _play(fleet, writer, store, LiveState(online_window_s=settings.twin.online_window_s))
+        outcomes = Engine(store, rules=settings.rules, influxdb=settings.influxdb).run(NOW)
         assert [o.error for o in outcomes if o.status != "ok"] == []
     finally:
         writer.close()

@@ -25,7 +25,7 @@ def tower(site: str, s: int, **kw) -> TowerReading:
 
 
 def test_concurrent_observe_and_flush_lose_nothing(store, settings):
-    live = LiveState(settings)
+    live = LiveState(online_window_s=settings.twin.online_window_s)
     sites = [f"C{i:03d}" for i in range(40)]
     steps = 50
     stop = threading.Event()
@@ -128,7 +128,7 @@ def test_unregistered_until_imported_and_flush_failure_keeps_data(store):
 
 
 def test_online_window(settings):
-    live = LiveState(settings)
+    live = LiveState(online_window_s=settings.twin.online_window_s)
     assert live.online_window_s == settings.twin.reporting_period * settings.twin.online_periods
     assert is_online(T, T + timedelta(seconds=180), 180) and not is_online(T, T + timedelta(seconds=181), 180)
     assert not is_online(None, T, 180)
