@@ -48,7 +48,7 @@ from adapters.modbus import ModbusReader
 from adapters.sink import ReadingSink
 from connectors.errors import PublishError, SpoolError
 from connectors.spool import Spool
-from core.settings import Settings
+from core.settings import GatewayAdapterSettings
 
 __all__ = ["DeviceStatus", "Gateway"]
 
@@ -89,23 +89,26 @@ class Gateway:
 
     def __init__(
         self,
-        settings: Settings,
+        cfg: GatewayAdapterSettings,
         sink: ReadingSink,
         devices: list[tuple[Device, Profile]],
         *,
+        state_dir: Path,
+        buffer_max_bytes: int,
         buffer_dir: str | Path | None = None,
         reader_factory: Callable[[Device, Profile, float], Callable[[], dict]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        cfg = settings.adapters.gateway
-        self.settings = settings
+        """``cfg``: the ``[adapters.gateway]`` section; the buffer goes to ``buffer_dir``, else
+        the section's, else ``state_dir/gateway-buffer``, and holds ``buffer_max_bytes``
+        (``[spool] max_bytes``)."""
         self.sink = sink
         self.clock = clock
         self.flush_interval_s = cfg.flush_interval
         self.backoff_max_s = cfg.backoff_max
         self.commit_timeout_s = 5.0
-        path = Path(buffer_dir or cfg.buffer_dir or settings.state_dir / "gateway-buffer")
-        self.buffer = Spool(path.expanduser(), max_bytes=settings.spool.max_bytes, fsync=cfg.fsync)
+        path = Path(buffer_dir or cfg.buffer_dir or state_dir / "gateway-buffer")
+        self.buffer = Spool(path.expanduser(), max_bytes=buffer_max_bytes, fsync=cfg.fsync)
         self._readers: list[ModbusReader | Dlt645Reader] = []
 
         buses: dict[tuple[str, int], Dlt645Bus] = {}

@@ -50,7 +50,7 @@ from adapters.lines import PRECISION_NS, LineError, join_prb, parse_line, to_rea
 from adapters.sink import ReadingSink
 from connectors.errors import PublishError
 from connectors.reading import Rejection
-from core.settings import Settings
+from core.settings import ListenerAdapterSettings
 
 __all__ = ["Listener", "WriteResult"]
 
@@ -74,9 +74,8 @@ class WriteResult:
 class Listener:
     """The write endpoint around one ``ReadingSink``; ``start``/``stop`` or ``serve_forever``."""
 
-    def __init__(self, settings: Settings, sink: ReadingSink, *, listen: str | None = None) -> None:
-        cfg = settings.adapters.listener
-        self.settings = settings
+    def __init__(self, cfg: ListenerAdapterSettings, sink: ReadingSink, *, listen: str | None = None) -> None:
+        """``cfg``: the ``[adapters.listener]`` section; ``listen`` overrides its address."""
         self.sink = sink
         self.tokens = [t.get_secret_value() for t in cfg.tokens if t.get_secret_value()]
         self.max_body_bytes = int(cfg.max_body_bytes)

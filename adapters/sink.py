@@ -57,6 +57,10 @@ class ReadingSink:
 
     Not thread-safe by itself: callers that share one sink hold ``lock`` around
     their ``offer`` calls and the ``commit`` that follows.
+
+    ``settings``: the whole configuration only because ``connectors.publisher.WirePublisher``
+    takes it; of it the sink itself reads ``[mqtt] max_payload_bytes`` and the dead-letter
+    store's place and size.  It narrows to those sections when the connectors take sections.
     """
 
     def __init__(

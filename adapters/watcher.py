@@ -44,7 +44,7 @@ from adapters.sink import ReadingSink
 from connectors.deadletter import DeadLetter
 from connectors.errors import PublishError
 from connectors.reading import Rejection
-from core.settings import Settings
+from core.settings import PmAdapterSettings
 
 __all__ = ["FileOutcome", "PmWatcher", "WatchStats"]
 
@@ -116,11 +116,12 @@ def _free_name(directory: Path, name: str, tag: str) -> Path:
 class PmWatcher:
     """Watches one directory of PM files; see the module docstring."""
 
-    def __init__(self, settings: Settings, sink: ReadingSink, *, watch_dir: str | Path | None = None,
-                 commit_timeout_s: float = 30.0) -> None:
-        pm = settings.adapters.pm
-        base = settings.state_dir / "pm"
-        self.settings = settings
+    def __init__(self, pm: PmAdapterSettings, sink: ReadingSink, *, state_dir: Path,
+                 watch_dir: str | Path | None = None, commit_timeout_s: float = 30.0) -> None:
+        """``pm``: the ``[adapters.pm]`` section; ``state_dir``: where the incoming, archive and
+        rejected folders and the ledger go when the section names none."""
+        base = state_dir / "pm"
+        self.pm = pm
         self.sink = sink
         self.incoming = Path(watch_dir or pm.watch_dir or base / "incoming").expanduser()
         self.archive = Path(pm.archive_dir or base / "archive").expanduser()
@@ -183,7 +184,7 @@ class PmWatcher:
             else:
                 readings.append(got)
         if stats.values and stats.not_ours == stats.values and not readings and not unmapped:
-            vendors = ", ".join(sorted(self.settings.adapters.pm.vendors))
+            vendors = ", ".join(sorted(self.pm.vendors))
             raise PmFileError("no_counters", f"none of the file's {stats.values} measured objects "
                               f"has a counter of the vendor tables ({vendors}); counters seen: "
                               f"{', '.join(sorted(stats.unknown_counters)[:10])}")
@@ -194,7 +195,7 @@ class PmWatcher:
         shutil.move(str(path), target)
         target.with_name(target.name + ".reason").write_text(f"{reason}: {detail}\n", encoding="utf-8")
         try:
-            sample = target.read_bytes()[: self.settings.dead_letter.max_payload_bytes]
+            sample = target.read_bytes()[: self.sink.dead_letters.max_payload_bytes]
         except OSError:
             sample = b""
         self.sink.dead_letters.add(DeadLetter(reason=f"pm_{reason}", detail=f"{path.name}: {detail}",

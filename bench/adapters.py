@@ -158,7 +158,7 @@ def bench_pm_end_to_end(work: Path, files: Path, readings: int) -> dict:
                                                   "cells_file": str(work / "cells.csv")}})
         sink = ReadingSink(settings, source="pm")
         sink.connect()
-        watcher = PmWatcher(settings, sink)
+        watcher = PmWatcher(settings.adapters.pm, sink, state_dir=settings.state_dir)
         t0 = time.perf_counter()
         watcher.scan_once()
         acked = time.perf_counter() - t0
@@ -222,7 +222,8 @@ def bench_gateway(work: Path, devices: int, seconds: float) -> dict:
                                  adapters={"gateway": {"fsync": False, "workers": 16}})
         sink = ReadingSink(settings, source="gateway")
         sink.connect()
-        gw = Gateway(settings, sink, fleet)
+        gw = Gateway(settings.adapters.gateway, sink, fleet, state_dir=settings.state_dir,
+                     buffer_max_bytes=settings.spool.max_bytes)
         rounds = 0
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds:

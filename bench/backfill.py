@@ -131,7 +131,7 @@ def backfill(settings, db_path: Path, since: datetime, until: datetime, *, one_p
     rules = [r for r in RULES if r.one_pass]
     store = open_store(f"sqlite:///{db_path}")
     try:
-        engine = Engine(settings, store, publish_mqtt=False)
+        engine = Engine(store, rules=settings.rules, influxdb=settings.influxdb)
         last = [time.perf_counter()]
         t0 = time.perf_counter()
 

@@ -199,7 +199,7 @@ def time_rules(settings, store, now: datetime) -> dict:
     engine_mod.load_facts = timed("facts", originals[0])
     engine_mod.write_flags = timed("flag_writes", originals[1])
     try:
-        engine = engine_mod.Engine(settings, store, publish_mqtt=False)
+        engine = engine_mod.Engine(store, rules=settings.rules, influxdb=settings.influxdb)
         t0 = time.perf_counter()
         outcomes = engine.run(now)
         total = time.perf_counter() - t0
@@ -221,7 +221,7 @@ def time_capacity(settings, store, now: datetime) -> dict:
     from rules.engine import thresholds_for
     from rules.registry import get_rule
 
-    t = thresholds_for(settings, get_rule("reservations"))
+    t = thresholds_for(settings.rules, get_rule("reservations"))
     start = now - timedelta(seconds=t.window)
     out = {}
     t0 = time.perf_counter()

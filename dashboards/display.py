@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from core.settings import Settings
+from core.settings import GrafanaSettings, RulesSettings
 from rules.registry import get_rule, thresholds_for
 
 __all__ = ["Display", "Setting", "resolve"]
@@ -54,15 +54,16 @@ class Display:
                 "config": {"url": self.map_tiles, "attribution": self.map_attribution}}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Display:
-        """The display of ``settings``; a bad rule threshold raises the rules' ThresholdError."""
-        g = settings.grafana
+    def from_settings(cls, *, grafana: GrafanaSettings, rules: RulesSettings, zone: str) -> Display:
+        """The display of the ``[grafana]`` and ``[rules]`` sections and the ``[time] zone``
+        (what ``timezone = "time"`` means); a bad rule threshold raises the rules' ThresholdError."""
+        g = grafana
 
         def t(rule: str, key: str) -> float:
-            return float(getattr(thresholds_for(settings, get_rule(rule)), key))
+            return float(getattr(thresholds_for(rules, get_rule(rule)), key))
 
         return cls(
-            timezone=settings.time.zone if g.timezone == "time" else g.timezone,
+            timezone=zone if g.timezone == "time" else g.timezone,
             map_tiles=g.map_tiles,
             map_attribution=g.map_attribution,
             interference_warning_dbm=t("interference", "warning_dbm"),

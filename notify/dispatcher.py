@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from core.settings import ChannelSettings, Settings
+from core.settings import ChannelSettings, NotifySettings
 from core.timeutil import get_zone
 from notify.channel import Channel, SendFailed
 from notify.errors import ChannelError, NotifyError
@@ -59,11 +59,11 @@ def _check_kinds(cfg: ChannelSettings) -> None:
 class Notifier:
     """Sends flag events to the configured channels through the outbox of ``store``."""
 
-    def __init__(self, settings: Settings, store: Any, *,
+    def __init__(self, config: NotifySettings, store: Any, *, zone: str,
                  channels: Mapping[str, Channel] | None = None) -> None:
-        self.settings = settings
-        self.config = settings.notify
-        self.zone = get_zone(settings.time.zone)
+        """``config``: the ``[notify]`` section; ``zone``: the ``[time] zone`` of quiet hours."""
+        self.config = config
+        self.zone = get_zone(zone)
         self.outbox = Outbox(store)
         self.by_name = {c.name: c for c in self.config.channels}
         if channels is None:

@@ -75,12 +75,13 @@ class Outbox:
     def _session(self):
         return self.store.session()
 
-    def collect(self, now: datetime, settings: NotifySettings, zone: tzinfo) -> Queued:
-        """Queue the events of every flag whose state differs from what was announced."""
+    def collect(self, now: datetime, config: NotifySettings, zone: tzinfo) -> Queued:
+        """Queue the events of every flag whose state differs from what was announced
+        (``config``: the ``[notify]`` section)."""
         from twin.errors import TwinError
 
         try:
-            return self._collect(now, settings.channels, settings.repeat, zone)
+            return self._collect(now, config.channels, config.repeat, zone)
         except TwinError as exc:
             raise OutboxError(f"notification outbox unavailable: {exc}") from exc
 

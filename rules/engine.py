@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from core.settings import Settings
+from core.settings import InfluxSettings, RulesSettings, Settings
 from rules.data import WindowData, load_facts, load_grid_history, load_site_history
 from rules.errors import RuleError
 from rules.flag import FlagBook
@@ -57,29 +57,41 @@ class Outcome:
 
 
 class Engine:
-    """The rule runner: the only place where rules meet InfluxDB, the registry and MQTT."""
+    """The rule runner: the only place where rules meet InfluxDB, the registry and MQTT.
 
-    def __init__(self, settings: Settings, store: Any, *, data: WindowData | None = None,
-                 write_influx: bool = True, publish_mqtt: bool = True) -> None:
+    It is given the sections it uses, not the whole configuration: ``rules`` (the
+    ``[rules]`` section: thresholds, hold-off, query concurrency), ``influxdb`` (where
+    window data is read, unless ``data`` is given, and flags are written, if
+    ``write_influx``) and ``broker`` (where flags and retained alarms are published;
+    ``None`` = not published).  ``broker`` is the whole ``Settings`` only because
+    ``connectors.mqtt.publish_once`` takes them; it narrows to ``[mqtt]`` with the connectors.
+    """
+
+    def __init__(self, store: Any, *, rules: RulesSettings, influxdb: InfluxSettings | None = None,
+                 broker: Settings | None = None, data: WindowData | None = None,
+                 write_influx: bool = True) -> None:
         from rules.registry import check_rule_tables
 
-        check_rule_tables(settings.rules.model_extra)
-        self.settings = settings
+        check_rule_tables(rules.model_extra)
+        if influxdb is None and (data is None or write_influx):
+            raise ValueError("the engine needs the [influxdb] section to read window data or write flags")
+        self.rules = rules
+        self.influxdb = influxdb
+        self.broker = broker
         self.store = store
         self.flags = FlagBook(store)
         if data is None:
             from connectors.influx import InfluxReader
 
-            data = WindowData(InfluxReader.from_settings(settings.influxdb),
-                              concurrency=settings.rules.query_concurrency)
+            assert influxdb is not None
+            data = WindowData(InfluxReader.from_settings(influxdb), concurrency=rules.query_concurrency)
         self.data: Any = data  # a WindowData; a RangeData while a backfill runs one pass
-        self.concurrency = settings.rules.query_concurrency
+        self.concurrency = rules.query_concurrency
         self.write_influx = write_influx
-        self.publish_mqtt = publish_mqtt
         self._alarm_sites: set[str] | None = None
 
     def thresholds(self, rule: Rule) -> Thresholds:
-        return thresholds_for(self.settings, rule)
+        return thresholds_for(self.rules, rule)
 
     def run(self, now: datetime, rules: Sequence[Rule] = RULES, *, facts: Facts | None = None,
             frozen: frozenset[int] | None = None) -> list[Outcome]:
@@ -111,16 +123,16 @@ class Engine:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        if self.write_influx and changed:
-            write_flags(self.settings, changed)
-        if self.publish_mqtt and announced:
-            publish_flags(self.settings, announced)
-        if self.publish_mqtt and changed:
+        if self.write_influx and changed and self.influxdb is not None:
+            write_flags(self.influxdb, changed)
+        if self.broker is not None and announced:
+            publish_flags(self.broker, announced)
+        if self.broker is not None and changed:
             sites = {f["site_id"] for f in changed}
             if self._alarm_sites is not None:  # a backfill republishes once, at its end
                 self._alarm_sites |= sites
             else:
-                publish_site_alarms(self.settings, self.store, sorted(sites))
+                publish_site_alarms(self.broker, self.store, sorted(sites))
         return outcomes
 
     def _fetch(self, rule: Rule, now: datetime, facts: Facts) -> tuple[Thresholds, dict | None, float]:
@@ -153,7 +165,7 @@ class Engine:
             if rule.observed is not None:
                 seen, windowed = rule.observed(frames), in_scope
                 in_scope = lambda flag: flag.site_id in seen and windowed(flag)  # noqa: E731
-            sync = self.flags.sync(rule.name, findings, now, self.settings.rules.hold_off,
+            sync = self.flags.sync(rule.name, findings, now, self.rules.hold_off,
                                    in_scope=in_scope, frozen=frozen)
         except Exception as exc:
             log.error("rule %s failed at %s: %s", rule.name, now.isoformat(), exc,
@@ -216,8 +228,8 @@ class Engine:
                 self.data.close()
             self.data = plain
             sites, self._alarm_sites = self._alarm_sites, None
-            if self.publish_mqtt and sites:
-                publish_site_alarms(self.settings, self.store, sorted(sites))
+            if self.broker is not None and sites:
+                publish_site_alarms(self.broker, self.store, sorted(sites))
         return outcomes
 
 

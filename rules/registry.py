@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from core.settings import Settings
+from core.settings import RulesSettings
 from rules.environment import BATTERY_LLVD_RISK, CABINET_OVERTEMP, DOOR_OPEN, TILT_EXCEEDED
 from rules.errors import ThresholdError, UnknownRule
 from rules.interference import INTERFERENCE
@@ -46,10 +46,11 @@ def check_rule_tables(tables: Mapping[str, Any] | None) -> None:
             raise ThresholdError(f"configuration key 'rules.{name}' must be a table")
 
 
-def thresholds_for(settings: Settings, rule: Rule) -> Thresholds:
-    """The rule's thresholds: its ``[rules.<name>]`` table over the defaults.
+def thresholds_for(rules: RulesSettings, rule: Rule) -> Thresholds:
+    """The rule's thresholds: its ``[rules.<name>]`` table (in ``rules``, the ``[rules]``
+    section) over the defaults.
 
     Here rather than in ``engine`` so that the dashboards can draw the same
     thresholds without importing the engine's I/O (InfluxDB, MQTT).
     """
-    return rule.configure((settings.rules.model_extra or {}).get(rule.name))
+    return rule.configure((rules.model_extra or {}).get(rule.name))

@@ -1,6 +1,6 @@
 """Report tables: overcharging per supplier and bill (the regulator's), reservations per site,
 feeder and substation (the grid company's).  Pure functions from flags/facts to frames;
-``twin.export`` writes them.
+``exports.tables`` writes them.
 
 The overcharging report is meant to be handed over: it names both parties (the
 landlord's unified social credit code, address and contact; the site's name and
@@ -46,7 +46,7 @@ __all__ = [
 _BILL_KINDS = ("overcharging", "overbilling")
 
 # key -> English label (the msgid of its translation).  Units follow the keys' suffixes
-# (twin.export); ``_FORMATS`` names the units of keys that carry none.
+# (exports.tables); ``_FORMATS`` names the units of keys that carry none.
 BILL_COLUMNS: dict[str, str] = {
     "row": "Row",
     "flag_id": "Flag",
@@ -249,8 +249,8 @@ class OverchargingReport:
         return out
 
     def sheets(self, lang: str = "en") -> list[Any]:
-        """The ``twin.export.Sheet`` list in ``lang``: translated headers, names and labels."""
-        from twin.export import Sheet
+        """The ``exports.tables.Sheet`` list in ``lang``: translated headers, names and labels."""
+        from exports.tables import Sheet
 
         _ = gettext_for(normalise_lang(lang), "reports")
         label = _translator(lang)
@@ -273,7 +273,7 @@ class OverchargingReport:
 
     def csv_sheet(self, lang: str = "en") -> Any:
         """The one table of the CSV report: bills then totals; English keeps the column keys."""
-        from twin.export import Sheet
+        from exports.tables import Sheet
 
         lang = normalise_lang(lang)
         _ = gettext_for(lang, "reports")

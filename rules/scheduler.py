@@ -7,6 +7,12 @@ within its ``misfire_grace_time`` (one interval), and never twice at once
 (``max_instances=1``).  Jobs store only the rule name; the settings (and any
 secrets in them) stay in memory.
 
+``start`` is given what it uses: the ``[rules]`` section (which rules run, how
+often), the job store's database URL (the registry's) and a factory of the
+``Engine`` the jobs run (the shell builds it from the sections the engine needs,
+``sitetwin.wiring.start_rules``); the engine is made at the first job, so that
+starting the schedule opens no second registry connection.
+
 ``start`` needs the registry (it reads and writes the job table); when the
 registry is locked or down it raises ``RuleDataError`` and leaves nothing
 running, so its caller can retry (``sitetwin run`` does, without ever holding
@@ -18,12 +24,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.settings import Settings
+from core.settings import RulesSettings
 from rules.errors import RuleDataError
 from rules.registry import RULES, get_rule
+
+if TYPE_CHECKING:
+    from rules.engine import Engine
 
 __all__ = ["JOB_TABLE", "run_scheduled", "start"]
 
@@ -36,19 +46,15 @@ _lock = threading.Lock()
 
 
 def _engine():
-    from rules.engine import Engine
-    from twin.store import open_store
-
     with _lock:
         if "engine" not in _state:
-            settings = _state["settings"]
-            _state["engine"] = Engine(settings, open_store(settings.twin_url))
+            _state["engine"] = _state["make_engine"]()
         return _state["engine"]
 
 
 def run_scheduled(rule_name: str) -> None:
     """The job of one rule: evaluate it now (referenced by name from the job store)."""
-    if "settings" not in _state:
+    if "make_engine" not in _state:
         log.error("rule %s fired before the scheduler was configured", rule_name)
         return
     try:
@@ -64,10 +70,13 @@ def run_scheduled(rule_name: str) -> None:
                  outcome.opened, outcome.resolved, outcome.duration_s)
 
 
-def start(settings: Settings, *, paused: bool = False):
+def start(rules: RulesSettings, job_store_url: str, make_engine: Callable[[], Engine], *,
+          paused: bool = False):
     """Start a ``BackgroundScheduler`` with a job per enabled rule; returns the scheduler.
 
-    Raises ``RuleDataError`` (nothing left running) if the registry cannot be used.
+    ``rules``: the ``[rules]`` section; ``job_store_url``: the registry's database, which
+    keeps the jobs; ``make_engine``: called once, at the first job, for the engine that
+    runs them.  Raises ``RuleDataError`` (nothing left running) if the registry cannot be used.
     """
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -75,16 +84,16 @@ def start(settings: Settings, *, paused: bool = False):
 
     from rules.registry import check_rule_tables
 
-    check_rule_tables(settings.rules.model_extra)  # before anything starts
+    check_rule_tables(rules.model_extra)  # before anything starts
     _state.clear()
-    _state["settings"] = settings
+    _state["make_engine"] = make_engine
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=settings.twin_url, tablename=JOB_TABLE)},
+        jobstores={"default": SQLAlchemyJobStore(url=job_store_url, tablename=JOB_TABLE)},
         timezone=UTC,
     )
     try:
         scheduler.start(paused=True)
-        _schedule(scheduler, settings)
+        _schedule(scheduler, rules)
     except SQLAlchemyError as exc:
         _shutdown_quietly(scheduler)
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
@@ -103,16 +112,16 @@ def _shutdown_quietly(scheduler) -> None:
         scheduler.shutdown(wait=False)
 
 
-def _schedule(scheduler, settings: Settings) -> None:
+def _schedule(scheduler, rules: RulesSettings) -> None:
     """Add, update or remove each rule's job."""
     from apscheduler.triggers.interval import IntervalTrigger
 
     from rules.engine import thresholds_for
 
     for rule in RULES:
-        t = thresholds_for(settings, rule)
+        t = thresholds_for(rules, rule)
         job = scheduler.get_job(rule.name)
-        if not (settings.rules.enabled and t.enabled):
+        if not (rules.enabled and t.enabled):
             if job is not None:
                 job.remove()
             continue

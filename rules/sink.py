@@ -26,7 +26,7 @@ from typing import Any
 from connectors.lineprotocol import line
 from connectors.mqtt import publish_once
 from core.jsonout import to_json
-from core.settings import Settings
+from core.settings import InfluxSettings, Settings
 from core.states import FlagStatus
 
 __all__ = ["ALARMS_TOPIC", "alarm_messages", "flag_lines", "flag_topic", "publish_flags",
@@ -89,14 +89,14 @@ def flag_lines(flags: Sequence[dict[str, Any]]) -> bytes:
     return "\n".join(out).encode()
 
 
-def write_flags(settings: Settings, flags: Sequence[dict[str, Any]]) -> bool:
-    """Write the flags to InfluxDB; False (and a warning) if that failed."""
+def write_flags(influxdb: InfluxSettings, flags: Sequence[dict[str, Any]]) -> bool:
+    """Write the flags to InfluxDB (the ``[influxdb]`` section); False (and a warning) if that failed."""
     if not flags:
         return True
     from connectors.errors import ConnectorError
     from connectors.influx import InfluxWriter
 
-    writer = InfluxWriter.from_settings(settings.influxdb)
+    writer = InfluxWriter.from_settings(influxdb)
     try:
         result = writer.write(flag_lines(flags))
         if result.rejected:
@@ -109,11 +109,15 @@ def write_flags(settings: Settings, flags: Sequence[dict[str, Any]]) -> bool:
         writer.close()
 
 
-def publish_flags(settings: Settings, flags: Sequence[dict[str, Any]], *, timeout_s: float = 10.0) -> int:
-    """Publish the flags over MQTT (QoS 1) and wait for the broker's acks; returns how many."""
+def publish_flags(broker: Settings, flags: Sequence[dict[str, Any]], *, timeout_s: float = 10.0) -> int:
+    """Publish the flags over MQTT (QoS 1) and wait for the broker's acks; returns how many.
+
+    ``broker``: the whole ``Settings`` only because ``connectors.mqtt.publish_once`` takes
+    them (it reads ``[mqtt]`` alone); it becomes the ``[mqtt]`` section when the connectors do.
+    """
     if not flags:
         return 0
-    return publish_once(settings, [(flag_topic(f), to_json(f).encode()) for f in flags],
+    return publish_once(broker, [(flag_topic(f), to_json(f).encode()) for f in flags],
                         role="rules", timeout_s=timeout_s)
 
 
@@ -140,9 +144,10 @@ def alarm_messages(open_flags: Sequence[dict[str, Any]], site_ids: Sequence[str]
     return out
 
 
-def publish_site_alarms(settings: Settings, store: Any, site_ids: Sequence[str], *,
+def publish_site_alarms(broker: Settings, store: Any, site_ids: Sequence[str], *,
                         timeout_s: float = 10.0) -> int:
-    """Republish the retained alarms of ``site_ids`` and the summary from the registry."""
+    """Republish the retained alarms of ``site_ids`` and the summary from the registry
+    (``broker`` as in ``publish_flags``)."""
     if not site_ids:
         return 0
     from rules.flag import FlagBook
@@ -157,4 +162,4 @@ def publish_site_alarms(settings: Settings, store: Any, site_ids: Sequence[str],
     from core.timeutil import utcnow
 
     messages = [(topic, payload) for topic, payload, _retain in alarm_messages(open_flags, site_ids, utcnow())]
-    return publish_once(settings, messages, retain=True, role="rules", timeout_s=timeout_s)
+    return publish_once(broker, messages, retain=True, role="rules", timeout_s=timeout_s)

@@ -1,6 +1,11 @@
 """Wiring of ``sitetwin run``: the collector, the twin's live state, the rule scheduler and
 the notifier (in the process that runs the rules).
 
+The shell picks each package's sections out of ``Settings`` and hands them over
+(``rule_engine``, ``start_rules``, the live state's online window, the notifier's
+``[notify]`` and zone); the packages never see the whole configuration, except where
+a function of ``connectors`` still takes it.
+
 Each part is optional so that one process can be a pure collector (scale out
 with several) while another runs the rules.  Ingest never depends on the
 registry: nothing here touches it before the collector has started.  The live
@@ -31,7 +36,7 @@ if TYPE_CHECKING:
     from twin.live import LiveState
     from twin.store import Store
 
-__all__ = ["RULES_RETRY_MAX_S", "Pipeline", "preflight"]
+__all__ = ["RULES_RETRY_MAX_S", "Pipeline", "preflight", "rule_engine", "start_rules"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,25 @@ def preflight(settings: Settings, *, rules: bool) -> None:
     if settings.notify.enabled:
         from notify import Notifier
 
-        Notifier(settings, None)
+        Notifier(settings.notify, None, zone=settings.time.zone)
+def rule_engine(settings: Settings, store: Any, *, publish: bool = True, write_influx: bool = True,
+                data: Any = None) -> Any:
+    """The rule engine over ``store`` with the sections it uses: ``[rules]``, ``[influxdb]``,
+    and the broker (the whole ``Settings`` for ``connectors.mqtt``) unless not ``publish``."""
+    from rules.engine import Engine
+
+    return Engine(store, rules=settings.rules, influxdb=settings.influxdb,
+                  broker=settings if publish else None, data=data, write_influx=write_influx)
+
+
+def start_rules(settings: Settings, *, paused: bool = False) -> Any:
+    """The rule schedule of ``sitetwin run``: jobs in the registry, each running ``rule_engine``
+    over a registry opened at the first job (``RuleDataError`` if the registry is unavailable)."""
+    from rules.scheduler import start
+    from twin.store import open_store
+
+    return start(settings.rules, settings.twin_url,
+                 lambda: rule_engine(settings, open_store(settings.twin_url)), paused=paused)
 
 
 class Pipeline:
@@ -78,7 +101,7 @@ class Pipeline:
         except ImportError:  # the twin package is optional for a pure collector
             log.warning("twin package not available; live state disabled")
             return
-        self.live = LiveState(self.settings)  # the registry is opened at the first flush
+        self.live = LiveState(online_window_s=self.settings.twin.online_window_s)  # registry opened at the first flush
 
     def start(self) -> None:
         if self._want_rules:
@@ -94,7 +117,7 @@ class Pipeline:
             self._threads.append(t)
         if self._want_rules:
             try:
-                from rules.scheduler import start as start_rules
+                import rules.scheduler  # noqa: F401 - the rules package is optional for a pure collector
             except ImportError:
                 log.warning("rules package not available; no rules scheduled")
             else:
@@ -133,7 +156,7 @@ class Pipeline:
         """Check the channels now; the notifier starts once the registry answers."""
         from notify import Notifier
 
-        self.notifier = Notifier(self.settings, None)
+        self.notifier = Notifier(self.settings.notify, None, zone=self.settings.time.zone)
 
     def _start_notifier(self) -> None:
         from twin.store import open_store
@@ -171,7 +194,7 @@ class Pipeline:
         try:
             from datetime import UTC, datetime
 
-            from twin.live import site_state_lines
+            from exports.site_state import site_state_lines
 
             body = site_state_lines(self.store, datetime.now(UTC),
                                     online_window_s=self.live.online_window_s)

@@ -18,7 +18,7 @@ Asia/Shanghai is stored as ``2026-09-30T16:00:00Z``; ``Z`` or an offset keeps it
 instant.  A bill's ``period_end`` is exclusive.
 
 Text cells are stored exactly as given, even ones that start with ``=``,
-``+``, ``-`` or ``@``; exports neutralise them (``twin.export``).
+``+``, ``-`` or ``@``; exports neutralise them (``core.text.neutralise``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from connectors.reading import check_id
 from core.creditcode import check_credit_code
 from core.states import State
 from core.tariff import HOURS_EXAMPLE, format_hours, normalise_hours, parse_hours
-from core.text import control_character
+from core.text import control_character, neutralise
 from core.timeutil import DEFAULT_ZONE, as_utc, format_local, get_zone, parse_instant
 from twin.errors import ImportFailed, RowError
 from twin.history import record_reservations, record_supply
@@ -733,8 +733,6 @@ def _cell(value: Any) -> str:
 
 
 def _write_rejects(path: Path, parsed: ParsedFile) -> None:
-    from twin.export import neutralise
-
     reasons: dict[int, list[str]] = {}
     for e in parsed.errors:
         reasons.setdefault(e.line, []).append(f"{e.column}: {e.reason}")

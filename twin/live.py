@@ -29,23 +29,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from connectors.errors import LineProtocolError
-from connectors.lineprotocol import line
 from core.states import ON_AIR_STATES
-from twin.models import Cell, LiveSiteState, Meter, Reservation, Site
+from twin.models import Cell, LiveSiteState, Meter, Site
 from twin.store import Store, upsert_insert
 
 if TYPE_CHECKING:
     from connectors.reading import Reading
-    from core.settings import Settings
 
 _R = TypeVar("_R", "_SiteRecord", "_Seen")
 
 # What live state keeps of a reading (``LiveState.digest``): stream, site, time and four values.
 Digest = tuple[Any, ...]
 
-__all__ = ["DEFAULT_ONLINE_WINDOW_S", "ON_AIR_STATES", "LiveState", "is_offline", "is_online",
-           "site_state_lines"]
+__all__ = ["DEFAULT_ONLINE_WINDOW_S", "ON_AIR_STATES", "LiveState", "is_offline", "is_online"]
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +118,8 @@ class _Seen:
 class LiveState:
     """Thread-safe in-memory aggregate of the latest reading per site, flushed by ``flush``."""
 
-    def __init__(self, settings: Settings | None = None, *, online_window_s: float | None = None) -> None:
-        if online_window_s is None:
-            online_window_s = (settings.twin.online_window_s if settings is not None
-                               else DEFAULT_ONLINE_WINDOW_S)
+    def __init__(self, *, online_window_s: float = DEFAULT_ONLINE_WINDOW_S) -> None:
+        """``online_window_s``: ``[twin] reporting_period * online_periods`` (``TwinSettings.online_window_s``)."""
         self.online_window_s = online_window_s
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -287,50 +281,3 @@ def _upsert_seen(session: Session, dialect: str, model: type[Meter] | type[Cell]
         values["band"] = case((newer, ex.band), else_=t.c.band)
     stmt = stmt.on_conflict_do_update(index_elements=[t.c[key]], set_=values)
     session.execute(stmt, rows)
-
-
-def site_state_lines(store: Store, now: datetime, *,
-                     online_window_s: float = DEFAULT_ONLINE_WINDOW_S) -> bytes:
-    """Line protocol of measurement ``site_state``: one point per registered site at ``now``."""
-    ts_ns = int((now - _EPOCH).total_seconds()) * 1_000_000_000
-    q = (select(Site.site_id, Site.name, Site.county, Site.kind, Site.supply, Site.state,
-                Site.lat, Site.lon,
-                Reservation.feeder, Reservation.substation, Reservation.reserved_kw,
-                Reservation.declared_kw, LiveSiteState.last_seen, LiveSiteState.on_battery,
-                LiveSiteState.battery_soc_pct, LiveSiteState.power_kw)
-         .outerjoin(Reservation, Reservation.site_id == Site.site_id)
-         .outerjoin(LiveSiteState, LiveSiteState.site_id == Site.site_id)
-         .order_by(Site.site_id))
-    out = []
-    skipped = 0
-    with store.session() as session:
-        for r in session.execute(q):
-            age_s = (now - r.last_seen).total_seconds() if r.last_seen is not None else None
-            try:
-                out.append(_site_line(r, now, age_s, online_window_s, ts_ns))
-            except LineProtocolError as exc:  # one odd county name must not hide every site
-                skipped += 1
-                log.warning("site_state of %s not written: %s", r.site_id, exc)
-    return "\n".join(out).encode()
-
-
-def _site_line(r: Any, now: datetime, age_s: float | None, online_window_s: float, ts_ns: int) -> str:
-    return line(
-                "site_state",
-                {"site_id": r.site_id, "county": r.county, "kind": r.kind, "supply": r.supply,
-                 "state": r.state, "feeder": r.feeder, "substation": r.substation},
-                {"lat": float(r.lat), "lon": float(r.lon),
-                 # a field, not a tag: a renamed site stays one series
-                 "site_name": r.name or None,
-                 # 0/1 integers, not booleans: Grafana sums and averages them.
-                 "online": int(is_online(r.last_seen, now, online_window_s)),
-                 "offline": int(is_offline(r.state, r.last_seen, now, online_window_s)),
-                 "on_battery": None if r.on_battery is None else int(r.on_battery),
-                 "battery_soc_pct": _f(r.battery_soc_pct), "power_kw": _f(r.power_kw),
-                 "reserved_kw": _f(r.reserved_kw), "declared_kw": _f(r.declared_kw),
-                 "age_s": _f(age_s)},
-                ts_ns)
-
-
-def _f(value: Any) -> float | None:
-    return None if value is None else float(value)

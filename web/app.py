@@ -1,7 +1,11 @@
 """The ASGI application of ``sitetwin serve``: the HTTP API (``/api/v1``) and the pages.
 
 ``create_app(settings, store)`` wires routers (one per resource) to an open
-registry; nothing here holds state of its own beyond the login throttle and
+registry.  It is the one place of the web app that sees the whole ``Settings``: it
+serves every section's reader, so it hands each its part (``[web]``, the
+``[time] zone`` and the twin's online window to the routes through ``app.state``,
+``[influxdb]`` and ``[rules]`` to the ledger's peaks, ``[influxdb]`` to the
+pipeline's counters); nothing here holds state of its own beyond the login throttle and
 the ledger's peak cache.  The API's schema is served at ``/api/v1/openapi.json``
 (checked in as ``docs/openapi.json``) and read as a page at ``/api/v1/docs``,
 rendered here without any script from a CDN.
@@ -18,6 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from core import __version__
+from core.settings import Settings
 from web import problems
 from web.auth import LoginThrottle, require
 
@@ -42,7 +47,7 @@ _SECURITY_HEADERS = {
 }
 
 
-def create_app(settings: Any, store: Any, *,
+def create_app(settings: Settings, store: Any, *,
                peaks: Callable[[Any, datetime], Any] | None = None,
                pipeline: Callable[[datetime], list[dict[str, Any]]] | None = None,
                clock: Callable[[], datetime] | None = None) -> FastAPI:
@@ -62,11 +67,13 @@ def create_app(settings: Any, store: Any, *,
 
     app = FastAPI(title="sitetwin API", version=__version__, description=API_DESCRIPTION,
                   openapi_url=None, docs_url=None, redoc_url=None)
-    app.state.settings = settings
+    app.state.web = settings.web
+    app.state.zone = settings.time.zone
+    app.state.online_window_s = settings.twin.online_window_s
     app.state.store = store
     app.state.clock = clock
-    app.state.peaks = peaks or ledger.InfluxPeaks(settings)
-    app.state.pipeline = pipeline or admin.InfluxPipeline(settings)
+    app.state.peaks = peaks or ledger.InfluxPeaks(settings.influxdb, settings.rules)
+    app.state.pipeline = pipeline or admin.InfluxPipeline(settings.influxdb)
     app.state.login_throttle = LoginThrottle(settings.web.login_attempts, settings.web.login_window)
     problems.install(app)
 

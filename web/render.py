@@ -90,20 +90,20 @@ def _num(value: Any, digits: int = 2) -> str:
 
 def render(request: Request, name: str, context: dict[str, Any], *, status_code: int = 200,
            headers: dict[str, str] | None = None) -> HTMLResponse:
-    settings = request.app.state.settings
+    config, zone = request.app.state.web, request.app.state.zone
     lang = language(request)
     principal = getattr(request.state, "principal", None)
     ctx = {
         "request": request, "_": gettext_for(lang, "web"), "lang": lang, "user": principal,
         "csrf_token": principal.csrf_token if principal else None,
         "can": lambda action: allowed(principal.role if principal else None, action),
-        "local": _local(settings.time.zone), "num": _num, "zone": settings.time.zone,
-        "grafana_url": settings.web.grafana_url.rstrip("/"),
+        "local": _local(zone), "num": _num, "zone": zone,
+        "grafana_url": config.grafana_url.rstrip("/"),
         **context,
     }
     html = templates.get_template(name).render(ctx)
     response = HTMLResponse(html, status_code=status_code, headers=headers)
     if request.query_params.get("lang") and _parse_lang(request.query_params.get("lang")):
         response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, httponly=True,
-                            samesite="lax", secure=settings.web.secure_cookies)
+                            samesite="lax", secure=config.secure_cookies)
     return response

@@ -67,7 +67,7 @@ def run_pm(args: argparse.Namespace, settings: Settings) -> int:
     from adapters.watcher import PmWatcher
 
     sink = ReadingSink(settings, source="pm")
-    watcher = PmWatcher(settings, sink, watch_dir=args.watch)
+    watcher = PmWatcher(settings.adapters.pm, sink, state_dir=settings.state_dir, watch_dir=args.watch)
     try:
         if args.once:
             sink.connect()
@@ -98,7 +98,8 @@ def run_gateway(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError("no devices file: give --devices FILE or set adapters.gateway.devices_file")
     devices = load_devices(path)
     sink = ReadingSink(settings, source="gateway")
-    gateway = Gateway(settings, sink, devices)
+    gateway = Gateway(settings.adapters.gateway, sink, devices, state_dir=settings.state_dir,
+                      buffer_max_bytes=settings.spool.max_bytes)
     try:
         if args.once:
             sink.connect()
@@ -132,7 +133,7 @@ def run_listen(args: argparse.Namespace, settings: Settings) -> int:
         log.warning("adapters.listener.tokens is empty: every write will be refused (401)")
     sink = ReadingSink(settings, source="listener")
     stop = _stop_on_signals()
-    listener = Listener(settings, sink, listen=args.listen)
+    listener = Listener(settings.adapters.listener, sink, listen=args.listen)
     try:
         _connect_until(sink, stop)
         listener.start()

@@ -29,14 +29,20 @@ def register(commands: argparse._SubParsersAction, reports: argparse._SubParsers
     push.set_defaults(handler=run_push)
 
 
-def _target(settings: Settings, dashboards_path: str | None = None):
+def display(settings: Settings):
+    """The dashboards' ``Display``: the ``[grafana]`` and ``[rules]`` sections and the zone."""
     from dashboards.display import Display
+
+    return Display.from_settings(grafana=settings.grafana, rules=settings.rules, zone=settings.time.zone)
+
+
+def _target(settings: Settings, dashboards_path: str | None = None):
     from dashboards.provisioning import Target
 
     extra = {"dashboards_path": dashboards_path} if dashboards_path else {}
     return Target(datasource_uid=settings.grafana.datasource_uid, influx_url=settings.influxdb.url,
                   database=settings.influxdb.database, folder=settings.grafana.folder,
-                  display=Display.from_settings(settings), **extra)
+                  display=display(settings), **extra)
 
 
 def build(settings: Settings, out: Path | None = None,

@@ -92,7 +92,7 @@ def notify_pass(settings: Settings, store: Any = None) -> dict[str, int]:
     own = store is None
     store = store or _store(settings)
     try:
-        return Notifier(settings, store).tick().as_dict()
+        return Notifier(settings.notify, store, zone=settings.time.zone).tick().as_dict()
     except NotifyError as exc:
         raise UserError(str(exc)) from None
     finally:

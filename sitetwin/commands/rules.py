@@ -138,7 +138,8 @@ class BackfillProgress(Progress):
 
 
 def run_rules(args: argparse.Namespace, settings: Settings) -> int:
-    from rules.engine import Engine, summarise
+    from rules.engine import summarise
+    from sitetwin.wiring import rule_engine
 
     selected = _rules(args.rule)
     until = cli_time(args.until, "--until", settings) or datetime.now(UTC)
@@ -147,7 +148,7 @@ def run_rules(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError("--since must be before --until")
     store = _store(settings)
     try:
-        engine = Engine(settings, store, publish_mqtt=not args.no_publish)
+        engine = rule_engine(settings, store, publish=not args.no_publish)
         if since is not None:
             with BackfillProgress(since, until) as progress:
                 outcomes = engine.backfill(since, until, selected, one_pass=not args.step_by_step,
@@ -191,7 +192,7 @@ def list_rules(args: argparse.Namespace, settings: Settings) -> int:
     rows = []
     for rule in RULES:
         try:
-            t = thresholds_for(settings, rule).model_dump()
+            t = thresholds_for(settings.rules, rule).model_dump()
         except ThresholdError as exc:
             raise UserError(str(exc)) from None
         rows.append({"name": rule.name, "kinds": list(rule.kinds), "enabled": t.pop("enabled"),
@@ -297,7 +298,7 @@ def _announce(settings: Settings, store: Any, flag: dict[str, Any]) -> None:
     from rules.sink import publish_flags, publish_site_alarms, write_flags
 
     change = {k: v for k, v in flag.items() if k not in ("reviews", "actions")}
-    write_flags(settings, [change])
+    write_flags(settings.influxdb, [change])
     publish_flags(settings, [change])
     publish_site_alarms(settings, store, [change["site_id"]])
 
@@ -339,10 +340,10 @@ def assign_flag(args: argparse.Namespace, settings: Settings) -> int:
 def report_overcharging(args: argparse.Namespace, settings: Settings) -> int:
     from core.i18n import normalise_lang
     from core.timeutil import local_month
+    from exports.tables import write_workbook
     from rules.flag import FlagBook
     from rules.report import overcharging_report
     from twin.bills import bill_parties
-    from twin.export import write_workbook
 
     zone = settings.time.zone
     try:
@@ -396,15 +397,15 @@ def report_labels(lang: str):
 def report_reservations(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.influx import InfluxReader
     from core.timeutil import local_month
+    from exports.tables import write_sheets
     from rules.capacity import capacity_sheets, members
     from rules.data import WindowData, load_facts, load_grid_history, load_ratings, load_site_history
     from rules.engine import thresholds_for
     from rules.registry import get_rule
     from rules.report import reservations_table
-    from twin.export import write_sheets
 
     label = report_labels(args.lang)
-    t = thresholds_for(settings, get_rule("reservations"))
+    t = thresholds_for(settings.rules, get_rule("reservations"))
     if args.period is not None:
         if args.until is not None:
             raise UserError("give --period or --until, not both")

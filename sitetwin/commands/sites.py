@@ -337,8 +337,8 @@ def _local_ts(value: str | None, what: str, zone: str) -> datetime | None:
 
 
 def run_progress(args: argparse.Namespace, settings: Settings) -> int:
+    from exports.tables import write_table
     from sitetwin.commands.rules import report_labels
-    from twin.export import write_table
     from twin.progress import progress_report
 
     label = report_labels(args.lang)
@@ -365,9 +365,9 @@ def run_progress(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_conversions(args: argparse.Namespace, settings: Settings) -> int:
+    from exports.tables import write_sheets
     from sitetwin.commands.rules import report_labels
     from twin.conversions import conversions_report
-    from twin.export import write_sheets
 
     label = report_labels(args.lang)
     store = open_store(settings.twin_url)

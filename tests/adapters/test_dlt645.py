@@ -127,7 +127,8 @@ def test_the_gateway_polls_dlt645_meters_into_influxdb(tmp_path, mosquitto, infl
                                                    "flush_interval": "200ms"}})
     sink = ReadingSink(settings, source="gateway")
     sink.connect()
-    gateway = Gateway(settings, sink, devices)
+    gateway = Gateway(settings.adapters.gateway, sink, devices, state_dir=settings.state_dir,
+                      buffer_max_bytes=settings.spool.max_bytes)
     stop = threading.Event()
     thread = threading.Thread(target=gateway.run, args=(stop,), daemon=True)
     thread.start()

@@ -77,7 +77,8 @@ def test_a_dead_and_a_refusing_device_do_not_delay_the_others(tmp_path, mosquitt
     settings = _settings(tmp_path, mosquitto.url)
     sink = ReadingSink(settings, source="gateway")
     sink.connect()
-    gateway = Gateway(settings, sink, _fleet(server, silent, "GA"))
+    gateway = Gateway(settings.adapters.gateway, sink, _fleet(server, silent, "GA"), state_dir=settings.state_dir,
+                      buffer_max_bytes=settings.spool.max_bytes)
     stop = threading.Event()
     thread = threading.Thread(target=gateway.run, args=(stop,), daemon=True)
     started = time.monotonic()
@@ -127,7 +128,8 @@ def test_a_broker_outage_during_polling_loses_nothing_and_duplicates_nothing(
     settings = _settings(tmp_path, proxy.url)
     sink = ReadingSink(settings, source="gateway")
     sink.connect()
-    gateway = Gateway(settings, sink, _fleet(server, silent, "GB"))
+    gateway = Gateway(settings.adapters.gateway, sink, _fleet(server, silent, "GB"), state_dir=settings.state_dir,
+                      buffer_max_bytes=settings.spool.max_bytes)
     stop = threading.Event()
     thread = threading.Thread(target=gateway.run, args=(stop,), daemon=True)
     thread.start()

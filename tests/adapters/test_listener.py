@@ -43,7 +43,7 @@ def _start(tmp_path, broker, **listener):
                                                     **listener}})
     sink = ReadingSink(settings, source="listener")
     sink.connect()
-    server = Listener(settings, sink)
+    server = Listener(settings.adapters.listener, sink)
     server.start()
     return settings, sink, server
 

@@ -73,7 +73,7 @@ def test_files_dropped_reach_influxdb_once_duplicates_add_nothing_broken_ones_ar
     proc = collector_process(env, log_path=log, wait_subscribed=True)
     settings = _settings(tmp_path, mosquitto)
     sink = ReadingSink(settings, source="pm")
-    watcher = PmWatcher(settings, sink)
+    watcher = PmWatcher(settings.adapters.pm, sink, state_dir=settings.state_dir)
     stop = threading.Event()
     sink.connect()
     thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)

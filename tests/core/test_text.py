@@ -1,4 +1,5 @@
-"""Free text: control characters are refused, named with their position; the rest is kept."""
+"""Free text: control characters are refused, named with their position; the rest is kept;
+formula-like cells are neutralised for spreadsheets."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 
 import pytest
 
-from core.text import check_text, control_character
+from core.text import check_text, control_character, neutralise
 
 
 @pytest.mark.parametrize(("value", "found"), [
@@ -27,3 +28,8 @@ def test_control_characters_are_named(value, found):
 def test_ordinary_text_is_kept(value):
     assert control_character(value) is None
     assert check_text(value) == value
+
+
+def test_neutralise_prefixes_formula_text_only():
+    assert [neutralise(v) for v in ("=x", "+x", "-x", "@x", "\tx", "\rx", "x", 5, -5, None)] == [
+        "'=x", "'+x", "'-x", "'@x", "'\tx", "'\rx", "x", 5, -5, None]

@@ -3,7 +3,7 @@
 Readings are valid CONTRACTS section 1 payloads published to the session
 Mosquitto and ingested by an in-process ``connectors.collector.Collector``
 (which also writes ``sitetwin_pipeline``) with the twin's ``LiveState`` as its
-live sink; ``site_state`` is written by ``twin.live.site_state_lines`` from a
+live sink; ``site_state`` is written by ``exports.site_state.site_state_lines`` from a
 registry in SQLite, once per chunk of telemetry, as ``sitetwin run`` does.
 ``flags`` points by the rule engine's sink (``rules.sink.flag_lines``) from
 flag records like those the flag book produces.
@@ -22,10 +22,11 @@ import pytest
 
 from connectors.collector import Collector
 from connectors.influx import InfluxWriter
+from exports.site_state import site_state_lines
 from rules.sink import flag_lines
 from sitetwin.config import load_settings
 from tests.support import count, publish, wait_for
-from twin.live import LiveState, site_state_lines
+from twin.live import LiveState
 from twin.models import Reservation, Site
 from twin.store import open_store
 
@@ -193,7 +194,7 @@ def demo(influxdb, mosquitto, tmp_path_factory) -> Iterator[Demo]:
     start_s = int(now.timestamp()) - (STEPS + 1) * STEP_S
     store = open_store(f"sqlite:///{root / 'twin.sqlite'}")
     _register(store)
-    live = LiveState(settings)
+    live = LiveState(online_window_s=settings.twin.online_window_s)
     writer = InfluxWriter.from_settings(settings.influxdb)
     collector = Collector(settings, live=live)
     collector.start()

@@ -12,6 +12,7 @@ from dashboards.build import ALERTING_FILE, render
 from dashboards.display import Display, Setting
 from dashboards.provisioning import Target
 from rules.errors import ThresholdError
+from sitetwin.commands.dashboards import display as display_of
 from sitetwin.config import load_settings
 
 
@@ -29,7 +30,7 @@ def test_defaults_are_the_rules_defaults():
     levels = _steps(_panel(files, "sitetwin-interference", "Uplink interference per cell"))
     assert levels == [None, -110.0, -105.0]  # InterferenceThresholds warning/critical_dbm
     assert _steps(_panel(files, "sitetwin-site", "Battery")) == [None, 30.0]
-    assert Display() == Display.from_settings(load_settings(None))
+    assert Display() == display_of(load_settings(None))
 
 
 def test_configured_thresholds_and_zone_reach_the_dashboards_and_alerts():
@@ -38,7 +39,7 @@ def test_configured_thresholds_and_zone_reach_the_dashboards_and_alerts():
                                           "mains_failure": {"soc_critical_pct": 45}},
                              grafana={"timezone": "time", "alert_for": "10m"},
                              time={"zone": "Asia/Urumqi"})
-    files = render(Target(display=Display.from_settings(settings)))
+    files = render(Target(display=display_of(settings)))
     for uid in ("sitetwin-interference", "sitetwin-site"):
         d = json.loads(files[f"dashboards/{uid}.json"])
         assert d["timezone"] == "Asia/Urumqi"
@@ -53,7 +54,7 @@ def test_configured_thresholds_and_zone_reach_the_dashboards_and_alerts():
 
 def test_a_bad_threshold_or_setting_is_refused_with_its_key():
     with pytest.raises(ThresholdError, match=r"rules\.interference\.warning_dbm"):
-        Display.from_settings(load_settings(None, rules={"interference": {"warning_dbm": "x"}}))
+        display_of(load_settings(None, rules={"interference": {"warning_dbm": "x"}}))
     with pytest.raises(ConfigError, match="map_tiles"):
         load_settings(None, grafana={"map_tiles": "tiles.local/{z}/{x}.png"})
     with pytest.raises(ConfigError, match="timezone"):

@@ -21,13 +21,14 @@ from connectors.influx import InfluxWriter
 from connectors.lineprotocol import encode
 from connectors.metrics import PipelineMetrics
 from connectors.reading import parse_message
+from exports.site_state import site_state_lines
 from rules.engine import Engine
 from simulator.fleet import Fleet
 from simulator.telemetry import chunks, onset, readings
 from sitetwin.config import load_settings
 from tests.dashboards.checks import all_queries, check_query, records, schema, substitute
 from twin.imports import import_csv
-from twin.live import LiveState, site_state_lines
+from twin.live import LiveState
 from twin.store import open_store
 
 pytestmark = pytest.mark.integration
@@ -98,8 +99,8 @@ def scenario(influxdb, tmp_path_factory):
         paths = fleet.write_csvs(root / "csv")
         for name in ("sites", "reservations", "tariffs", "bills"):
             import_csv(store, paths[name], name)
-        _play(fleet, writer, store, LiveState(settings))
-        outcomes = Engine(settings, store, publish_mqtt=False).run(NOW)
+        _play(fleet, writer, store, LiveState(online_window_s=settings.twin.online_window_s))
+        outcomes = Engine(store, rules=settings.rules, influxdb=settings.influxdb).run(NOW)
         assert [o.error for o in outcomes if o.status != "ok"] == []
     finally:
         writer.close()

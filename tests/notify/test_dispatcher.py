@@ -26,6 +26,11 @@ def settings(tmp_path, channels: list[dict[str, Any]], **notify: Any):
                          notify={"channels": channels, "retry_backoff": "30s", **notify})
 
 
+def make_notifier(cfg, store, **kw: Any) -> Notifier:
+    """The notifier as the shell makes it: the [notify] section and the [time] zone."""
+    return Notifier(cfg.notify, store, zone=cfg.time.zone, **kw)
+
+
 def finding(site: str = "S1", severity: str = "warning", kind: str = "site_offline",
             end=T0) -> Finding:
     return Finding(kind=kind, rule=kind, site_id=site, severity=severity,
@@ -36,7 +41,7 @@ def finding(site: str = "S1", severity: str = "warning", kind: str = "site_offli
 def test_each_event_arrives_once_on_a_webhook_and_by_mail(store, webhook, mailbox, tmp_path):
     cfg = settings(tmp_path, [{"name": "hook", "url": webhook.url()},
                               {"name": "mail", "url": mailbox.url}])
-    notifier = Notifier(cfg, store)
+    notifier = make_notifier(cfg, store)
     book = FlagBook(store)
     book.sync("site_offline", [finding()], T0, HOLD)
     assert notifier.tick(T0).sent == 2
@@ -64,7 +69,7 @@ def test_each_event_arrives_once_on_a_webhook_and_by_mail(store, webhook, mailbo
 
 
 def test_a_review_is_announced_and_a_first_seen_resolved_flag_is_not(store, webhook, tmp_path):
-    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store)
+    notifier = make_notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store)
     book = FlagBook(store)
     add_flag(store, status="resolved")  # e.g. opened and resolved inside a backfill
     live = add_flag(store, site="S2")
@@ -86,7 +91,7 @@ def test_routes_by_kind_severity_and_county(store, webhook, tmp_path):
     add_flag(store, site="S1", kind="mains_failure", severity="info")
     add_flag(store, site="S2", kind="site_offline", severity="warning")
     add_flag(store, site="S1", kind="site_offline", severity="critical")
-    Notifier(cfg, store).tick(T0)
+    make_notifier(cfg, store).tick(T0)
     assert webhook.titles("power") == ["[INFO] mains_failure opened - S1 Site S1 (Xinjin)"]
     assert webhook.titles("pixian") == ["[WARNING] site_offline opened - S2 Site S2 (Pixian)"]
     assert webhook.titles("pager") == ["[CRITICAL] site_offline opened - S1 Site S1 (Xinjin)"]
@@ -95,7 +100,7 @@ def test_routes_by_kind_severity_and_county(store, webhook, tmp_path):
 
 
 def test_a_channel_that_is_down_gets_the_message_after_a_retry(store, webhook, tmp_path):
-    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store)
+    notifier = make_notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store)
     add_flag(store)
     webhook.down()
     r = notifier.tick(T0)
@@ -117,7 +122,7 @@ def test_a_channel_that_stays_down_dead_letters_visibly_and_can_be_retried(
     secret = "hookPass-4f19c2"
     url = webhook.url().replace("json://", f"json://ops:{secret}@")
     cfg = settings(tmp_path, [{"name": "hook", "url": url}], retries=2)
-    notifier = Notifier(cfg, store)
+    notifier = make_notifier(cfg, store)
     add_flag(store)
     add_flag(store, site="S2")
     webhook.down()
@@ -145,7 +150,7 @@ def test_a_channel_that_stays_down_dead_letters_visibly_and_can_be_retried(
 
 
 def test_acknowledged_flags_are_not_reminded_but_escalations_still_go_out(store, webhook, tmp_path):
-    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}], repeat="10m"),
+    notifier = make_notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}], repeat="10m"),
                         store)
     book = FlagBook(store)
     book.sync("site_offline", [finding()], T0, HOLD)
@@ -168,7 +173,7 @@ def test_acknowledged_flags_are_not_reminded_but_escalations_still_go_out(store,
 
 def test_quiet_hours_hold_a_warning_but_not_a_critical(store, webhook, tmp_path):
     # T0 is 12:00 in Asia/Shanghai, inside 11:00-13:00.
-    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url(),
+    notifier = make_notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url(),
                                              "quiet_hours": "11:00-13:00"}]), store)
     add_flag(store, site="S1", severity="warning")
     add_flag(store, site="S2", severity="critical")
@@ -180,7 +185,7 @@ def test_quiet_hours_hold_a_warning_but_not_a_critical(store, webhook, tmp_path)
 
 
 def test_a_digest_channel_sends_one_message_per_interval(store, webhook, tmp_path):
-    notifier = Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url(), "digest": "1h"},
+    notifier = make_notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url(), "digest": "1h"},
                                             {"name": "now", "url": webhook.url("now")}]), store)
     add_flag(store, site="S1", severity="warning")
     add_flag(store, site="S2", severity="critical")
@@ -199,10 +204,10 @@ def test_a_bad_channel_is_refused_by_name_without_its_url(store, tmp_path):
     from notify import ChannelError
 
     with pytest.raises(ChannelError, match="'pager'") as err:
-        Notifier(settings(tmp_path, [{"name": "pager", "url": "nosuchscheme://tok3n-secret"}]), store)
+        make_notifier(settings(tmp_path, [{"name": "pager", "url": "nosuchscheme://tok3n-secret"}]), store)
     assert "tok3n" not in str(err.value)
     with pytest.raises(ChannelError, match="unknown flag kind"):
-        Notifier(settings(tmp_path, [{"name": "x", "url": "json://127.0.0.1/x",
+        make_notifier(settings(tmp_path, [{"name": "x", "url": "json://127.0.0.1/x",
                                       "kinds": ["site_offlne"]}]), store)
 
 
@@ -266,7 +271,7 @@ def test_two_senders_at_once_send_each_message_once(store, webhook, tmp_path, tw
     start = threading.Barrier(2)
 
     def sender(s) -> None:
-        notifier = Notifier(cfg, s)
+        notifier = make_notifier(cfg, s)
         start.wait()
         for _ in range(5):
             try:
@@ -289,8 +294,8 @@ def test_rows_of_a_removed_channel_are_dead_lettered_not_dropped(store, webhook,
     quiet = settings(tmp_path, [{"name": "old", "url": webhook.url("old"),
                                  "quiet_hours": "11:00-13:00"}])
     add_flag(store)
-    Notifier(quiet, store).tick(T0)  # held by the quiet hours
-    Notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store) \
+    make_notifier(quiet, store).tick(T0)  # held by the quiet hours
+    make_notifier(settings(tmp_path, [{"name": "hook", "url": webhook.url()}]), store) \
         .tick(T0 + timedelta(hours=2))
     (row,) = Outbox(store).list(channel="old")
     assert row["status"] == "dead" and row["last_error"] == "channel no longer configured"

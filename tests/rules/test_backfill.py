@@ -69,14 +69,15 @@ def test_backfill_opens_then_resolves_a_past_mains_failure(influxdb, influx_db, 
 
 def test_scheduled_job_runs_its_rule(influxdb, influx_db, tmp_path, monkeypatch):
     from rules.flag import FlagBook
-    from rules.scheduler import run_scheduled, start
+    from rules.scheduler import run_scheduled
+    from sitetwin.wiring import start_rules
     from twin.store import open_store
 
     url = f"sqlite:///{tmp_path / 'twin.sqlite'}"
     _registry(url, "S-SILENT")
     settings = load_settings(None, influxdb={"url": influxdb.url, "database": influx_db}, twin={"url": url},
                              mqtt={"servers": ["tcp://127.0.0.1:9"]})
-    sched = start(settings, paused=True)
+    sched = start_rules(settings, paused=True)  # the shell's: sections picked out of settings
     try:
         assert sched.get_job("site_offline") is not None
         run_scheduled("site_offline")  # what the job calls when it fires

@@ -117,7 +117,7 @@ def _backfill(url: str, influx_url: str, db: str, fleet, *, one_pass: bool):
                                       "baseline_days": BASELINE_DAYS, "min_baseline_days": 1}})
         since = START + timedelta(days=BASELINE_DAYS)
         until = since + timedelta(hours=20, minutes=fleet["until_off_min"])
-        engine = Engine(settings_, store, write_influx=False, publish_mqtt=False)
+        engine = Engine(store, rules=settings_.rules, influxdb=settings_.influxdb, write_influx=False)
         # A live run inside the range leaves flags the backfill must not rewrite.
         engine.run(since + timedelta(minutes=15 * fleet["live_at_q"]), [INTERFERENCE])
         seen = []

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pandas as pd
+import pytest
 
 from rules.engine import Engine, summarise
 from rules.operations import SITE_OFFLINE
@@ -29,7 +30,7 @@ def boom(frames, facts, now, t):
 
 
 def test_a_failing_rule_does_not_stop_the_others(sqlite_store, settings):
-    engine = Engine(settings, sqlite_store, data=FixedData(), write_influx=False, publish_mqtt=False)
+    engine = Engine(sqlite_store, rules=settings.rules, data=FixedData(), write_influx=False)
     rules = [replace(SITE_OFFLINE, name="buggy", evaluate=boom), replace(SITE_OFFLINE, name="broken_query"),
              SITE_OFFLINE]
     facts = Facts(sites=sites({"site_id": "S1"}))
@@ -48,7 +49,7 @@ def test_bad_thresholds_are_an_error_outcome(sqlite_store, tmp_path):
 
     settings = load_settings(None, services={"state_dir": str(tmp_path)},
                              rules={"site_offline": {"offline_after": "soon"}})
-    engine = Engine(settings, sqlite_store, data=FixedData(), write_influx=False, publish_mqtt=False)
+    engine = Engine(sqlite_store, rules=settings.rules, data=FixedData(), write_influx=False)
     (o,) = engine.run(NOW, [SITE_OFFLINE], facts=Facts(sites=sites({"site_id": "S1"})))
     assert o.status == "error" and "rules.site_offline.offline_after" in o.error
 
@@ -65,8 +66,18 @@ def test_backfill_steps_each_rule_at_its_interval_and_reports_a_bad_one(sqlite_s
                    region="SH", customer_class="C", state="on_air"))
     settings = load_settings(None, services={"state_dir": str(tmp_path)},
                              rules={"site_offline": {"interval": "10m"}, "mains_failure": {"window": "later"}})
-    engine = Engine(settings, sqlite_store, data=FixedData(), write_influx=False, publish_mqtt=False)
+    engine = Engine(sqlite_store, rules=settings.rules, data=FixedData(), write_influx=False)
     outcomes = engine.backfill(NOW - timedelta(hours=1), NOW, [SITE_OFFLINE, MAINS_FAILURE])
     summary = {r["rule"]: r for r in summarise(outcomes)}
     assert summary["site_offline"]["runs"] == 6 and summary["site_offline"]["opened"] == 1
     assert summary["mains_failure"]["runs"] == 1 and summary["mains_failure"]["errors"] == 1
+
+
+def test_the_engine_is_given_sections_and_needs_influxdb_only_to_read_or_write(sqlite_store, settings):
+    with pytest.raises(ValueError, match=r"\[influxdb\]"):
+        Engine(sqlite_store, rules=settings.rules)  # no data source and nowhere to write flags
+    with pytest.raises(ValueError, match=r"\[influxdb\]"):
+        Engine(sqlite_store, rules=settings.rules, data=FixedData())  # flags written by default
+    engine = Engine(sqlite_store, rules=settings.rules, data=FixedData(), write_influx=False)
+    assert (engine.influxdb, engine.broker) == (None, None)  # reads nothing, publishes nothing
+    assert engine.concurrency == settings.rules.query_concurrency

@@ -102,7 +102,7 @@ class Silent:
 
 def test_backfill_flags_a_site_offline_while_it_was_on_air_and_not_after(store, settings):
     build(store)
-    engine = Engine(settings, store, data=Silent(), write_influx=False, publish_mqtt=False)
+    engine = Engine(store, rules=settings.rules, data=Silent(), write_influx=False)
     outcomes = engine.backfill(h(5), h(7.5), [SITE_OFFLINE])
     summary = {r["rule"]: r for r in summarise(outcomes)}
     assert summary["site_offline"]["errors"] == 0

@@ -62,14 +62,14 @@ def _evaluate(influxdb, influx_db, tmp_path, scenario: str, *, bills: bool = Tru
     settings = load_settings(None, influxdb={"url": influxdb.url, "database": influx_db}, twin={"url": url},
                              services={"state_dir": str(tmp_path / "state")})
     assert settings.rules.query_concurrency > 1  # the default fetches rules and statements at once
-    engine = Engine(settings, store, publish_mqtt=False)
+    engine = Engine(store, rules=settings.rules, influxdb=settings.influxdb)
     try:
         outcomes = engine.run(NOW)
         assert [o.error for o in outcomes if o.status != "ok"] == []
         flags = engine.flags.list()
         # One statement and one rule at a time finds the same (and so changes no flag).
-        one = Engine(settings.model_copy(update={"rules": settings.rules.model_copy(
-            update={"query_concurrency": 1})}), store, publish_mqtt=False)
+        one = Engine(store, rules=settings.rules.model_copy(update={"query_concurrency": 1}),
+                     influxdb=settings.influxdb)
         again = one.run(NOW)
         assert [(o.rule, o.status, o.findings) for o in again] == [
             (o.rule, o.status, o.findings) for o in outcomes]

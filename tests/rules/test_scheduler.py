@@ -9,10 +9,18 @@ from rules.scheduler import start
 from sitetwin.config import load_settings
 
 
+def no_engine():
+    raise AssertionError("a paused schedule runs no job, so it makes no engine")
+
+
+def start_paused(settings):
+    return start(settings.rules, settings.twin_url, no_engine, paused=True)
+
+
 def test_jobs_per_rule_with_options_and_survive_restart(tmp_path):
     settings = load_settings(None, services={"state_dir": str(tmp_path)},
                              rules={"interference": {"enabled": False}, "site_offline": {"interval": "2m"}})
-    sched = start(settings, paused=True)
+    sched = start_paused(settings)
     try:
         jobs = {j.id: j for j in sched.get_jobs()}
         assert set(jobs) == {r.name for r in RULES} - {"interference"}
@@ -22,14 +30,14 @@ def test_jobs_per_rule_with_options_and_survive_restart(tmp_path):
         next_run = job.next_run_time
     finally:
         sched.shutdown(wait=False)
-    again = start(settings, paused=True)
+    again = start_paused(settings)
     try:
         assert again.get_job("site_offline").next_run_time == next_run  # resumed, not reset
     finally:
         again.shutdown(wait=False)
     changed = load_settings(None, services={"state_dir": str(tmp_path)},
                             rules={"site_offline": {"interval": "10m"}})
-    third = start(changed, paused=True)
+    third = start_paused(changed)
     try:
         assert third.get_job("site_offline").trigger.interval.total_seconds() == 600
         assert third.get_job("interference") is not None

@@ -130,7 +130,8 @@ def test_a_never_built_site_is_not_offline(influxdb, influx_db, twin_url, flags)
 
     from connectors.influx import InfluxReader
     from connectors.reading import TowerReading
-    from twin.live import LiveState, site_state_lines
+    from exports.site_state import site_state_lines
+    from twin.live import LiveState
     from twin.store import open_store
 
     _registry(twin_url, {"S-UP": "on_air", "S-DARK": "on_air", "S-PLAN": "planned",

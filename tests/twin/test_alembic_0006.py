@@ -58,7 +58,7 @@ def test_0006_upgrades_the_registry_before_it(twin_url):
         from rules.flag import FlagBook
 
         settings = load_settings(None, notify={"channels": []})
-        assert Notifier(settings, store).tick(datetime.now(UTC)).events == 0
+        assert Notifier(settings.notify, store, zone=settings.time.zone).tick(datetime.now(UTC)).events == 0
         flag = FlagBook(store).ack(FlagBook(store).list(site_id="S1")[0]["id"], "zhang.san",
                                    datetime.now(UTC))
         assert flag["acknowledged_by"] == "zhang.san" and flag["actions"][0]["action"] == "ack"

@@ -1,4 +1,4 @@
-"""Live state: concurrent observation, one-transaction flushes, unregistered sites, site_state lines."""
+"""Live state: concurrent observation, one-transaction flushes, unregistered sites, the online window."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from sqlalchemy import select, text
 from connectors.reading import InterferenceReading, PowerReading, TowerReading
 from tests.twin.conftest import add_site
 from twin.errors import StoreError
-from twin.live import LiveState, is_online, site_state_lines
-from twin.models import Cell, LiveSiteState, Meter, Reservation
+from twin.live import LiveState, is_online
+from twin.models import Cell, LiveSiteState, Meter
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def tower(site: str, s: int, **kw) -> TowerReading:
 
 
 def test_concurrent_observe_and_flush_lose_nothing(store, settings):
-    live = LiveState(settings)
+    live = LiveState(online_window_s=settings.twin.online_window_s)
     sites = [f"C{i:03d}" for i in range(40)]
     steps = 50
     stop = threading.Event()
@@ -127,47 +127,11 @@ def test_unregistered_until_imported_and_flush_failure_keeps_data(store):
     assert (g.last_seen, g.battery_soc_pct) == (T + timedelta(seconds=30), 12.0)
 
 
-def test_online_window_and_site_state_lines(store, settings):
-    live = LiveState(settings)
+def test_online_window(settings):
+    live = LiveState(online_window_s=settings.twin.online_window_s)
     assert live.online_window_s == settings.twin.reporting_period * settings.twin.online_periods
     assert is_online(T, T + timedelta(seconds=180), 180) and not is_online(T, T + timedelta(seconds=181), 180)
     assert not is_online(None, T, 180)
-    add_site(store, "ON1", state="on_air", county="Pi County")
-    add_site(store, "OFF1", state="on_air")
-    add_site(store, "NEVER", supply="transfer")
-    with store.session() as s:
-        s.add(Reservation(site_id="ON1", declared_kw=8.0, reserved_kw=10.0, feeder="F 1",
-                          substation="Sub=A", status="approved"))
-    live.observe_batch([tower("ON1", 0, battery_soc_pct=97.0),
-                        PowerReading(site_id="ON1", ts=T.timestamp(), meter_id="M1", energy_kwh=5.0,
-                                     power_kw=3.5),
-                        tower("OFF1", -1000), tower("GHOST", 0)])
-    live.flush(store)
-    body = site_state_lines(store, T + timedelta(seconds=60), online_window_s=180).decode()
-    lines = body.splitlines()
-    assert len(lines) == 3  # registered sites only
-    ts_ns = int((T + timedelta(seconds=60)).timestamp()) * 10**9
-    on1 = next(x for x in lines if "site_id=ON1" in x)
-    assert on1.startswith("site_state,county=Pi\\ County,feeder=F\\ 1,kind=macro,site_id=ON1,"
-                          "state=on_air,substation=Sub\\=A,supply=direct ")
-    assert "online=1i" in on1 and "on_battery=0i" in on1 and "power_kw=3.5" in on1
-    assert "reserved_kw=10.0" in on1 and "declared_kw=8.0" in on1 and "age_s=60.0" in on1
-    assert on1.endswith(f" {ts_ns}")
-    off1 = next(x for x in lines if "site_id=OFF1" in x)
-    assert "online=0i" in off1 and "offline=1i" in off1 and "age_s=1060.0" in off1
-    assert "offline=0i" in on1
-    # Planned and never heard: silent by design, so not offline (issue 14).
-    never = next(x for x in lines if "site_id=NEVER" in x)
-    assert "online=0i" in never and "offline=0i" in never and "age_s" not in never
-    assert "supply=transfer" in never
-
-
-def test_site_state_skips_a_site_that_cannot_be_written(store):
-    add_site(store, "OK1")
-    add_site(store, "ODD", county="Line\nbreak")
-    body = site_state_lines(store, T).decode()
-    assert [x.split(",")[0] for x in body.splitlines()] == ["site_state"]
-    assert "site_id=OK1" in body and "ODD" not in body
 
 
 def test_digests_hold_plain_values_the_garbage_collector_lets_go_of():

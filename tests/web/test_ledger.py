@@ -34,7 +34,7 @@ def test_ledger_shows_peaks_and_headroom(world, influxdb, influx_db, tmp_path):
     writer.close()
     settings = load_settings(None, services={"state_dir": str(tmp_path / "state")},
                              influxdb={"url": influxdb.url, "database": influx_db})
-    app = create_app(settings, world.store, peaks=InfluxPeaks(settings), clock=lambda: NOW)
+    app = create_app(settings, world.store, peaks=InfluxPeaks(settings.influxdb, settings.rules), clock=lambda: NOW)
     with TestClient(app) as client:
         token = client.get("/login").text
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', token).group(1)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from core import __version__
+from core.settings import InfluxSettings
 from twin.audit import list_entries, record
 from web.api.common import Paging, instant, paging, store
 from web.auth import client_ip, require
@@ -173,14 +174,14 @@ def health(request: Request, principal=Depends(require("public"))):
 class InfluxPipeline:
     """The collectors' counters from InfluxDB (``connectors.pipeline``)."""
 
-    def __init__(self, settings) -> None:
-        self.settings = settings
+    def __init__(self, influxdb: InfluxSettings) -> None:
+        self.influxdb = influxdb
 
     def __call__(self, now):
         from connectors.influx import InfluxReader
         from connectors.pipeline import latest_counters
 
-        reader = InfluxReader.from_settings(self.settings.influxdb)
+        reader = InfluxReader.from_settings(self.influxdb)
         try:
             return latest_counters(reader, now)
         finally:

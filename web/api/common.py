@@ -1,4 +1,8 @@
-"""What the API routers share: the store, the clock, time parameters, paging."""
+"""What the API routers share: the store, the clock, the sections of configuration they read
+(``[web]``, the ``[time] zone``, the twin's online window), time parameters, paging.
+
+``create_app`` picks these out of ``Settings`` once; a router reads only what it uses.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ from typing import Any
 
 from fastapi import Query, Request
 
+from core.settings import WebSettings
 from core.timeutil import parse_instant, utcnow
 from web.problems import Problem
 
-__all__ = ["MAX_LIMIT", "Paging", "instant", "now", "paging", "settings", "store"]
+__all__ = ["MAX_LIMIT", "Paging", "instant", "now", "online_window_s", "paging", "store", "web_config",
+           "zone"]
 
 MAX_LIMIT = 500
 
@@ -19,8 +25,22 @@ def store(request: Request) -> Any:
     return request.app.state.store
 
 
-def settings(request: Request) -> Any:
-    return request.app.state.settings
+def web_config(request: Request) -> WebSettings:
+    """The ``[web]`` section: cookies, sessions, logins, the Grafana link."""
+    config: WebSettings = request.app.state.web
+    return config
+
+
+def zone(request: Request) -> str:
+    """The ``[time] zone``: local time of parameters without an offset, and of pages."""
+    name: str = request.app.state.zone
+    return name
+
+
+def online_window_s(request: Request) -> float:
+    """``[twin] reporting_period * online_periods``: a site seen within it is online."""
+    window: float = request.app.state.online_window_s
+    return window
 
 
 def now(request: Request) -> datetime:
@@ -33,7 +53,7 @@ def instant(request: Request, value: str | None, name: str) -> datetime | None:
     if value is None or value == "":
         return None
     try:
-        return parse_instant(value, settings(request).time.zone)
+        return parse_instant(value, zone(request))
     except ValueError as exc:
         raise Problem("invalid-request", f"{name}: {exc}",
                       errors=[{"loc": ["query", name], "msg": str(exc), "type": "value_error"}]

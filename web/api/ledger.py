@@ -21,12 +21,13 @@ import pandas as pd
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from core.settings import InfluxSettings, RulesSettings
 from core.timeutil import local_month
 from rules.data import load_facts
 from rules.flag import FlagBook
 from rules.report import overcharging_table, reservations_table
 from twin.listings import page_bills, page_reservations, page_tariffs
-from web.api.common import Paging, instant, now, paging, settings, store
+from web.api.common import Paging, instant, now, paging, store, zone
 from web.auth import require
 from web.problems import Problem
 from web.schemas import BillRow, Ledger, Page, ReservationRow, TariffRow
@@ -40,8 +41,11 @@ PEAK_CACHE_S = 60.0
 class InfluxPeaks:
     """``(facts, until) -> (peaks frame | None, window_s, error | None)`` from InfluxDB."""
 
-    def __init__(self, settings: Any) -> None:
-        self.settings = settings
+    def __init__(self, influxdb: InfluxSettings, rules: RulesSettings) -> None:
+        """``influxdb``: where the power readings are; ``rules``: the reservation rule's
+        window and the query concurrency (the ``[rules]`` section)."""
+        self.influxdb = influxdb
+        self.rules = rules
         self._cached: tuple[float, Any] | None = None
         self._lock = threading.Lock()
 
@@ -53,14 +57,14 @@ class InfluxPeaks:
         from rules.data import WindowData
         from rules.registry import get_rule, thresholds_for
 
-        t = thresholds_for(self.settings, get_rule("reservations"))
+        t = thresholds_for(self.rules, get_rule("reservations"))
         with self._lock:
             if self._cached and time.monotonic() - self._cached[0] < PEAK_CACHE_S:
                 peaks, grid = self._cached[1]
                 return peaks, grid, t.window, None
             try:
-                reader = InfluxReader.from_settings(self.settings.influxdb)
-                data = WindowData(reader, concurrency=self.settings.rules.query_concurrency)
+                reader = InfluxReader.from_settings(self.influxdb)
+                data = WindowData(reader, concurrency=self.rules.query_concurrency)
                 try:
                     peaks = data.power_peak(facts, until, t, {}, sites=facts.sites["site_id"])
                     grid = data.coincident_peaks(members(facts),
@@ -141,7 +145,7 @@ def bills(request: Request, _p=Depends(require("bills.read")), pg: Paging = Depe
 def overcharging_rows(request: Request, period: str) -> list[dict]:
     """The overcharging report's rows for ``period``, each bill row with who decided it."""
     try:
-        local_month(period, settings(request).time.zone)
+        local_month(period, zone(request))
     except ValueError as exc:
         raise Problem("invalid-request", f"period: {exc}") from None
     book = FlagBook(store(request))
@@ -164,7 +168,7 @@ def report_overcharging(request: Request,
                         period: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")],
                         _p=Depends(require("bills.read")),
                         format: Literal["json", "csv", "xlsx"] = "json"):
-    from twin.export import write_table
+    from exports.tables import write_table
 
     rows = overcharging_rows(request, period)
     if format == "json":

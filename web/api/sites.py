@@ -10,7 +10,7 @@ from rules.flag import FlagBook
 from twin.audit import record
 from twin.lifecycle import State, transition
 from twin.sites import SITE_SORTS, page_sites, show_site
-from web.api.common import Paging, instant, now, paging, settings, store
+from web.api.common import Paging, instant, now, online_window_s, paging, store
 from web.auth import client_ip, require
 from web.schemas import Page, SiteDetail, SiteSummary, TransitionIn, TransitionOut
 
@@ -36,7 +36,7 @@ def list_sites(
 ):
     with store(request).session() as s:
         total, items = page_sites(s, now=now(request),
-                                  window_s=settings(request).twin.online_window_s,
+                                  window_s=online_window_s(request),
                                   county=county, state=state, kind=kind, supply=supply,
                                   online=online, q=q, sort=sort, limit=pg.limit, offset=pg.offset)
     return pg.page(total, items)
@@ -47,7 +47,7 @@ def site_detail(request: Request, site_id: str, at: str | None) -> dict:
     when = instant(request, at, "at")
     with store(request).session() as s:
         data = show_site(s, site_id, now=now(request),
-                         window_s=settings(request).twin.online_window_s, at=when)
+                         window_s=online_window_s(request), at=when)
     _, data["open_flags"] = FlagBook(store(request)).query(site_id=site_id, status="open",
                                                            sort="-opened_at", limit=100)
     return data

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from twin.accounts import authenticate_password, end_session, open_session
 from twin.audit import record
 from twin.models import User
+from web.api.common import web_config
 from web.auth import SESSION_COOKIE, client_ip, require
 from web.problems import Problem
 from web.render import render
@@ -51,7 +52,7 @@ def login_page(request: Request, _p=Depends(require("public")), next: str | None
     response = render(request, "login.html", {"login_csrf": token, "next": _safe_next(next) or "",
                                               "error": None})
     response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
-                        secure=request.app.state.settings.web.secure_cookies, path="/login")
+                        secure=web_config(request).secure_cookies, path="/login")
     return response
 
 
@@ -72,7 +73,7 @@ async def login(request: Request, username: Annotated[str, Form(max_length=64)],
                 password: Annotated[str, Form(max_length=1024)],
                 csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "",
                 _p=Depends(require("public"))):
-    settings = request.app.state.settings
+    config = web_config(request)
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not cookie or not csrf_token or not hmac.compare_digest(cookie, csrf_token):
         raise Problem("csrf-refused", "the login form expired or came from elsewhere; reload it")
@@ -83,7 +84,7 @@ async def login(request: Request, username: Annotated[str, Form(max_length=64)],
         raise Problem("too-many-attempts", f"too many failed logins; try again in {wait} s",
                       headers={"Retry-After": str(wait)})
     opened = await run_in_threadpool(_login, request.app.state.store, username, password,
-                                     settings.web.session_lifetime, ip)
+                                     config.session_lifetime, ip)
     if opened is None:
         throttle.failed(username, ip)
         token = secrets.token_urlsafe(24)
@@ -92,13 +93,13 @@ async def login(request: Request, username: Annotated[str, Form(max_length=64)],
                                                   "error": "wrong user name or password"},
                           status_code=401)
         response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
-                            secure=settings.web.secure_cookies, path="/login")
+                            secure=config.secure_cookies, path="/login")
         return response
     throttle.succeeded(username)
     sid, _csrf = opened
     redirect = RedirectResponse(_safe_next(next) or "/", status_code=303)
-    redirect.set_cookie(SESSION_COOKIE, sid, max_age=int(settings.web.session_lifetime),
-                        httponly=True, samesite="lax", secure=settings.web.secure_cookies)
+    redirect.set_cookie(SESSION_COOKIE, sid, max_age=int(config.session_lifetime),
+                        httponly=True, samesite="lax", secure=config.secure_cookies)
     redirect.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return redirect
 

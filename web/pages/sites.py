@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse
 
 from twin.lifecycle import State, allowed_moves
 from twin.sites import page_sites
-from web.api.common import now
+from web.api.common import now, online_window_s
 from web.api.sites import do_transition, site_detail
 from web.auth import require
 from web.render import render
@@ -26,7 +26,7 @@ def sites_page(request: Request, _p=Depends(require("sites.read")),
     state = state if state in {s.value for s in State} else None
     with request.app.state.store.session() as s:
         total, rows = page_sites(s, now=now(request),
-                                 window_s=request.app.state.settings.twin.online_window_s,
+                                 window_s=online_window_s(request),
                                  q=q or None, county=county or None, state=state,
                                  limit=PAGE, offset=max(page, 0) * PAGE)
     return render(request, "sites.html", {"sites": rows, "total": total, "q": q or "",

@@ -10,8 +10,9 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from sitetwin.errors import UserError
-from twin.export import FORMATS, Sheet, neutralise, unit_of, write_table, write_workbook
+from core.errors import UserError
+from exports.errors import ReportFileError
+from exports.tables import FORMATS, Sheet, unit_of, write_table, write_workbook
 
 
 def frame() -> pd.DataFrame:
@@ -22,11 +23,6 @@ def frame() -> pd.DataFrame:
         "at": [datetime(2026, 1, 1, 8, tzinfo=cst)] * 7,
         "evidence": [{"k": 1}, [1, 2], "ok", "=A1", "x", "y", "z"],
     })
-
-
-def test_neutralise():
-    assert [neutralise(v) for v in ("=x", "+x", "-x", "@x", "x", 5, None)] == [
-        "'=x", "'+x", "'-x", "'@x", "x", 5, None]
 
 
 def test_csv(tmp_path):
@@ -50,8 +46,10 @@ def test_xlsx_has_no_formulas(tmp_path):
 
 
 def test_unknown_suffix(tmp_path):
-    with pytest.raises(UserError, match=r"\.csv or \.xlsx"):
+    with pytest.raises(ReportFileError, match=r"\.csv or \.xlsx") as caught:
         write_table(frame(), tmp_path / "r.json")
+    assert isinstance(caught.value, UserError)  # the CLI shows it as the person's mistake
+    assert not (tmp_path / "r.json").exists()
 
 
 def bills() -> pd.DataFrame:

@@ -29,8 +29,12 @@ is UTF-8 with a BOM so that Excel shows Chinese text correctly.
 
 A text cell that starts with ``=``, ``+``, ``-``, ``@`` (or a tab or carriage
 return) would run as a formula in Excel or LibreOffice ("CSV injection"): such
-cells get a leading ``'``, which spreadsheets show as plain text.  Numbers are
-never prefixed.  A dict or list cell is written as JSON text.
+cells get a leading ``'`` (``core.text.neutralise``, shared with the import's
+rejects file), which spreadsheets show as plain text.  Numbers are never
+prefixed.  A dict or list cell is written as JSON text.
+
+This module knows nothing of the registry, the rules or InfluxDB: it writes any
+frame it is given (a contract in ``pyproject.toml`` keeps it so).
 """
 
 from __future__ import annotations
@@ -51,13 +55,11 @@ from openpyxl import Workbook
 from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 
-from core.errors import UserError
+from core.text import neutralise
 from core.timeutil import get_zone, utc_timestamp
+from exports.errors import ReportFileError
 
-__all__ = ["FORMATS", "FORMULA_PREFIXES", "Sheet", "neutralise", "unit_of", "write_sheets",
-           "write_table", "write_workbook"]
-
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+__all__ = ["FORMATS", "Sheet", "unit_of", "write_sheets", "write_table", "write_workbook"]
 
 # unit -> XLSX number format
 FORMATS = {
@@ -93,13 +95,6 @@ class Sheet:
     frame: pd.DataFrame
     labels: Mapping[str, str] = field(default_factory=dict)
     formats: Mapping[str, str] = field(default_factory=dict)
-
-
-def neutralise(value: Any) -> Any:
-    """Prefix a text value that a spreadsheet would read as a formula with ``'``."""
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
 
 
 def unit_of(key: str, dtype: Any = None, override: str | None = None) -> str | None:
@@ -270,7 +265,7 @@ def _zone(zone: str | tzinfo | None) -> tuple[tzinfo | None, str | None]:
 def _check_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".xlsx"):
-        raise UserError(f"cannot write {path.name}: the report file must end in .csv or .xlsx")
+        raise ReportFileError(f"cannot write {path.name}: the report file must end in .csv or .xlsx")
     return suffix
 
 
@@ -309,7 +304,7 @@ def write_workbook(sheets: Sequence[Sheet], path: str | Path, *,
                 _fill_sheet(wb.create_sheet(_sheet_title(sheet.name, taken)), sheet, tz, zone_name)
             wb.save(path)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+        raise ReportFileError(f"cannot write {path}: {exc.strerror}") from None
     return path
 
 
