@@ -328,7 +328,7 @@ class Collector:
     def _pending(self) -> bool:
         """Messages received and not yet made durable and acknowledged."""
         batch = self._batch
-        return (bool(self._writing) or not self._queue.empty()
+        return (bool(self._writing) or bool(self._durable) or not self._queue.empty()
                 or (batch is not None and bool(batch.acks)))
 
     def _close_queue(self) -> None:

@@ -160,3 +160,34 @@ def test_a_failing_dead_letter_store_never_holds_back_valid_readings(tmp_path):
     assert time.monotonic() - started < 1.0
     assert client.acks == [1, 2, 3] and writer.bodies
     assert c.metrics.dead_letter_failed == 1
+
+
+def test_with_several_writers_a_batch_durable_first_waits_for_the_earlier_ones_acks(tmp_path):
+    """MQTT 5 section 4.6: PUBACKs in the order the PUBLISHes came, whichever writer finishes
+    first."""
+    c, client, _writer = _collector(tmp_path, batch_size=2)
+    _connect(c, client, resumed=False)
+    c._on_publish_batch([("sites/S1/tower", _message(mid).payload, mid, False) for mid in range(1, 7)])
+    first, second, third = (c._queue.get_nowait() for _ in range(3))
+    assert [b.seq for b in (first, second, third)] == [0, 1, 2]
+    c._make_durable(third)
+    c._make_durable(second)
+    assert client.acks == [] and c._pending()  # durable, but the first is still being written
+    c._make_durable(first)
+    assert client.acks == [1, 2, 3, 4, 5, 6] and c.metrics.written_points == 6
+
+
+def test_a_read_of_many_publishes_is_batched_like_single_messages(tmp_path):
+    """The scanner's path (one call per socket read) seals at batch_size mid-read and keeps
+    rejected messages with their DUP flag, as paho's one-message path does."""
+    c, client, writer = _collector(tmp_path, batch_size=3)
+    _connect(c, client, resumed=False)
+    good = [("sites/S1/tower", _message(mid).payload, mid, False) for mid in (1, 2, 4, 5)]
+    junk = ("sites/S1/tower", _message(3, ok=False).payload, 3, True)
+    c._on_publish_batch([*good[:2], junk, *good[2:]])
+    batch = c._queue.get_nowait()
+    assert [m for m, _ in batch.acks] == [1, 2, 3] and len(batch.lines) == 2
+    assert [(letter.reason, dup) for letter, dup in batch.letters] == [("schema", True)]
+    assert c._batch is not None and [m for m, _ in c._batch.acks] == [4, 5]
+    c._make_durable(batch)
+    assert client.acks == [1, 2, 3] and c.metrics.received_msgs == 5
