@@ -70,6 +70,8 @@ def check_id(value: str, what: str = "identifier") -> str:
 
 
 def _to_utc(value: Any) -> datetime:
+    if type(value) is int and -100_000_000_000 < value < 100_000_000_000:  # the common case first
+        return datetime.fromtimestamp(value, UTC)
     if isinstance(value, bool):
         raise ValueError("ts must be an ISO 8601 string or epoch seconds")
     if isinstance(value, (int, float)):
