@@ -26,7 +26,7 @@ comparison per reading against a bound derived from ``now``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
@@ -276,8 +276,9 @@ def parse_message(
                            site_id, stream)
         return _reject("bad_json", f"payload is not JSON: {str(exc)[:160]}", site_id, stream)
 
-    if isinstance(doc, dict):
-        items, indexed = [doc], False
+    items: Sequence[Any]
+    if type(doc) is dict:
+        items, indexed = (doc,), False
     elif isinstance(doc, list):
         if not doc:
             return _reject("empty", "payload is an empty array", site_id, stream)
@@ -290,42 +291,52 @@ def parse_message(
         return _reject("not_a_reading", f"payload is a JSON {type(doc).__name__}, not an object or array",
                        site_id, stream)
 
-    now_s = now.timestamp() if isinstance(now, datetime) else float(now)
-    latest_ns = int((now_s + FUTURE_TOLERANCE_S) * 1e9)
-    oldest_ns = int((now_s - max_age_s) * 1e9)
+    # Bounds in float seconds: ``datetime.timestamp`` is one C call, where the exact
+    # nanoseconds (``ts_ns``) cost a timedelta and three attribute reads; at 1.8e9 s a
+    # double resolves 0.25 us, finer than the microseconds a timestamp carries.
+    now_s = now if type(now) is float else (now.timestamp() if isinstance(now, datetime) else float(now))
+    latest_s = now_s + FUTURE_TOLERANCE_S
+    oldest_s = now_s - max_age_s
     validate = _VALIDATORS[stream]
     known = _KNOWN[stream]
     readings: list[Reading] = []
     unknown = 0
     for i, item in enumerate(items):
-        idx = i if indexed else None
-        if not isinstance(item, dict):
+        if type(item) is not dict:
             return _reject("not_a_reading", f"reading[{i}] is a JSON {type(item).__name__}, not an object",
                            site_id, stream)
-        given = item.get("site_id", site_id)
-        if given != site_id:
-            return _reject("site_mismatch",
-                           f"{f'reading[{i}].' if indexed else ''}site_id {_short(given)!r}"
-                           f" differs from the topic's {site_id!r}", site_id, stream)
-        if "site_id" not in item:
+        if "site_id" in item:
+            given = item["site_id"]
+            if given != site_id:
+                return _reject("site_mismatch",
+                               f"{f'reading[{i}].' if indexed else ''}site_id {_short(given)!r}"
+                               f" differs from the topic's {site_id!r}", site_id, stream)
+        else:
             item["site_id"] = site_id
         try:
             reading = validate(item)
         except ValidationError as exc:
-            return _reject("schema", _describe(exc, idx), site_id, stream)
-        ts_ns = reading.ts_ns
-        if ts_ns > latest_ns:
-            return _reject("future_ts", f"{f'reading[{i}].' if indexed else ''}ts {reading.ts.isoformat()}"
-                           f" is more than {FUTURE_TOLERANCE_S}s in the future", site_id, stream)
-        if ts_ns < EARLIEST_TS_S * 1_000_000_000:
-            return _reject("ancient_ts", f"{f'reading[{i}].' if indexed else ''}ts {reading.ts.isoformat()}"
-                           " is before 2000-01-01", site_id, stream)
-        if ts_ns < oldest_ns:
-            return _reject("too_old", f"{f'reading[{i}].' if indexed else ''}ts {reading.ts.isoformat()}"
-                           f" is older than the {max_age_s / 86400:g}-day horizon"
-                           " ([collector] max_reading_age)", site_id, stream)
+            return _reject("schema", _describe(exc, i if indexed else None), site_id, stream)
+        ts_s = reading.ts.timestamp()
+        if ts_s > latest_s or ts_s < oldest_s or ts_s < EARLIEST_TS_S:
+            return _time_rejection(reading, ts_s, i if indexed else None, latest_s, max_age_s,
+                                   site_id, stream)
         if len(item) > len(known) or not known.issuperset(item):
             unknown += len(item.keys() - known)
         readings.append(reading)
-    return Parsed(site_id=site_id, stream=stream, readings=tuple(readings), unknown_fields=unknown)
+    return Parsed(site_id, stream, tuple(readings), None, unknown)
+
+
+def _time_rejection(reading: Reading, ts_s: float, index: int | None, latest_s: float,
+                    max_age_s: float, site_id: str, stream: str) -> Parsed:
+    where = f"reading[{index}]." if index is not None else ""
+    if ts_s > latest_s:
+        return _reject("future_ts", f"{where}ts {reading.ts.isoformat()}"
+                       f" is more than {FUTURE_TOLERANCE_S}s in the future", site_id, stream)
+    if ts_s < EARLIEST_TS_S:
+        return _reject("ancient_ts", f"{where}ts {reading.ts.isoformat()} is before 2000-01-01",
+                       site_id, stream)
+    return _reject("too_old", f"{where}ts {reading.ts.isoformat()}"
+                   f" is older than the {max_age_s / 86400:g}-day horizon"
+                   " ([collector] max_reading_age)", site_id, stream)
 

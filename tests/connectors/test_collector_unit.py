@@ -180,7 +180,7 @@ def test_with_several_writers_a_batch_durable_first_waits_for_the_earlier_ones_a
 def test_a_read_of_many_publishes_is_batched_like_single_messages(tmp_path):
     """The scanner's path (one call per socket read) seals at batch_size mid-read and keeps
     rejected messages with their DUP flag, as paho's one-message path does."""
-    c, client, writer = _collector(tmp_path, batch_size=3)
+    c, client, _writer = _collector(tmp_path, batch_size=3)
     _connect(c, client, resumed=False)
     good = [("sites/S1/tower", _message(mid).payload, mid, False) for mid in (1, 2, 4, 5)]
     junk = ("sites/S1/tower", _message(3, ok=False).payload, 3, True)

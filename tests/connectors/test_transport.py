@@ -9,12 +9,11 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from connectors.transport import BufferedSocket, LeanClient, puback_packets, scan_publishes
 from tests.support import publish, wait_for
