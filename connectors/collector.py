@@ -165,7 +165,7 @@ class Collector:
         self._server_index = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._client = client or mqtt_client(settings, self.client_id, manual_ack=True,
+        self._client = client or mqtt_client(settings.mqtt, self.client_id, manual_ack=True,
                                              lean=settings.mqtt.client == "lean")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

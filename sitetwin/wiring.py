@@ -58,11 +58,11 @@ def preflight(settings: Settings, *, rules: bool) -> None:
 def rule_engine(settings: Settings, store: Any, *, publish: bool = True, write_influx: bool = True,
                 data: Any = None) -> Any:
     """The rule engine over ``store`` with the sections it uses: ``[rules]``, ``[influxdb]``,
-    and the broker (the whole ``Settings`` for ``connectors.mqtt``) unless not ``publish``."""
+    and ``[mqtt]`` (where it publishes flags and alarms) unless not ``publish``."""
     from rules.engine import Engine
 
     return Engine(store, rules=settings.rules, influxdb=settings.influxdb,
-                  broker=settings if publish else None, data=data, write_influx=write_influx)
+                  broker=settings.mqtt if publish else None, data=data, write_influx=write_influx)
 
 
 def start_rules(settings: Settings, *, paused: bool = False) -> Any:
