@@ -27,13 +27,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 
 from connectors.deadletter import DeadLetter, DeadLetterStore
 from connectors.publisher import Publisher, WirePublisher
 from connectors.reading import Rejection, parse_message
-from core.settings import Settings
+from core.settings import DeadLetterSettings, MqttSettings
 
 __all__ = ["Commit", "ReadingSink"]
 
@@ -58,32 +59,34 @@ class ReadingSink:
     Not thread-safe by itself: callers that share one sink hold ``lock`` around
     their ``offer`` calls and the ``commit`` that follows.
 
-    ``settings``: the whole configuration only because ``connectors.publisher.WirePublisher``
-    takes it; of it the sink itself reads ``[mqtt] max_payload_bytes`` and the dead-letter
-    store's place and size.  It narrows to those sections when the connectors take sections.
+    ``broker``: the ``[mqtt]`` section (the publisher's broker, and ``max_payload_bytes``);
+    ``dead_letter`` and ``dead_letter_path``: the ``[dead_letter]`` section and where its
+    store is (``Settings.dead_letter_path``), unless ``dead_letters`` is given.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        broker: MqttSettings,
         *,
+        dead_letter: DeadLetterSettings,
+        dead_letter_path: Path,
         source: str,
         client_id: str | None = None,
         publisher: Publisher | None = None,
         dead_letters: DeadLetterStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        self.broker = broker
         self.source = source
         self.publisher = publisher or WirePublisher(
-            settings, client_id=client_id or f"sitetwin-{source}-{time.time_ns() % 10**9}",
+            broker, client_id=client_id or f"sitetwin-{source}-{time.time_ns() % 10**9}",
             max_inflight=1000)
         self._own_store = dead_letters is None
         self.dead_letters = dead_letters or DeadLetterStore(
-            settings.dead_letter_path, max_payload_bytes=settings.dead_letter.max_payload_bytes)
+            dead_letter_path, max_payload_bytes=dead_letter.max_payload_bytes)
         self.clock = clock
         self.lock = threading.RLock()
-        self.max_message_bytes = min(MAX_MESSAGE_BYTES, settings.mqtt.max_payload_bytes // 2)
+        self.max_message_bytes = min(MAX_MESSAGE_BYTES, broker.max_payload_bytes // 2)
         self._pending: dict[str, list[bytes]] = {}
         self._pending_readings = 0
         self._letters: list[DeadLetter] = []
@@ -119,7 +122,7 @@ class ReadingSink:
         topic = f"sites/{site_id}/{stream}"
         payload = orjson.dumps(doc)
         parsed = parse_message(topic, payload, self.clock() if now is None else now,
-                               max_payload_bytes=self.settings.mqtt.max_payload_bytes)
+                               max_payload_bytes=self.broker.max_payload_bytes)
         if parsed.rejection is not None:
             self.refuse(parsed.rejection, raw if raw is not None else payload, topic=topic)
             return parsed.rejection

@@ -92,7 +92,8 @@ def bench_pm(work: Path, sites: int) -> dict:
     t0 = time.perf_counter()
     assert _parse(paths, mapper, None) == readings
     out["parse_readings_per_s"] = round(readings / (time.perf_counter() - t0))
-    sink = ReadingSink(settings, source="pm")
+    sink = ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                       dead_letter_path=settings.dead_letter_path, source="pm")
     t0 = time.perf_counter()
     _parse(paths, mapper, sink)
     out["parse_validate_readings_per_s"] = round(readings / (time.perf_counter() - t0))
@@ -156,7 +157,8 @@ def bench_pm_end_to_end(work: Path, files: Path, readings: int) -> dict:
                                  services={"state_dir": str(work / "state2")},
                                  adapters={"pm": {"settle": "0s", "watch_dir": str(files),
                                                   "cells_file": str(work / "cells.csv")}})
-        sink = ReadingSink(settings, source="pm")
+        sink = ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                           dead_letter_path=settings.dead_letter_path, source="pm")
         sink.connect()
         watcher = PmWatcher(settings.adapters.pm, sink, state_dir=settings.state_dir)
         t0 = time.perf_counter()
@@ -220,7 +222,8 @@ def bench_gateway(work: Path, devices: int, seconds: float) -> dict:
         settings = load_settings(None, mqtt={"servers": [mq.url]},
                                  services={"state_dir": str(work / "gw")},
                                  adapters={"gateway": {"fsync": False, "workers": 16}})
-        sink = ReadingSink(settings, source="gateway")
+        sink = ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                           dead_letter_path=settings.dead_letter_path, source="gateway")
         sink.connect()
         gw = Gateway(settings.adapters.gateway, sink, fleet, state_dir=settings.state_dir,
                      buffer_max_bytes=settings.spool.max_bytes)

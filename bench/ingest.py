@@ -67,7 +67,7 @@ def backlog(n: int) -> list[tuple[str, bytes]]:
 def publish(mq: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
     """QoS 1 through the project's publisher (bounded window of unacked messages); msgs/s."""
     settings = load_settings(None, mqtt={"servers": [mq.url]})
-    pub = WirePublisher(settings, client_id=f"bench-pub-{time.time_ns()}", max_inflight=1000)
+    pub = WirePublisher(settings.mqtt, client_id=f"bench-pub-{time.time_ns()}", max_inflight=1000)
     t0 = time.perf_counter()
     pub.connect()
     pub.publish_all(messages)

@@ -51,6 +51,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from connectors.config import CollectorConfig
 from connectors.deadletter import DeadLetter, DeadLetterStore
 from connectors.errors import ConnectorError, SpoolError, SpoolLocked, WriteRetryable
 from connectors.influx import InfluxWriter, RejectedLine
@@ -61,7 +62,6 @@ from connectors.mqtt import server_address as _server
 from connectors.reading import Parsed, Reading, Rejection, parse_message
 from connectors.spool import RETIRED_MARK, InstanceLock, Spool, peer_directories
 from connectors.transport import InboundPublish, LeanClient
-from core.settings import Settings
 
 __all__ = ["EXIT_STALLED", "Collector", "LiveSink", "mqtt_client"]
 
@@ -96,7 +96,7 @@ class Collector:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CollectorConfig,
         *,
         client_id: str | None = None,
         live: LiveSink | None = None,
@@ -111,7 +111,9 @@ class Collector:
         spool: Spool | None = None,
         dead_letters: DeadLetterStore | None = None,
     ) -> None:
-        """``writer``, ``client``, ``spool`` and ``dead_letters`` default to the real ones
+        """``settings``: the sections a collector reads (``connectors.config``), picked out
+        of the whole configuration by the shell (``sitetwin.wiring.collector_config``).
+        ``writer``, ``client``, ``spool`` and ``dead_letters`` default to the real ones
         built from ``settings``; a test passes fakes to drive batching, acks and retries
         without sockets (tests/connectors/test_collector_unit.py)."""
         self.settings = settings
@@ -165,7 +167,7 @@ class Collector:
         self._server_index = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._client = client or mqtt_client(settings, self.client_id, manual_ack=True,
+        self._client = client or mqtt_client(settings.mqtt, self.client_id, manual_ack=True,
                                              lean=settings.mqtt.client == "lean")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -7,6 +7,10 @@ with a handful of messages and no connection of its own (the rule engine's flag
 stream and retained alarms): connect, publish at QoS 1, wait for the broker's
 acknowledgements, disconnect.  It never raises: a failure is logged and counted
 as messages not published, because the registry, not MQTT, is the record.
+
+Both take the ``[mqtt]`` section (``MqttSettings``), called ``broker`` here and
+in their callers (``paho.mqtt.client`` is ``mqtt`` in this module), never the
+whole ``Settings``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.errors import ConnectorError
-from core.settings import Settings
+from core.settings import MqttSettings
 
 __all__ = ["mqtt_client", "publish_once", "server_address"]
 
@@ -39,13 +43,13 @@ def server_address(url: str) -> tuple[str, int, bool]:
     return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
 
 
-def mqtt_client(settings: Settings, client_id: str, *, manual_ack: bool = False,
+def mqtt_client(broker: MqttSettings, client_id: str, *, manual_ack: bool = False,
                 lean: bool = False) -> mqtt.Client:
-    """A paho MQTT 5 client with the configured credentials and TLS (not yet connected);
+    """A paho MQTT 5 client with ``broker``'s credentials and TLS (not yet connected);
     ``lean``: a ``connectors.transport.LeanClient`` (buffered reads, ``ack_many``)."""
     from connectors.transport import LeanClient
 
-    m = settings.mqtt
+    m = broker
     client = (LeanClient if lean else mqtt.Client)(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -66,7 +70,7 @@ def mqtt_client(settings: Settings, client_id: str, *, manual_ack: bool = False,
     return client
 
 
-def publish_once(settings: Settings, messages: Sequence[tuple[str, bytes]], *, retain: bool = False,
+def publish_once(broker: MqttSettings, messages: Sequence[tuple[str, bytes]], *, retain: bool = False,
                  role: str = "publish", timeout_s: float = 10.0) -> int:
     """Publish ``(topic, payload)`` pairs at QoS 1 to the first configured broker and wait for
     its acknowledgements; returns how many it acknowledged (0 on any failure, logged).
@@ -76,13 +80,13 @@ def publish_once(settings: Settings, messages: Sequence[tuple[str, bytes]], *, r
     """
     if not messages:
         return 0
-    url = settings.mqtt.servers[0]
+    url = broker.servers[0]
     try:
         host, port, _tls = server_address(url)
     except ConnectorError as exc:
         log.warning("cannot publish %d message(s) over MQTT: %s", len(messages), exc)
         return 0
-    client = mqtt_client(settings, f"{settings.mqtt.client_id}-{role}-{os.getpid()}-{threading.get_ident()}")
+    client = mqtt_client(broker, f"{broker.client_id}-{role}-{os.getpid()}-{threading.get_ident()}")
     connected = threading.Event()
 
     def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -91,7 +95,7 @@ def publish_once(settings: Settings, messages: Sequence[tuple[str, bytes]], *, r
 
     client.on_connect = on_connect
     try:
-        client.connect(host, port, keepalive=int(max(5, settings.mqtt.keepalive)))
+        client.connect(host, port, keepalive=int(max(5, broker.keepalive)))
         client.loop_start()
         if not connected.wait(timeout_s):
             log.warning("MQTT broker %s did not accept the %s client", host, role)

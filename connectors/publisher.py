@@ -35,7 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from connectors.errors import PublishError
 from connectors.mqtt import mqtt_client
 from connectors.mqtt import server_address as _server
-from core.settings import Settings
+from core.settings import MqttSettings
 
 __all__ = ["PublishError", "PublishStats", "Publisher", "WirePublisher"]
 
@@ -73,12 +73,14 @@ class Publisher:
     with a cap paho rescans its whole queue on every PUBACK); the window here
     is the bound.  Not thread-safe: one publisher per thread.
 
+    ``broker``: the ``[mqtt]`` section (servers, credentials, TLS, back-off, timeouts).
+
     Use as a context manager, or call ``connect`` and ``close``.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        broker: MqttSettings,
         *,
         client_id: str | None = None,
         qos: int = 1,
@@ -91,7 +93,7 @@ class Publisher:
             raise ValueError("max_inflight must be between 1 and 65535")
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
-        self.settings = settings
+        self.broker = broker
         self.client_id = client_id or f"sitetwin-sim-{time.time_ns() % 10**12}"
         self.qos = qos
         self.window = max_inflight
@@ -110,12 +112,12 @@ class Publisher:
         self._finished: float | None = None
         self._next_progress = 0.0
         self._connects = 0
-        self._backoff_s = settings.mqtt.reconnect_min
+        self._backoff_s = broker.reconnect_min
         self._retry_at = 0.0
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client | None:
-        client = mqtt_client(self.settings, self.client_id)
+        client = mqtt_client(self.broker, self.client_id)
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -149,7 +151,7 @@ class Publisher:
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         if receive_max:
             self.window = min(self.window, int(receive_max))
-        self._backoff_s = self.settings.mqtt.reconnect_min
+        self._backoff_s = self.broker.reconnect_min
         self._connected = True
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
@@ -170,12 +172,12 @@ class Publisher:
 
     def connect(self, timeout_s: float | None = None) -> None:
         """Connect to the first configured broker that answers; raise ``PublishError`` if none."""
-        timeout_s = timeout_s if timeout_s is not None else self.settings.mqtt.connection_timeout
+        timeout_s = timeout_s if timeout_s is not None else self.broker.connection_timeout
         errors = []
-        for url in self.settings.mqtt.servers:
+        for url in self.broker.servers:
             host, port, _tls = _server(url)
             try:
-                self._paho.connect(host, port, keepalive=int(self.settings.mqtt.keepalive))
+                self._paho.connect(host, port, keepalive=int(self.broker.keepalive))
             except (OSError, ValueError) as exc:
                 errors.append(f"{url}: {exc}")
                 continue
@@ -231,15 +233,15 @@ class Publisher:
         except (OSError, ValueError) as exc:
             log.info("reconnect failed: %s; next try in %.0fs", exc, self._backoff_s)
             self._retry_at = time.monotonic() + self._backoff_s
-            self._backoff_s = min(self._backoff_s * 2, self.settings.mqtt.reconnect_max)
+            self._backoff_s = min(self._backoff_s * 2, self.broker.reconnect_max)
             return
-        deadline = time.monotonic() + self.settings.mqtt.connection_timeout
+        deadline = time.monotonic() + self.broker.connection_timeout
         while not self._connected and time.monotonic() < deadline:
             if self._paho.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
                 break
         if not self._connected:
             self._retry_at = time.monotonic() + self._backoff_s
-            self._backoff_s = min(self._backoff_s * 2, self.settings.mqtt.reconnect_max)
+            self._backoff_s = min(self._backoff_s * 2, self.broker.reconnect_max)
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -397,14 +399,14 @@ class WirePublisher(Publisher):
     subscriptions, no QoS 2, no topic aliases.
     """
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, broker: MqttSettings, **kwargs: Any) -> None:
         self._sock: socket.socket | None = None
         self._out = bytearray()
         self._in = bytearray()
         self._pending: dict[int, tuple[bytes, bytes]] = {}
         self._next_pid = 0
         self._last_send = 0.0
-        super().__init__(settings, **kwargs)
+        super().__init__(broker, **kwargs)
 
     def _make_client(self) -> None:
         return None  # paho is not used
@@ -414,7 +416,7 @@ class WirePublisher(Publisher):
     def _open(self, url: str, timeout_s: float) -> None:
 
         host, port, tls = _server(url)
-        m = self.settings.mqtt
+        m = self.broker
         sock = socket.create_connection((host, port), timeout=timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls or m.tls_ca or m.tls_cert:
@@ -465,7 +467,7 @@ class WirePublisher(Publisher):
         receive_max = _connack_properties(body).get(0x21)
         if receive_max:
             self.window = min(self.window, receive_max)
-        sock.settimeout(max(self.settings.mqtt.connection_timeout, 1.0))
+        sock.settimeout(max(self.broker.connection_timeout, 1.0))
         self._sock = sock
         self._connected = True
         self._connects += 1
@@ -479,9 +481,9 @@ class WirePublisher(Publisher):
             self._flush()
 
     def connect(self, timeout_s: float | None = None) -> None:
-        timeout_s = timeout_s if timeout_s is not None else self.settings.mqtt.connection_timeout
+        timeout_s = timeout_s if timeout_s is not None else self.broker.connection_timeout
         errors = []
-        for url in self.settings.mqtt.servers:
+        for url in self.broker.servers:
             try:
                 self._open(url, timeout_s)
             except OSError as exc:
@@ -574,19 +576,19 @@ class WirePublisher(Publisher):
                 time.sleep(min(timeout_s or 0.01, self._retry_at - now))
                 return
             try:
-                self._open(self._url, self.settings.mqtt.connection_timeout)
+                self._open(self._url, self.broker.connection_timeout)
             except OSError as exc:
                 log.info("reconnect failed: %s; next try in %.0fs", exc, self._backoff_s)
                 self._retry_at = time.monotonic() + self._backoff_s
-                self._backoff_s = min(self._backoff_s * 2, self.settings.mqtt.reconnect_max)
+                self._backoff_s = min(self._backoff_s * 2, self.broker.reconnect_max)
             else:
-                self._backoff_s = self.settings.mqtt.reconnect_min
+                self._backoff_s = self.broker.reconnect_min
             return
         self._flush()
         sock = self._sock
         if sock is None:
             return
-        keepalive = self.settings.mqtt.keepalive
+        keepalive = self.broker.keepalive
         if keepalive and time.monotonic() - self._last_send > keepalive * 0.5:
             self._out += b"\xc0\x00"
             self._flush()

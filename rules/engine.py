@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from core.settings import InfluxSettings, RulesSettings, Settings
+from core.settings import InfluxSettings, MqttSettings, RulesSettings
 from rules.data import WindowData, load_facts, load_grid_history, load_site_history
 from rules.errors import RuleError
 from rules.flag import FlagBook
@@ -62,13 +62,12 @@ class Engine:
     It is given the sections it uses, not the whole configuration: ``rules`` (the
     ``[rules]`` section: thresholds, hold-off, query concurrency), ``influxdb`` (where
     window data is read, unless ``data`` is given, and flags are written, if
-    ``write_influx``) and ``broker`` (where flags and retained alarms are published;
-    ``None`` = not published).  ``broker`` is the whole ``Settings`` only because
-    ``connectors.mqtt.publish_once`` takes them; it narrows to ``[mqtt]`` with the connectors.
+    ``write_influx``) and ``broker`` (the ``[mqtt]`` section: where flags and retained
+    alarms are published; ``None`` = not published).
     """
 
     def __init__(self, store: Any, *, rules: RulesSettings, influxdb: InfluxSettings | None = None,
-                 broker: Settings | None = None, data: WindowData | None = None,
+                 broker: MqttSettings | None = None, data: WindowData | None = None,
                  write_influx: bool = True) -> None:
         from rules.registry import check_rule_tables
 

@@ -26,7 +26,7 @@ from typing import Any
 from connectors.lineprotocol import line
 from connectors.mqtt import publish_once
 from core.jsonout import to_json
-from core.settings import InfluxSettings, Settings
+from core.settings import InfluxSettings, MqttSettings
 from core.states import FlagStatus
 
 __all__ = ["ALARMS_TOPIC", "alarm_messages", "flag_lines", "flag_topic", "publish_flags",
@@ -109,12 +109,9 @@ def write_flags(influxdb: InfluxSettings, flags: Sequence[dict[str, Any]]) -> bo
         writer.close()
 
 
-def publish_flags(broker: Settings, flags: Sequence[dict[str, Any]], *, timeout_s: float = 10.0) -> int:
-    """Publish the flags over MQTT (QoS 1) and wait for the broker's acks; returns how many.
-
-    ``broker``: the whole ``Settings`` only because ``connectors.mqtt.publish_once`` takes
-    them (it reads ``[mqtt]`` alone); it becomes the ``[mqtt]`` section when the connectors do.
-    """
+def publish_flags(broker: MqttSettings, flags: Sequence[dict[str, Any]], *, timeout_s: float = 10.0) -> int:
+    """Publish the flags over MQTT (QoS 1) to ``broker`` (the ``[mqtt]`` section) and wait for
+    its acks; returns how many."""
     if not flags:
         return 0
     return publish_once(broker, [(flag_topic(f), to_json(f).encode()) for f in flags],
@@ -144,7 +141,7 @@ def alarm_messages(open_flags: Sequence[dict[str, Any]], site_ids: Sequence[str]
     return out
 
 
-def publish_site_alarms(broker: Settings, store: Any, site_ids: Sequence[str], *,
+def publish_site_alarms(broker: MqttSettings, store: Any, site_ids: Sequence[str], *,
                         timeout_s: float = 10.0) -> int:
     """Republish the retained alarms of ``site_ids`` and the summary from the registry
     (``broker`` as in ``publish_flags``)."""

@@ -3,8 +3,8 @@ the notifier (in the process that runs the rules).
 
 The shell picks each package's sections out of ``Settings`` and hands them over
 (``rule_engine``, ``start_rules``, the live state's online window, the notifier's
-``[notify]`` and zone); the packages never see the whole configuration, except where
-a function of ``connectors`` still takes it.
+``[notify]`` and zone, the collector's ``collector_config``); the packages never see
+the whole configuration.
 
 Each part is optional so that one process can be a pure collector (scale out
 with several) while another runs the rules.  Ingest never depends on the
@@ -29,6 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from connectors.collector import Collector
+from connectors.config import CollectorConfig
 from sitetwin.config import Settings
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from twin.live import LiveState
     from twin.store import Store
 
-__all__ = ["RULES_RETRY_MAX_S", "Pipeline", "preflight", "rule_engine", "start_rules"]
+__all__ = ["RULES_RETRY_MAX_S", "Pipeline", "collector_config", "preflight", "rule_engine", "start_rules"]
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,24 @@ def preflight(settings: Settings, *, rules: bool) -> None:
         from notify import Notifier
 
         Notifier(settings.notify, None, zone=settings.time.zone)
+
+
+def collector_config(settings: Settings) -> CollectorConfig:
+    """What a collector reads: ``[mqtt]``, ``[collector]``, ``[influxdb]``, ``[spool]``,
+    ``[dead_letter]``, and the spool and dead-letter places resolved against ``state_dir``."""
+    return CollectorConfig(mqtt=settings.mqtt, collector=settings.collector, influxdb=settings.influxdb,
+                           spool=settings.spool, dead_letter=settings.dead_letter,
+                           spool_path=settings.spool_path, dead_letter_path=settings.dead_letter_path)
+
+
 def rule_engine(settings: Settings, store: Any, *, publish: bool = True, write_influx: bool = True,
                 data: Any = None) -> Any:
     """The rule engine over ``store`` with the sections it uses: ``[rules]``, ``[influxdb]``,
-    and the broker (the whole ``Settings`` for ``connectors.mqtt``) unless not ``publish``."""
+    and ``[mqtt]`` (where it publishes flags and alarms) unless not ``publish``."""
     from rules.engine import Engine
 
     return Engine(store, rules=settings.rules, influxdb=settings.influxdb,
-                  broker=settings if publish else None, data=data, write_influx=write_influx)
+                  broker=settings.mqtt if publish else None, data=data, write_influx=write_influx)
 
 
 def start_rules(settings: Settings, *, paused: bool = False) -> Any:
@@ -93,7 +104,7 @@ class Pipeline:
         self._rules_lock = threading.Lock()
         if twin:
             self._setup_twin()
-        self.collector = Collector(settings, client_id=client_id, live=self.live)
+        self.collector = Collector(collector_config(settings), client_id=client_id, live=self.live)
 
     def _setup_twin(self) -> None:
         try:

@@ -7,9 +7,8 @@ reads the packages' source (``ast``, nothing is imported) for the name ``Setting
 parameters called ``settings`` that are untyped or typed ``Settings``/``Any``, and for a
 web app's ``app.state.settings``.
 
-``connectors`` is not checked yet: its functions still take ``Settings`` and are being
-converted by their own change; the few places below that hand ``Settings`` to them are
-listed with that reason, and leave this list when the connectors take sections.
+``connectors`` is checked like the others: its functions take ``[mqtt]`` (``broker``) and
+the collector a ``connectors.config.CollectorConfig`` of the sections it reads.
 """
 
 from __future__ import annotations
@@ -20,13 +19,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("twin", "rules", "dashboards", "notify", "web", "adapters", "simulator", "exports")
+PACKAGES = ("connectors", "twin", "rules", "dashboards", "notify", "web", "adapters", "simulator", "exports")
 
 # module -> why it may hold the whole Settings
 ALLOWED = {
-    "rules/sink.py": "publish_flags and publish_site_alarms hand it to connectors.mqtt.publish_once",
-    "rules/engine.py": "its broker goes to rules.sink's publications (connectors.mqtt.publish_once)",
-    "adapters/sink.py": "ReadingSink hands it to connectors.publisher.WirePublisher",
     "web/app.py": "the app factory serves every section; it hands each route its own part",
     "web/schema.py": "builds the app with the default Settings to print its OpenAPI schema",
 }

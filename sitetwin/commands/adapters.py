@@ -15,9 +15,13 @@ import argparse
 import logging
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from sitetwin.config import Settings
 from sitetwin.output import emit
+
+if TYPE_CHECKING:
+    from adapters.sink import ReadingSink
 
 log = logging.getLogger("sitetwin.adapters")
 
@@ -63,10 +67,9 @@ def _stop_on_signals() -> threading.Event:
 
 
 def run_pm(args: argparse.Namespace, settings: Settings) -> int:
-    from adapters.sink import ReadingSink
     from adapters.watcher import PmWatcher
 
-    sink = ReadingSink(settings, source="pm")
+    sink = _sink(settings, "pm")
     watcher = PmWatcher(settings.adapters.pm, sink, state_dir=settings.state_dir, watch_dir=args.watch)
     try:
         if args.once:
@@ -90,14 +93,13 @@ def run_pm(args: argparse.Namespace, settings: Settings) -> int:
 def run_gateway(args: argparse.Namespace, settings: Settings) -> int:
     from adapters.device import load_devices
     from adapters.gateway import Gateway
-    from adapters.sink import ReadingSink
     from core.errors import UserError
 
     path = args.devices or settings.adapters.gateway.devices_file
     if not path:
         raise UserError("no devices file: give --devices FILE or set adapters.gateway.devices_file")
     devices = load_devices(path)
-    sink = ReadingSink(settings, source="gateway")
+    sink = _sink(settings, "gateway")
     gateway = Gateway(settings.adapters.gateway, sink, devices, state_dir=settings.state_dir,
                       buffer_max_bytes=settings.spool.max_bytes)
     try:
@@ -127,11 +129,10 @@ def run_gateway(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_listen(args: argparse.Namespace, settings: Settings) -> int:
     from adapters.listener import Listener
-    from adapters.sink import ReadingSink
 
     if not settings.adapters.listener.tokens:
         log.warning("adapters.listener.tokens is empty: every write will be refused (401)")
-    sink = ReadingSink(settings, source="listener")
+    sink = _sink(settings, "listener")
     stop = _stop_on_signals()
     listener = Listener(settings.adapters.listener, sink, listen=args.listen)
     try:
@@ -147,6 +148,14 @@ def run_listen(args: argparse.Namespace, settings: Settings) -> int:
          lambda d: f"{d['requests']} requests: {d['accepted']} readings acknowledged, "
                    f"{d['refused']} lines refused")
     return 0
+
+
+def _sink(settings: Settings, source: str) -> ReadingSink:
+    """The adapters' way out, with the sections it uses picked out of ``settings``."""
+    from adapters.sink import ReadingSink
+
+    return ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                       dead_letter_path=settings.dead_letter_path, source=source)
 
 
 def _outcome(o) -> dict:
@@ -169,7 +178,7 @@ def _connect_until(sink, stop: threading.Event) -> None:
     """Connect, retrying with back-off while no broker answers (a watcher outlives outages)."""
     from connectors.errors import PublishError
 
-    delay = sink.settings.mqtt.reconnect_min
+    delay = sink.broker.reconnect_min
     while True:
         try:
             sink.connect()
@@ -179,4 +188,4 @@ def _connect_until(sink, stop: threading.Event) -> None:
                 raise
             log.warning("%s; retrying in %.0fs", exc, delay)
             stop.wait(delay)
-            delay = min(delay * 2, sink.settings.mqtt.reconnect_max)
+            delay = min(delay * 2, sink.broker.reconnect_max)

@@ -299,8 +299,8 @@ def _announce(settings: Settings, store: Any, flag: dict[str, Any]) -> None:
 
     change = {k: v for k, v in flag.items() if k not in ("reviews", "actions")}
     write_flags(settings.influxdb, [change])
-    publish_flags(settings, [change])
-    publish_site_alarms(settings, store, [change["site_id"]])
+    publish_flags(settings.mqtt, [change])
+    publish_site_alarms(settings.mqtt, store, [change["site_id"]])
 
 
 def _take_on(args: argparse.Namespace, settings: Settings, action: str) -> int:

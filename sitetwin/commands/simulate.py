@@ -212,7 +212,7 @@ def simulate(settings: Settings, sim: Simulation, *, progress: bool = True) -> d
 
     tally = _Tally(enabled=progress)
     make = WirePublisher if sim.transport == "wire" else Publisher
-    publisher = make(settings, client_id=sim.client_id, qos=sim.qos,
+    publisher = make(settings.mqtt, client_id=sim.client_id, qos=sim.qos,
                      max_inflight=sim.max_inflight, rate=sim.rate)
     phase = "history"
     publisher.progress = lambda stats: tally.draw(phase, stats)

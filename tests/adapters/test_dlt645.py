@@ -125,7 +125,8 @@ def test_the_gateway_polls_dlt645_meters_into_influxdb(tmp_path, mosquitto, infl
                              services={"state_dir": str(tmp_path / "state")},
                              adapters={"gateway": {"interval": "200ms", "fsync": False,
                                                    "flush_interval": "200ms"}})
-    sink = ReadingSink(settings, source="gateway")
+    sink = ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                       dead_letter_path=settings.dead_letter_path, source="gateway")
     sink.connect()
     gateway = Gateway(settings.adapters.gateway, sink, devices, state_dir=settings.state_dir,
                       buffer_max_bytes=settings.spool.max_bytes)

@@ -75,7 +75,8 @@ def test_a_dead_and_a_refusing_device_do_not_delay_the_others(tmp_path, mosquitt
     proc = collector_process(collector_env(tmp_path, mosquitto, influxdb.url, influx_db),
                              log_path=tmp_path / "c.log", wait_subscribed=True)
     settings = _settings(tmp_path, mosquitto.url)
-    sink = ReadingSink(settings, source="gateway")
+    sink = ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                       dead_letter_path=settings.dead_letter_path, source="gateway")
     sink.connect()
     gateway = Gateway(settings.adapters.gateway, sink, _fleet(server, silent, "GA"), state_dir=settings.state_dir,
                       buffer_max_bytes=settings.spool.max_bytes)
@@ -126,7 +127,8 @@ def test_a_broker_outage_during_polling_loses_nothing_and_duplicates_nothing(
     proc = collector_process(collector_env(tmp_path, mosquitto, influxdb.url, influx_db),
                              log_path=tmp_path / "c.log", wait_subscribed=True)
     settings = _settings(tmp_path, proxy.url)
-    sink = ReadingSink(settings, source="gateway")
+    sink = ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                       dead_letter_path=settings.dead_letter_path, source="gateway")
     sink.connect()
     gateway = Gateway(settings.adapters.gateway, sink, _fleet(server, silent, "GB"), state_dir=settings.state_dir,
                       buffer_max_bytes=settings.spool.max_bytes)

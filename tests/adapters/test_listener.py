@@ -41,7 +41,8 @@ def _start(tmp_path, broker, **listener):
                              services={"state_dir": str(tmp_path / "state")},
                              adapters={"listener": {"listen": "127.0.0.1:0", "tokens": [TOKEN],
                                                     **listener}})
-    sink = ReadingSink(settings, source="listener")
+    sink = ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                       dead_letter_path=settings.dead_letter_path, source="listener")
     sink.connect()
     server = Listener(settings.adapters.listener, sink)
     server.start()

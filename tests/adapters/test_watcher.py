@@ -72,7 +72,8 @@ def test_files_dropped_reach_influxdb_once_duplicates_add_nothing_broken_ones_ar
     log = tmp_path / "collector.log"
     proc = collector_process(env, log_path=log, wait_subscribed=True)
     settings = _settings(tmp_path, mosquitto)
-    sink = ReadingSink(settings, source="pm")
+    sink = ReadingSink(settings.mqtt, dead_letter=settings.dead_letter,
+                       dead_letter_path=settings.dead_letter_path, source="pm")
     watcher = PmWatcher(settings.adapters.pm, sink, state_dir=settings.state_dir)
     stop = threading.Event()
     sink.connect()

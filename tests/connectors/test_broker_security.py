@@ -34,6 +34,7 @@ from connectors.deadletter import DeadLetterStore
 from sitetwin.cli import main
 from sitetwin.config import load_settings
 from sitetwin.services import Mosquitto, free_port
+from sitetwin.wiring import collector_config
 from tests.support import count, wait_for
 
 # -- pure generation --------------------------------------------------------------------------
@@ -352,7 +353,7 @@ def test_collector_over_tls_with_password_ingests_only_what_devices_may_send(
         services={"state_dir": str(tmp_path / "state")},
         spool={"fsync": False},
     )
-    collector = Collector(settings)
+    collector = Collector(collector_config(settings))
     collector.start()
     s2 = _Client(broker, "S2", broker.passwords["S2"])
     try:
@@ -397,7 +398,7 @@ def test_client_certificate_can_be_required(tmp_path):
             influxdb={"url": "http://127.0.0.1:1", "create_database": False},
             services={"state_dir": str(tmp_path / "state")},
         )
-        collector = Collector(settings)
+        collector = Collector(collector_config(settings))
         collector.start()
         try:
             wait_for(collector.subscribed.is_set, message="collector subscribed with a client certificate")

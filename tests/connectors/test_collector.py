@@ -11,6 +11,7 @@ import pytest
 from connectors.collector import Collector
 from connectors.deadletter import DeadLetterStore
 from sitetwin.config import load_settings
+from sitetwin.wiring import collector_config
 from tests.support import collector_process, count, full_or_short, publish, tower_messages, wait_for
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,7 @@ def _host_port(mosquitto):
 def test_published_messages_land_exactly_once_and_bad_ones_are_dead_lettered(
         tmp_path, mosquitto, influxdb, influx_db):
     settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db)
-    collector = Collector(settings)
+    collector = Collector(collector_config(settings))
     collector.start()
     try:
         wait_for(collector.subscribed.is_set, message="subscription")
@@ -107,7 +108,7 @@ def test_influxdb_down_for_two_minutes_spools_then_drains_without_loss(
         tmp_path, mosquitto, private_influxdb):
     db = private_influxdb.database
     settings = _settings(tmp_path, mosquitto, private_influxdb.url, db)
-    collector = Collector(settings)
+    collector = Collector(collector_config(settings))
     collector.start()
     try:
         wait_for(collector.subscribed.is_set, message="subscription")
@@ -204,7 +205,7 @@ def test_nothing_is_queued_behind_stops_end_marker(tmp_path):
 
     settings = _settings(tmp_path, type("M", (), {"url": "mqtt://127.0.0.1:1"})(),
                          "http://127.0.0.1:1", "unused")
-    collector = Collector(settings)
+    collector = Collector(collector_config(settings))
     done = []
     collector._make_durable = done.append
 
@@ -249,7 +250,7 @@ def test_the_writer_survives_an_unexpected_error_and_retries_the_same_batch(
 
     settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db,
                          collector={"metrics_interval": "1h"})
-    collector = Collector(settings, writer=_Flaky(InfluxWriter(influxdb.url, database=influx_db), 3))
+    collector = Collector(collector_config(settings), writer=_Flaky(InfluxWriter(influxdb.url, database=influx_db), 3))
     collector.start()
     good = tower_messages(sites=10, per_site=20)
     try:
@@ -268,7 +269,7 @@ def test_a_failing_dead_letter_store_holds_back_no_valid_reading(tmp_path, mosqu
 
     settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db,
                          collector={"metrics_interval": "1h"})
-    collector = Collector(settings)
+    collector = Collector(collector_config(settings))
 
     def broken(*args, **kwargs):
         raise DeadLetterError("cannot write the dead-letter store: database or disk is full")
@@ -303,7 +304,7 @@ def test_the_watchdog_reports_a_collector_that_makes_nothing_durable(tmp_path, m
     release = threading.Event()
     stalls: list[str] = []
     settings = _settings(tmp_path, mosquitto, influxdb.url, influx_db, collector={"metrics_interval": "1h"})
-    collector = Collector(settings, writer=Hung(InfluxWriter(influxdb.url, database=influx_db), 0),
+    collector = Collector(collector_config(settings), writer=Hung(InfluxWriter(influxdb.url, database=influx_db), 0),
                           watchdog=1.5, on_stall=stalls.append)
     collector.start()
     try:

@@ -13,10 +13,11 @@ from types import SimpleNamespace
 import orjson
 
 from connectors.collector import Collector
+from connectors.config import CollectorConfig
 from connectors.errors import DeadLetterError, WriteRetryable
 from connectors.influx import WriteResult
 from connectors.spool import Spool
-from core.settings import load_settings
+from core.settings import CollectorSettings, InfluxSettings, MqttSettings
 
 NOW = 1_790_000_000
 
@@ -64,9 +65,10 @@ class FakeDeadLetters:
 
 
 def _collector(tmp_path, *, batch_size: int = 3, writer=None, dead_letters=None):
-    settings = load_settings(None, mqtt={"servers": ["tcp://127.0.0.1:1"], "client_id": "unit"},
-                             collector={"batch_size": batch_size},
-                             services={"state_dir": str(tmp_path / "state")})
+    settings = CollectorConfig(  # the sections a collector reads, and nothing else
+        mqtt=MqttSettings(servers=["tcp://127.0.0.1:1"], client_id="unit"),
+        collector=CollectorSettings(batch_size=batch_size), influxdb=InfluxSettings(),
+        spool_path=tmp_path / "state" / "spool", dead_letter_path=tmp_path / "state" / "rejected.sqlite")
     client, writer = FakeClient(), writer or FakeWriter()
     c = Collector(settings, client=client, writer=writer, clock=lambda: float(NOW),
                   spool=Spool(tmp_path / "spool", max_bytes=10**6, fsync=False),

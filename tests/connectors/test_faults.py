@@ -439,6 +439,7 @@ def test_with_batches_left_in_the_spool_new_ones_still_go_straight_to_influxdb(
     from connectors.collector import Collector
     from connectors.spool import Spool
     from sitetwin.config import load_settings
+    from sitetwin.wiring import collector_config
 
     settings = load_settings(
         None,
@@ -454,7 +455,7 @@ def test_with_batches_left_in_the_spool_new_ones_still_go_straight_to_influxdb(
                      for t, p in left).encode()
     Spool(settings.spool_path / settings.mqtt.client_id, fsync=False).put(body)
     fresh = readings("P", 5, 40, 1_790_000_000)
-    collector = Collector(settings)
+    collector = Collector(collector_config(settings))
     collector.start()
     try:
         wait_for(collector.subscribed.is_set, message="subscription")

@@ -14,6 +14,7 @@ from connectors.errors import LineProtocolError, WriteRetryable
 from connectors.influx import InfluxReader, InfluxWriter
 from connectors.lineprotocol import line
 from sitetwin.config import load_settings
+from sitetwin.wiring import collector_config
 from tests.support import publish, wait_for
 
 pytestmark = pytest.mark.integration
@@ -113,7 +114,7 @@ def test_collector_in_v2_mode_delivers_every_message(tmp_path, mosquitto, victor
         services={"state_dir": str(tmp_path / "state")},
         spool={"fsync": False},
     )
-    collector = Collector(settings)
+    collector = Collector(collector_config(settings))
     collector.start()
     try:
         wait_for(collector.subscribed.is_set, message="subscription")

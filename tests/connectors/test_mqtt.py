@@ -19,16 +19,16 @@ def test_server_address():
 
 
 def test_publish_once_to_no_broker_publishes_nothing_and_does_not_raise():
-    settings = load_settings(None, mqtt={"servers": [f"tcp://127.0.0.1:{free_port()}"]})
-    assert publish_once(settings, [("t/x", b"1")], timeout_s=2) == 0
-    assert publish_once(settings, []) == 0
+    broker = load_settings(None, mqtt={"servers": [f"tcp://127.0.0.1:{free_port()}"]}).mqtt
+    assert publish_once(broker, [("t/x", b"1")], timeout_s=2) == 0
+    assert publish_once(broker, []) == 0
 
 
 @pytest.mark.integration
 def test_publish_once_waits_for_the_acks_and_retains(mosquitto):
-    settings = load_settings(None, mqtt={"servers": [mosquitto.url]})
+    broker = load_settings(None, mqtt={"servers": [mosquitto.url]}).mqtt
     topics = [f"tests/mqtt-once/{i}" for i in range(3)]
-    assert publish_once(settings, [(t, f"v{i}".encode()) for i, t in enumerate(topics)],
+    assert publish_once(broker, [(t, f"v{i}".encode()) for i, t in enumerate(topics)],
                         retain=True, role="test") == 3
     got: dict[str, bytes] = {}
     done = threading.Event()
@@ -50,4 +50,4 @@ def test_publish_once_waits_for_the_acks_and_retains(mosquitto):
         client.loop_stop()
     assert got == {t: f"v{i}".encode() for i, t in enumerate(topics)}
     # An empty retained message clears the topic for the other tests of the session broker.
-    assert publish_once(settings, [(t, b"") for t in topics], retain=True, role="test") == 3
+    assert publish_once(broker, [(t, b"") for t in topics], retain=True, role="test") == 3

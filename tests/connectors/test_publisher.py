@@ -45,9 +45,10 @@ class _Subscriber:
         self.client.loop_stop()
 
 
-def _settings(broker, **mqtt_extra):
+def _mqtt(broker, **mqtt_extra):
+    """The ``[mqtt]`` section a publisher takes, for ``broker``."""
     return load_settings(None, mqtt={"servers": [broker.url], "reconnect_min": "200ms",
-                                     "reconnect_max": "1s", **mqtt_extra})
+                                     "reconnect_max": "1s", **mqtt_extra}).mqtt
 
 
 def _messages(n: int, prefix: str) -> list[tuple[str, bytes]]:
@@ -65,7 +66,7 @@ def test_every_qos1_message_is_acknowledged_and_delivered_within_the_window(priv
     try:
         msgs = _messages(2000, "pubtest")
         seen_stats = []
-        with make(_settings(private_mosquitto), max_inflight=25,
+        with make(_mqtt(private_mosquitto), max_inflight=25,
                        progress=seen_stats.append, progress_interval_s=0.0) as pub:
             assert pub.publish_all(msgs) == 2000
         stats = pub.stats()
@@ -93,7 +94,7 @@ def test_a_broker_restart_mid_stream_loses_nothing(private_mosquitto, make):
 
     try:
         msgs = _messages(1500, "restart")
-        with make(_settings(private_mosquitto), max_inflight=200, progress=bounce,
+        with make(_mqtt(private_mosquitto), max_inflight=200, progress=bounce,
                        progress_interval_s=0.0) as pub:
             pub.publish_all(msgs)
         stats = pub.stats()
@@ -109,27 +110,27 @@ def test_a_broker_restart_mid_stream_loses_nothing(private_mosquitto, make):
 @TRANSPORTS
 def test_an_unreachable_broker_is_a_clear_error(make):
     port = free_port()
-    settings = load_settings(None, mqtt={"servers": [f"tcp://127.0.0.1:{port}"],
-                                         "connection_timeout": "2s"})
+    mqtt = load_settings(None, mqtt={"servers": [f"tcp://127.0.0.1:{port}"],
+                                     "connection_timeout": "2s"}).mqtt
     with pytest.raises(PublishError, match=f"127.0.0.1:{port}"):
-        make(settings).connect()
+        make(mqtt).connect()
 
 
 def test_window_and_rate_are_validated():
-    settings = load_settings(None)
+    mqtt = load_settings(None).mqtt
     with pytest.raises(ValueError):
-        Publisher(settings, max_inflight=0)
+        Publisher(mqtt, max_inflight=0)
     with pytest.raises(ValueError):
-        Publisher(settings, max_inflight=65536)
+        Publisher(mqtt, max_inflight=65536)
     with pytest.raises(ValueError):
-        Publisher(settings, rate=0)
+        Publisher(mqtt, rate=0)
 
 
 @pytest.mark.integration
 @TRANSPORTS
 def test_the_rate_limit_holds_publishing_back(mosquitto, make):
     # A lower bound only: the limiter cannot let 400 messages through at 2000/s in under 0.2 s.
-    with make(_settings(mosquitto), rate=2000.0) as pub:
+    with make(_mqtt(mosquitto), rate=2000.0) as pub:
         began = time.monotonic()
         pub.publish_all(_messages(400, "ratetest"))
         elapsed = time.monotonic() - began
@@ -154,12 +155,12 @@ def password_mosquitto(tmp_path):
 @pytest.mark.integration
 @TRANSPORTS
 def test_credentials_come_from_settings_and_a_refusal_is_clear(password_mosquitto, make, caplog):
-    good = _settings(password_mosquitto, username="sim", password="s3cret-pw")
+    good = _mqtt(password_mosquitto, username="sim", password="s3cret-pw")
     with make(good) as pub:
         pub.publish_all(_messages(100, "auth"))
     assert pub.stats().acked == 100
-    bad = _settings(password_mosquitto, username="sim", password="wrong-pw",
-                    connection_timeout="3s")
+    bad = _mqtt(password_mosquitto, username="sim", password="wrong-pw",
+                connection_timeout="3s")
     with pytest.raises(PublishError) as err:
         make(bad).connect()
     assert "wrong-pw" not in str(err.value) and "wrong-pw" not in caplog.text
@@ -184,7 +185,7 @@ def test_the_brokers_receive_maximum_narrows_the_window(tmp_path, make):
     svc = Mosquitto(root=tmp_path / "mq", port=free_port(), extra_config="max_inflight_messages 20")
     svc.start()
     try:
-        with make(_settings(svc), max_inflight=500) as pub:
+        with make(_mqtt(svc), max_inflight=500) as pub:
             pub.publish_all(_messages(2000, "recvmax"))
         stats = pub.stats()
         assert stats.acked == 2000 and pub.window == 20 and stats.max_unacked <= 20
@@ -199,9 +200,9 @@ def test_tls_with_a_device_password_and_an_acl_refusal(tmp_path, make):
 
     broker = _start_broker(tmp_path, require_client_cert=False)
     try:
-        settings = _settings(broker.svc, servers=[f"ssl://127.0.0.1:{broker.svc.port}"],
-                             tls_ca=broker.ca, username="S1", password=broker.passwords["S1"])
-        with make(settings) as pub:
+        mqtt = _mqtt(broker.svc, servers=[f"ssl://127.0.0.1:{broker.svc.port}"],
+                     tls_ca=broker.ca, username="S1", password=broker.passwords["S1"])
+        with make(mqtt) as pub:
             pub.publish_all([("sites/S1/tower", b'{"n": %d}' % i) for i in range(200)])
             pub.flush()
             assert pub.stats().acked == 200 and pub.stats().refused == 0
@@ -218,7 +219,7 @@ def test_qos0_is_sent_without_waiting_for_acknowledgements(mosquitto, make):
     sub = _Subscriber(mosquitto, "qos0test/+/tower", f"sub-qos0-{make.__name__}")
     try:
         msgs = _messages(300, "qos0test")
-        with make(_settings(mosquitto), qos=0) as pub:
+        with make(_mqtt(mosquitto), qos=0) as pub:
             pub.publish_all(msgs)
         stats = pub.stats()
         assert stats.published == stats.acked == 300 and stats.max_unacked == 0

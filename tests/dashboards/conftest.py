@@ -25,6 +25,7 @@ from connectors.influx import InfluxWriter
 from exports.site_state import site_state_lines
 from rules.sink import flag_lines
 from sitetwin.config import load_settings
+from sitetwin.wiring import collector_config
 from tests.support import count, publish, wait_for
 from twin.live import LiveState
 from twin.models import Reservation, Site
@@ -196,7 +197,7 @@ def demo(influxdb, mosquitto, tmp_path_factory) -> Iterator[Demo]:
     _register(store)
     live = LiveState(online_window_s=settings.twin.online_window_s)
     writer = InfluxWriter.from_settings(settings.influxdb)
-    collector = Collector(settings, live=live)
+    collector = Collector(collector_config(settings), live=live)
     collector.start()
     try:
         wait_for(collector.subscribed.is_set, message="subscription")

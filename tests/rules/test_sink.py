@@ -78,7 +78,7 @@ def test_a_late_subscriber_sees_the_open_alarms(private_mosquitto, tmp_path):
         _flag(store, "S1", "site_offline", "warning")
         off2 = _flag(store, "S2", "site_offline", "warning")
         _flag(store, "S3", "site_offline", "warning", status="resolved")
-        assert publish_site_alarms(settings, store, ["S1", "S2", "S3"]) == 4
+        assert publish_site_alarms(settings.mqtt, store, ["S1", "S2", "S3"]) == 4
         seen = late_subscriber(private_mosquitto, {ALARMS_TOPIC, "sitetwin/alarms/S1",
                                                    "sitetwin/alarms/S2"})
         assert [f["kind"] for f in seen["sitetwin/alarms/S1"]["flags"]] == ["mains_failure",
@@ -91,7 +91,7 @@ def test_a_late_subscriber_sees_the_open_alarms(private_mosquitto, tmp_path):
         book = FlagBook(store)
         book.review(off2, "dismissed", "li.wei", T0)
         book.ack(mains, "zhang.san", T0)
-        publish_site_alarms(settings, store, ["S1", "S2"])
+        publish_site_alarms(settings.mqtt, store, ["S1", "S2"])
         seen = late_subscriber(private_mosquitto, {ALARMS_TOPIC, "sitetwin/alarms/S1"})
         assert "sitetwin/alarms/S2" not in seen
         assert seen["sitetwin/alarms/S1"]["flags"][0]["acknowledged_by"] == "zhang.san"
