@@ -8,6 +8,8 @@ publisher on the same two cores) is kept out of the figures:
 
   (r) a subscriber on a raw socket that frames PUBLISH packets and answers PUBACK,
       many per syscall (bench/ackonly.py) - the broker's limit on this machine;
+  (s) the same raw socket answering each PUBLISH with its own PUBACK as it is
+      framed (a subscriber that "only parses and acks", as issue 15 measured it);
   (a) a paho subscriber that only counts (auto-ack);
   (n) Node-RED 4 + node-red-contrib-influxdb, installed from npm into the bench's
       temp folder: mqtt in (QoS 1, persistent session) -> function -> join
@@ -21,7 +23,7 @@ publisher on the same two cores) is kept out of the figures:
       lag behind telemetry (newest reading vs newest ``last_seen``).
 
 Figures are msgs/s over the steady part (first to last point), printed with
-the ratios b/r, b/n, b/a, b/p, c/b and d/b.  Services are private instances on free ports.
+the ratios b/r, b/s, b/n, b/a, b/p, c/b and d/b.  Services are private instances on free ports.
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ def end_session(mq: Mosquitto, client_id: str) -> None:
 
 
 # -- (r) the broker's limit: ack-only on a raw socket --------------------------------------------
-def case_r(mq: Mosquitto, messages, group: str = "benchack") -> dict:
+def case_r(mq: Mosquitto, messages, group: str = "benchack", *, each: bool = False) -> dict:
+    """``each``: case (s), a PUBACK per message as it is framed (see bench/ackonly.py)."""
     cid = f"bench-ack-{time.time_ns()}"
     argv = [sys.executable, str(ROOT / "bench" / "ackonly.py"), mq.host, str(mq.port), cid,
             str(len(messages))]
@@ -147,7 +150,8 @@ def case_r(mq: Mosquitto, messages, group: str = "benchack") -> dict:
     subprocess.run([*argv, "subscribe", topic], check=True, capture_output=True)
     pub_rate = publish(mq, messages)
     mq_cpu0 = _cpu_s(mq._proc.pid)
-    out = subprocess.run([*argv, "drain", topic], check=True, capture_output=True, text=True)
+    out = subprocess.run([*argv, "drain-each" if each else "drain", topic], check=True,
+                         capture_output=True, text=True)
     res = json.loads(out.stdout)
     assert res["received"] == len(messages), res
     end_session(mq, cid)
@@ -477,6 +481,11 @@ def main() -> int:
                 r = case_r(mq, messages, group=f"benchack{i + 1}")
                 rounds.setdefault("r", []).append(r)
                 print(f"{tag}(r) broker -> ack-only raw socket: {r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
+            if "s" in cases:
+                r = case_r(mq, messages, group=f"benchone{i + 1}", each=True)
+                rounds.setdefault("s", []).append(r)
+                print(f"{tag}(s) broker -> raw socket, a PUBACK per message: {r['msgs_per_s']:,.0f} msgs/s",
+                      file=sys.stderr)
             if "n" in cases:
                 r = case_nodered(mq, influx, messages, home=node_red, work=work,
                                  name="n" if args.rounds == 1 else f"n{i + 1}")
@@ -511,7 +520,7 @@ def main() -> int:
         results[key] = {**ordered[(len(ordered) - 1) // 2],
                         "rounds_msgs_per_s": [round(r["msgs_per_s"]) for r in runs]}
     ratios = {}
-    for base in ("r", "n"):
+    for base in ("r", "s", "n"):
         if base in results and "b" in results:
             ratios[f"b/{base}"] = results["b"]["msgs_per_s"] / results[base]["msgs_per_s"]
     if "a" in results and "b" in results:
