@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -191,9 +191,12 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """The outcome of one MQTT message: readings, or a rejection (never both)."""
+class Parsed(NamedTuple):
+    """The outcome of one MQTT message: readings, or a rejection (never both).
+
+    A named tuple rather than a frozen dataclass: one is made per message on the
+    collector's hot path, and a frozen dataclass's ``__init__`` (``object.__setattr__``
+    per field) cost 0.6 us of the ~4 us ``parse_message`` takes for a tower reading."""
 
     site_id: str | None
     stream: str | None
