@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from rules.data import WindowData, _between, _id_filter
+from rules.errors import RuleDataError
 from rules.rule import Facts, Frames, Rule
 
 __all__ = ["RangeData"]
@@ -106,7 +107,7 @@ class _Buckets:
         return joined.iloc[i:j]
 
     def _chunk(self, a: pd.Timestamp, b: pd.Timestamp) -> pd.DataFrame:
-        frame = self.data._frame(self.template.format(where=_between(a, b)))
+        frame = csv_frame(self.data, self.template.format(where=_between(a, b)))
         self.fetches += 1
         return frame.sort_values("time", kind="stable") if not frame.empty else frame
 
@@ -132,6 +133,64 @@ class _Buckets:
     def times(self) -> np.ndarray:
         """Their times, ns since the epoch."""
         return self._joined[1] if self._joined is not None else np.array([], dtype=np.int64)
+
+
+def csv_frame(data: WindowData, q: str) -> pd.DataFrame:
+    """One statement's frame, asked as CSV: the same frame as ``WindowData._frame`` (columns
+    ``time``, the fields, then the tags in InfluxDB's order), built without a Python object
+    per point.
+
+    Measured on a 6-hour chunk of 10 000 cells' 15-minute buckets (240 k rows): the JSON
+    answer decoded by orjson, then a frame from its rows, held the GIL ~4x longer than
+    ``pandas.read_csv`` on the CSV answer (InfluxDB 1.6 answers ``Accept: application/csv``
+    with ``name,tags,time,<fields>`` and the tags as one ``k=v,k=v`` string per row, parsed
+    here once per distinct series).  A tag value holding ``,`` or ``=`` cannot be split
+    back, so such an answer is asked again the JSON way; so is an empty one (InfluxDB's CSV
+    says nothing of a failed statement).
+    """
+    import io
+
+    import requests
+
+    reader = getattr(data, "reader", None)
+    if reader is None or not hasattr(reader, "_session"):
+        return data._frame(q)
+    params = {"db": reader.database, "epoch": "ns"}
+    if reader.retention_policy:
+        params["rp"] = reader.retention_policy
+    try:
+        resp = reader._session().post(f"{reader.url}/query", params=params, data={"q": q},
+                                      headers={"Accept": "application/csv"}, timeout=reader.timeout)
+    except requests.RequestException as exc:
+        raise RuleDataError(f"InfluxDB unreachable at {reader.url}: {type(exc).__name__}") from exc
+    body = resp.content
+    if resp.status_code != 200 or not body.startswith(b"name,tags,time,"):
+        # InfluxDB 1.6 answers a failed statement in CSV with HTTP 200 and an empty body,
+        # like a statement without rows: both are asked again as JSON, which tells them apart.
+        return data._frame(q)
+    frame = pd.read_csv(io.BytesIO(body), dtype={"name": str, "tags": str, "time": np.int64},
+                        keep_default_na=False, na_values=[""])
+    if frame.empty:
+        return pd.DataFrame()
+    fields = [c for c in frame.columns[3:]]
+    codes, series = pd.factorize(frame["tags"].fillna(""), sort=False)
+    parsed = []
+    for text in series:
+        pairs = [p.split("=", 1) for p in text.split(",")] if text else []
+        if any(len(p) != 2 for p in pairs) or "\\" in text or '"' in text:
+            return data._frame(q)
+        parsed.append(dict(pairs))
+    keys = list(dict.fromkeys(k for tags in parsed for k in tags))
+    if any(list(tags) != keys for tags in parsed):
+        return data._frame(q)  # the same tag keys on every series, or the JSON way
+    out = pd.DataFrame({"time": pd.to_datetime(frame["time"].to_numpy(), unit="ns", utc=True)})
+    for f in fields:
+        out[f] = pd.to_numeric(frame[f], errors="coerce").astype(float)
+    for k in keys:
+        values = np.array([tags[k] for tags in parsed], dtype=object)
+        out[k] = values[codes]
+    out.attrs["measurement"] = frame["name"].iloc[-1]
+    return out
 
 
 class RangeData:

@@ -205,8 +205,14 @@ class Engine:
         total = sum(len(v) for v in steps.values())
         done = 0
         try:
+            then, version = facts, None
             for now in sorted(steps):
-                then = grid.facts_at(history.facts_at(facts, now), now)
+                # The facts as of ``now`` change only with an event or a change in force
+                # between two steps: rebuilt then, reused otherwise (8 % of a 10 k-cell
+                # interference backfill went to rebuilding the same frames).
+                key = (history.version_at(now), grid.version_at(now))
+                if key != version:
+                    then, version = grid.facts_at(history.facts_at(facts, now), now), key
                 outcomes.extend(self.run(now, steps[now], facts=then, frozen=frozen))
                 done += len(steps[now])
                 if progress is not None:
