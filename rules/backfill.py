@@ -51,6 +51,18 @@ _HOURLY = ('SELECT mean("ul_interference_dbm") AS "ul_dbm" FROM "interference" W
            ' GROUP BY time(1h), "cell_id" fill(none)')
 
 
+# The tower's 5-minute screens: what a step of the tower rules asks first, per bucket.  The
+# rows of a site with any of these fields in a bucket (fill(none) drops a bucket only when
+# every field is empty).
+_TOWER = ('SELECT max("cabinet_temp_c") AS "temp_max", max("tilt_deg") AS "tilt_max", '
+          'min("battery_voltage_v") AS "volt_min", last("on_battery") AS "on_battery", '
+          'last("mains_ok") AS "mains_ok", count("battery_soc_pct") AS "soc_n" FROM "tower" '
+          'WHERE {where} GROUP BY time(5m), "site_id" fill(none)')
+_DOOR = ('SELECT count("door_open") AS "n" FROM "tower" WHERE {where} AND "door_open" = true'
+         ' GROUP BY time(5m), "site_id" fill(none)')
+_FIVE = pd.Timedelta(minutes=5)
+
+
 def _ts(value: datetime | pd.Timestamp) -> pd.Timestamp:
     t = pd.Timestamp(value)
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
@@ -66,6 +78,9 @@ class _Buckets:
         self.chunk = max(chunk, bucket).ceil(bucket)
         self.parts: list[tuple[pd.Timestamp, pd.Timestamp, pd.DataFrame]] = []
         self.fetches = 0
+        # The longest span asked so far: rules with different windows share one statement
+        # (door 1 h, mains failure 6 h), and a shorter ask must not drop what a longer needs.
+        self.keep = pd.Timedelta(0)
         self._joined: tuple[pd.DataFrame, np.ndarray] | None = None
         # The next chunk, asked while the steps use this one: (start, end, its frame).
         self._ahead: tuple[pd.Timestamp, pd.Timestamp, Future] | None = None
@@ -73,6 +88,7 @@ class _Buckets:
 
     def between(self, start: pd.Timestamp, end: pd.Timestamp, limit: pd.Timestamp) -> pd.DataFrame:
         """The buckets in [start, end); both on bucket boundaries.  ``limit``: fetch no further."""
+        self.keep = max(self.keep, end - start)
         if not self.parts or start < self.parts[0][0] or start >= self.parts[-1][1]:
             self.parts, self._joined = [], None  # first use, a step back, or past what is held
             hi = start
@@ -90,7 +106,7 @@ class _Buckets:
         if self._ahead is None and hi < limit:  # InfluxDB reads the next chunk meanwhile
             b = min(hi + self.chunk, limit.ceil(self.bucket))
             self._ahead = (hi, b, self._pool().submit(self._chunk, hi, b))
-        kept = [p for p in self.parts if p[1] > start]
+        kept = [p for p in self.parts if p[1] > min(start, end - self.keep)]
         if len(kept) != len(self.parts):
             self.parts, self._joined = kept, None
         if self._joined is None:
@@ -185,7 +201,13 @@ def csv_frame(data: WindowData, q: str) -> pd.DataFrame:
         return data._frame(q)  # the same tag keys on every series, or the JSON way
     out = pd.DataFrame({"time": pd.to_datetime(frame["time"].to_numpy(), unit="ns", utc=True)})
     for f in fields:
-        out[f] = pd.to_numeric(frame[f], errors="coerce").astype(float)
+        column = frame[f]
+        if column.dtype == bool or (column.dtype == object and set(column.dropna().unique()) <= {"true", "false", True, False}
+                                    and column.notna().any()):
+            flags = column.map({"true": True, "false": False, True: True, False: False})
+            out[f] = flags.astype(bool) if flags.notna().all() else flags.astype(object).where(flags.notna(), None)
+        else:
+            out[f] = pd.to_numeric(column, errors="coerce").astype(float)
     for k in keys:
         values = np.array([tags[k] for tags in parsed], dtype=object)
         out[k] = values[codes]
@@ -208,6 +230,8 @@ class RangeData:
         self._lock = threading.Lock()
         self._recent = _Buckets(data, _RECENT, pd.Timedelta(minutes=15), self.chunk)
         self._hourly = _Buckets(data, _HOURLY, pd.Timedelta(hours=1), pd.Timedelta(days=1))
+        self._tower = _Buckets(data, _TOWER, _FIVE, pd.Timedelta(hours=3))
+        self._door = _Buckets(data, _DOOR, _FIVE, pd.Timedelta(hours=6))
         self._baseline: tuple[tuple[pd.Timestamp, pd.Timestamp], pd.DataFrame] | None = None
         self._meets_key: tuple | None = None
         self._meets_rows = self._codes = np.array([])
@@ -225,25 +249,80 @@ class RangeData:
 
     def close(self) -> None:
         """Stop the read-ahead (the wrapped ``WindowData`` stays open: it is the engine's)."""
-        self._recent.close()
-        self._hourly.close()
+        for buckets in (self._recent, self._hourly, self._tower, self._door):
+            buckets.close()
 
     @property
     def fetches(self) -> int:
         """Range statements asked so far (chunks of buckets)."""
-        return self._recent.fetches + self._hourly.fetches
+        return sum(b.fetches for b in (self._recent, self._hourly, self._tower, self._door))
 
     def fetch(self, rule: Rule, facts: Facts, now: datetime, t: Any) -> dict[str, pd.DataFrame]:
         at = _ts(now)
-        if not rule.one_pass or at != at.floor("15min"):
+        if not rule.one_pass:
             self.stepped += 1
             return self.data.fetch(rule, facts, now, t)
+        if any(n.startswith("interference") for n in rule.needs):
+            if at != at.floor("15min"):
+                self.stepped += 1
+                return self.data.fetch(rule, facts, now, t)
+            with self._lock:
+                self.sliced_steps += 1
+                frames: dict[str, pd.DataFrame] = {}
+                for name in rule.needs:
+                    frames[name] = getattr(self, name)(facts, at, t, frames)
+                return frames
+        # The tower rules: each frame screened from the range's 5-minute buckets; a step whose
+        # screen passes nobody gets the empty frame the step path answers, any other step the
+        # step path itself (a conservative screen, so the frames are the step path's).
         with self._lock:
-            self.sliced_steps += 1
-            frames: dict[str, pd.DataFrame] = {}
+            frames = {}
+            screened = True
             for name in rule.needs:
-                frames[name] = getattr(self, name)(facts, at, t, frames)
+                frame = self._screened(name, facts, at, t, frames)
+                if frame is None:
+                    screened = False
+                    frame = getattr(self.data, self.data._FOR_RULES.get(name, name))(facts, now, t, frames)
+                frames[name] = frame
+            if screened:
+                self.sliced_steps += 1
+            else:
+                self.stepped += 1
             return frames
+
+    def _screened(self, name: str, facts: Facts, now: pd.Timestamp, t: Any, frames: Frames
+                  ) -> pd.DataFrame | None:
+        """``name``'s frame when the range's buckets show it is empty at ``now``; None when
+        the step path must be asked (the screen passes a site, or the window is not whole
+        5-minute buckets)."""
+        window = pd.Timedelta(seconds=t.window)
+        start = now - window
+        if now != now.floor(_FIVE) or start != start.floor(_FIVE):
+            return None
+        if name == "door_readings":
+            door = self._door.between(start, now, self.until)
+            return pd.DataFrame() if door.empty else None
+        if name not in ("tower_latest", "tower_5m", "env_5m"):
+            return None
+        tower = self._tower.between(start, now, self.until)
+        if tower.empty:
+            return pd.DataFrame()
+        if name == "tower_latest":  # a site with any of the three fields in the window has a row
+            return None
+        if name == "tower_5m":
+            on_battery = tower.get("on_battery", pd.Series(dtype=object))
+            mains_ok = tower.get("mains_ok", pd.Series(dtype=object))
+            # a site whose last report says on battery or mains down has such a bucket
+            suspect = (on_battery == True).any() or (mains_ok == False).any()  # noqa: E712 - None stays out
+            return None if suspect else pd.DataFrame()
+        suspect = False
+        for column, level, above in (("temp_max", getattr(t, "overtemp_c", None), True),
+                                     ("tilt_max", getattr(t, "limit_deg", None), True),
+                                     ("volt_min", getattr(t, "warning_v", None), False)):
+            if level is not None and column in tower.columns:
+                values = pd.to_numeric(tower[column], errors="coerce")
+                suspect |= bool(((values >= level) if above else (values <= level)).any())
+        return None if suspect else pd.DataFrame()
 
     # -- the frames that can be sliced, named as in ``WindowData`` --------------------------
     def interference_recent(self, facts: Facts, now: pd.Timestamp, t: Any, _frames: Frames) -> pd.DataFrame:

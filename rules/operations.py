@@ -214,4 +214,5 @@ MAINS_FAILURE = Rule(
     evaluate=evaluate_mains_failure, needs=("tower_latest", "tower_5m"), observed=observed_sites,
     description="sites on battery beyond the threshold, with SOC trend and time to empty;"
                 " open until mains is seen back",
+    one_pass=True,
 )
