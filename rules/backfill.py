@@ -215,6 +215,119 @@ def csv_frame(data: WindowData, q: str) -> pd.DataFrame:
     return out
 
 
+# ``last_seen``: each reading's own time is the answer, so raw points (one field, which InfluxDB
+# returns only where it is set, as ``last`` counts only those): power is hourly, the tower
+# every few minutes, hence the chunk lengths (~60 k rows each at 10 000 sites).
+_SEEN = (('SELECT "mains_ok" FROM "tower" WHERE {where} GROUP BY "site_id"', pd.Timedelta(hours=1)),
+         ('SELECT "energy_kwh" FROM "power" WHERE {where} GROUP BY "site_id"', pd.Timedelta(hours=6)))
+
+
+class _LastSeen:
+    """Every site's latest reading before a moving ``now``, from raw chunks read once, in order.
+
+    The step path asks ``last()`` over ``[now - window, now)`` of the tower and the power
+    measurements; here each reading is read once, and a step keeps the latest time per site
+    seen before ``now`` (a running maximum), then the sites whose latest is in the window.
+    Memory: one time per site, and one chunk per statement (and the one read ahead).
+    """
+
+    def __init__(self, data: WindowData, until: pd.Timestamp) -> None:
+        self.data = data
+        self.until = until
+        self.fetches = 0
+        self._reset(None)
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _reset(self, start: pd.Timestamp | None) -> None:
+        self.start = start  # readings at or after it are consumed (or held) so far
+        self.consumed = start  # readings before it are in ``_last``
+        self._sites = pd.Index([], dtype=object)
+        self._last = np.empty(0, dtype=np.int64)
+        # per statement: held rows (times ns, site codes) not consumed yet, fetched up to
+        self._held: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0, np.intp))
+                                                           for _ in _SEEN]
+        self._upto: list[pd.Timestamp | None] = [start for _ in _SEEN]
+        self._ahead: list[tuple[pd.Timestamp, pd.Timestamp, Future] | None] = [None for _ in _SEEN]
+
+    def frame(self, now: pd.Timestamp, window: pd.Timedelta) -> pd.DataFrame | None:
+        """site_id, time of the latest reading in ``[now - window, now)``; None when ``now``
+        is before what has been consumed (a step back: the step path answers)."""
+        start = now - window
+        if self.start is None or start < self.start:
+            if self.consumed is not None and now < self.consumed:
+                return None
+            self._reset(start)
+        elif now < self.consumed:
+            return None
+        for k in range(len(_SEEN)):
+            self._consume(k, now)
+        self.consumed = now
+        keep = self._last >= start.value
+        if not keep.any():
+            return pd.DataFrame({"site_id": [], "time": []})
+        ids = np.asarray(self._sites, dtype=object)[keep]
+        times = self._last[keep]
+        order = np.argsort(ids, kind="stable")
+        return pd.DataFrame({"site_id": pd.array(ids[order], dtype="str"),
+                             "time": pd.to_datetime(times[order], unit="ns", utc=True)})
+
+    def _consume(self, k: int, now: pd.Timestamp) -> None:
+        template, chunk = _SEEN[k]
+        while True:
+            times, codes = self._held[k]
+            n = int(np.searchsorted(times, now.value, side="left"))
+            if n:
+                np.maximum.at(self._last, codes[:n], times[:n])
+                self._held[k] = (times[n:], codes[n:])
+            upto = self._upto[k]
+            if upto is None or upto >= now:
+                return
+            b = min(upto + chunk, self.until)
+            b = max(b, now)
+            ahead, self._ahead[k] = self._ahead[k], None
+            if ahead is not None and ahead[0] == upto and ahead[1] >= now:
+                b, frame = ahead[1], ahead[2].result()
+            else:
+                frame = self._chunk(template, upto, b)
+            self._hold(k, frame)
+            self._upto[k] = b
+            if b < self.until and self._ahead[k] is None:
+                nb = min(b + chunk, self.until)
+                self._ahead[k] = (b, nb, self._pool().submit(self._chunk, template, b, nb))
+
+    def _hold(self, k: int, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        ids = frame["site_id"].to_numpy(dtype=object)
+        where = self._sites.get_indexer(ids)
+        if (where < 0).any():
+            self._sites = self._sites.append(pd.Index(pd.unique(ids[where < 0])))
+            self._last = np.concatenate([self._last, np.full(len(self._sites) - len(self._last), -1,
+                                                             dtype=np.int64)])
+            where = self._sites.get_indexer(ids)
+        times = pd.DatetimeIndex(frame["time"]).asi8
+        order = np.argsort(times, kind="stable")
+        old_t, old_c = self._held[k]
+        self._held[k] = (np.concatenate([old_t, times[order]]), np.concatenate([old_c, where[order]]))
+
+    def _chunk(self, template: str, a: pd.Timestamp, b: pd.Timestamp) -> pd.DataFrame:
+        self.fetches += 1
+        return csv_frame(self.data, template.format(where=_between(a, b)))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-seen")
+        return self._executor
+
+    def close(self) -> None:
+        for ahead in self._ahead:
+            if ahead is not None:
+                ahead[2].cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
 class RangeData:
     """``WindowData`` for a backfill: the ``one_pass`` rules' frames sliced from range fetches.
 
@@ -232,6 +345,7 @@ class RangeData:
         self._hourly = _Buckets(data, _HOURLY, pd.Timedelta(hours=1), pd.Timedelta(days=1))
         self._tower = _Buckets(data, _TOWER, _FIVE, pd.Timedelta(hours=3))
         self._door = _Buckets(data, _DOOR, _FIVE, pd.Timedelta(hours=6))
+        self._seen = _LastSeen(data, self.until)
         self._baseline: tuple[tuple[pd.Timestamp, pd.Timestamp], pd.DataFrame] | None = None
         self._meets_key: tuple | None = None
         self._meets_rows = self._codes = np.array([])
@@ -249,13 +363,13 @@ class RangeData:
 
     def close(self) -> None:
         """Stop the read-ahead (the wrapped ``WindowData`` stays open: it is the engine's)."""
-        for buckets in (self._recent, self._hourly, self._tower, self._door):
+        for buckets in (self._recent, self._hourly, self._tower, self._door, self._seen):
             buckets.close()
 
     @property
     def fetches(self) -> int:
         """Range statements asked so far (chunks of buckets)."""
-        return sum(b.fetches for b in (self._recent, self._hourly, self._tower, self._door))
+        return sum(b.fetches for b in (self._recent, self._hourly, self._tower, self._door, self._seen))
 
     def fetch(self, rule: Rule, facts: Facts, now: datetime, t: Any) -> dict[str, pd.DataFrame]:
         at = _ts(now)
@@ -297,6 +411,8 @@ class RangeData:
         5-minute buckets)."""
         window = pd.Timedelta(seconds=t.window)
         start = now - window
+        if name == "last_seen":
+            return self._seen.frame(now, window)
         if now != now.floor(_FIVE) or start != start.floor(_FIVE):
             return None
         if name == "door_readings":

@@ -81,7 +81,12 @@ def evaluate_site_offline(frames: Frames, facts: Facts, now: datetime, t: Offlin
     seen = last_seen_map(frames.get("last_seen"))
     on_battery_last = _on_battery_at_last_report(frames.get("tower_latest"))
     now_ts = pd.Timestamp(now)
-    for site in facts.sites.itertuples(index=False):
+    # The loop below decides; this only leaves out, in one vector pass, the on-air sites seen
+    # well within ``offline_after`` (a backfill steps 10 000 sites 8 640 times a month).
+    sites = facts.sites
+    last = pd.to_datetime(sites["site_id"].map(seen), utc=True)
+    recent = last.notna() & (now_ts - last < pd.Timedelta(seconds=t.offline_after) - pd.Timedelta(seconds=1))
+    for site in sites[(~recent).to_numpy()].itertuples(index=False):
         if site.state not in ON_AIR_STATES:
             continue
         last = seen.get(site.site_id)
@@ -208,6 +213,7 @@ SITE_OFFLINE = Rule(
     name="site_offline", kinds=("site_offline",), thresholds=OfflineThresholds,
     evaluate=evaluate_site_offline, needs=("last_seen", "tower_latest"),
     description="on-air sites silent beyond the offline threshold",
+    one_pass=True,
 )
 MAINS_FAILURE = Rule(
     name="mains_failure", kinds=("mains_failure",), thresholds=MainsThresholds,
