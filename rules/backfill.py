@@ -61,6 +61,11 @@ _TOWER = ('SELECT max("cabinet_temp_c") AS "temp_max", max("tilt_deg") AS "tilt_
 _DOOR = ('SELECT count("door_open") AS "n" FROM "tower" WHERE {where} AND "door_open" = true'
          ' GROUP BY time(5m), "site_id" fill(none)')
 _FIVE = pd.Timedelta(minutes=5)
+# The reservations rule's peak: each meter's 15-minute means (what the step path's nested
+# statements take the maximum of).
+_POWER15 = ('SELECT mean("power_kw") AS "p" FROM "power" WHERE {where}'
+            ' GROUP BY time(15m), "site_id", "meter_id" fill(none)')
+_QUARTER = pd.Timedelta(minutes=15)
 
 
 def _ts(value: datetime | pd.Timestamp) -> pd.Timestamp:
@@ -346,6 +351,8 @@ class RangeData:
         self._tower = _Buckets(data, _TOWER, _FIVE, pd.Timedelta(hours=3))
         self._door = _Buckets(data, _DOOR, _FIVE, pd.Timedelta(hours=6))
         self._seen = _LastSeen(data, self.until)
+        self._power = _Buckets(data, _POWER15, _QUARTER, pd.Timedelta(days=1))
+        self._day_peaks: dict[pd.Timestamp, pd.DataFrame] = {}
         self._baseline: tuple[tuple[pd.Timestamp, pd.Timestamp], pd.DataFrame] | None = None
         self._meets_key: tuple | None = None
         self._meets_rows = self._codes = np.array([])
@@ -363,13 +370,14 @@ class RangeData:
 
     def close(self) -> None:
         """Stop the read-ahead (the wrapped ``WindowData`` stays open: it is the engine's)."""
-        for buckets in (self._recent, self._hourly, self._tower, self._door, self._seen):
+        for buckets in (self._recent, self._hourly, self._tower, self._door, self._seen, self._power):
             buckets.close()
 
     @property
     def fetches(self) -> int:
         """Range statements asked so far (chunks of buckets)."""
-        return sum(b.fetches for b in (self._recent, self._hourly, self._tower, self._door, self._seen))
+        return sum(b.fetches for b in (self._recent, self._hourly, self._tower, self._door, self._seen,
+                                       self._power))
 
     def fetch(self, rule: Rule, facts: Facts, now: datetime, t: Any) -> dict[str, pd.DataFrame]:
         at = _ts(now)
@@ -413,6 +421,8 @@ class RangeData:
         start = now - window
         if name == "last_seen":
             return self._seen.frame(now, window)
+        if name == "power_peak":
+            return self._power_peak(now, t)
         if now != now.floor(_FIVE) or start != start.floor(_FIVE):
             return None
         if name == "door_readings":
@@ -439,6 +449,66 @@ class RangeData:
                 values = pd.to_numeric(tower[column], errors="coerce")
                 suspect |= bool(((values >= level) if above else (values <= level)).any())
         return None if suspect else pd.DataFrame()
+
+    def _power_peak(self, now: pd.Timestamp, t: Any) -> pd.DataFrame | None:
+        """``power_peak`` of every site from the range's 15-minute means; None off the grid.
+
+        The step path's frame holds only the sites whose findings need their peak (cheap
+        bounds leave out the rest, ``WindowData.flaggable_power_peak``); this one holds every
+        site's exact peak, which gives those sites the same peaks and the others none they
+        could be flagged on.  As in the step path, a meter's peak is the first highest
+        15-minute mean over the window's pieces (the partial first day, the whole days, today
+        so far), and a site with several meters takes the highest sum of their means.  A whole
+        day's maxima are computed once and kept while the window covers that day.
+        """
+        start = (now - pd.Timedelta(seconds=t.window)).floor(_QUARTER)
+        if now != now.floor(_QUARTER):
+            return None
+        held = self._power.between(start, now, self.until)
+        empty = pd.DataFrame({"site_id": [], "peak_kw": [], "time": []})
+        if held.empty:
+            return empty
+        times = self._power.times
+
+        def rows(a: pd.Timestamp, b: pd.Timestamp) -> pd.DataFrame:
+            i, j = np.searchsorted(times, [a.value, b.value], side="left")
+            return self._power.joined.iloc[i:j]
+
+        def maxima(frame: pd.DataFrame) -> pd.DataFrame:
+            if frame.empty:
+                return frame
+            top = frame.loc[frame.groupby(["site_id", "meter_id"], sort=True)["p"].idxmax()]
+            return top.rename(columns={"p": "peak_kw"})[["site_id", "meter_id", "peak_kw", "time"]]
+
+        first_day, today = start.ceil("D"), now.floor("D")
+        pieces = []
+        if first_day < today:
+            self._day_peaks = {d: f for d, f in self._day_peaks.items() if d >= first_day}
+            pieces.append(maxima(rows(start, first_day)))
+            day = first_day
+            while day < today:
+                if day not in self._day_peaks:
+                    self._day_peaks[day] = maxima(rows(day, day + pd.Timedelta(days=1)))
+                pieces.append(self._day_peaks[day])
+                day += pd.Timedelta(days=1)
+            pieces.append(maxima(rows(today, now)))
+        else:
+            pieces.append(maxima(rows(start, now)))
+        pieces = [p for p in pieces if not p.empty]
+        if not pieces:
+            return empty
+        per_meter = pd.concat(pieces, ignore_index=True)
+        per_meter = per_meter.loc[per_meter.groupby(["site_id", "meter_id"])["peak_kw"].idxmax()]
+        meters = per_meter.groupby("site_id")["meter_id"].transform("nunique")
+        single = per_meter.loc[meters == 1, ["site_id", "peak_kw", "time"]]
+        several = per_meter.loc[meters > 1, "site_id"].unique()
+        if len(several) == 0:
+            return single.reset_index(drop=True)
+        means = rows(start, now)
+        means = means[means["site_id"].isin(several).to_numpy()]
+        summed = means.groupby(["site_id", "time"], as_index=False)["p"].sum()
+        top = summed.loc[summed.groupby("site_id")["p"].idxmax()].rename(columns={"p": "peak_kw"})
+        return pd.concat([single, top[["site_id", "peak_kw", "time"]]], ignore_index=True)
 
     # -- the frames that can be sliced, named as in ``WindowData`` --------------------------
     def interference_recent(self, facts: Facts, now: pd.Timestamp, t: Any, _frames: Frames) -> pd.DataFrame:

@@ -161,4 +161,5 @@ RESERVATIONS = Rule(
     name="reservations", kinds=("reservation_exceeded", "reservation_underused", "reservation_missing"),
     thresholds=ReservationThresholds, evaluate=evaluate_reservations, needs=("power_peak",),
     description="peak demand against the reserved grid capacity; unused and missing reservations",
+    one_pass=True,
 )
