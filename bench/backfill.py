@@ -166,6 +166,9 @@ def main() -> None:
                     help="range backfilled both step by step and in one pass (the speed-up)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rules", default="all", help="comma-separated rule names, or all (the default)")
+    ap.add_argument("--offline-after", default="2h",
+                    help="site_offline's threshold: the sites report hourly power and no tower telemetry, "
+                         "so the default 15 min would call every on-air site offline 45 min of each hour")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     since = UNTIL - timedelta(days=args.days)
@@ -196,7 +199,9 @@ def main() -> None:
             print(f"# {args.sites} sites, {cells} cells: registry {registry_s:.1f}s, {points:,} points "
                   f"loaded in {load_s:.1f}s", file=sys.stderr, flush=True)
             settings = load_settings(None, services={"state_dir": str(tmp / "state")},
-                                     influxdb={"url": influx.url, "database": "bench", "timeout": "600s"})
+                                     influxdb={"url": influx.url, "database": "bench", "timeout": "600s"},
+                                     rules={"site_offline": {"offline_after": args.offline_after,
+                                                             "critical_after": args.offline_after}})
             runs = {}
             small_until = since + timedelta(hours=args.compare_hours)
             for label, until, one_pass in (("step by step", small_until, False),
