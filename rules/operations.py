@@ -33,7 +33,7 @@ from pydantic import Field
 from core.settings import Duration
 from core.states import ON_AIR_STATES
 from rules.finding import Finding, Severity, iso_utc, subject_key
-from rules.lifecycle import last_seen_map
+from rules.lifecycle import last_seen_series
 from rules.rule import Facts, Frames, Rule, Thresholds
 
 __all__ = [
@@ -78,7 +78,7 @@ def evaluate_site_offline(frames: Frames, facts: Facts, now: datetime, t: Offlin
     out: list[Finding] = []
     if facts.sites.empty:
         return out
-    seen = last_seen_map(frames.get("last_seen"))
+    seen = last_seen_series(frames.get("last_seen"))
     on_battery_last = _on_battery_at_last_report(frames.get("tower_latest"))
     now_ts = pd.Timestamp(now)
     # The loop below decides; this only leaves out, in one vector pass, the on-air sites seen
