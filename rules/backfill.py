@@ -248,6 +248,8 @@ class _LastSeen:
         self.consumed = start  # readings before it are in ``_last``
         self._sites = pd.Index([], dtype=object)
         self._last = np.empty(0, dtype=np.int64)
+        self._names: Any = None
+        self._rank = np.empty(0, dtype=np.intp)
         # per statement: held rows (times ns, site codes) not consumed yet, fetched up to
         self._held: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0, np.intp))
                                                            for _ in _SEEN]
@@ -267,14 +269,15 @@ class _LastSeen:
         for k in range(len(_SEEN)):
             self._consume(k, now)
         self.consumed = now
-        keep = self._last >= start.value
-        if not keep.any():
+        keep = np.flatnonzero(self._last >= start.value)
+        if len(keep) == 0:
             return pd.DataFrame({"site_id": [], "time": []})
-        ids = np.asarray(self._sites, dtype=object)[keep]
-        times = self._last[keep]
-        order = np.argsort(ids, kind="stable")
-        return pd.DataFrame({"site_id": pd.array(ids[order], dtype="str"),
-                             "time": pd.to_datetime(times[order], unit="ns", utc=True)})
+        if self._names is None or len(self._names) != len(self._sites):  # sites seen: sorted once
+            self._names = pd.array(np.asarray(self._sites, dtype=object), dtype="str")
+            self._rank = np.argsort(np.argsort(np.asarray(self._sites, dtype=object), kind="stable"))
+        keep = keep[np.argsort(self._rank[keep], kind="stable")]
+        return pd.DataFrame({"site_id": self._names[keep],
+                             "time": pd.to_datetime(self._last[keep], unit="ns", utc=True)})
 
     def _consume(self, k: int, now: pd.Timestamp) -> None:
         template, chunk = _SEEN[k]
