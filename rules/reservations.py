@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -126,7 +127,21 @@ def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: Reserv
     peaks = site_peaks(frames.get("power_peak"))
     reserved = _reserved(facts.reservations)
     out: list[Finding] = []
-    for site in facts.sites.itertuples(index=False):
+    sites = facts.sites
+    # The loop below decides; one vector pass first leaves out the sites it would pass
+    # over - reserved, with a peak inside [underused share, tolerance] of the reservation
+    # (a margin keeps the edges in) or with no peak - so it walks ~600 of 10 000 sites.
+    ids = sites["site_id"].to_numpy(dtype=object)
+    kw = pd.to_numeric(pd.Series([reserved[i]["reserved_kw"] if i in reserved else None for i in ids],
+                                 dtype=object), errors="coerce").to_numpy(dtype=float)
+    peak = np.array([peaks[i][0] if i in peaks else np.nan for i in ids], dtype=float)
+    has = np.array([i in reserved for i in ids], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        quiet = has & (np.isnan(peak) | ((peak <= kw * (1 + t.exceed_tolerance) * (1 - 1e-9))
+                                          & (peak >= kw * t.underused_share * (1 + 1e-9))))
+    quiet &= kw >= 0  # NaN or negative: the loop decides
+    sites = sites[~quiet]
+    for site in sites.itertuples(index=False):
         sid = site.site_id
         res = reserved.get(sid)
         if res is None:
