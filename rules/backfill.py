@@ -193,7 +193,7 @@ def csv_frame(data: WindowData, q: str) -> pd.DataFrame:
                         keep_default_na=False, na_values=[""])
     if frame.empty:
         return pd.DataFrame()
-    fields = [c for c in frame.columns[3:]]
+    fields = list(frame.columns[3:])
     codes, series = pd.factorize(frame["tags"].fillna(""), sort=False)
     parsed = []
     for text in series:
@@ -207,8 +207,9 @@ def csv_frame(data: WindowData, q: str) -> pd.DataFrame:
     out = pd.DataFrame({"time": pd.to_datetime(frame["time"].to_numpy(), unit="ns", utc=True)})
     for f in fields:
         column = frame[f]
-        if column.dtype == bool or (column.dtype == object and set(column.dropna().unique()) <= {"true", "false", True, False}
-                                    and column.notna().any()):
+        booleans = {"true", "false", True, False}
+        if column.dtype == bool or (column.dtype == object and column.notna().any()
+                                    and set(column.dropna().unique()) <= booleans):
             flags = column.map({"true": True, "false": False, True: True, False: False})
             out[f] = flags.astype(bool) if flags.notna().all() else flags.astype(object).where(flags.notna(), None)
         else:

@@ -141,7 +141,8 @@ def test_reservations_one_pass_with_every_finding(influxdb, tmp_path):
                        {"site_id": "S2", "reserved_kw": None, "load_kw": 5.0, "meters": 1, "state": "on_air"},
                        {"site_id": "S3", "reserved_kw": 10.0, "load_kw": 9.0, "meters": 2, "state": "on_air"},
                        {"site_id": "S4", "reserved_kw": 20.0, "load_kw": 12.0, "meters": 1, "state": "on_air"}],
-             "spells": [(0, 50, 3, 1.6), (3, 56, 4, 1.3), (1, 20, 2, 1.5), (0, 21, 1, 1.45)], "seed": 11, "every_min": 10, "hold_off_m": 90,
+             "spells": [(0, 50, 3, 1.6), (3, 56, 4, 1.3), (1, 20, 2, 1.5), (0, 21, 1, 1.45)],
+             "seed": 11, "every_min": 10, "hold_off_m": 90,
              "until_off_min": 20, "live_at_h": 3}
     flags = _check(fleet, influxdb, tmp_path)
     kinds = {(f["kind"], f["site_id"]) for f in flags}

@@ -45,8 +45,9 @@ def fleets(draw):
               "since_days": draw(st.sampled_from([None, 3, 20]))} for k in range(n_sites)]
     if n_sites > 1 and draw(st.booleans()):
         sites[-1]["replaces"] = sites[0]["site_id"]
-    silent = draw(st.lists(st.tuples(st.integers(0, n_sites - 1), st.integers(0, (LEAD + RANGE) // timedelta(minutes=10)),
-                                     st.integers(1, 30)), max_size=5))
+    tens = (LEAD + RANGE) // timedelta(minutes=10)
+    silent = draw(st.lists(st.tuples(st.integers(0, n_sites - 1), st.integers(0, tens), st.integers(1, 30)),
+                           max_size=5))
     return {"sites": sites, "silent": silent, "seed": draw(st.integers(0, 2**16)),
             "hold_off_m": draw(st.sampled_from([0, 20])), "until_off_s": draw(st.sampled_from([0, 137])),
             "interval_s": draw(st.sampled_from([300, 420])), "live_at_min": draw(st.integers(10, 300))}
@@ -73,7 +74,8 @@ def _lines(fleet) -> list[str]:
                     fields = ({"energy_kwh": energy, "power_kw": 3.0} if measurement == "power"
                               else {"mains_ok": True, "on_battery": False, "battery_soc_pct": 99.0})
                     tags = {"site_id": sid, "meter_id": f"M-{sid}"} if measurement == "power" else {"site_id": sid}
-                    out.append(line(measurement, tags, fields, int(t.timestamp()) * 10**9 + rnd.randrange(0, 1000) * 10**6))
+                    ns = int(t.timestamp()) * 10**9 + rnd.randrange(0, 1000) * 10**6
+                    out.append(line(measurement, tags, fields, ns))
                 t += timedelta(minutes=minutes, seconds=rnd.randrange(-20, 20))
     return out
 
