@@ -18,6 +18,13 @@ answers on one core while Python evaluates on the other), and the cells a step m
 flag are screened from the held buckets with one vectorised level test per chunk
 and baseline day, so the rule walks a few cells a step instead of every row.
 
+The other one-pass rules (docs/rules.md has the table): ``reservations`` gets every
+site's exact peak from the range's 15-minute means; ``site_offline`` and ``lifecycle``
+get ``last_seen`` as a running maximum over raw reading times read once; the tower rules
+screen each step from 5-minute buckets and ask the step path only when a site passes.
+Chunks are asked as CSV (``csv_frame``).  All of it measured in bench/RESULTS.md: every
+rule over a month at 10 000 sites in 12 min, against ~4 h step by step.
+
 Exact only where a bucket is whole: a step at a time that is not on a bucket
 boundary (``--until`` now) would see a partial last bucket, so that step takes the
 step path.  Frames that are not buckets (per-PRB means over the window) are still
