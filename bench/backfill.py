@@ -1,23 +1,28 @@
-"""Backfill benchmark: a month of 15-minute interference for N cells, one pass against step by step.
+"""Backfill benchmark: every rule over a month at 10k sites, one pass against step by step.
 
 Run:  .venv/bin/python bench/backfill.py [--cells 10000] [--sites 10000] [--days 30]
-                                         [--compare-hours 6] [--json]
+                                         [--compare-hours 2] [--rules all] [--offline-after 2h] [--json]
 
 A seeded fleet (``simulator.fleet.Fleet.build``) of ``--sites`` sites is imported into
 a SQLite twin through the CSV importers; a private InfluxDB 1.x gets ``--days`` (plus
 the 7 baseline days and the first window before them) of 15-minute uplink
 interference for the first ``--cells`` cells of the sites on air, and hourly power for
-every site that publishes; 0.3 % of the cells are jammed for 1-4 hours at random
-times, so flags open and resolve during the month.  Loading is timed apart.
+every site that publishes (issue 15's workload; no tower telemetry); 0.3 % of the
+cells are jammed for 1-4 hours at random times, so flags open and resolve during the
+month.  Loading is timed apart.
 
 Then ``Engine.backfill`` - what ``sitetwin rules run --since --until`` calls - over
-the whole range for the rules declared ``one_pass`` (interference), flags written to
-InfluxDB as in production, no MQTT.  Reported: seconds, steps per second, peak RSS of
-the backfill (``/proc/self/clear_refs`` resets the high-water mark before it, so
-loading does not count), range statements asked.  In the same run, the first
-``--compare-hours`` of the range are backfilled both step by step
+the whole range for ``--rules`` (all by default), flags written to InfluxDB as in
+production, no MQTT.  ``site_offline`` is set to ``--offline-after`` (2 h): with
+hourly power and no tower reports, its 15-minute default would call every on-air
+site offline 45 minutes of each hour.  Reported: seconds, steps per second, peak RSS
+of each backfill (``/proc/self/clear_refs`` resets the high-water mark before it, so
+loading does not count), per rule seconds and seconds per step.  In the same run,
+the first ``--compare-hours`` of the range are backfilled both step by step
 (``one_pass=False``, every step asks InfluxDB its window) and in one pass, each into
-its own copy of the registry, and their flag tables compared: the speed-up.
+its own copy of the registry, and their flag tables compared; the whole range step
+by step is estimated per rule from that (seconds per step x the month's steps).
+Progress on stderr; ``--json`` prints only the summary.
 """
 
 from __future__ import annotations
@@ -122,13 +127,14 @@ def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
 
 
-def backfill(settings, db_path: Path, since: datetime, until: datetime, *, one_pass: bool, label: str):
+def backfill(settings, db_path: Path, since: datetime, until: datetime, *, one_pass: bool, label: str,
+             rule_names: list[str] | None):
     from rules.engine import Engine, summarise
     from rules.flag import FlagBook
     from rules.registry import RULES
     from twin.store import open_store
 
-    rules = [r for r in RULES if r.one_pass]
+    rules = [r for r in RULES if rule_names is None or r.name in rule_names]
     store = open_store(f"sqlite:///{db_path}")
     try:
         engine = Engine(store, rules=settings.rules, influxdb=settings.influxdb)
@@ -139,7 +145,8 @@ def backfill(settings, db_path: Path, since: datetime, until: datetime, *, one_p
             if time.perf_counter() - last[0] >= 15 or done == total:
                 last[0] = time.perf_counter()
                 rate = done / (last[0] - t0)
-                print(f"#   {label}: {done}/{total} steps to {at:%Y-%m-%d %H:%M}Z, {rate:.1f}/s, "
+                print(f"#   {label}: {done}/{total} steps, {100 * (at - since) / (until - since):.0f}% of the range "
+                      f"(to {at:%Y-%m-%d %H:%M}Z), {rate:.1f}/s, "
                       f"~{(total - done) / rate:.0f}s left", file=sys.stderr, flush=True)
 
         _reset_peak_rss()
@@ -161,12 +168,17 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=10_000)
     ap.add_argument("--sites", type=int, default=10_000)
     ap.add_argument("--days", type=float, default=30.0, help="the backfilled range, in days")
-    ap.add_argument("--compare-hours", type=float, default=6.0,
+    ap.add_argument("--compare-hours", type=float, default=2.0,
                     help="range backfilled both step by step and in one pass (the speed-up)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rules", default="all", help="comma-separated rule names, or all (the default)")
+    ap.add_argument("--offline-after", default="2h",
+                    help="site_offline's threshold: the sites report hourly power and no tower telemetry, "
+                         "so the default 15 min would call every on-air site offline 45 min of each hour")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     since = UNTIL - timedelta(days=args.days)
+    rule_names = None if args.rules == "all" else [n.strip() for n in args.rules.split(",") if n.strip()]
     data_start = since - timedelta(days=BASELINE_DAYS + 1)
     with tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp_name:
         tmp = Path(tmp_name)
@@ -193,7 +205,9 @@ def main() -> None:
             print(f"# {args.sites} sites, {cells} cells: registry {registry_s:.1f}s, {points:,} points "
                   f"loaded in {load_s:.1f}s", file=sys.stderr, flush=True)
             settings = load_settings(None, services={"state_dir": str(tmp / "state")},
-                                     influxdb={"url": influx.url, "database": "bench", "timeout": "600s"})
+                                     influxdb={"url": influx.url, "database": "bench", "timeout": "600s"},
+                                     rules={"site_offline": {"offline_after": args.offline_after,
+                                                             "critical_after": args.offline_after}})
             runs = {}
             small_until = since + timedelta(hours=args.compare_hours)
             for label, until, one_pass in (("step by step", small_until, False),
@@ -201,17 +215,24 @@ def main() -> None:
                                            ("one pass (whole range)", UNTIL, True)):
                 db = tmp / f"twin-{len(runs)}.sqlite"
                 shutil.copy(template, db)
-                runs[label] = backfill(settings, db, since, until, one_pass=one_pass, label=label)
+                runs[label] = backfill(settings, db, since, until, one_pass=one_pass, label=label,
+                                       rule_names=rule_names)
                 print(f"# {label}: {runs[label]['steps']} steps in {runs[label]['seconds']}s, "
                       f"peak RSS {runs[label]['peak_rss_mb']} MB", file=sys.stderr, flush=True)
         finally:
             influx.stop()
-    stepped, sliced, _month = (runs[k] for k in ("step by step", "one pass (same range)", "one pass (whole range)"))
+    stepped, sliced, month = (runs[k] for k in ("step by step", "one pass (same range)", "one pass (whole range)"))
+    # The month step by step, estimated per rule: its seconds per step over the small range
+    # times its steps over the month (a month step by step would take hours to measure).
+    per_step = {r["rule"]: r["duration_s"] / r["runs"] for r in stepped["summary"] if r["runs"]}
+    estimate = sum(per_step.get(r["rule"], 0.0) * r["runs"] for r in month["summary"])
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "sites": args.sites, "cells": cells,
               "days": args.days, "points": points, "load_s": round(load_s, 1),
               "compare_hours": args.compare_hours,
               "same_flags": stepped["flags"] == sliced["flags"],
               "speedup": round(stepped["seconds"] / sliced["seconds"], 1),
+              "stepwise_month_estimate_s": round(estimate),
+              "speedup_month_estimate": round(estimate / month["seconds"], 1),
               "runs": {k: {x: v for x, v in r.items() if x != "flags"} | {"flags": len(r["flags"])}
                        for k, r in runs.items()}}
     if args.json:
@@ -224,6 +245,16 @@ def main() -> None:
         span = f"{args.compare_hours:g} h" if "whole" not in label else f"{args.days:g} days"
         print(f"| {label} | {span} | {r['steps']} | {r['seconds']} | {r['steps_per_s']} | {r['peak_rss_mb']} "
               f"| {len(r['flags'])} | {len(r['errors'])} |")
+    print("\n| rule | steps (whole range) | seconds | s/step | s/step step by step | findings | opened | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in month["summary"]:
+        stepwise = per_step.get(r["rule"])
+        print(f"| {r['rule']} | {r['runs']} | {r['duration_s']:.1f} | {r['duration_s'] / r['runs']:.3f} "
+              f"| {'' if stepwise is None else f'{stepwise:.3f}'} | {r['findings']} | {r['opened']} "
+              f"| {r['errors']} |")
+    print("\n(per-rule seconds include waiting for a shared range read another rule of the same step started)")
+    print(f"\nstep by step over the whole range, estimated per rule from the {args.compare_hours:g} h: "
+          f"{estimate:.0f} s; one pass x{result['speedup_month_estimate']}")
     print(f"\nspeed-up over {args.compare_hours:g} h: x{result['speedup']}; "
           f"same flags: {result['same_flags']}")
 

@@ -692,6 +692,11 @@ class SiteHistory:
         self._cache = (n, out)
         return out
 
+    def version_at(self, at: datetime | pd.Timestamp) -> int:
+        """How many events happened by ``at``: ``facts_at`` only changes when this does."""
+        t = utc_timestamp(at)
+        return int(np.searchsorted(self._times, t.tz_localize(None).to_datetime64(), side="right"))
+
     def facts_at(self, facts: Facts, at: datetime | pd.Timestamp) -> Facts:
         if facts.sites.empty or self.events.empty:
             return facts
@@ -771,6 +776,13 @@ class GridHistory:
         frame = in_force(changes, at, assume_first=assume_first)
         self._cache[name] = (n, frame)
         return frame
+
+    def version_at(self, at: datetime | pd.Timestamp) -> tuple[int, int]:
+        """How many reservation and supply changes took effect by ``at``: ``facts_at``
+        only changes when this does."""
+        t = utc_timestamp(at).tz_localize(None).to_datetime64()
+        return (int(np.searchsorted(self._res_times, t, side="right")),
+                int(np.searchsorted(self._supply_times, t, side="right")))
 
     def facts_at(self, facts: Facts, at: datetime | pd.Timestamp) -> Facts:
         t = utc_timestamp(at)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from core.settings import InfluxSettings, MqttSettings, RulesSettings
 from rules.data import WindowData, load_facts, load_grid_history, load_site_history
 from rules.errors import RuleError
-from rules.flag import FlagBook
+from rules.flag import FlagBook, SyncResult
 from rules.registry import RULES, thresholds_for
 from rules.rule import Facts, Rule, Thresholds
 from rules.sink import publish_flags, publish_site_alarms, write_flags
@@ -88,6 +88,8 @@ class Engine:
         self.concurrency = rules.query_concurrency
         self.write_influx = write_influx
         self._alarm_sites: set[str] | None = None
+        # During a backfill: per rule, True once a sync left it no flag to change (see ``_run_one``).
+        self._idle: dict[str, bool] | None = None
 
     def thresholds(self, rule: Rule) -> Thresholds:
         return thresholds_for(self.rules, rule)
@@ -164,8 +166,16 @@ class Engine:
             if rule.observed is not None:
                 seen, windowed = rule.observed(frames), in_scope
                 in_scope = lambda flag: flag.site_id in seen and windowed(flag)  # noqa: E731
-            sync = self.flags.sync(rule.name, findings, now, self.rules.hold_off,
-                                   in_scope=in_scope, frozen=frozen)
+            if not findings and self._idle is not None and self._idle.get(rule.name):
+                # A backfill step with no findings, of a rule whose last sync left no flag it
+                # could change (none open or clearing but the frozen ones): the flag store
+                # would do nothing, so it is not asked (~4 ms a step; 60 000 steps a month).
+                sync = SyncResult()
+            else:
+                sync = self.flags.sync(rule.name, findings, now, self.rules.hold_off,
+                                       in_scope=in_scope, frozen=frozen)
+                if self._idle is not None:
+                    self._idle[rule.name] = sync.live_after == 0
         except Exception as exc:
             log.error("rule %s failed at %s: %s", rule.name, now.isoformat(), exc,
                       exc_info=log.isEnabledFor(logging.DEBUG))
@@ -208,16 +218,25 @@ class Engine:
             steps.setdefault(until, []).append(rule)
         outcomes: list[Outcome] = []
         self._alarm_sites = set()
+        self._idle = {}
         plain = self.data
-        if one_pass and any(r.one_pass for r in rules):
+        # Only InfluxDB's own data can be read by range (a data source handed in by a test or
+        # a caller steps as it is).
+        if one_pass and isinstance(plain, WindowData) and any(r.one_pass for r in rules):
             from rules.backfill import RangeData
 
             self.data = RangeData(plain, until)
         total = sum(len(v) for v in steps.values())
         done = 0
         try:
+            then, version = facts, None
             for now in sorted(steps):
-                then = grid.facts_at(history.facts_at(facts, now), now)
+                # The facts as of ``now`` change only with an event or a change in force
+                # between two steps: rebuilt then, reused otherwise (8 % of a 10 k-cell
+                # interference backfill went to rebuilding the same frames).
+                key = (history.version_at(now), grid.version_at(now))
+                if key != version:
+                    then, version = grid.facts_at(history.facts_at(facts, now), now), key
                 outcomes.extend(self.run(now, steps[now], facts=then, frozen=frozen))
                 done += len(steps[now])
                 if progress is not None:
@@ -226,6 +245,7 @@ class Engine:
             if self.data is not plain:
                 self.data.close()
             self.data = plain
+            self._idle = None
             sites, self._alarm_sites = self._alarm_sites, None
             if self.broker is not None and sites:
                 publish_site_alarms(self.broker, self.store, sorted(sites))

@@ -285,19 +285,23 @@ DOOR_OPEN = Rule(
     name="door_open", kinds=("door_open",), thresholds=DoorThresholds,
     evaluate=evaluate_door_open, needs=("door_readings",),
     description="cabinet or shelter door open outside a maintenance window (intrusion)",
+    one_pass=True,
 )
 CABINET_OVERTEMP = Rule(
     name="cabinet_overtemp", kinds=("cabinet_overtemp",), thresholds=OvertempThresholds,
     evaluate=evaluate_cabinet_overtemp, needs=("env_5m",),
     description="cabinet temperature sustained at or above the limit",
+    one_pass=True,
 )
 TILT_EXCEEDED = Rule(
     name="tilt_exceeded", kinds=("tilt_exceeded",), thresholds=TiltThresholds,
     evaluate=evaluate_tilt_exceeded, needs=("env_5m",),
     description="pole or tower inclination sustained beyond the limit",
+    one_pass=True,
 )
 BATTERY_LLVD_RISK = Rule(
     name="battery_llvd_risk", kinds=("battery_llvd_risk",), thresholds=LlvdThresholds,
     evaluate=evaluate_battery_llvd_risk, needs=("env_5m",),
     description="on battery near the low-voltage load disconnect",
+    one_pass=True,
 )

@@ -102,6 +102,10 @@ class SyncResult:
     clearing: int = 0
     # Backfill only: findings already recorded by a flag that existed before it started.
     skipped: int = 0
+    # Flags of the rule this evaluation could still change (open or clearing, not frozen)
+    # after it, counted high rather than low: 0 lets a backfill skip the flag store on the
+    # rule's next step without findings (``Engine.backfill``).
+    live_after: int = 0
 
     @property
     def changed(self) -> list[dict[str, Any]]:
@@ -253,6 +257,7 @@ class FlagBook:
                     out.resolved.append(flag_dict(flag))
                 else:
                     out.clearing += 1
+            out.live_after = sum(1 for flag in live if flag.status != FlagStatus.RESOLVED) + len(out.opened)
         return out
 
     def list(self, *, kind: str | None = None, status: str | None = None, site_id: str | None = None,

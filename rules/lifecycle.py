@@ -22,7 +22,7 @@ from core.timeutil import utc_timestamp
 from rules.finding import Finding, Severity, iso_utc
 from rules.rule import Facts, Frames, Rule, Thresholds
 
-__all__ = ["LIFECYCLE", "LifecycleThresholds", "evaluate_lifecycle", "last_seen_map"]
+__all__ = ["LIFECYCLE", "LifecycleThresholds", "evaluate_lifecycle", "last_seen_map", "last_seen_series"]
 
 DEFAULT_LIMITS_DAYS = {
     "planned": 365.0,
@@ -48,10 +48,15 @@ class LifecycleThresholds(Thresholds):
 
 def last_seen_map(frame: pd.DataFrame | None) -> dict[str, pd.Timestamp]:
     """site_id -> time of its latest reading, from a ``last_seen`` frame."""
+    return last_seen_series(frame).to_dict()
+
+
+def last_seen_series(frame: pd.DataFrame | None) -> pd.Series:
+    """``last_seen_map`` as a Series (``.get`` alike): no Timestamp object per site until one
+    is asked for (10 000 of them every step were a third of a backfill's offline rule)."""
     if frame is None or frame.empty:
-        return {}
-    latest = frame.dropna(subset=["time"]).groupby("site_id")["time"].max()
-    return latest.to_dict()
+        return pd.Series(dtype="datetime64[ns, UTC]")
+    return frame.dropna(subset=["time"]).groupby("site_id")["time"].max()
 
 
 def _ts(value: Any) -> pd.Timestamp | None:
@@ -68,9 +73,14 @@ def evaluate_lifecycle(frames: Frames, facts: Facts, now: datetime, t: Lifecycle
     sites = facts.sites
     if sites.empty:
         return out
-    seen = last_seen_map(frames.get("last_seen"))
-    by_id = sites.set_index("site_id").to_dict("index")
-    for new in sites.itertuples(index=False):
+    seen = last_seen_series(frames.get("last_seen"))
+    # Only the replacements and the sites they replace are walked (10 000 sites' rows as
+    # dicts every step cost a backfill ~0.1 s a step).
+    replaces = sites["replaces_site_id"] if "replaces_site_id" in sites.columns else pd.Series(None, index=sites.index)
+    named = replaces.map(lambda v: isinstance(v, str) and bool(v)).astype(bool).to_numpy()
+    old_rows = sites[sites["site_id"].isin(set(replaces[named])).to_numpy()]
+    by_id = old_rows.set_index("site_id").to_dict("index")
+    for new in sites[named].itertuples(index=False):
         old_id = getattr(new, "replaces_site_id", None)
         if not isinstance(old_id, str) or not old_id or old_id not in by_id or new.state == State.ON_AIR:
             continue
@@ -92,7 +102,12 @@ def evaluate_lifecycle(frames: Frames, facts: Facts, now: datetime, t: Lifecycle
                       "replacement_state": new.state,
                       "old_last_seen": iso_utc(last) if last is not None else None,
                       "old_state_since": _iso(old.get("state_since"))}))
-    for site in sites.itertuples(index=False):
+    # Likewise only the sites near or past their state's limit (the loop decides).
+    limits = pd.to_numeric(sites["state"].map(lambda v: t.limits_days.get(v)), errors="coerce")
+    since_all = pd.to_datetime(sites["state_since"], utc=True, errors="coerce") \
+        if "state_since" in sites.columns else pd.Series(pd.NaT, index=sites.index)
+    near = limits.notna() & since_all.notna() & ((now_ts - since_all) / pd.Timedelta(days=1) > limits - 1)
+    for site in sites[near.to_numpy()].itertuples(index=False):
         limit = t.limits_days.get(site.state)
         since = _ts(getattr(site, "state_since", None))
         if limit is None or since is None:
@@ -119,4 +134,5 @@ LIFECYCLE = Rule(
     name="lifecycle", kinds=("relocation_violation", "lifecycle_stalled"),
     thresholds=LifecycleThresholds, evaluate=evaluate_lifecycle, needs=("last_seen",),
     description="old sites taken down before their replacement is on air; states past their limit",
+    one_pass=True,
 )

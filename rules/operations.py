@@ -33,7 +33,7 @@ from pydantic import Field
 from core.settings import Duration
 from core.states import ON_AIR_STATES
 from rules.finding import Finding, Severity, iso_utc, subject_key
-from rules.lifecycle import last_seen_map
+from rules.lifecycle import last_seen_series
 from rules.rule import Facts, Frames, Rule, Thresholds
 
 __all__ = [
@@ -78,10 +78,15 @@ def evaluate_site_offline(frames: Frames, facts: Facts, now: datetime, t: Offlin
     out: list[Finding] = []
     if facts.sites.empty:
         return out
-    seen = last_seen_map(frames.get("last_seen"))
+    seen = last_seen_series(frames.get("last_seen"))
     on_battery_last = _on_battery_at_last_report(frames.get("tower_latest"))
     now_ts = pd.Timestamp(now)
-    for site in facts.sites.itertuples(index=False):
+    # The loop below decides; this only leaves out, in one vector pass, the on-air sites seen
+    # well within ``offline_after`` (a backfill steps 10 000 sites 8 640 times a month).
+    sites = facts.sites
+    last = pd.to_datetime(seen.reindex(sites["site_id"].to_numpy()), utc=True)
+    recent = (now_ts - last < pd.Timedelta(seconds=t.offline_after) - pd.Timedelta(seconds=1)).to_numpy()
+    for site in sites[~recent].itertuples(index=False):
         if site.state not in ON_AIR_STATES:
             continue
         last = seen.get(site.site_id)
@@ -208,10 +213,12 @@ SITE_OFFLINE = Rule(
     name="site_offline", kinds=("site_offline",), thresholds=OfflineThresholds,
     evaluate=evaluate_site_offline, needs=("last_seen", "tower_latest"),
     description="on-air sites silent beyond the offline threshold",
+    one_pass=True,
 )
 MAINS_FAILURE = Rule(
     name="mains_failure", kinds=("mains_failure",), thresholds=MainsThresholds,
     evaluate=evaluate_mains_failure, needs=("tower_latest", "tower_5m"), observed=observed_sites,
     description="sites on battery beyond the threshold, with SOC trend and time to empty;"
                 " open until mains is seen back",
+    one_pass=True,
 )

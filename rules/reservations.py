@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -101,16 +102,46 @@ def peak_candidates(bounds: pd.DataFrame | None, facts: Facts, now: datetime, t:
     return out
 
 
+# The last reservations table read, with the frame it came from: a backfill hands its steps
+# the same facts until a change takes effect, and at 10 000 sites the table as dicts cost
+# ~40 ms a step.  Keyed on the frame's identity, kept unique by the reference held here.
+_last_reserved: tuple[pd.DataFrame, dict[str, dict[str, Any]]] | None = None
+
+
+def _reserved(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    global _last_reserved
+    hit = _last_reserved
+    if hit is not None and hit[0] is frame:
+        return hit[1]
+    out: dict[str, dict[str, Any]] = {}
+    if not frame.empty:
+        out = frame.drop_duplicates("site_id", keep="last").set_index("site_id").to_dict("index")
+    _last_reserved = (frame, out)
+    return out
+
+
 def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: ReservationThresholds
                           ) -> list[Finding]:
     """Exceeded, underused and missing reservations."""
     start = now - timedelta(seconds=t.window)
     peaks = site_peaks(frames.get("power_peak"))
-    reserved: dict[str, dict[str, Any]] = {}
-    if not facts.reservations.empty:
-        reserved = facts.reservations.drop_duplicates("site_id", keep="last").set_index("site_id").to_dict("index")
+    reserved = _reserved(facts.reservations)
     out: list[Finding] = []
-    for site in facts.sites.itertuples(index=False):
+    sites = facts.sites
+    # The loop below decides; one vector pass first leaves out the sites it would pass
+    # over - reserved, with a peak inside [underused share, tolerance] of the reservation
+    # (a margin keeps the edges in) or with no peak - so it walks ~600 of 10 000 sites.
+    ids = sites["site_id"].to_numpy(dtype=object)
+    kw = pd.to_numeric(pd.Series([reserved[i]["reserved_kw"] if i in reserved else None for i in ids],
+                                 dtype=object), errors="coerce").to_numpy(dtype=float)
+    peak = np.array([peaks[i][0] if i in peaks else np.nan for i in ids], dtype=float)
+    has = np.array([i in reserved for i in ids], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        quiet = has & (np.isnan(peak) | ((peak <= kw * (1 + t.exceed_tolerance) * (1 - 1e-9))
+                                          & (peak >= kw * t.underused_share * (1 + 1e-9))))
+    quiet &= kw >= 0  # NaN or negative: the loop decides
+    sites = sites[~quiet]
+    for site in sites.itertuples(index=False):
         sid = site.site_id
         res = reserved.get(sid)
         if res is None:
@@ -161,4 +192,5 @@ RESERVATIONS = Rule(
     name="reservations", kinds=("reservation_exceeded", "reservation_underused", "reservation_missing"),
     thresholds=ReservationThresholds, evaluate=evaluate_reservations, needs=("power_peak",),
     description="peak demand against the reserved grid capacity; unused and missing reservations",
+    one_pass=True,
 )

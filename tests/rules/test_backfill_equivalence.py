@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -208,3 +209,31 @@ def test_range_data_fetches_once_per_chunk(influxdb, influx_db, tmp_path):
     # 22 h of 15-minute buckets (the first window and the range) in 6-hour chunks, and the
     # baseline's 3 days, each asked once
     assert data.fetches <= 4 + 3
+
+
+def test_csv_frame_equals_the_json_frame(influxdb, influx_db):
+    """The range chunks are asked as CSV: the same frame as the JSON path, and a failed
+    statement (an empty CSV answer) or a tag value that cannot be split back still goes the
+    JSON way (an error stays an error)."""
+    from connectors.influx import InfluxReader
+    from rules.backfill import _HOURLY, _RECENT, csv_frame
+    from rules.data import WindowData
+    from rules.errors import RuleDataError
+
+    t0 = int(START.timestamp())
+    lines = [line("interference", {"site_id": f"S{i % 3}", "cell_id": f"C{i % 5}", "band": "n78"},
+                  {"ul_interference_dbm": -100.0 - (i % 7) * 1.37}, (t0 + 60 * i) * 10**9) for i in range(600)]
+    lines.append(line("interference", {"site_id": "S,odd", "cell_id": "C=odd", "band": "n78"},
+                      {"ul_interference_dbm": -99.5}, t0 * 10**9))
+    writer = InfluxWriter(influxdb.url, database=influx_db)
+    assert not writer.write("\n".join(lines).encode()).rejected
+    writer.close()
+    data = WindowData(InfluxReader(influxdb.url, influx_db))
+    plain = f"time >= {t0}s AND time < {t0 + 600 * 60}s AND \"site_id\" =~ /^S[0-9]$/"
+    for template in (_RECENT, _HOURLY):
+        for where in (plain, f"time >= {t0}s AND time < {t0 + 600 * 60}s", "time < 0"):
+            q = template.format(where=where)
+            pd.testing.assert_frame_equal(csv_frame(data, q), data._frame(q))
+    assert len(csv_frame(data, _RECENT.format(where=plain))) == 40 * 15  # 40 buckets of 15 series
+    with pytest.raises(RuleDataError, match="undefined function"):
+        csv_frame(data, 'SELECT meen("x") FROM "interference"')
