@@ -315,6 +315,25 @@ class InfluxReader:
                 raise QueryError(f"query failed: {r['error']}")
         return results
 
+    def csv(self, q: str) -> bytes | None:
+        """The CSV answer of one statement (``Accept: application/csv``, InfluxDB 1.5+:
+        ``name,tags,time,<fields>`` rows), or None when it is not one (an HTTP error, or
+        InfluxDB 1.6's empty body, which it gives both for no rows and for a failed
+        statement: ask ``raw`` then, whose JSON tells them apart).  Raises ``QueryError``
+        when InfluxDB cannot be reached."""
+        params = {"db": self.database, "epoch": "ns"}
+        if self.retention_policy:
+            params["rp"] = self.retention_policy
+        try:
+            resp = self._session().post(f"{self.url}/query", params=params, data={"q": q},
+                                        headers={"Accept": "application/csv"}, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise QueryError(f"InfluxDB unreachable at {self.url}: {type(exc).__name__}") from exc
+        body: bytes = resp.content
+        if resp.status_code != 200 or not body.startswith(b"name,tags,time,"):
+            return None
+        return body
+
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:

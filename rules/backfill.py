@@ -178,21 +178,16 @@ def csv_frame(data: WindowData, q: str) -> pd.DataFrame:
     """
     import io
 
-    import requests
+    from connectors.errors import QueryError
 
     reader = getattr(data, "reader", None)
-    if reader is None or not hasattr(reader, "_session"):
+    if reader is None or not hasattr(reader, "csv"):
         return data._frame(q)
-    params = {"db": reader.database, "epoch": "ns"}
-    if reader.retention_policy:
-        params["rp"] = reader.retention_policy
     try:
-        resp = reader._session().post(f"{reader.url}/query", params=params, data={"q": q},
-                                      headers={"Accept": "application/csv"}, timeout=reader.timeout)
-    except requests.RequestException as exc:
-        raise RuleDataError(f"InfluxDB unreachable at {reader.url}: {type(exc).__name__}") from exc
-    body = resp.content
-    if resp.status_code != 200 or not body.startswith(b"name,tags,time,"):
+        body = reader.csv(q)
+    except QueryError as exc:
+        raise RuleDataError(str(exc)) from exc
+    if body is None:
         # InfluxDB 1.6 answers a failed statement in CSV with HTTP 200 and an empty body,
         # like a statement without rows: both are asked again as JSON, which tells them apart.
         return data._frame(q)

@@ -95,7 +95,7 @@ def _backfill(url: str, influx_url: str, db: str, fleet, *, one_pass: bool):
                                          "reservations": {"window": "2d", "underused_after_days": 30}})
         since = START + WINDOW
         until = since + RANGE + timedelta(minutes=fleet["until_off_min"])
-        engine = Engine(settings_, store, write_influx=False, publish_mqtt=False)
+        engine = Engine(store, rules=settings_.rules, influxdb=settings_.influxdb, write_influx=False)
         engine.run(since + timedelta(hours=fleet["live_at_h"]), [RESERVATIONS])  # flags the backfill keeps
         outcomes = engine.backfill(since, until, [RESERVATIONS], one_pass=one_pass)
         flags = FlagBook(store).list()

@@ -107,7 +107,7 @@ def _backfill(url: str, influx_url: str, db: str, fleet, *, one_pass: bool):
                                          "site_offline": {"interval": f"{fleet['interval_s']}s"}})
         since = START + LEAD
         until = since + RANGE + timedelta(seconds=fleet["until_off_s"])
-        engine = Engine(settings_, store, write_influx=False, publish_mqtt=False)
+        engine = Engine(store, rules=settings_.rules, influxdb=settings_.influxdb, write_influx=False)
         engine.run(since + timedelta(minutes=fleet["live_at_min"]), RULES)  # flags the backfill keeps
         outcomes = engine.backfill(since, until, RULES, one_pass=one_pass)
         flags = FlagBook(store).list()

@@ -105,7 +105,7 @@ def _backfill(url: str, influx_url: str, db: str, fleet, *, one_pass: bool):
                                   rules={"hold_off": f"{fleet['hold_off_m']}m"})
         since = START + LEAD
         until = since + RANGE + timedelta(minutes=fleet["until_off_min"])
-        engine = Engine(settings_, store, write_influx=False, publish_mqtt=False)
+        engine = Engine(store, rules=settings_.rules, influxdb=settings_.influxdb, write_influx=False)
         engine.run(START + timedelta(minutes=fleet["live_at_min"]), RULES)  # flags the backfill keeps
         outcomes = engine.backfill(since, until, RULES, one_pass=one_pass)
         flags = FlagBook(store).list()
