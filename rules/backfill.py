@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rules.data import WindowData, _between, _id_filter
+from rules.data import WindowData, _between, _id_filter, split_meter_peaks, with_summed_peaks
 from rules.errors import RuleDataError
 from rules.rule import Facts, Frames, Rule
 
@@ -503,18 +503,11 @@ class RangeData:
         pieces = [p for p in pieces if not p.empty]
         if not pieces:
             return empty
-        per_meter = pd.concat(pieces, ignore_index=True)
-        per_meter = per_meter.loc[per_meter.groupby(["site_id", "meter_id"])["peak_kw"].idxmax()]
-        meters = per_meter.groupby("site_id")["meter_id"].transform("nunique")
-        single = per_meter.loc[meters == 1, ["site_id", "peak_kw", "time"]]
-        several = per_meter.loc[meters > 1, "site_id"].unique()
+        single, several = split_meter_peaks(pd.concat(pieces, ignore_index=True))
         if len(several) == 0:
-            return single.reset_index(drop=True)
+            return single
         means = rows(start, now)
-        means = means[means["site_id"].isin(several).to_numpy()]
-        summed = means.groupby(["site_id", "time"], as_index=False)["p"].sum()
-        top = summed.loc[summed.groupby("site_id")["p"].idxmax()].rename(columns={"p": "peak_kw"})
-        return pd.concat([single, top[["site_id", "peak_kw", "time"]]], ignore_index=True)
+        return with_summed_peaks(single, means[means["site_id"].isin(several).to_numpy()])
 
     # -- the frames that can be sliced, named as in ``WindowData`` --------------------------
     def interference_recent(self, facts: Facts, now: pd.Timestamp, t: Any, _frames: Frames) -> pd.DataFrame:

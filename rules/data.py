@@ -65,6 +65,26 @@ def _floor(ts: datetime, minutes: int) -> pd.Timestamp:
     return pd.Timestamp(ts).floor(f"{minutes}min")
 
 
+
+def split_meter_peaks(per_meter: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
+    """From peaks per meter (``site_id``, ``meter_id``, ``peak_kw``, ``time``; a meter may
+    appear more than once): the peak of each single-meter site (``site_id``, ``peak_kw``,
+    ``time``), and the ids of the sites with several meters, whose peak is that of their
+    summed means (``with_summed_peaks``).  Shared by the step and the one-pass backfill,
+    which must agree."""
+    per_meter = per_meter.loc[per_meter.groupby(["site_id", "meter_id"])["peak_kw"].idxmax()]
+    meters = per_meter.groupby("site_id")["meter_id"].transform("nunique")
+    single = per_meter.loc[meters == 1, ["site_id", "peak_kw", "time"]].reset_index(drop=True)
+    return single, per_meter.loc[meters > 1, "site_id"].unique()
+
+
+def with_summed_peaks(single: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame:
+    """``single`` plus, per site of ``means`` (15-minute means per meter: ``site_id``,
+    ``time``, ``p``), the bucket where the sum over its meters peaks."""
+    summed = means.groupby(["site_id", "time"], as_index=False)["p"].sum()
+    top = summed.loc[summed.groupby("site_id")["p"].idxmax()].rename(columns={"p": "peak_kw"})
+    return pd.concat([single, top[["site_id", "peak_kw", "time"]]], ignore_index=True)
+
 class WindowData:
     """Fetches the frames a rule ``needs`` for its window ending at ``now``."""
 
@@ -370,19 +390,12 @@ class WindowData:
         parts = [x for x in self._frames(statements, memo=memos) if not x.empty]
         if not parts:
             return pd.DataFrame({"site_id": [], "peak_kw": [], "time": []})
-        per_meter = pd.concat(parts, ignore_index=True)
-        per_meter = per_meter.loc[per_meter.groupby(["site_id", "meter_id"])["peak_kw"].idxmax()]
-        meters = per_meter.groupby("site_id")["meter_id"].transform("nunique")
-        single = per_meter.loc[meters == 1, ["site_id", "peak_kw", "time"]]
-        several = per_meter.loc[meters > 1, "site_id"].unique()
+        single, several = split_meter_peaks(pd.concat(parts, ignore_index=True))
         if len(several) == 0:
-            return single.reset_index(drop=True)
+            return single
         q = (f'SELECT mean("power_kw") AS "p" FROM "power" WHERE {where}'
              '{filter} GROUP BY time(15m), "site_id", "meter_id" fill(none)')
-        means = self._frames_by_ids(q, "site_id", several)
-        summed = means.groupby(["site_id", "time"], as_index=False)["p"].sum()
-        top = summed.loc[summed.groupby("site_id")["p"].idxmax()].rename(columns={"p": "peak_kw"})
-        return pd.concat([single, top[["site_id", "peak_kw", "time"]]], ignore_index=True)
+        return with_summed_peaks(single, self._frames_by_ids(q, "site_id", several))
 
     # ``group_series`` sends statements together in one /query request (InfluxQL takes several,
     # ';'-separated) until they cover this many sites: 500 feeders of 20 sites in 20 requests
