@@ -86,9 +86,10 @@ def evaluate_site_offline(frames: Frames, facts: Facts, now: datetime, t: Offlin
     sites = facts.sites
     last = pd.to_datetime(seen.reindex(sites["site_id"].to_numpy()), utc=True)
     recent = (now_ts - last < pd.Timedelta(seconds=t.offline_after) - pd.Timedelta(seconds=1)).to_numpy()
-    for site in sites[~recent].itertuples(index=False):
-        if site.state not in ON_AIR_STATES:
-            continue
+    # Sites not meant to be on air are silent by design: left out here too, not walked
+    # row by row (at 2 000 sites over 3 days they were most of the rule's time).
+    on_air = sites["state"].isin(ON_AIR_STATES).to_numpy()
+    for site in sites[on_air & ~recent].itertuples(index=False):
         last = seen.get(site.site_id)
         if last is not None and now_ts - last <= pd.Timedelta(seconds=t.offline_after):
             continue
