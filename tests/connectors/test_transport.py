@@ -166,6 +166,20 @@ def _client(mosquitto, client_id: str, received: list, *, receive_maximum: int =
     return client, subscribed
 
 
+def _assert_nothing_to_redeliver(mosquitto, cid: str, topic: str) -> None:
+    """Every message of session ``cid`` was acknowledged: connecting again, only a fresh
+    marker arrives."""
+    received: list = []
+    client, _ = _client(mosquitto, cid, received)
+    try:
+        publish(mosquitto.host, mosquitto.port, [(topic, b"marker")])
+        wait_for(lambda: received)
+        assert [p for _m, _d, p in received] == [b"marker"]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("scanned", [True, False], ids=["scanned", "paho"])
 def test_lean_client_resumes_its_session_and_gets_unacked_messages_again_with_dup(mosquitto,
@@ -193,15 +207,7 @@ def test_lean_client_resumes_its_session_and_gets_unacked_messages_again_with_du
         client.disconnect()
         client.loop_stop()
     # Everything acknowledged: a third connection of the session gets nothing.
-    third: list = []
-    client, _ = _client(mosquitto, cid, third)
-    try:
-        publish(mosquitto.host, mosquitto.port, [(topic, b"marker")])
-        wait_for(lambda: third)
-        assert [p for _m, _d, p in third] == [b"marker"]
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    _assert_nothing_to_redeliver(mosquitto, cid, topic)
 
 
 @pytest.mark.integration
@@ -238,15 +244,7 @@ def test_lean_client_acks_past_the_packet_id_wrap(mosquitto) -> None:
         client.disconnect()
         client.loop_stop()
     # Every ack was taken: the session holds nothing to redeliver.
-    again: list = []
-    client, _ = _client(mosquitto, cid, again)
-    try:
-        publish(mosquitto.host, mosquitto.port, [(topic, b"marker")])
-        wait_for(lambda: again)
-        assert [p for _m, _d, p in again] == [b"marker"]
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    _assert_nothing_to_redeliver(mosquitto, cid, topic)
 
 
 @pytest.mark.integration
@@ -284,12 +282,4 @@ def test_scanned_and_pahos_paths_share_one_connection_in_order(mosquitto) -> Non
     finally:
         client.disconnect()
         client.loop_stop()
-    again: list = []
-    client, _ = _client(mosquitto, cid, again)
-    try:
-        publish(mosquitto.host, mosquitto.port, [(topic, b"marker")])
-        wait_for(lambda: again)
-        assert [p for _m, _d, p in again] == [b"marker"]
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    _assert_nothing_to_redeliver(mosquitto, cid, topic)
