@@ -13,20 +13,16 @@ and ``until`` is sometimes off any grid.
 from __future__ import annotations
 
 import random
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.influx import InfluxWriter
 from connectors.lineprotocol import line
-from core.settings import load_settings
-from rules.engine import Engine
-from rules.flag import FlagBook
 from rules.lifecycle import LIFECYCLE
 from rules.operations import SITE_OFFLINE
+from tests.rules.backfill_support import one_pass_equals_stepped
 
 pytestmark = pytest.mark.integration
 
@@ -97,47 +93,14 @@ def _registry(url: str, fleet) -> None:
     store.close()
 
 
-def _backfill(url: str, influx_url: str, db: str, fleet, *, one_pass: bool):
-    from twin.store import open_store
-
-    store = open_store(url)
-    try:
-        settings_ = load_settings(None, influxdb={"url": influx_url, "database": db}, twin={"url": url},
-                                  rules={"hold_off": f"{fleet['hold_off_m']}m",
-                                         "site_offline": {"interval": f"{fleet['interval_s']}s"}})
-        since = START + LEAD
-        until = since + RANGE + timedelta(seconds=fleet["until_off_s"])
-        engine = Engine(store, rules=settings_.rules, influxdb=settings_.influxdb, write_influx=False)
-        engine.run(since + timedelta(minutes=fleet["live_at_min"]), RULES)  # flags the backfill keeps
-        outcomes = engine.backfill(since, until, RULES, one_pass=one_pass)
-        flags = FlagBook(store).list()
-        return ([(o.rule, o.now, o.status, o.findings, o.opened, o.updated, o.resolved, o.error)
-                 for o in outcomes], [{k: v for k, v in f.items() if k != "id"} for f in flags])
-    finally:
-        store.close()
-
-
 def _check(fleet, influxdb, tmp_path) -> list[dict]:
-    db = f"t_{uuid.uuid4().hex[:12]}"
-    influxdb.query(f'CREATE DATABASE "{db}"')
-    tag = uuid.uuid4().hex[:8]
-    try:
-        lines = _lines(fleet)
-        if lines:
-            writer = InfluxWriter(influxdb.url, database=db)
-            assert not writer.write("\n".join(lines).encode()).rejected
-            writer.close()
-        urls = [f"sqlite:///{tmp_path / f'{name}-{tag}.sqlite'}" for name in ("stepped", "one-pass")]
-        for url in urls:
-            _registry(url, fleet)
-        stepped = _backfill(urls[0], influxdb.url, db, fleet, one_pass=False)
-        sliced = _backfill(urls[1], influxdb.url, db, fleet, one_pass=True)
-        assert not [o for o in stepped[0] if o[2] == "error"]
-        assert sliced[0] == stepped[0]  # every step's findings and flag changes
-        assert sliced[1] == stepped[1]  # the full flag table, evidence included
-        return sliced[1]
-    finally:
-        influxdb.query(f'DROP DATABASE "{db}"')
+    since = START + LEAD
+    return one_pass_equals_stepped(
+        influxdb, tmp_path, lines=_lines(fleet), registry=lambda url: _registry(url, fleet), rules=RULES,
+        rule_settings={"hold_off": f"{fleet['hold_off_m']}m",
+                       "site_offline": {"interval": f"{fleet['interval_s']}s"}},
+        live_at=since + timedelta(minutes=fleet["live_at_min"]),
+        since=since, until=since + RANGE + timedelta(seconds=fleet["until_off_s"]))
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
