@@ -70,8 +70,8 @@ def split_meter_peaks(per_meter: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
     """From peaks per meter (``site_id``, ``meter_id``, ``peak_kw``, ``time``; a meter may
     appear more than once): the peak of each single-meter site (``site_id``, ``peak_kw``,
     ``time``), and the ids of the sites with several meters, whose peak is that of their
-    summed means (``with_summed_peaks``).  Shared by the step and the one-pass backfill,
-    which must agree."""
+    summed means (``with_summed_peaks``).  The one-pass backfill takes the same first
+    highest per meter from its day matrices (``rules.backfill._PeakDays``)."""
     per_meter = per_meter.loc[per_meter.groupby(["site_id", "meter_id"])["peak_kw"].idxmax()]
     meters = per_meter.groupby("site_id")["meter_id"].transform("nunique")
     single = per_meter.loc[meters == 1, ["site_id", "peak_kw", "time"]].reset_index(drop=True)

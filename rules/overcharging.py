@@ -266,12 +266,13 @@ def evaluate_overcharging(frames: Frames, facts: Facts, now: datetime, t: BillTh
     return out
 
 
-def _per_meter(readings: pd.DataFrame | None, site_id: str, start_ns: np.ndarray, end_ns: np.ndarray,
+def _per_meter(mine: pd.DataFrame | None, site_id: str, start_ns: np.ndarray, end_ns: np.ndarray,
                t: BillThresholds) -> tuple[dict[str, float], int]:
-    """One bill's counted kWh per meter, and the resets (counter going down) within its period."""
-    if readings is None or readings.empty:
+    """One bill's counted kWh per meter, and the resets (counter going down) within its period;
+    ``mine``: the readings of its site."""
+    if mine is None or mine.empty:
         return {}, 0
-    mine = readings[readings["site_id"] == site_id].dropna(subset=["energy_kwh"])
+    mine = mine.dropna(subset=["energy_kwh"])
     by_meter: dict[str, float] = {}
     resets = 0
     lo, hi = start_ns.min(), end_ns.max()
@@ -316,12 +317,19 @@ def evaluate_overbilling(frames: Frames, facts: Facts, now: datetime, t: BillThr
     out: list[Finding] = []
     bounds = np.searchsorted(b, np.arange(nb + 1))
     flagged = np.flatnonzero(hit)
+    # The flagged bills' sites' readings, split by site in one pass (a month of readings of
+    # 10 000 sites scanned once per flagged bill was most of the rule's time).
+    by_site: dict[str, pd.DataFrame] = {}
+    if len(flagged) and readings is not None and not readings.empty:
+        wanted = readings["site_id"].isin(set(bills["site_id"].iloc[flagged])).to_numpy()
+        by_site = {str(k): g for k, g in readings[wanted].groupby("site_id", sort=False)}
     for i, bill in zip(flagged, bills.iloc[flagged].to_dict("records"), strict=True):
         price = float(amount[i] / billed[i]) if billed[i] > 0 else 0.0
         excess_kwh = float(billed[i] - metered[i] - allowance[i])
         excess = excess_kwh * price
         span = slice(bounds[i], bounds[i + 1])
-        per_meter, resets = _per_meter(readings, bill["site_id"], mt.start_ns[span], mt.end_ns[span], t)
+        per_meter, resets = _per_meter(by_site.get(str(bill["site_id"])), bill["site_id"],
+                                       mt.start_ns[span], mt.end_ns[span], t)
         out.append(_bill_finding(
             "overbilling", bill, excess, t,
             f"{billed[i]:.1f} kWh billed, {metered[i]:.1f} kWh metered; excess {excess:.2f} CNY",

@@ -105,42 +105,53 @@ def peak_candidates(bounds: pd.DataFrame | None, facts: Facts, now: datetime, t:
 # The last reservations table read, with the frame it came from: a backfill hands its steps
 # the same facts until a change takes effect, and at 10 000 sites the table as dicts cost
 # ~40 ms a step.  Keyed on the frame's identity, kept unique by the reference held here.
-_last_reserved: tuple[pd.DataFrame, dict[str, dict[str, Any]]] | None = None
+_last_reserved: tuple[pd.DataFrame, pd.DataFrame, np.ndarray] | None = None
 
 
-def _reserved(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def _reserved(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Each site's reservation (its last row), indexed by site_id, and ``reserved_kw`` as
+    numbers (NaN where it is not one)."""
     global _last_reserved
     hit = _last_reserved
     if hit is not None and hit[0] is frame:
-        return hit[1]
-    out: dict[str, dict[str, Any]] = {}
-    if not frame.empty:
-        out = frame.drop_duplicates("site_id", keep="last").set_index("site_id").to_dict("index")
-    _last_reserved = (frame, out)
-    return out
+        return hit[1], hit[2]
+    table = (frame.drop_duplicates("site_id", keep="last").set_index("site_id") if not frame.empty
+             else pd.DataFrame({"reserved_kw": []}, index=pd.Index([], dtype=object, name="site_id")))
+    kw = pd.to_numeric(pd.Series(table["reserved_kw"].to_numpy(dtype=object), dtype=object),
+                       errors="coerce").to_numpy(dtype=float)
+    _last_reserved = (frame, table, kw)
+    return table, kw
 
 
 def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: ReservationThresholds
                           ) -> list[Finding]:
     """Exceeded, underused and missing reservations."""
     start = now - timedelta(seconds=t.window)
-    peaks = site_peaks(frames.get("power_peak"))
-    reserved = _reserved(facts.reservations)
+    frame = frames.get("power_peak")
+    table, table_kw = _reserved(facts.reservations)
     out: list[Finding] = []
     sites = facts.sites
     # The loop below decides; one vector pass first leaves out the sites it would pass
     # over - reserved, with a peak inside [underused share, tolerance] of the reservation
     # (a margin keeps the edges in) or with no peak - so it walks ~600 of 10 000 sites.
     ids = sites["site_id"].to_numpy(dtype=object)
-    kw = pd.to_numeric(pd.Series([reserved[i]["reserved_kw"] if i in reserved else None for i in ids],
-                                 dtype=object), errors="coerce").to_numpy(dtype=float)
-    peak = np.array([peaks[i][0] if i in peaks else np.nan for i in ids], dtype=float)
-    has = np.array([i in reserved for i in ids], dtype=bool)
+    at = table.index.get_indexer(ids)
+    has = at >= 0
+    kw = np.append(table_kw, np.nan)[at]  # -1 (none) takes the NaN at the end
+    rows = None
+    where = np.full(len(ids), -1)
+    if frame is not None and not frame.empty:
+        rows = frame.dropna(subset=["peak_kw"]).drop_duplicates("site_id", keep="last")
+        where = pd.Index(rows["site_id"]).get_indexer(ids)
+    peak = np.append(rows["peak_kw"].to_numpy(dtype=float) if rows is not None else [], np.nan)[where]
     with np.errstate(invalid="ignore"):
         quiet = has & (np.isnan(peak) | ((peak <= kw * (1 + t.exceed_tolerance) * (1 - 1e-9))
                                           & (peak >= kw * t.underused_share * (1 + 1e-9))))
     quiet &= kw >= 0  # NaN or negative: the loop decides
-    sites = sites[~quiet]
+    walk = ~quiet
+    peaks = {} if rows is None else site_peaks(rows.iloc[np.unique(where[walk & (where >= 0)])])
+    reserved = table.iloc[np.unique(at[walk & has])].to_dict("index")
+    sites = sites[walk]
     for site in sites.itertuples(index=False):
         sid = site.site_id
         res = reserved.get(sid)
