@@ -284,3 +284,81 @@ def test_two_rules_run_commands_racing_on_postgresql_leave_one_open_flag_per_sit
     finally:
         store.close()
     assert sorted(f["site_id"] for f in flags) == [f"S{i:03d}" for i in range(SITES)]
+
+
+# -- flags held in memory (a backfill) ----------------------------------------------------------
+
+def _script() -> list[tuple[datetime, list[Finding]]]:
+    """Evaluations that open, update, clear, come back within the hold-off, resolve, and
+    open again, over two sites."""
+    m = lambda k: T0 + timedelta(minutes=k)  # noqa: E731
+    return [(m(20), [offline(T0, m(20))]),
+            (m(25), [offline(T0, m(25), severity="critical"), offline(m(5), m(25), site="S2")]),
+            (m(30), [offline(m(5), m(30), site="S2")]),
+            (m(50), [offline(m(40), m(50)), offline(m(5), m(50), site="S2")]),
+            (m(55), []),
+            (m(84), []),
+            (m(90), [offline(m(85), m(90), site="S2")]),
+            (m(200), []),
+            (m(300), [offline(m(290), m(300))])]
+
+
+def test_held_flags_end_as_one_evaluation_at_a_time_leaves_them(tmp_path):
+    """``holding`` keeps the flags in memory between evaluations: every evaluation's result
+    and the flags it ends with are those of evaluations that each read and write the registry."""
+    from twin.store import open_store
+
+    stores = [open_store(f"sqlite:///{tmp_path / name}") for name in ("plain.sqlite", "held.sqlite")]
+    try:
+        plain, held = FlagBook(stores[0]), FlagBook(stores[1])
+        expected = [plain.sync("site_offline", findings, now, HOLD) for now, findings in _script()]
+        with held.holding(every_s=3600):
+            got = [held.sync("site_offline", findings, now, HOLD) for now, findings in _script()]
+        assert got == expected
+        assert held.list() == plain.list()
+        assert [(f["site_id"], f["status"]) for f in plain.list()] == [
+            ("S1", "resolved"), ("S2", "resolved"), ("S2", "resolved"), ("S1", "open")]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_held_flags_are_written_at_each_opening_and_resolution_and_at_the_end(sqlite_store):
+    book, reader = FlagBook(sqlite_store), FlagBook(sqlite_store)
+    with book.holding(every_s=3600):
+        book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=20))], T0 + timedelta(minutes=20), HOLD)
+        assert [f["window_end"] for f in reader.list()] == [T0 + timedelta(minutes=20)]  # the opening
+        book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=25))], T0 + timedelta(minutes=25), HOLD)
+        assert [f["window_end"] for f in reader.list()] == [T0 + timedelta(minutes=20)]  # held
+        book.sync("site_offline", [], T0 + timedelta(minutes=30), HOLD)
+        book.sync("site_offline", [], T0 + timedelta(hours=2), HOLD)
+        (flag,) = reader.list()  # the resolution, and the update before it
+        assert flag["status"] == "resolved" and flag["window_end"] == T0 + timedelta(minutes=25)
+        book.sync("site_offline", [offline(T0 + timedelta(hours=5), T0 + timedelta(hours=6), site="S2")],
+                  T0 + timedelta(hours=6), HOLD)
+        book.sync("site_offline", [offline(T0 + timedelta(hours=5), T0 + timedelta(hours=7), site="S2")],
+                  T0 + timedelta(hours=7), HOLD)
+        assert reader.list()[1]["window_end"] == T0 + timedelta(hours=6)
+    assert reader.list()[1]["window_end"] == T0 + timedelta(hours=7)  # written at the end
+
+
+def test_held_flags_meet_a_flag_another_evaluation_opened_meanwhile(sqlite_store):
+    """Another evaluation opens the flag of a condition the held book also finds: the unique
+    index refuses the second, the evaluation is applied again from a fresh read and updates
+    the other's flag, and the held changes of the evaluations before it are not lost."""
+    book, other = FlagBook(sqlite_store), FlagBook(sqlite_store)
+    only_s1 = lambda flag: flag.site_id == "S1"  # noqa: E731
+    with book.holding(every_s=3600):
+        book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=20), site="S2")],
+                  T0 + timedelta(minutes=20), HOLD)
+        book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=25), site="S2", severity="critical")],
+                  T0 + timedelta(minutes=25), HOLD)  # held, not written yet
+        other.sync("site_offline", [offline(T0, T0 + timedelta(minutes=26))], T0 + timedelta(minutes=26), HOLD,
+                   in_scope=only_s1)
+        r = book.sync("site_offline", [offline(T0, T0 + timedelta(minutes=30))], T0 + timedelta(minutes=30), HOLD,
+                      in_scope=only_s1)
+        assert (len(r.opened), len(r.updated)) == (0, 1)
+    flags = FlagBook(sqlite_store).list()
+    assert [(f["site_id"], f["status"], f["severity"], f["window_end"]) for f in flags] == [
+        ("S2", "open", "critical", T0 + timedelta(minutes=25)),
+        ("S1", "open", "warning", T0 + timedelta(minutes=30))]
