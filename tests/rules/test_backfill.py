@@ -139,3 +139,58 @@ def test_backfill_progress_line_has_range_rate_and_time_left():
     assert first.startswith("backfill: 3/12 steps  50.0% of the range (to 2026-11-20 07:00Z), ")
     assert first.endswith("s left") and "/s, " in first
     assert last.startswith("backfill: 12/12 steps 100.0% of the range") and "left" not in last
+
+
+def _interference(influxdb, influx_db, per_bucket: int, *, second_band: bool = False) -> None:
+    import random
+
+    rnd = random.Random(per_bucket)
+    lines = []
+    for q in range(24):
+        for c in range(5):
+            for k in range(per_bucket):
+                step = 900 // per_bucket
+                ts = T + timedelta(minutes=15 * q, seconds=rnd.randrange(0, step) + k * step)
+                band = "n78" if second_band and c == 0 and q >= 12 else "n41"
+                lines.append(line("interference", {"site_id": f"S{c % 2}", "cell_id": f"S{c % 2}-C{c}", "band": band},
+                                  {"ul_interference_dbm": rnd.uniform(-120.0, -90.0)}, int(ts.timestamp() * 1e9)))
+    writer = InfluxWriter(influxdb.url, database=influx_db)
+    assert not writer.write("\n".join(lines).encode()).rejected
+    writer.close()
+
+
+def _buckets_both_ways(influxdb, influx_db):
+    from connectors.influx import InfluxReader
+    from rules.backfill import _RECENT, _QuartersFromReadings, csv_frame
+    from rules.data import WindowData, _between
+
+    data = WindowData(InfluxReader(influxdb.url, database=influx_db))
+    quarters = _QuartersFromReadings(data)
+    cut = T + timedelta(hours=3)
+    spans = ((T, cut), (cut, T + timedelta(hours=6)))
+    got = [quarters(a, b) for a, b in spans]
+    asked = [csv_frame(data, _RECENT.format(where=_between(a, b))) for a, b in spans]
+    return quarters, got, [f.sort_values(["time", "band", "cell_id", "site_id"], kind="stable").reset_index(drop=True)
+                           for f in asked]
+
+
+def test_one_reading_a_bucket_gives_the_buckets_influxdb_gives(influxdb, influx_db):
+    """Cells reporting once every 15 minutes: the raw readings floored to their buckets are,
+    row for row and to the bit, InfluxDB's 15-minute means with the cell's site and band."""
+    import pandas as pd
+
+    _interference(influxdb, influx_db, 1)
+    quarters, got, asked = _buckets_both_ways(influxdb, influx_db)
+    assert quarters.usable
+    for mine, theirs in zip(got, asked, strict=True):
+        assert len(mine) == 60
+        pd.testing.assert_frame_equal(mine, theirs, check_exact=True)
+
+
+@pytest.mark.parametrize(("per_bucket", "second_band"), [(2, False), (1, True)])
+def test_buckets_are_asked_when_the_readings_cannot_stand_for_them(influxdb, influx_db, per_bucket, second_band):
+    """Two readings in a bucket (their mean is InfluxDB's to give), or a cell in two series
+    (grouping by cell would merge them): the raw way answers nothing and is not tried again."""
+    _interference(influxdb, influx_db, per_bucket, second_band=second_band)
+    quarters, got, _ = _buckets_both_ways(influxdb, influx_db)
+    assert got == [None, None] and quarters.usable is False
