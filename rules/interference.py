@@ -335,8 +335,9 @@ def evaluate_interference(frames: Frames, facts: Facts, now: datetime, t: Interf
         for k, (s, c) in enumerate(zip(prb["site_id"], prb["cell_id"], strict=True)):
             prb_rows[(s, c)] = values[k]
     coords: dict[str, tuple[float, float]] = {}
-    if not facts.sites.empty:
-        for s, lat, lon in zip(facts.sites["site_id"], facts.sites["lat"], facts.sites["lon"], strict=True):
+    if not facts.sites.empty:  # the hits' sites only (a backfill step at 10 000 sites: 4 ms for all)
+        located = facts.sites[facts.sites["site_id"].isin({h["site_id"] for h in hits}).to_numpy()]
+        for s, lat, lon in zip(located["site_id"], located["lat"], located["lon"], strict=True):
             if pd.notna(lat) and pd.notna(lon):
                 coords[s] = (float(lat), float(lon))
     for h in hits:
