@@ -61,6 +61,8 @@ def last_seen_series(frame: pd.DataFrame | None) -> pd.Series:
     is asked for (10 000 of them every step were a third of a backfill's offline rule)."""
     if frame is None or frame.empty:
         return pd.Series(dtype="datetime64[ns, UTC]")
+    if "last_seen" in frame.attrs:  # a backfill's: one row per site, sorted by site, no NaT
+        return pd.Series(frame["time"].array, index=pd.Index(frame["site_id"], name="site_id"), name="time")
     return frame.dropna(subset=["time"]).groupby("site_id")["time"].max()
 
 
