@@ -22,8 +22,10 @@ The other one-pass rules (docs/rules.md has the table): ``reservations`` gets ev
 site's exact peak from the range's 15-minute means; ``site_offline`` and ``lifecycle``
 get ``last_seen`` as a running maximum over raw reading times read once; the tower rules
 screen each step from 5-minute buckets and ask the step path only when a site passes.
-Chunks are asked as CSV (``csv_frame``).  All of it measured in bench/RESULTS.md: every
-rule over a month at 10 000 sites in 12 min, against ~4 h step by step.
+Chunks are asked as CSV (``csv_frame``); interference's buckets from the raw readings
+where that gives the same rows (``_QuartersFromReadings``).  All of it measured in
+bench/RESULTS.md: every rule over a month at 10 000 sites and cells in 4 min, against
+~3 h step by step.
 
 Exact only where a bucket is whole: a step at a time that is not on a bucket
 boundary (``--until`` now) would see a partial last bucket, so that step takes the
