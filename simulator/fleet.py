@@ -21,6 +21,7 @@ outage) depend on the scenario and are planned here, played by
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import math
 import random
@@ -271,6 +272,27 @@ def tou_period(local_hour: int) -> str:
     raise AssertionError(f"hour {local_hour} not covered by TOU_HOURS")
 
 
+# A reporting site's door opens only for a booked maintenance visit: VISIT_S long, every
+# 4-6 days at a phase of its own (about as often as the honest noise of before, which
+# opened doors at random half hours and so raised "intrusions" nothing had planted).
+VISIT_S = 1800
+VISIT_MARGIN_S = 600  # booked a little wider than the door is open
+
+
+@functools.lru_cache(maxsize=200_000)
+def visit_period(site_id: str, seed: int) -> tuple[float, float]:
+    """(period, phase) in seconds of a site's visits: they start at ``phase + k * period``."""
+    h = int.from_bytes(hashlib.sha256(f"visit:{seed}:{site_id}".encode()).digest()[:8], "big")
+    period = 86400.0 * (4 + (h % 1000) / 500.0)
+    return period, float((h >> 10) % int(period))
+
+
+def visiting(site_id: str, seed: int, t: float) -> bool:
+    """Whether a site's door is open at ``t`` (epoch seconds): inside one of its visits."""
+    period, phase = visit_period(site_id, seed)
+    return (t - phase) % period < VISIT_S
+
+
 def daily_phase(ts: float, peak_local_hour: float) -> float:
     """Angle of the daily cycle at ``ts``: 0 at ``peak_local_hour`` (local time)."""
     return 2 * math.pi * (((ts / 3600.0) + LOCAL_UTC_OFFSET_H - peak_local_hour) / 24.0)
@@ -519,6 +541,23 @@ class Fleet:
                  for sub, kw in sorted(subs.items())]
         return frows, srows
 
+    def visits(self, start: datetime, end: datetime) -> list[dict[str, str]]:
+        """``maintenance.csv`` rows: every booked visit (``visit_span``) of the sites that
+        report, starting in ``[start, end)``."""
+        out = []
+        a, b = start.timestamp(), end.timestamp()
+        for s in self.sites:
+            if not s.publishes:
+                continue
+            period, phase = visit_period(s.site_id, self.seed)
+            k = math.ceil((a - phase) / period)
+            while (t0 := phase + k * period) < b:
+                out.append({"site_id": s.site_id, "start": _iso(datetime.fromtimestamp(t0 - VISIT_MARGIN_S, UTC)),
+                            "end": _iso(datetime.fromtimestamp(t0 + VISIT_S + VISIT_MARGIN_S, UTC)),
+                            "ticket": f"SIM-{s.site_id}-{k}"})
+                k += 1
+        return out
+
     def write_csvs(self, directory: str | Path) -> dict[str, Path]:
         """Write ``sites.csv``, ``reservations.csv``, ``tariffs.csv``, ``bills.csv``, ``targets.csv``,
         ``feeders.csv``, ``substations.csv`` and ``conversions.csv`` (a sites file of supply
@@ -529,7 +568,7 @@ class Fleet:
         iso = _iso
         converted = self.conversions()
         feeders, substations = self.ratings()
-        tables = {
+        tables: dict[str, tuple[Any, list[dict[str, Any]]]] = {
             "sites": (SITE_COLUMNS, [{**s.row(), "state_since": iso(self.state_since(s)),
                                       **({"supply": "transfer"} if s.site_id in converted else {})}
                                      for s in self.sites]),
@@ -554,6 +593,10 @@ class Fleet:
             "targets": (TARGET_COLUMNS, [
                 {"year": t.year, "county": t.county, "target_sites": t.target_sites}
                 for t in self.targets]),
+            # The visits from the week before the bill month to two days from now: every
+            # door the telemetry opens in that time is a booked visit, not an intrusion.
+            "maintenance": (("site_id", "start", "end", "ticket"),
+                            self.visits(self.bill_start - timedelta(days=7), self.now + timedelta(days=2))),
         }
         paths = {}
         for name, (columns, rows) in tables.items():

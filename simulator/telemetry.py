@@ -30,7 +30,7 @@ import orjson
 
 from simulator.fleet import BATTERY_EMPTY_PCT as _BATTERY_EMPTY_PCT
 from simulator.fleet import NARROWBAND_PRBS as _NARROWBAND_PRBS
-from simulator.fleet import Cell, Fleet, ScenarioPlan, Site, daily_phase
+from simulator.fleet import Cell, Fleet, ScenarioPlan, Site, daily_phase, visiting
 
 __all__ = [
     "ANOMALY_MAX_S",
@@ -142,7 +142,7 @@ class _Player:
             "cabinet_temp_c": round(min(89.0, max(-39.0, temp)), 1),
             "humidity_pct": round(min(98.0, max(5.0, 65.0 - 15.0 * math.cos(daily_phase(t, 15.0))
                                                 + 3.0 * _jitter(key + 3, t))), 1),
-            "door_open": _unit(key + 4, t // 1800) < 0.004,
+            "door_open": visiting(site.site_id, self.fleet.seed, t),
         }
         if site.kind == "pole":
             doc["tilt_deg"] = round(0.4 + 0.05 * abs(_jitter(key + 5, t)), 2)

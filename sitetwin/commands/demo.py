@@ -331,7 +331,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         info = demo.sitetwin("simulate", "--sites", str(args.sites), "--seed", str(args.seed),
                              "--no-publish", "--backfill", "1h", "--write-registry", str(reg),
                              capture_json=True)
-        for kind in ("sites", "reservations", "tariffs", "bills", "feeders", "substations"):
+        for kind in ("sites", "reservations", "tariffs", "bills", "feeders", "substations", "maintenance"):
             if kind == "sites":
                 demo.sitetwin("sites", "import", str(reg / "sites.csv"))
                 # this year's transfer -> direct conversions, with their dates (history)
