@@ -19,6 +19,18 @@ from rules.engine import Engine
 from rules.flag import FlagBook
 
 
+def add_site(s: Any, k: int, site_id: str, state: str, since: datetime, *, verb: str = "import",
+             replaces: str | None = None) -> None:
+    """A test site (the k-th, spread north along a line) and the lifecycle event that put it
+    in ``state`` at ``since``, in session ``s``."""
+    from twin.models import LifecycleEvent, Site
+
+    s.add(Site(site_id=site_id, name=site_id, lat=31.0 + 0.1 * k, lon=121.0, county="Pudong", kind="macro",
+               supply="direct", region="SH", customer_class="C", state=state, replaces_site_id=replaces))
+    s.flush()
+    s.add(LifecycleEvent(site_id=site_id, to_state=state, verb=verb, at=since, actor="test"))
+
+
 def _backfill(url: str, influx_url: str, db: str, *, one_pass: bool, rules: Sequence[Any],
               rule_settings: dict[str, Any], live_at: datetime, since: datetime, until: datetime):
     from twin.store import open_store

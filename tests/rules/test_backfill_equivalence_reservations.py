@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from connectors.lineprotocol import line
 from rules.reservations import RESERVATIONS
-from tests.rules.backfill_support import one_pass_equals_stepped
+from tests.rules.backfill_support import add_site, one_pass_equals_stepped
 
 pytestmark = pytest.mark.integration
 
@@ -63,18 +63,13 @@ def _lines(fleet) -> list[str]:
 
 
 def _registry(url: str, fleet) -> None:
-    from twin.models import LifecycleEvent, Reservation, Site
+    from twin.models import Reservation
     from twin.store import open_store
 
     store = open_store(url)
     with store.session() as s:
         for k, site in enumerate(fleet["sites"]):
-            s.add(Site(site_id=site["site_id"], name=site["site_id"], lat=31.0 + 0.1 * k, lon=121.0,
-                       county="Pudong", kind="macro", supply="direct", region="SH", customer_class="C",
-                       state=site["state"]))
-            s.flush()
-            s.add(LifecycleEvent(site_id=site["site_id"], to_state=site["state"], verb="set",
-                                 at=START - timedelta(days=90), actor="test"))
+            add_site(s, k, site["site_id"], site["state"], START - timedelta(days=90), verb="set")
             if site["reserved_kw"] is not None:
                 s.add(Reservation(site_id=site["site_id"], declared_kw=site["reserved_kw"],
                                   reserved_kw=site["reserved_kw"], feeder="F1", substation="SS1", status="active"))

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from connectors.lineprotocol import line
 from rules.lifecycle import LIFECYCLE
 from rules.operations import SITE_OFFLINE
-from tests.rules.backfill_support import one_pass_equals_stepped
+from tests.rules.backfill_support import add_site, one_pass_equals_stepped
 
 pytestmark = pytest.mark.integration
 
@@ -77,19 +77,14 @@ def _lines(fleet) -> list[str]:
 
 
 def _registry(url: str, fleet) -> None:
-    from twin.models import LifecycleEvent, Site
     from twin.store import open_store
 
     store = open_store(url)
     with store.session() as s:
         for k, site in enumerate(fleet["sites"]):
-            s.add(Site(site_id=site["site_id"], name=site["site_id"], lat=31.0 + 0.1 * k, lon=121.0,
-                       county="Pudong", kind="macro", supply="direct", region="SH", customer_class="C",
-                       state=site["state"], replaces_site_id=site.get("replaces")))
-            s.flush()
             dated = site["since_days"] is not None
-            s.add(LifecycleEvent(site_id=site["site_id"], to_state=site["state"], verb="set" if dated else "import",
-                                 at=START + LEAD - timedelta(days=site["since_days"] or 60), actor="test"))
+            add_site(s, k, site["site_id"], site["state"], START + LEAD - timedelta(days=site["since_days"] or 60),
+                     verb="set" if dated else "import", replaces=site.get("replaces"))
     store.close()
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from connectors.lineprotocol import line
 from rules.environment import BATTERY_LLVD_RISK, CABINET_OVERTEMP, DOOR_OPEN, TILT_EXCEEDED
 from rules.operations import MAINS_FAILURE
-from tests.rules.backfill_support import one_pass_equals_stepped
+from tests.rules.backfill_support import add_site, one_pass_equals_stepped
 
 pytestmark = pytest.mark.integration
 
@@ -78,17 +78,12 @@ def _lines(fleet) -> list[str]:
 
 
 def _registry(url: str, fleet) -> None:
-    from twin.models import LifecycleEvent, Site
     from twin.store import open_store
 
     store = open_store(url)
     with store.session() as s:
         for k, site in enumerate(fleet["sites"]):
-            s.add(Site(site_id=site, name=site, lat=31.0 + 0.1 * k, lon=121.0, county="Pudong", kind="macro",
-                       supply="direct", region="SH", customer_class="C", state="on_air"))
-            s.flush()
-            s.add(LifecycleEvent(site_id=site, to_state="on_air", verb="import", at=START - timedelta(days=30),
-                                 actor="test"))
+            add_site(s, k, site, "on_air", START - timedelta(days=30))
     store.close()
 
 
