@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -253,8 +254,6 @@ class FlagBook:
     def _sync_held(self, rule: str, findings: Sequence[Finding], now: datetime, hold_off_s: float,
                    in_scope: Callable[[Any], bool], frozen: Collection[int] | None) -> SyncResult:
         """``_sync_once`` on the flags held in memory (``holding``)."""
-        import time
-
         from sqlalchemy.exc import SQLAlchemyError
 
         assert self._held is not None
@@ -284,8 +283,6 @@ class FlagBook:
 
     @staticmethod
     def _write_held(held: _Held) -> None:
-        import time
-
         held.session.commit()
         held.written = time.monotonic()
 

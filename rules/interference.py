@@ -35,7 +35,7 @@ from pydantic import Field
 
 from core.settings import Duration
 from rules.finding import Finding, Severity, iso_utc, subject_key
-from rules.rule import Facts, Frames, Rule, Thresholds
+from rules.rule import Facts, Frames, Remembered, Rule, Thresholds
 
 __all__ = [
     "INTERFERENCE",
@@ -145,13 +145,6 @@ def authorised_interferer(lat: float, lon: float, bands: set[str], start: pd.Tim
     return best
 
 
-# The last baselines computed, with the frame they came from: a backfill hands every step
-# of a day the same baseline frame (``rules.backfill``), and at 10 000 cells its medians cost
-# ~0.5 s, more than the rest of a step.  Keyed on the frame's identity, which the reference
-# held here keeps unique; a live run builds a new frame each time and never hits.
-_last_baselines: tuple[pd.DataFrame, int, tuple[HourBaselines, dict]] | None = None
-
-
 class HourBaselines:
     """Per (cell, hour of day) the median level: a ``dict.get`` over a cell x 24 table.
 
@@ -195,23 +188,26 @@ class HourBaselines:
 _NO_BASELINES = HourBaselines(pd.Index([], dtype=object), np.empty((0, 24)))
 
 
+# A backfill hands every step of a day the same baseline frame (``rules.backfill``), and at
+# 10 000 cells its medians cost ~0.5 s, more than the rest of a step.
+_BASELINES: Remembered[tuple[HourBaselines, dict[str, float]]] = Remembered()
+
+
 def _baselines(frame: pd.DataFrame, t: InterferenceThresholds
                ) -> tuple[HourBaselines, dict[str, float]]:
     """Per (cell, hour of day) the median over days, and per cell the overall median."""
-    global _last_baselines
     if frame is None or frame.empty:
         return _NO_BASELINES, {}
-    hit = _last_baselines
-    if hit is not None and hit[0] is frame and hit[1] == t.min_baseline_days:
-        return hit[2]
-    df = frame.dropna(subset=["ul_dbm"])
-    df = df.assign(hour=df["time"].dt.hour, day=df["time"].dt.floor("D"))
-    by_hour = df.groupby(["cell_id", "hour"]).agg(level=("ul_dbm", "median"), days=("day", "nunique"))
-    by_hour = by_hour[by_hour["days"] >= t.min_baseline_days]
-    overall = df.groupby("cell_id")["ul_dbm"].median()
-    out = (HourBaselines.from_levels(by_hour["level"]), overall.to_dict())
-    _last_baselines = (frame, t.min_baseline_days, out)
-    return out
+
+    def compute() -> tuple[HourBaselines, dict[str, float]]:
+        df = frame.dropna(subset=["ul_dbm"])
+        df = df.assign(hour=df["time"].dt.hour, day=df["time"].dt.floor("D"))
+        by_hour = df.groupby(["cell_id", "hour"]).agg(level=("ul_dbm", "median"), days=("day", "nunique"))
+        by_hour = by_hour[by_hour["days"] >= t.min_baseline_days]
+        overall = df.groupby("cell_id")["ul_dbm"].median()
+        return HourBaselines.from_levels(by_hour["level"]), overall.to_dict()
+
+    return _BASELINES.get((frame,), t.min_baseline_days, compute)
 
 
 def _may_run(df: pd.DataFrame, base_hour: HourBaselines, latest_ok: pd.Timestamp, t: InterferenceThresholds

@@ -21,7 +21,7 @@ from core.settings import Duration
 from core.states import State
 from core.timeutil import utc_timestamp
 from rules.finding import Finding, Severity, iso_utc
-from rules.rule import Facts, Frames, Rule, Thresholds
+from rules.rule import Facts, Frames, Remembered, Rule, Thresholds
 
 __all__ = ["LIFECYCLE", "NAT", "LifecycleThresholds", "evaluate_lifecycle", "last_seen_at", "last_seen_map",
            "last_seen_series"]
@@ -66,9 +66,8 @@ def last_seen_series(frame: pd.DataFrame | None) -> pd.Series:
     return frame.dropna(subset=["time"]).groupby("site_id")["time"].max()
 
 
-# The last alignment of a ``last_seen`` index to a sites table, with both objects (kept
-# alive here, so their identities stay unique while the entry holds).
-_last_aligned: tuple[pd.Index, pd.DataFrame, np.ndarray] | None = None
+# A ``last_seen`` index aligned to a sites table (the objects stay the same between steps).
+_ALIGNED: Remembered[np.ndarray] = Remembered()
 
 
 def last_seen_at(frame: pd.DataFrame | None, sites: pd.DataFrame) -> np.ndarray:
@@ -79,7 +78,6 @@ def last_seen_at(frame: pd.DataFrame | None, sites: pd.DataFrame) -> np.ndarray:
     (``rules.backfill``): the sites are then aligned to it once, not every step - at 10 000
     sites and 8 640 steps a month, grouping and re-indexing were most of the offline rule.
     """
-    global _last_aligned
     ids = sites["site_id"].to_numpy(dtype=object)
     held = frame.attrs.get("last_seen") if frame is not None else None
     if held is None:
@@ -88,12 +86,7 @@ def last_seen_at(frame: pd.DataFrame | None, sites: pd.DataFrame) -> np.ndarray:
             return np.full(len(ids), NAT, dtype=np.int64)
         return pd.DatetimeIndex(series.reindex(ids)).as_unit("ns").asi8
     index, latest, start = held
-    hit = _last_aligned
-    if hit is not None and hit[0] is index and hit[1] is sites:
-        where = hit[2]
-    else:
-        where = index.get_indexer(ids)
-        _last_aligned = (index, sites, where)
+    where = _ALIGNED.get((index, sites), None, lambda: index.get_indexer(ids))
     out = np.append(latest, NAT)[where]  # -1 (never seen) takes the NAT at the end
     out[out < start] = NAT
     return out
@@ -105,31 +98,29 @@ def _ts(value: Any) -> pd.Timestamp | None:
     return utc_timestamp(value)
 
 
-# The last sites table's derived columns (a backfill hands every step of a version the same
+# The sites table's derived columns (a backfill hands every step of a version the same
 # table: at 10 000 sites, mapping and parsing them each hourly step was most of the rule).
-_last_tables: tuple[pd.DataFrame, tuple, tuple] | None = None
+_TABLES: Remembered[tuple] = Remembered()
 
 
 def _site_tables(sites: pd.DataFrame, t: LifecycleThresholds) -> tuple:
     """(which rows name a site they replace, the replaced sites' rows by id, each row's
     limit in days, each row's ``state_since``) for ``sites``."""
-    global _last_tables
-    key = tuple(sorted(t.limits_days.items()))
-    hit = _last_tables
-    if hit is not None and hit[0] is sites and hit[1] == key:
-        return hit[2]
-    # Only the replacements and the sites they replace are walked (10 000 sites' rows as
-    # dicts every step cost a backfill ~0.1 s a step).
-    replaces = sites["replaces_site_id"] if "replaces_site_id" in sites.columns else pd.Series(None, index=sites.index)
-    named = replaces.map(lambda v: isinstance(v, str) and bool(v)).astype(bool).to_numpy()
-    old_rows = sites[sites["site_id"].isin(set(replaces[named])).to_numpy()]
-    by_id = old_rows.set_index("site_id").to_dict("index")
-    limits = pd.to_numeric(sites["state"].map(lambda v: t.limits_days.get(v)), errors="coerce")
-    since_all = pd.to_datetime(sites["state_since"], utc=True, errors="coerce") \
-        if "state_since" in sites.columns else pd.Series(pd.NaT, index=sites.index)
-    out = (named, by_id, limits, since_all)
-    _last_tables = (sites, key, out)
-    return out
+
+    def compute() -> tuple:
+        # Only the replacements and the sites they replace are walked (10 000 sites' rows
+        # as dicts every step cost a backfill ~0.1 s a step).
+        replaces = (sites["replaces_site_id"] if "replaces_site_id" in sites.columns
+                    else pd.Series(None, index=sites.index))
+        named = replaces.map(lambda v: isinstance(v, str) and bool(v)).astype(bool).to_numpy()
+        old_rows = sites[sites["site_id"].isin(set(replaces[named])).to_numpy()]
+        by_id = old_rows.set_index("site_id").to_dict("index")
+        limits = pd.to_numeric(sites["state"].map(lambda v: t.limits_days.get(v)), errors="coerce")
+        since_all = pd.to_datetime(sites["state_since"], utc=True, errors="coerce") \
+            if "state_since" in sites.columns else pd.Series(pd.NaT, index=sites.index)
+        return named, by_id, limits, since_all
+
+    return _TABLES.get((sites,), tuple(sorted(t.limits_days.items())), compute)
 
 
 def evaluate_lifecycle(frames: Frames, facts: Facts, now: datetime, t: LifecycleThresholds

@@ -22,7 +22,7 @@ from core.settings import Duration
 from core.states import State
 from core.timeutil import utc_timestamp
 from rules.finding import Finding, Severity, iso_utc
-from rules.rule import Facts, Frames, Rule, Thresholds
+from rules.rule import Facts, Frames, Remembered, Rule, Thresholds
 
 __all__ = ["RESERVATIONS", "ReservationThresholds", "evaluate_reservations", "peak_candidates", "site_peaks"]
 
@@ -102,25 +102,23 @@ def peak_candidates(bounds: pd.DataFrame | None, facts: Facts, now: datetime, t:
     return out
 
 
-# The last reservations table read, with the frame it came from: a backfill hands its steps
-# the same facts until a change takes effect, and at 10 000 sites the table as dicts cost
-# ~40 ms a step.  Keyed on the frame's identity, kept unique by the reference held here.
-_last_reserved: tuple[pd.DataFrame, pd.DataFrame, np.ndarray] | None = None
+# A backfill hands its steps the same facts until a change takes effect, and at 10 000
+# sites the table as dicts cost ~40 ms a step.
+_RESERVED: Remembered[tuple[pd.DataFrame, np.ndarray]] = Remembered()
 
 
 def _reserved(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """Each site's reservation (its last row), indexed by site_id, and ``reserved_kw`` as
     numbers (NaN where it is not one)."""
-    global _last_reserved
-    hit = _last_reserved
-    if hit is not None and hit[0] is frame:
-        return hit[1], hit[2]
-    table = (frame.drop_duplicates("site_id", keep="last").set_index("site_id") if not frame.empty
-             else pd.DataFrame({"reserved_kw": []}, index=pd.Index([], dtype=object, name="site_id")))
-    kw = pd.to_numeric(pd.Series(table["reserved_kw"].to_numpy(dtype=object), dtype=object),
-                       errors="coerce").to_numpy(dtype=float)
-    _last_reserved = (frame, table, kw)
-    return table, kw
+
+    def compute() -> tuple[pd.DataFrame, np.ndarray]:
+        table = (frame.drop_duplicates("site_id", keep="last").set_index("site_id") if not frame.empty
+                 else pd.DataFrame({"reserved_kw": []}, index=pd.Index([], dtype=object, name="site_id")))
+        kw = pd.to_numeric(pd.Series(table["reserved_kw"].to_numpy(dtype=object), dtype=object),
+                           errors="coerce").to_numpy(dtype=float)
+        return table, kw
+
+    return _RESERVED.get((frame,), None, compute)
 
 
 def evaluate_reservations(frames: Frames, facts: Facts, now: datetime, t: ReservationThresholds

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,7 +22,7 @@ from core.settings import Duration
 from rules.errors import ThresholdError
 from rules.finding import Finding
 
-__all__ = ["Facts", "Frames", "Rule", "Thresholds"]
+__all__ = ["Facts", "Frames", "Remembered", "Rule", "Thresholds"]
 
 Frames = Mapping[str, pd.DataFrame]
 
@@ -110,3 +110,29 @@ class Rule:
                 f"invalid configuration key 'rules.{self.name}.{key}': {first['msg']}") from None
         except TypeError as exc:
             raise ThresholdError(f"invalid configuration table 'rules.{self.name}': {exc}") from None
+
+
+_V = TypeVar("_V")
+
+
+class Remembered(Generic[_V]):
+    """The last value computed from some objects, kept while a call names the same objects.
+
+    A backfill hands its steps the same frames (facts, a day's baseline) until something
+    changes, so a rule's work on them alone is done once, not at each of thousands of steps.
+    The objects are held here, which keeps their identities unique while the entry lives;
+    ``extra`` (thresholds) is compared by value.  A live run builds new frames every time
+    and computes afresh.
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[tuple[Any, ...], Any, _V] | None = None
+
+    def get(self, objects: tuple[Any, ...], extra: Any, compute: Callable[[], _V]) -> _V:
+        entry = self._entry
+        if (entry is not None and entry[1] == extra and len(entry[0]) == len(objects)
+                and all(a is b for a, b in zip(entry[0], objects, strict=True))):
+            return entry[2]
+        value = compute()
+        self._entry = (objects, extra, value)
+        return value
