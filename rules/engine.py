@@ -125,8 +125,9 @@ class Engine:
         workers = min(self.concurrency, len(rules))
         # A backfill keeps one pool for all its steps (threads, and their HTTP sessions, are
         # not started again at each of 56 400 steps).
-        pool = self._fetch_pool if self._fetch_pool is not None and workers > 1 else (
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rules-fetch") if workers > 1 else None)
+        own = self._fetch_pool is None and workers > 1
+        pool = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rules-fetch") if own
+                else self._fetch_pool)
         try:
             pending = [pool.submit(self._fetch, rule, now, facts) if pool is not None else None
                        for rule in rules]
@@ -137,7 +138,7 @@ class Engine:
                     changed.extend(sync.changed)
                     announced.extend(sync.opened + sync.resolved)
         finally:
-            if pool is not None and pool is not self._fetch_pool:
+            if own and pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if self.write_influx and changed and self.influxdb is not None:
             if self._unwritten is not None:  # a backfill writes them in batches
